@@ -1,0 +1,186 @@
+//! [`Broken`]: the error a promise or reference carries when it fails.
+//!
+//! A `Broken` crosses the wire (a remote method's error reaches the caller as one) and is
+//! also made locally (a lost connection breaks every promise through it). It carries a
+//! [`BrokenKind`] a program can match on and a message a person can act on. It never
+//! carries a swiss number or any other secret.
+
+use std::fmt;
+
+/// Why a promise or reference broke. Match on this; show the message to people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BrokenKind {
+    /// The session the promise or reference travelled over ended: the connection was
+    /// lost, the peer went silent past the keepalive limit, either side aborted the
+    /// session (a protocol violation or a limit), or the local vat shut down.
+    Disconnected,
+    /// The peer vat could not be reached: TCP connect or the TLS handshake failed.
+    Unreachable,
+    /// The server presented a key whose vat ID differs from the one in the sturdy ref.
+    VatIdMismatch,
+    /// No object is exported under that swiss number (unknown, or revoked: the two are
+    /// indistinguishable on purpose).
+    UnknownObject,
+    /// The object has no method of that name.
+    UnknownMethod,
+    /// The callee could not decode the arguments into the types the method expects.
+    BadArguments,
+    /// The caller could not decode the result into the type it asked for.
+    Decode,
+    /// A message was sent to a promise that resolved to plain data, not an object.
+    NotAnObject,
+    /// The message would exceed the peer's frame limit, or the arguments could not be
+    /// encoded.
+    TooLarge,
+    /// The method ran and returned an error (an application error).
+    Failed,
+    /// A kind this version of captp does not know, sent by a newer peer.
+    Other,
+}
+
+impl BrokenKind {
+    /// The kind's name on the wire (`snake_case`), as PROTOCOL.md lists it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokenKind::Disconnected => "disconnected",
+            BrokenKind::Unreachable => "unreachable",
+            BrokenKind::VatIdMismatch => "vat_id_mismatch",
+            BrokenKind::UnknownObject => "unknown_object",
+            BrokenKind::UnknownMethod => "unknown_method",
+            BrokenKind::BadArguments => "bad_arguments",
+            BrokenKind::Decode => "decode",
+            BrokenKind::NotAnObject => "not_an_object",
+            BrokenKind::TooLarge => "too_large",
+            BrokenKind::Failed => "failed",
+            BrokenKind::Other => "other",
+        }
+    }
+
+    /// Parses a wire name; names this version does not know become [`BrokenKind::Other`].
+    pub fn from_wire(name: &str) -> BrokenKind {
+        match name {
+            "disconnected" => BrokenKind::Disconnected,
+            "unreachable" => BrokenKind::Unreachable,
+            "vat_id_mismatch" => BrokenKind::VatIdMismatch,
+            "unknown_object" => BrokenKind::UnknownObject,
+            "unknown_method" => BrokenKind::UnknownMethod,
+            "bad_arguments" => BrokenKind::BadArguments,
+            "decode" => BrokenKind::Decode,
+            "not_an_object" => BrokenKind::NotAnObject,
+            "too_large" => BrokenKind::TooLarge,
+            "failed" => BrokenKind::Failed,
+            _ => BrokenKind::Other,
+        }
+    }
+}
+
+impl fmt::Display for BrokenKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A broken promise or reference: a kind to match on and a message for people.
+///
+/// # Examples
+///
+/// ```
+/// use captp::{Broken, BrokenKind};
+///
+/// let b = Broken::failed("amount must not be negative");
+/// assert_eq!(b.kind(), BrokenKind::Failed);
+/// assert_eq!(b.to_string(), "failed: amount must not be negative");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Broken {
+    kind: BrokenKind,
+    message: String,
+}
+
+impl Broken {
+    /// A broken value of the given kind.
+    pub fn new(kind: BrokenKind, message: impl Into<String>) -> Broken {
+        Broken {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// An application error: what a method returns when it refuses or fails.
+    pub fn failed(message: impl Into<String>) -> Broken {
+        Broken::new(BrokenKind::Failed, message)
+    }
+
+    /// The error for a method name the object does not have.
+    pub fn unknown_method(method: &str) -> Broken {
+        Broken::new(
+            BrokenKind::UnknownMethod,
+            format!("no method named {method:?} on this object"),
+        )
+    }
+
+    /// The error for arguments that do not decode into what the method expects.
+    pub fn bad_arguments(detail: impl fmt::Display) -> Broken {
+        Broken::new(
+            BrokenKind::BadArguments,
+            format!("arguments do not match the method's parameters: {detail}"),
+        )
+    }
+
+    /// The error for a swiss number the vat does not know (or has revoked).
+    pub fn unknown_object() -> Broken {
+        Broken::new(
+            BrokenKind::UnknownObject,
+            "no object is exported under this sturdy ref (unknown or revoked swiss number)",
+        )
+    }
+
+    /// The error for a lost session.
+    pub fn disconnected(reason: impl fmt::Display) -> Broken {
+        Broken::new(BrokenKind::Disconnected, format!("session ended: {reason}"))
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> BrokenKind {
+        self.kind
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for Broken {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_round_trip() {
+        for kind in [
+            BrokenKind::Disconnected,
+            BrokenKind::Unreachable,
+            BrokenKind::VatIdMismatch,
+            BrokenKind::UnknownObject,
+            BrokenKind::UnknownMethod,
+            BrokenKind::BadArguments,
+            BrokenKind::Decode,
+            BrokenKind::NotAnObject,
+            BrokenKind::TooLarge,
+            BrokenKind::Failed,
+            BrokenKind::Other,
+        ] {
+            assert_eq!(BrokenKind::from_wire(kind.as_str()), kind);
+        }
+        assert_eq!(BrokenKind::from_wire("from_the_future"), BrokenKind::Other);
+    }
+}

@@ -1,0 +1,615 @@
+//! Vat identities: the long-lived key pair of a vat and the vat ID derived
+//! from it.
+//!
+//! A vat ID is the SHA-256 of the DER `SubjectPublicKeyInfo` of the vat's
+//! certificate. It is what a sturdy ref pins, and what the TLS verifiers in
+//! [`crate::transport`] compare against. The certificate itself is only a
+//! carrier for the public key: it is self-signed, its names mean nothing and
+//! its validity period is never checked.
+//!
+//! This module must not print or log private key material (the `Debug` of
+//! [`Identity`] shows the vat ID only), must not load a key file that other
+//! users can read, and must not overwrite an existing key file.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use subtle::ConstantTimeEq;
+
+/// File name of the private key inside an identity directory.
+const KEY_FILE: &str = "vat.key";
+/// File name of the (informational) certificate inside an identity directory.
+const CERT_FILE: &str = "vat.crt";
+/// Common name put in the self-signed certificate. Nothing checks it.
+const CERT_COMMON_NAME: &str = "captp vat";
+/// Length of a vat ID in base64url without padding.
+const VAT_ID_TEXT_LEN: usize = 43;
+
+/// The identity of a vat: SHA-256 of its certificate's DER
+/// `SubjectPublicKeyInfo`.
+///
+/// Displayed (and parsed) as 43 characters of unpadded base64url.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VatId([u8; 32]);
+
+impl VatId {
+    /// The vat ID of a DER-encoded `SubjectPublicKeyInfo` (including its
+    /// outer `SEQUENCE`).
+    pub fn from_spki(spki_der: &[u8]) -> VatId {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki_der);
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        VatId(bytes)
+    }
+
+    /// A vat ID from its raw 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> VatId {
+        VatId(bytes)
+    }
+
+    /// The raw 32 bytes of this vat ID.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Compares two vat IDs in constant time.
+    pub fn ct_eq(&self, other: &VatId) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Display for VatId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&URL_SAFE_NO_PAD.encode(self.0))
+    }
+}
+
+impl fmt::Debug for VatId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VatId({self})")
+    }
+}
+
+/// Why a string is not a vat ID.
+///
+/// The messages never echo the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VatIdParseError {
+    /// The string does not have exactly 43 characters.
+    #[error("a vat ID is 43 base64url characters, got {len} characters")]
+    Length {
+        /// Number of characters in the input.
+        len: usize,
+    },
+    /// A character is outside the URL-safe base64 alphabet.
+    #[error(
+        "character {position} of the vat ID is not in the base64url alphabet \
+         (A-Z a-z 0-9 - _); a vat ID is 43 base64url characters"
+    )]
+    Alphabet {
+        /// Zero-based character position of the first bad character.
+        position: usize,
+    },
+    /// The last character carries stray bits, so the text is not the
+    /// canonical encoding of any vat ID.
+    #[error(
+        "the vat ID is not canonical base64url (its last character has stray low bits); \
+         a vat ID is 43 base64url characters"
+    )]
+    NonCanonical,
+}
+
+fn is_base64url_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+impl FromStr for VatId {
+    type Err = VatIdParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let len = s.chars().count();
+        if len != VAT_ID_TEXT_LEN {
+            return Err(VatIdParseError::Length { len });
+        }
+        if let Some(position) = s.chars().position(|c| !is_base64url_char(c)) {
+            return Err(VatIdParseError::Alphabet { position });
+        }
+        let decoded = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| VatIdParseError::NonCanonical)?;
+        let bytes: [u8; 32] = decoded
+            .try_into()
+            .map_err(|_| VatIdParseError::NonCanonical)?;
+        let id = VatId(bytes);
+        if id.to_string() != s {
+            return Err(VatIdParseError::NonCanonical);
+        }
+        Ok(id)
+    }
+}
+
+/// Computes the vat ID of a DER certificate: SHA-256 of its
+/// `SubjectPublicKeyInfo`.
+///
+/// This is exactly the computation the TLS verifiers perform on a peer's
+/// certificate.
+pub fn vat_id_of_certificate(cert: &CertificateDer<'_>) -> Result<VatId, rustls::Error> {
+    let parsed = rustls::server::ParsedCertificate::try_from(cert)?;
+    let spki = parsed.subject_public_key_info();
+    Ok(VatId::from_spki(spki.as_ref()))
+}
+
+/// Errors creating, loading or saving an [`Identity`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// A file system operation failed.
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. "read" or "create".
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The key file exists but does not hold a usable private key.
+    #[error(
+        "could not parse the private key in {}: {reason}; the file must hold a PKCS#8 PEM \
+         private key (moving it away makes a new identity with a different vat ID)",
+        path.display()
+    )]
+    KeyParse {
+        /// The key file.
+        path: PathBuf,
+        /// What the parser reported.
+        reason: String,
+    },
+    /// The key file can be read by users other than its owner.
+    #[error(
+        "refusing to use private key {} because other users can access it (mode {mode:03o}); \
+         run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    InsecurePermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Generating the key pair or the self-signed certificate failed.
+    #[error("could not generate the vat key or certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// The generated certificate could not be parsed back (a bug).
+    #[error("the generated vat certificate does not parse: {0}")]
+    Certificate(#[source] rustls::Error),
+    /// [`Identity::load`] found no key file.
+    #[error(
+        "no vat key at {}; create one with Identity::load_or_create or point at the right directory",
+        path.display()
+    )]
+    MissingKey {
+        /// The key file that was expected.
+        path: PathBuf,
+    },
+}
+
+/// A vat's private key, its self-signed certificate and its vat ID.
+///
+/// `Debug` shows the vat ID only, never the key.
+pub struct Identity {
+    key: PrivateKeyDer<'static>,
+    certificate: CertificateDer<'static>,
+    vat_id: VatId,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            key: self.key.clone_key(),
+            certificate: self.certificate.clone(),
+            vat_id: self.vat_id,
+        }
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("vat_id", &self.vat_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Generates a fresh ephemeral identity (ECDSA P-256), kept in memory
+    /// only.
+    pub fn generate() -> Result<Identity, IdentityError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        Identity::from_key_pair(&key)
+    }
+
+    /// Loads the identity stored in `dir`, creating `dir` and a new identity
+    /// there if `dir/vat.key` does not exist.
+    ///
+    /// A new key is written as PKCS#8 PEM to `dir/vat.key` (mode 0600 on
+    /// unix, set when the file is created) and its certificate to
+    /// `dir/vat.crt`. On load the certificate is regenerated from the key,
+    /// so an expired or missing `vat.crt` never matters; `vat.crt` is
+    /// rewritten only if missing.
+    ///
+    /// On unix, a key file readable or writable by group or others is
+    /// refused with [`IdentityError::InsecurePermissions`].
+    pub fn load_or_create(dir: impl AsRef<Path>) -> Result<Identity, IdentityError> {
+        let dir = dir.as_ref();
+        let key_path = dir.join(KEY_FILE);
+        if let Some(identity) = Identity::try_load(dir, &key_path)? {
+            return Ok(identity);
+        }
+        create_dir(dir)?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let identity = Identity::from_key_pair(&key)?;
+        match write_new_key_file(&key_path, key.serialize_pem().as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Another process created the key between our check and our
+                // write: use theirs.
+                return Identity::load(dir);
+            }
+            Err(source) => {
+                return Err(IdentityError::Io {
+                    action: "write",
+                    path: key_path,
+                    source,
+                });
+            }
+        }
+        let cert_path = dir.join(CERT_FILE);
+        fs::write(&cert_path, cert_pem(&identity.certificate)).map_err(|source| {
+            IdentityError::Io {
+                action: "write",
+                path: cert_path,
+                source,
+            }
+        })?;
+        Ok(identity)
+    }
+
+    /// Loads the identity stored in `dir`; fails with
+    /// [`IdentityError::MissingKey`] if `dir/vat.key` does not exist.
+    ///
+    /// Same checks and certificate handling as [`Identity::load_or_create`].
+    pub fn load(dir: impl AsRef<Path>) -> Result<Identity, IdentityError> {
+        let dir = dir.as_ref();
+        let key_path = dir.join(KEY_FILE);
+        match Identity::try_load(dir, &key_path)? {
+            Some(identity) => Ok(identity),
+            None => Err(IdentityError::MissingKey { path: key_path }),
+        }
+    }
+
+    /// This vat's ID.
+    pub fn vat_id(&self) -> VatId {
+        self.vat_id
+    }
+
+    /// This vat's self-signed certificate (DER).
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.certificate
+    }
+
+    /// A copy of this vat's private key (PKCS#8 DER), for building TLS
+    /// configurations.
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+
+    /// Loads the key at `key_path` if it exists; `Ok(None)` if it does not.
+    fn try_load(dir: &Path, key_path: &Path) -> Result<Option<Identity>, IdentityError> {
+        let Some(pem) = read_key_file(key_path)? else {
+            return Ok(None);
+        };
+        let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| IdentityError::KeyParse {
+            path: key_path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let identity = Identity::from_key_pair(&key)?;
+        let cert_path = dir.join(CERT_FILE);
+        match fs::symlink_metadata(&cert_path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The certificate file is informational only; failing to
+                // write it must not stop the vat from starting.
+                if let Err(e) = fs::write(&cert_path, cert_pem(&identity.certificate)) {
+                    tracing::warn!(
+                        path = %cert_path.display(),
+                        error = %e,
+                        "could not rewrite the vat certificate file"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    path = %cert_path.display(),
+                    error = %e,
+                    "could not inspect the vat certificate file"
+                );
+            }
+        }
+        Ok(Some(identity))
+    }
+
+    fn from_key_pair(key: &rcgen::KeyPair) -> Result<Identity, IdentityError> {
+        let mut params = rcgen::CertificateParams::default();
+        let mut name = rcgen::DistinguishedName::new();
+        name.push(rcgen::DnType::CommonName, CERT_COMMON_NAME);
+        params.distinguished_name = name;
+        let cert = params.self_signed(key)?;
+        let certificate = cert.der().clone();
+        let vat_id = vat_id_of_certificate(&certificate).map_err(IdentityError::Certificate)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok(Identity {
+            key,
+            certificate,
+            vat_id,
+        })
+    }
+}
+
+/// Reads the key file, refusing insecure permissions. `Ok(None)` if it
+/// does not exist.
+fn read_key_file(path: &Path) -> Result<Option<String>, IdentityError> {
+    let io_err = |action: &'static str| {
+        move |source: io::Error| IdentityError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("open")(e)),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = file
+            .metadata()
+            .map_err(io_err("inspect"))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(IdentityError::InsecurePermissions {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    let mut pem = String::new();
+    file.read_to_string(&mut pem).map_err(io_err("read"))?;
+    Ok(Some(pem))
+}
+
+/// Creates `dir` and its parents (mode 0700 on unix for directories we
+/// create).
+fn create_dir(dir: &Path) -> Result<(), IdentityError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|source| IdentityError::Io {
+        action: "create directory",
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a new key file; fails with `AlreadyExists` rather than
+/// overwriting. On unix the file is created with mode 0600.
+fn write_new_key_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+fn cert_pem(cert: &CertificateDer<'_>) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        // `body` is ASCII, so every chunk is valid UTF-8.
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            let mut bytes = [0u8; 16];
+            rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes).unwrap();
+            let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            TempDir(std::env::temp_dir().join(format!("captp-identity-test-{name}")))
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn vat_id_is_43_chars_and_round_trips() {
+        let identity = Identity::generate().unwrap();
+        let text = identity.vat_id().to_string();
+        assert_eq!(text.len(), 43);
+        let parsed: VatId = text.parse().unwrap();
+        assert_eq!(parsed, identity.vat_id());
+        assert!(parsed.ct_eq(&identity.vat_id()));
+        assert_eq!(format!("{:?}", parsed), format!("VatId({text})"));
+        assert_eq!(VatId::from_bytes(*parsed.as_bytes()), parsed);
+    }
+
+    #[test]
+    fn vat_id_matches_certificate_spki() {
+        let identity = Identity::generate().unwrap();
+        assert_eq!(
+            vat_id_of_certificate(identity.certificate()).unwrap(),
+            identity.vat_id()
+        );
+    }
+
+    #[test]
+    fn bad_vat_ids_rejected() {
+        let good = VatId::from_bytes([7; 32]).to_string();
+        assert_eq!("".parse::<VatId>(), Err(VatIdParseError::Length { len: 0 }));
+        assert_eq!(
+            good[..42].parse::<VatId>(),
+            Err(VatIdParseError::Length { len: 42 })
+        );
+        assert_eq!(
+            format!("{good}A").parse::<VatId>(),
+            Err(VatIdParseError::Length { len: 44 })
+        );
+        let bad_alpha = format!("+{}", &good[1..]);
+        assert_eq!(
+            bad_alpha.parse::<VatId>(),
+            Err(VatIdParseError::Alphabet { position: 0 })
+        );
+        let padded = format!("{}=", &good[..42]);
+        assert_eq!(
+            padded.parse::<VatId>(),
+            Err(VatIdParseError::Alphabet { position: 42 })
+        );
+        let non_ascii = format!("é{}", &good[2..]);
+        assert!(non_ascii.parse::<VatId>().is_err());
+        // 32 bytes = 256 bits; 43 chars carry 258, so the last char's low
+        // two bits must be zero. "A" + 42 chars ending in "B" sets one.
+        let zero = VatId::from_bytes([0; 32]).to_string();
+        assert!(zero.ends_with('A'));
+        let non_canonical = format!("{}B", &zero[..42]);
+        assert_eq!(
+            non_canonical.parse::<VatId>(),
+            Err(VatIdParseError::NonCanonical)
+        );
+        let msg = VatIdParseError::Length { len: 3 }.to_string();
+        assert!(msg.contains("43 base64url characters"), "{msg}");
+    }
+
+    #[test]
+    fn load_or_create_is_stable_and_private() {
+        let dir = TempDir::new();
+        let sub = dir.0.join("nested");
+        let first = Identity::load_or_create(&sub).unwrap();
+        let second = Identity::load_or_create(&sub).unwrap();
+        assert_eq!(first.vat_id(), second.vat_id());
+        let loaded = Identity::load(&sub).unwrap();
+        assert_eq!(first.vat_id(), loaded.vat_id());
+        assert!(sub.join(CERT_FILE).exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(sub.join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A missing certificate is regenerated and rewritten.
+        fs::remove_file(sub.join(CERT_FILE)).unwrap();
+        let third = Identity::load(&sub).unwrap();
+        assert_eq!(first.vat_id(), third.vat_id());
+        assert!(sub.join(CERT_FILE).exists());
+    }
+
+    #[test]
+    fn load_without_key_fails() {
+        let dir = TempDir::new();
+        match Identity::load(&dir.0) {
+            Err(IdentityError::MissingKey { path }) => assert_eq!(path, dir.0.join(KEY_FILE)),
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_key_is_a_parse_error() {
+        let dir = TempDir::new();
+        create_dir(&dir.0).unwrap();
+        write_new_key_file(&dir.0.join(KEY_FILE), b"not a key").unwrap();
+        match Identity::load_or_create(&dir.0) {
+            Err(e @ IdentityError::KeyParse { .. }) => {
+                assert!(e.to_string().contains(KEY_FILE), "{e}");
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn world_readable_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = TempDir::new();
+        Identity::load_or_create(&dir.0).unwrap();
+        let key_path = dir.0.join(KEY_FILE);
+        fs::set_permissions(&key_path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Identity::load_or_create(&dir.0).unwrap_err();
+        match &err {
+            IdentityError::InsecurePermissions { path, mode } => {
+                assert_eq!(path, &key_path);
+                assert_eq!(*mode, 0o644);
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains(&key_path.display().to_string()), "{msg}");
+        assert!(msg.contains("chmod 600"), "{msg}");
+    }
+
+    #[test]
+    fn debug_does_not_show_key() {
+        let dir = TempDir::new();
+        let identity = Identity::load_or_create(&dir.0).unwrap();
+        let pem = fs::read_to_string(dir.0.join(KEY_FILE)).unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let debug = format!("{identity:?}");
+        assert!(debug.contains(&identity.vat_id().to_string()));
+        for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!debug.contains(line), "{debug}");
+        }
+        assert!(!debug.contains(&body));
+        assert!(!debug.contains("PRIVATE KEY"));
+        let key_b64 = URL_SAFE_NO_PAD.encode(identity.private_key().secret_der());
+        assert!(!debug.contains(&key_b64[..16]));
+    }
+}

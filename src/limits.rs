@@ -1,0 +1,95 @@
+//! [`Limits`]: every bound a vat puts on what a peer can make it hold or do.
+//!
+//! Each field names its default and what happens past it. Past a per-session limit the
+//! offending peer's session is aborted with a reason; the vat keeps serving everyone
+//! else. This module only holds numbers: the checks live where the data is (the frame
+//! reader, the CBOR scanner, the session tables).
+
+use std::time::Duration;
+
+use crate::wire::scan::CborLimits;
+
+/// The limits a vat enforces on its peers (and announces where the peer must respect them).
+///
+/// Start from [`Limits::default()`] and change fields:
+///
+/// ```
+/// let mut limits = captp::Limits::default();
+/// limits.max_frame = 4 << 20;
+/// limits.max_inbound_questions = 4096;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest frame (one CBOR message) accepted from a peer, in bytes. Default 1 MiB.
+    /// The length prefix is checked before anything is allocated; a larger frame aborts
+    /// the session. The value is announced in `hello`, and outgoing messages larger than
+    /// the peer's announced limit break locally with [`crate::BrokenKind::TooLarge`].
+    pub max_frame: usize,
+    /// Deepest CBOR nesting (arrays, maps, tags) in one message or one payload.
+    /// Default 32. Deeper input is a decode error: the peer's session is aborted.
+    pub max_cbor_depth: usize,
+    /// Most CBOR data items in one message or one payload. Default 65,536. More is a
+    /// decode error: the peer's session is aborted.
+    pub max_cbor_items: usize,
+    /// Most questions a peer may have outstanding with this vat (asked and not yet
+    /// finished). Default 1,024. One more aborts the session.
+    pub max_inbound_questions: usize,
+    /// Most objects this vat exports to one peer at once. Default 65,536. A result that
+    /// would export one more breaks with [`crate::BrokenKind::TooLarge`] instead.
+    pub max_exports: usize,
+    /// Most references a peer may hand this vat at once. Default 65,536. One more
+    /// aborts the session.
+    pub max_imports: usize,
+    /// Most capability-table entries in one message. Default 256. More aborts the
+    /// session.
+    pub max_caps_per_message: usize,
+    /// Most messages a peer may queue on one of this vat's unresolved answers
+    /// (pipelining). Default 256. One more aborts the session.
+    pub max_queued_per_promise: usize,
+    /// Most inbound connections served at once. Default 1,024. Past it, new
+    /// connections are closed at once, before the TLS handshake.
+    pub max_connections: usize,
+    /// Bytes of outgoing data buffered for one peer before the vat stops reading from
+    /// it (until the peer reads). Default 8 MiB. This bounds what a peer that never
+    /// reads can make the vat hold; such a peer is later dropped by the keepalive.
+    pub max_outbound_buffer: usize,
+    /// Time allowed for TCP connect plus the TLS handshake plus the peer's `hello`.
+    /// Default 10 s. Past it the connection is dropped.
+    pub handshake_timeout: Duration,
+    /// Silence after which the vat pings the peer. Default 30 s.
+    pub keepalive_idle: Duration,
+    /// Silence after which the peer is declared dead and the session ends: every
+    /// pending promise breaks with [`crate::BrokenKind::Disconnected`]. Default 90 s.
+    pub keepalive_dead: Duration,
+}
+
+impl Limits {
+    /// The CBOR part of the limits, as the scanner takes it.
+    pub(crate) fn cbor(&self) -> CborLimits {
+        CborLimits {
+            max_depth: self.max_cbor_depth,
+            max_items: self.max_cbor_items,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_frame: 1 << 20,
+            max_cbor_depth: 32,
+            max_cbor_items: 65_536,
+            max_inbound_questions: 1_024,
+            max_exports: 65_536,
+            max_imports: 65_536,
+            max_caps_per_message: 256,
+            max_queued_per_promise: 256,
+            max_connections: 1_024,
+            max_outbound_buffer: 8 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_idle: Duration::from_secs(30),
+            keepalive_dead: Duration::from_secs(90),
+        }
+    }
+}

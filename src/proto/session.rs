@@ -1,0 +1,1113 @@
+//! The session state machine: the four tables and every rule about them.
+//!
+//! No I/O, no clock, no user code (see the module docs of [`crate::proto`]). Every id a
+//! peer sends is looked up in the table it names; anything that does not fit is a
+//! [`Violation`], which queues an `abort` with the reason and closes the session. Nothing
+//! here panics on peer input.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::Hash;
+
+use super::{AnswerId, ExportId, ImportId, QuestionId};
+use crate::broken::{Broken, BrokenKind};
+use crate::limits::Limits;
+use crate::sturdy::SwissNumber;
+use crate::wire::message::PROTOCOL_VERSION;
+use crate::wire::{
+    CapDescriptor, CborLimits, DecodeError, Message, Payload, ReturnResult, Target, WireBroken,
+};
+
+/// The encoding of a payload whose data is exactly one reference: `CAP_TAG(0)`.
+///
+/// A promise whose result has this shape resolves to that reference, so messages
+/// pipelined on it go to the referenced object.
+pub(crate) const SINGLE_CAP_DATA: [u8; 4] = [0xd9, 0x63, 0x61, 0x00];
+
+/// Bytes a message adds around its payload data and method name, counted generously
+/// for the local frame-size check.
+const MESSAGE_OVERHEAD: usize = 96;
+/// Bytes one capability descriptor may take on the wire, counted generously.
+const DESCRIPTOR_OVERHEAD: usize = 24;
+
+/// A protocol violation by the peer: bad bytes or bad behaviour. It aborts the session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// A frame that is not a well-formed captp message.
+    #[error("undecodable message: {0}")]
+    Decode(#[from] DecodeError),
+    /// The first message was not `hello`.
+    #[error("expected hello as the first message, got {got}")]
+    NoHello {
+        /// The kind that came instead.
+        got: &'static str,
+    },
+    /// A second `hello`.
+    #[error("hello sent twice")]
+    DuplicateHello,
+    /// A protocol version this crate does not speak.
+    #[error("unsupported protocol version {version} (this vat speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion {
+        /// The version the peer announced.
+        version: u32,
+    },
+    /// A question id that is already in use.
+    #[error("question id {0} is already in use")]
+    DuplicateQuestion(AnswerId),
+    /// A target or descriptor naming an export that does not exist.
+    #[error("no export with id {0}")]
+    UnknownExport(ExportId),
+    /// A target or `finish` naming an answer that does not exist.
+    #[error("no answer with id {0}")]
+    UnknownAnswer(AnswerId),
+    /// A `return` for a question never asked or already answered.
+    #[error("return for question {0}, which was never asked or is already answered")]
+    UnknownQuestion(QuestionId),
+    /// A `release` with a zero count or a count above what the peer holds.
+    #[error("release of export {export} with count {count}, but the peer holds {held}")]
+    BadRelease {
+        /// The export named.
+        export: ExportId,
+        /// The count in the message.
+        count: u64,
+        /// The count the peer actually holds.
+        held: u64,
+    },
+    /// More outstanding questions than [`Limits::max_inbound_questions`].
+    #[error("more than {limit} outstanding questions")]
+    TooManyQuestions {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// More imports than [`Limits::max_imports`].
+    #[error("more than {limit} imported references")]
+    TooManyImports {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// More messages queued on one unresolved answer than
+    /// [`Limits::max_queued_per_promise`].
+    #[error("more than {limit} messages queued on one unresolved promise")]
+    TooManyQueued {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// More capability-table entries in one message than [`Limits::max_caps_per_message`].
+    #[error("more than {limit} capability-table entries in one message")]
+    TooManyCaps {
+        /// The limit in force.
+        limit: usize,
+    },
+}
+
+/// Why a session closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer violated the protocol; an `abort` with this reason was queued to it.
+    Violation(Violation),
+    /// The peer sent `abort` with this reason.
+    PeerAborted(String),
+    /// The connection ended (EOF, I/O error, keepalive), as the runtime describes it.
+    ConnectionLost(String),
+    /// This side closed the session (shutdown, or a local abort).
+    Local(String),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Violation(v) => write!(f, "protocol violation by the peer: {v}"),
+            CloseReason::PeerAborted(r) => write!(f, "the peer aborted the session: {r}"),
+            CloseReason::ConnectionLost(r) => write!(f, "connection lost: {r}"),
+            CloseReason::Local(r) => write!(f, "closed locally: {r}"),
+        }
+    }
+}
+
+/// A reference in an outgoing payload, as the local side names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutCap<O> {
+    /// A local object: exported to the peer (or its existing export reused).
+    Local(O),
+    /// A reference imported from this same peer: it goes home as `receiver_hosted`.
+    Import(ImportId),
+}
+
+/// Data plus references, on its way to the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutPayload<O> {
+    /// One CBOR item.
+    pub data: Vec<u8>,
+    /// The references the data's capability tags index.
+    pub caps: Vec<OutCap<O>>,
+}
+
+impl<O> OutPayload<O> {
+    /// A payload that is exactly one reference.
+    pub fn single_cap(cap: OutCap<O>) -> OutPayload<O> {
+        OutPayload {
+            data: SINGLE_CAP_DATA.to_vec(),
+            caps: vec![cap],
+        }
+    }
+
+    /// A payload of plain data.
+    pub fn data(data: Vec<u8>) -> OutPayload<O> {
+        OutPayload {
+            data,
+            caps: Vec::new(),
+        }
+    }
+}
+
+/// A reference in an incoming payload, resolved against the local tables.
+///
+/// Each `Import` handed out holds one local handle on that import: the runtime must call
+/// [`Session::drop_import`] exactly once for it when its last user lets go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InCap<O> {
+    /// An object at the peer.
+    Import(ImportId),
+    /// One of this side's own objects, come home.
+    Local(O),
+}
+
+/// Data plus references, arrived from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InPayload<O> {
+    /// One CBOR item, not yet checked or decoded (the runtime decodes it with limits).
+    pub data: Vec<u8>,
+    /// The references the data's capability tags index.
+    pub caps: Vec<InCap<O>>,
+}
+
+impl<O> InPayload<O> {
+    fn is_single_cap(&self) -> bool {
+        self.caps.len() == 1 && self.data == SINGLE_CAP_DATA
+    }
+}
+
+/// What a local send is addressed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalTarget {
+    /// An object imported from the peer.
+    Import(ImportId),
+    /// The eventual result of one of this side's questions (promise pipelining).
+    Answer(QuestionId),
+}
+
+/// A method call to send to the peer.
+#[derive(Debug)]
+pub struct Call<O, R> {
+    /// Where the call goes.
+    pub target: LocalTarget,
+    /// The method name.
+    pub method: String,
+    /// The arguments.
+    pub payload: OutPayload<O>,
+    /// The new question id, or `None` for a one-way send. Ids must be unique for the
+    /// life of the session (the runtime allocates them from a counter).
+    pub question: Option<QuestionId>,
+    /// Who to tell the result to, via [`Event::Return`]. With `None`, the result is
+    /// dropped (and any references in it released).
+    pub resolver: Option<R>,
+    /// How many local handles will send to this question's answer (pipelined
+    /// references). Each must later be given back with [`Session::drop_question_ref`].
+    pub pipeline_refs: u32,
+}
+
+/// Something the runtime must act on.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event<O, R> {
+    /// Call `method` on the local object `target`. If `answer` is set, the result must be
+    /// given back with [`Session::answer`].
+    Deliver {
+        /// The local object.
+        target: O,
+        /// The method name.
+        method: String,
+        /// The arguments.
+        payload: InPayload<O>,
+        /// Where the result goes, or `None` for a one-way send.
+        answer: Option<AnswerId>,
+    },
+    /// The peer asks for the object under `swiss`; answer with [`Session::answer`]: a
+    /// single reference, or [`Broken::unknown_object`].
+    Bootstrap {
+        /// Where the answer goes.
+        answer: AnswerId,
+        /// The swiss number asked for.
+        swiss: SwissNumber,
+    },
+    /// A question of ours settled (or broke locally, or broke because the session closed).
+    Return {
+        /// The resolver given with the question.
+        resolver: R,
+        /// The result.
+        result: Result<InPayload<O>, Broken>,
+    },
+    /// The session closed. It is the last event; every pending question's resolver has
+    /// already been given back broken.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// The sizes of a session's four tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionStats {
+    /// Questions this side asked and still tracks.
+    pub questions: usize,
+    /// Answers this side holds for the peer's questions.
+    pub answers: usize,
+    /// References this side imports from the peer.
+    pub imports: usize,
+    /// Objects this side exports to the peer.
+    pub exports: usize,
+}
+
+/// What a question's or answer's promise resolved to, for messages sent to it.
+#[derive(Debug, Clone)]
+enum Resolution<O> {
+    /// A reference to an object at the peer: send there, holding one import handle.
+    Import(ImportId),
+    /// A local object.
+    Local(O),
+    /// Plain data: messages to it break with `not_an_object`.
+    Data,
+    /// Broken: messages to it break the same way.
+    Broken(Broken),
+}
+
+#[derive(Debug)]
+struct Question<O, R> {
+    resolver: Option<R>,
+    pipeline_refs: u32,
+    resolution: Option<Resolution<O>>,
+}
+
+#[derive(Debug)]
+struct Answer<O> {
+    /// `None` while pending.
+    resolution: Option<Resolution<O>>,
+    /// Messages pipelined on the answer before it resolved, in arrival order.
+    queued: Vec<Queued<O>>,
+    /// The peer sent `finish` while the answer was pending.
+    finished: bool,
+}
+
+#[derive(Debug)]
+struct Queued<O> {
+    method: String,
+    payload: InPayload<O>,
+    question: Option<AnswerId>,
+}
+
+#[derive(Debug)]
+struct Export<O> {
+    object: O,
+    /// How many times the peer received this export and has not released it.
+    refcount: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Import {
+    /// How many times the peer sent it (what `release` must give back).
+    remote: u64,
+    /// Handles given to the runtime and not yet dropped.
+    local: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitingHello,
+    Open,
+    Closed,
+}
+
+/// The protocol state between this vat and one peer over one connection.
+///
+/// `O` is the runtime's handle to a local object (compared and hashed to reuse exports);
+/// `R` is the runtime's resolver for a question's result.
+#[derive(Debug)]
+pub struct Session<O, R> {
+    limits: Limits,
+    cbor: CborLimits,
+    state: State,
+    closed: Option<Broken>,
+    peer_max_frame: usize,
+    questions: HashMap<QuestionId, Question<O, R>>,
+    answers: HashMap<AnswerId, Answer<O>>,
+    exports: HashMap<ExportId, Export<O>>,
+    export_ids: HashMap<O, ExportId>,
+    next_export: u64,
+    imports: HashMap<ImportId, Import>,
+    next_ping: u64,
+    outbox: VecDeque<Message>,
+    events: VecDeque<Event<O, R>>,
+}
+
+impl<O: Clone + Eq + Hash, R> Session<O, R> {
+    /// A new session; its `hello` is already queued for transmission.
+    pub fn new(limits: Limits) -> Session<O, R> {
+        let mut outbox = VecDeque::new();
+        outbox.push_back(Message::Hello {
+            version: PROTOCOL_VERSION,
+            max_frame: limits.max_frame as u64,
+        });
+        Session {
+            cbor: limits.cbor(),
+            // Until the peer says otherwise, assume it accepts what we accept.
+            peer_max_frame: limits.max_frame,
+            limits,
+            state: State::AwaitingHello,
+            closed: None,
+            questions: HashMap::new(),
+            answers: HashMap::new(),
+            exports: HashMap::new(),
+            export_ids: HashMap::new(),
+            next_export: 1,
+            imports: HashMap::new(),
+            next_ping: 1,
+            outbox,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The next message to send to the peer.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event for the runtime.
+    pub fn poll_event(&mut self) -> Option<Event<O, R>> {
+        self.events.pop_front()
+    }
+
+    /// Whether the session has closed (output may still be waiting to be written).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Whether the peer's `hello` has arrived.
+    pub fn is_established(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// The sizes of the four tables.
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            questions: self.questions.len(),
+            answers: self.answers.len(),
+            imports: self.imports.len(),
+            exports: self.exports.len(),
+        }
+    }
+
+    /// Why the session closed, as the `Broken` its pending promises received.
+    pub fn closed_reason(&self) -> Option<Broken> {
+        self.closed.clone()
+    }
+
+    /// The largest frame body the peer accepts (from its `hello`).
+    pub fn peer_max_frame(&self) -> usize {
+        self.peer_max_frame
+    }
+
+    // ---- peer input ----
+
+    /// Decodes and handles one frame body from the peer. A bad frame is a violation.
+    pub fn handle_frame(&mut self, body: &[u8]) {
+        if self.is_closed() {
+            return;
+        }
+        match Message::decode(body, &self.cbor) {
+            Ok(msg) => self.handle_message(msg),
+            Err(e) => self.violate(Violation::Decode(e)),
+        }
+    }
+
+    /// Handles one decoded message from the peer.
+    pub fn handle_message(&mut self, msg: Message) {
+        if self.is_closed() {
+            return;
+        }
+        if let Err(v) = self.dispatch(msg) {
+            self.violate(v);
+        }
+    }
+
+    /// A bad frame seen before decoding (for example a length over the limit).
+    pub fn handle_decode_error(&mut self, e: DecodeError) {
+        if !self.is_closed() {
+            self.violate(Violation::Decode(e));
+        }
+    }
+
+    /// The connection ended without an `abort` (EOF, I/O error, keepalive timeout).
+    pub fn handle_connection_lost(&mut self, why: impl Into<String>) {
+        self.close(CloseReason::ConnectionLost(why.into()));
+    }
+
+    fn dispatch(&mut self, msg: Message) -> Result<(), Violation> {
+        if self.state == State::AwaitingHello {
+            return match msg {
+                Message::Hello { version, max_frame } => {
+                    if version != PROTOCOL_VERSION {
+                        return Err(Violation::UnsupportedVersion { version });
+                    }
+                    self.peer_max_frame = usize::try_from(max_frame)
+                        .unwrap_or(usize::MAX)
+                        .min(u32::MAX as usize);
+                    self.state = State::Open;
+                    Ok(())
+                }
+                Message::Abort { reason } => {
+                    self.close(CloseReason::PeerAborted(reason));
+                    Ok(())
+                }
+                other => Err(Violation::NoHello { got: other.kind() }),
+            };
+        }
+        match msg {
+            Message::Hello { .. } => Err(Violation::DuplicateHello),
+            Message::Bootstrap { question, swiss } => {
+                let answer = AnswerId(question);
+                self.new_answer(answer)?;
+                self.events.push_back(Event::Bootstrap { answer, swiss });
+                Ok(())
+            }
+            Message::Deliver {
+                target,
+                method,
+                payload,
+                question,
+            } => self.handle_deliver(target, method, payload, question.map(AnswerId)),
+            Message::Return { question, result } => {
+                self.handle_return(QuestionId(question), result)
+            }
+            Message::Finish { question } => self.handle_finish(AnswerId(question)),
+            Message::Release { export, count } => self.handle_release(ExportId(export), count),
+            Message::Abort { reason } => {
+                self.close(CloseReason::PeerAborted(reason));
+                Ok(())
+            }
+            Message::Ping { nonce } => {
+                self.outbox.push_back(Message::Pong { nonce });
+                Ok(())
+            }
+            Message::Pong { .. } => Ok(()),
+        }
+    }
+
+    fn new_answer(&mut self, id: AnswerId) -> Result<(), Violation> {
+        if self.answers.len() >= self.limits.max_inbound_questions {
+            return Err(Violation::TooManyQuestions {
+                limit: self.limits.max_inbound_questions,
+            });
+        }
+        match self.answers.entry(id) {
+            Entry::Occupied(_) => Err(Violation::DuplicateQuestion(id)),
+            Entry::Vacant(v) => {
+                v.insert(Answer {
+                    resolution: None,
+                    queued: Vec::new(),
+                    finished: false,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_deliver(
+        &mut self,
+        target: Target,
+        method: String,
+        payload: Payload,
+        question: Option<AnswerId>,
+    ) -> Result<(), Violation> {
+        // Check the target before taking anything from the payload, so a violation
+        // leaves no half-imported references behind.
+        enum Dest<O> {
+            Object(O),
+            Queue(AnswerId),
+            Resolved(Resolution<O>),
+        }
+        let dest = match target {
+            Target::Export(e) => {
+                let e = ExportId(e);
+                match self.exports.get(&e) {
+                    Some(export) => Dest::Object(export.object.clone()),
+                    None => return Err(Violation::UnknownExport(e)),
+                }
+            }
+            Target::Answer(a) => {
+                let a = AnswerId(a);
+                let Some(answer) = self.answers.get(&a) else {
+                    return Err(Violation::UnknownAnswer(a));
+                };
+                match &answer.resolution {
+                    None => {
+                        if answer.queued.len() >= self.limits.max_queued_per_promise {
+                            return Err(Violation::TooManyQueued {
+                                limit: self.limits.max_queued_per_promise,
+                            });
+                        }
+                        Dest::Queue(a)
+                    }
+                    Some(r) => Dest::Resolved(r.clone()),
+                }
+            }
+        };
+        if let Some(q) = question {
+            self.new_answer(q)?;
+        }
+        let payload = self.take_payload(payload)?;
+        match dest {
+            Dest::Object(target) => self.events.push_back(Event::Deliver {
+                target,
+                method,
+                payload,
+                answer: question,
+            }),
+            Dest::Queue(a) => {
+                if let Some(answer) = self.answers.get_mut(&a) {
+                    answer.queued.push(Queued {
+                        method,
+                        payload,
+                        question,
+                    });
+                }
+            }
+            Dest::Resolved(r) => self.deliver_to(r, method, payload, question),
+        }
+        Ok(())
+    }
+
+    /// Delivers a message to what an answer resolved to.
+    fn deliver_to(
+        &mut self,
+        resolution: Resolution<O>,
+        method: String,
+        payload: InPayload<O>,
+        question: Option<AnswerId>,
+    ) {
+        let broken = match resolution {
+            Resolution::Local(target) => {
+                self.events.push_back(Event::Deliver {
+                    target,
+                    method,
+                    payload,
+                    answer: question,
+                });
+                return;
+            }
+            Resolution::Data => Broken::new(
+                BrokenKind::NotAnObject,
+                format!("cannot call {method:?}: the promise resolved to data, not an object"),
+            ),
+            Resolution::Broken(b) => b,
+            Resolution::Import(_) => Broken::new(
+                BrokenKind::Other,
+                "forwarding calls back to the caller through a promise is not supported yet",
+            ),
+        };
+        self.drop_in_payload(payload);
+        if let Some(q) = question {
+            self.answer(q, Err(broken));
+        }
+    }
+
+    fn handle_return(&mut self, id: QuestionId, result: ReturnResult) -> Result<(), Violation> {
+        match self.questions.get(&id) {
+            Some(q) if q.resolution.is_none() => {}
+            _ => return Err(Violation::UnknownQuestion(id)),
+        }
+        let result = match result {
+            ReturnResult::Ok(payload) => Ok(self.take_payload(payload)?),
+            ReturnResult::Err(w) => Err(Broken::from(w)),
+        };
+        self.outbox.push_back(Message::Finish { question: id.0 });
+        let Some(question) = self.questions.get_mut(&id) else {
+            return Ok(());
+        };
+        let resolution = match &result {
+            Err(b) => Resolution::Broken(b.clone()),
+            Ok(p) if p.is_single_cap() => match &p.caps[0] {
+                InCap::Import(i) => Resolution::Import(*i),
+                InCap::Local(o) => Resolution::Local(o.clone()),
+            },
+            Ok(_) => Resolution::Data,
+        };
+        let resolver = question.resolver.take();
+        let keep = question.pipeline_refs > 0;
+        if keep {
+            if let Resolution::Import(i) = resolution {
+                // The question's resolution holds a handle of its own.
+                if let Some(import) = self.imports.get_mut(&i) {
+                    import.local += 1;
+                }
+            }
+            question.resolution = Some(resolution);
+        } else {
+            self.questions.remove(&id);
+        }
+        match (resolver, result) {
+            (Some(resolver), result) => self.events.push_back(Event::Return { resolver, result }),
+            (None, Ok(payload)) => self.drop_in_payload(payload),
+            (None, Err(_)) => {}
+        }
+        Ok(())
+    }
+
+    fn handle_finish(&mut self, id: AnswerId) -> Result<(), Violation> {
+        let Some(answer) = self.answers.get_mut(&id) else {
+            return Err(Violation::UnknownAnswer(id));
+        };
+        if answer.resolution.is_some() {
+            self.answers.remove(&id);
+        } else {
+            answer.finished = true;
+        }
+        Ok(())
+    }
+
+    fn handle_release(&mut self, id: ExportId, count: u64) -> Result<(), Violation> {
+        let Some(export) = self.exports.get_mut(&id) else {
+            return Err(Violation::UnknownExport(id));
+        };
+        if count == 0 || count > export.refcount {
+            return Err(Violation::BadRelease {
+                export: id,
+                count,
+                held: export.refcount,
+            });
+        }
+        export.refcount -= count;
+        if export.refcount == 0 {
+            if let Some(export) = self.exports.remove(&id) {
+                self.export_ids.remove(&export.object);
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a payload's descriptors into local references, importing as needed.
+    fn take_payload(&mut self, payload: Payload) -> Result<InPayload<O>, Violation> {
+        if payload.caps.len() > self.limits.max_caps_per_message {
+            return Err(Violation::TooManyCaps {
+                limit: self.limits.max_caps_per_message,
+            });
+        }
+        // Validate every descriptor before touching the import table.
+        let mut new_imports = 0;
+        for desc in &payload.caps {
+            match *desc {
+                CapDescriptor::SenderHosted(i) => {
+                    if !self.imports.contains_key(&ImportId(i)) {
+                        new_imports += 1;
+                    }
+                }
+                CapDescriptor::ReceiverHosted(e) => {
+                    if !self.exports.contains_key(&ExportId(e)) {
+                        return Err(Violation::UnknownExport(ExportId(e)));
+                    }
+                }
+            }
+        }
+        if self.imports.len() + new_imports > self.limits.max_imports {
+            return Err(Violation::TooManyImports {
+                limit: self.limits.max_imports,
+            });
+        }
+        let mut caps = Vec::with_capacity(payload.caps.len());
+        for desc in payload.caps {
+            caps.push(match desc {
+                CapDescriptor::SenderHosted(i) => {
+                    let id = ImportId(i);
+                    let import = self.imports.entry(id).or_insert(Import {
+                        remote: 0,
+                        local: 0,
+                    });
+                    import.remote += 1;
+                    import.local += 1;
+                    InCap::Import(id)
+                }
+                CapDescriptor::ReceiverHosted(e) => match self.exports.get(&ExportId(e)) {
+                    Some(export) => InCap::Local(export.object.clone()),
+                    None => return Err(Violation::UnknownExport(ExportId(e))),
+                },
+            });
+        }
+        Ok(InPayload {
+            data: payload.data,
+            caps,
+        })
+    }
+
+    /// Gives back the local handles an incoming payload held.
+    fn drop_in_payload(&mut self, payload: InPayload<O>) {
+        for cap in payload.caps {
+            if let InCap::Import(i) = cap {
+                self.drop_import(i);
+            }
+        }
+    }
+
+    // ---- local commands ----
+
+    /// Asks the peer for the object under `swiss`. The answer arrives as a single
+    /// reference or as `unknown_object`; `pipeline_refs` local handles may send to it.
+    pub fn bootstrap(
+        &mut self,
+        question: QuestionId,
+        swiss: SwissNumber,
+        resolver: Option<R>,
+        pipeline_refs: u32,
+    ) {
+        if let Some(b) = self.closed.clone() {
+            self.fail_question(question, resolver, pipeline_refs, b);
+            return;
+        }
+        self.questions.insert(
+            question,
+            Question {
+                resolver,
+                pipeline_refs,
+                resolution: None,
+            },
+        );
+        self.outbox.push_back(Message::Bootstrap {
+            question: question.0,
+            swiss,
+        });
+    }
+
+    /// Sends a method call. Calls that cannot go out (the session is closed, the target
+    /// is broken or plain data, the message is too large) break at once: the resolver
+    /// comes back in an [`Event::Return`].
+    pub fn send(&mut self, call: Call<O, R>) {
+        let Call {
+            target,
+            method,
+            payload,
+            question,
+            resolver,
+            pipeline_refs,
+        } = call;
+        let fail = |this: &mut Self, resolver, b| match question {
+            Some(q) => this.fail_question(q, resolver, pipeline_refs, b),
+            None => {
+                if let Some(resolver) = resolver {
+                    this.events.push_back(Event::Return {
+                        resolver,
+                        result: Err(b),
+                    });
+                }
+            }
+        };
+        if let Some(b) = self.closed.clone() {
+            return fail(self, resolver, b);
+        }
+        let size = MESSAGE_OVERHEAD
+            + method.len()
+            + payload.data.len()
+            + payload.caps.len() * DESCRIPTOR_OVERHEAD;
+        if size > self.peer_max_frame || payload.caps.len() > self.limits.max_caps_per_message {
+            let b = Broken::new(
+                BrokenKind::TooLarge,
+                format!(
+                    "a call to {method:?} with {} bytes of arguments and {} references exceeds \
+                     the peer's frame limit of {} bytes or the limit of {} references",
+                    payload.data.len(),
+                    payload.caps.len(),
+                    self.peer_max_frame,
+                    self.limits.max_caps_per_message
+                ),
+            );
+            return fail(self, resolver, b);
+        }
+        let wire_target = match target {
+            LocalTarget::Import(i) => {
+                if !self.imports.contains_key(&i) {
+                    let b = Broken::new(BrokenKind::Other, format!("reference {i} was released"));
+                    return fail(self, resolver, b);
+                }
+                Target::Export(i.0)
+            }
+            LocalTarget::Answer(q) => match self.questions.get(&q).map(|q| &q.resolution) {
+                None => {
+                    let b = Broken::new(BrokenKind::Other, format!("promise {q} was released"));
+                    return fail(self, resolver, b);
+                }
+                Some(None) => Target::Answer(q.0),
+                Some(Some(Resolution::Import(i))) => Target::Export(i.0),
+                Some(Some(Resolution::Broken(b))) => {
+                    let b = b.clone();
+                    return fail(self, resolver, b);
+                }
+                Some(Some(Resolution::Data)) => {
+                    let b = Broken::new(
+                        BrokenKind::NotAnObject,
+                        format!(
+                            "cannot call {method:?}: the promise resolved to data, not an object"
+                        ),
+                    );
+                    return fail(self, resolver, b);
+                }
+                Some(Some(Resolution::Local(_))) => {
+                    let b = Broken::new(
+                        BrokenKind::Other,
+                        "calling a local object through a remote promise is not supported yet",
+                    );
+                    return fail(self, resolver, b);
+                }
+            },
+        };
+        let payload = match self.give_payload(payload) {
+            Ok(p) => p,
+            Err(b) => return fail(self, resolver, b),
+        };
+        if let Some(q) = question {
+            self.questions.insert(
+                q,
+                Question {
+                    resolver,
+                    pipeline_refs,
+                    resolution: None,
+                },
+            );
+        }
+        self.outbox.push_back(Message::Deliver {
+            target: wire_target,
+            method,
+            payload,
+            question: question.map(|q| q.0),
+        });
+    }
+
+    /// Records a question that broke before it was sent.
+    fn fail_question(&mut self, q: QuestionId, resolver: Option<R>, pipeline_refs: u32, b: Broken) {
+        if pipeline_refs > 0 && !self.is_closed() {
+            self.questions.insert(
+                q,
+                Question {
+                    resolver: None,
+                    pipeline_refs,
+                    resolution: Some(Resolution::Broken(b.clone())),
+                },
+            );
+        }
+        if let Some(resolver) = resolver {
+            self.events.push_back(Event::Return {
+                resolver,
+                result: Err(b),
+            });
+        }
+    }
+
+    /// Turns local references into descriptors, exporting local objects.
+    fn give_payload(&mut self, payload: OutPayload<O>) -> Result<Payload, Broken> {
+        let fresh = payload
+            .caps
+            .iter()
+            .filter(|c| matches!(c, OutCap::Local(o) if !self.export_ids.contains_key(o)))
+            .count();
+        if self.exports.len() + fresh > self.limits.max_exports {
+            return Err(Broken::new(
+                BrokenKind::TooLarge,
+                format!(
+                    "exporting {fresh} more objects would pass the limit of {} exports to this peer",
+                    self.limits.max_exports
+                ),
+            ));
+        }
+        let mut caps = Vec::with_capacity(payload.caps.len());
+        for cap in payload.caps {
+            caps.push(match cap {
+                OutCap::Local(o) => CapDescriptor::SenderHosted(self.export(o).0),
+                OutCap::Import(i) => CapDescriptor::ReceiverHosted(i.0),
+            });
+        }
+        Ok(Payload {
+            data: payload.data,
+            caps,
+        })
+    }
+
+    fn export(&mut self, object: O) -> ExportId {
+        if let Some(id) = self.export_ids.get(&object) {
+            if let Some(export) = self.exports.get_mut(id) {
+                export.refcount += 1;
+                return *id;
+            }
+        }
+        let id = ExportId(self.next_export);
+        self.next_export += 1;
+        self.export_ids.insert(object.clone(), id);
+        self.exports.insert(
+            id,
+            Export {
+                object,
+                refcount: 1,
+            },
+        );
+        id
+    }
+
+    /// Answers a question the peer asked (a delivered call or a bootstrap).
+    ///
+    /// Messages the peer pipelined on the answer are then delivered to what it resolved
+    /// to, in the order they arrived. Answering an answer that is unknown or already
+    /// answered does nothing.
+    pub fn answer(&mut self, id: AnswerId, result: Result<OutPayload<O>, Broken>) {
+        if self.is_closed() {
+            return;
+        }
+        match self.answers.get(&id) {
+            Some(a) if a.resolution.is_none() => {}
+            _ => return,
+        }
+        let result = match result {
+            Ok(p) => {
+                let too_big = MESSAGE_OVERHEAD + p.data.len() + p.caps.len() * DESCRIPTOR_OVERHEAD
+                    > self.peer_max_frame;
+                if too_big {
+                    Err(Broken::new(
+                        BrokenKind::TooLarge,
+                        format!(
+                            "the result ({} bytes) exceeds the caller's frame limit of {} bytes",
+                            p.data.len(),
+                            self.peer_max_frame
+                        ),
+                    ))
+                } else {
+                    Ok(p)
+                }
+            }
+            Err(b) => Err(b),
+        };
+        let resolution = match &result {
+            Ok(p) if p.caps.len() == 1 && p.data == SINGLE_CAP_DATA => match &p.caps[0] {
+                OutCap::Local(o) => Resolution::Local(o.clone()),
+                OutCap::Import(i) => Resolution::Import(*i),
+            },
+            Ok(_) => Resolution::Data,
+            Err(b) => Resolution::Broken(b.clone()),
+        };
+        let Some(answer) = self.answers.get_mut(&id) else {
+            return;
+        };
+        let finished = answer.finished;
+        let queued = std::mem::take(&mut answer.queued);
+        answer.resolution = Some(resolution.clone());
+        if finished {
+            // The asker is gone: nothing to send, nothing to export.
+            self.answers.remove(&id);
+        } else {
+            let result = match result.and_then(|p| self.give_payload(p)) {
+                Ok(p) => ReturnResult::Ok(p),
+                Err(b) => ReturnResult::Err(WireBroken::from(&b)),
+            };
+            self.outbox.push_back(Message::Return {
+                question: id.0,
+                result,
+            });
+        }
+        for q in queued {
+            self.deliver_to(resolution.clone(), q.method, q.payload, q.question);
+        }
+    }
+
+    /// The runtime dropped one handle on an import. When the last goes, the import is
+    /// released at the peer with the full count it sent.
+    pub fn drop_import(&mut self, id: ImportId) {
+        let Some(import) = self.imports.get_mut(&id) else {
+            return;
+        };
+        import.local = import.local.saturating_sub(1);
+        if import.local == 0 {
+            let remote = import.remote;
+            self.imports.remove(&id);
+            if !self.is_closed() {
+                self.outbox.push_back(Message::Release {
+                    export: id.0,
+                    count: remote,
+                });
+            }
+        }
+    }
+
+    /// The runtime dropped one pipelined handle on a question's answer.
+    pub fn drop_question_ref(&mut self, id: QuestionId) {
+        let Some(q) = self.questions.get_mut(&id) else {
+            return;
+        };
+        q.pipeline_refs = q.pipeline_refs.saturating_sub(1);
+        if q.pipeline_refs == 0 && q.resolution.is_some() {
+            if let Some(Question {
+                resolution: Some(Resolution::Import(i)),
+                ..
+            }) = self.questions.remove(&id)
+            {
+                self.drop_import(i);
+            }
+        }
+    }
+
+    /// Queues a ping.
+    pub fn ping(&mut self) {
+        if !self.is_closed() {
+            let nonce = self.next_ping;
+            self.next_ping += 1;
+            self.outbox.push_back(Message::Ping { nonce });
+        }
+    }
+
+    /// Closes the session from this side, telling the peer why.
+    pub fn abort(&mut self, reason: impl Into<String>) {
+        if self.is_closed() {
+            return;
+        }
+        let reason = reason.into();
+        self.outbox.push_back(Message::Abort {
+            reason: reason.clone(),
+        });
+        self.close(CloseReason::Local(reason));
+    }
+
+    fn violate(&mut self, v: Violation) {
+        tracing::debug!(violation = %v, "aborting session");
+        self.outbox.push_back(Message::Abort {
+            reason: v.to_string(),
+        });
+        self.close(CloseReason::Violation(v));
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        if self.is_closed() {
+            return;
+        }
+        self.state = State::Closed;
+        let broken = Broken::disconnected(&reason);
+        self.closed = Some(broken.clone());
+        for (_, q) in self.questions.drain() {
+            if let Some(resolver) = q.resolver {
+                self.events.push_back(Event::Return {
+                    resolver,
+                    result: Err(broken.clone()),
+                });
+            }
+        }
+        self.answers.clear();
+        self.exports.clear();
+        self.export_ids.clear();
+        self.imports.clear();
+        self.events.push_back(Event::Closed { reason });
+    }
+}

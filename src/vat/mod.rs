@@ -1,0 +1,500 @@
+//! The runtime: [`Vat`], its builder, and the handles programs use.
+//!
+//! A vat owns an identity, optionally a TLS listener, a registry of objects exported by
+//! sturdy ref, and one task per session. Everything a program holds ([`Vat`], [`Ref`],
+//! [`Promise`]) is a cheap, thread-safe handle that talks to those tasks through
+//! channels; no lock is held across an await, and nothing here parses peer bytes (the
+//! session tasks hand those to [`crate::proto`]).
+
+mod local;
+mod object;
+mod reference;
+mod session;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+pub use object::{Args, Object, Reply};
+pub use reference::{Promise, Ref};
+
+use self::local::LocalQueue;
+use self::object::ObjectHandle;
+use self::session::{Command, SessionHandle};
+use crate::error::Error;
+use crate::identity::{Identity, VatId};
+use crate::limits::Limits;
+use crate::proto::{LocalTarget, SessionStats};
+use crate::sturdy::{Host, Registry, SturdyRef, SwissNumber};
+use crate::transport::{self, TransportError};
+
+/// How long [`Vat::shutdown`] waits for sessions to close before it stops them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A captp vat: an identity, the objects it exports, and its sessions with other vats.
+///
+/// `Vat` is a cheap handle (`Clone + Send + Sync`); clones share one vat.
+///
+/// # Examples
+///
+/// A server and a client in one process, over real TLS on loopback:
+///
+/// ```
+/// use captp::{Args, Reply, Vat};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Vat::builder().listen("127.0.0.1:0").start().await?;
+/// let uri = server.export(|method: &str, args: Args| match method {
+///     "greet" => match args.decode::<(String,)>() {
+///         Ok((name,)) => Reply::ok(format!("hello, {name}")),
+///         Err(e) => Reply::err(e),
+///     },
+///     _ => Reply::unknown_method(method),
+/// })?;
+///
+/// let client = Vat::builder().start().await?;
+/// let greeter = client.enliven(&uri);
+/// let text: String = greeter.send("greet", ("ada",)).await?;
+/// assert_eq!(text, "hello, ada");
+///
+/// client.shutdown().await;
+/// server.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Vat {
+    inner: Arc<VatInner>,
+}
+
+/// The shared state of a vat.
+pub(crate) struct VatInner {
+    identity: Identity,
+    limits: Limits,
+    local_addr: Option<SocketAddr>,
+    advertise: Option<Host>,
+    registry: Mutex<Registry<ObjectHandle>>,
+    /// Outbound sessions by peer, reused by `enliven`.
+    outbound: Mutex<HashMap<VatId, SessionHandle>>,
+    /// Every live session, inbound and outbound, by session id.
+    sessions: Mutex<HashMap<u64, SessionHandle>>,
+    next_session: AtomicU64,
+    client_configs: Mutex<HashMap<VatId, Arc<rustls::ClientConfig>>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<JoinSet<()>>,
+    local: LocalQueue,
+    local_task: Mutex<Option<tokio::task::AbortHandle>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Builds a [`Vat`]: identity, listen address, limits.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), captp::Error> {
+/// let vat = captp::Vat::builder()
+///     .identity_dir("certs/log")
+///     .listen("127.0.0.1:4433")
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct VatBuilder {
+    identity: Option<IdentitySource>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    limits: Limits,
+}
+
+#[derive(Debug)]
+enum IdentitySource {
+    Dir(PathBuf),
+    Given(Identity),
+}
+
+impl VatBuilder {
+    /// Loads the vat's identity from `dir`, creating it there on first use (the private
+    /// key file is written with mode 0600). The same directory always gives the same
+    /// vat ID, so sturdy refs stay valid across restarts. Without this (or
+    /// [`identity`](Self::identity)) the vat gets a fresh ephemeral identity.
+    pub fn identity_dir(mut self, dir: impl Into<PathBuf>) -> VatBuilder {
+        self.identity = Some(IdentitySource::Dir(dir.into()));
+        self
+    }
+
+    /// Uses an identity the program already holds.
+    pub fn identity(mut self, identity: Identity) -> VatBuilder {
+        self.identity = Some(IdentitySource::Given(identity));
+        self
+    }
+
+    /// Listens for other vats on `address` (`"127.0.0.1:0"` picks a free port). A vat
+    /// that does not listen can still call others, but cannot export sturdy refs.
+    pub fn listen(mut self, address: impl Into<String>) -> VatBuilder {
+        self.listen = Some(address.into());
+        self
+    }
+
+    /// The host name or address to put in sturdy refs, when the listen address is not
+    /// what peers should dial (a wildcard address, or a machine behind NAT). By default
+    /// the listen address is used, with a wildcard replaced by loopback.
+    pub fn advertise(mut self, host: impl Into<String>) -> VatBuilder {
+        self.advertise = Some(host.into());
+        self
+    }
+
+    /// Replaces the default [`Limits`].
+    pub fn limits(mut self, limits: Limits) -> VatBuilder {
+        self.limits = limits;
+        self
+    }
+
+    /// Starts the vat on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Identity`] when the identity directory cannot be read or created,
+    /// [`Error::Listen`] when the address cannot be bound, [`Error::BadAdvertise`] for an
+    /// advertised host that is not a valid host.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn start(self) -> Result<Vat, Error> {
+        let identity = match self.identity {
+            None => Identity::generate()?,
+            Some(IdentitySource::Dir(dir)) => Identity::load_or_create(dir)?,
+            Some(IdentitySource::Given(identity)) => identity,
+        };
+        let advertise = match self.advertise {
+            Some(host) => Some(
+                host.parse::<Host>()
+                    .map_err(|e| Error::BadAdvertise(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let listener = match self.listen {
+            Some(address) => {
+                Some(
+                    TcpListener::bind(&address)
+                        .await
+                        .map_err(|source| Error::Listen {
+                            address: address.clone(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let local_addr = match &listener {
+            Some(l) => Some(l.local_addr().map_err(|source| Error::Listen {
+                address: "the bound socket".to_owned(),
+                source,
+            })?),
+            None => None,
+        };
+        let acceptor = TlsAcceptor::from(transport::server_config(&identity)?);
+        let (local, local_server) = LocalQueue::new(self.limits.cbor());
+        let inner = Arc::new(VatInner {
+            identity,
+            limits: self.limits,
+            local_addr,
+            advertise,
+            registry: Mutex::new(Registry::new()),
+            outbound: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            client_configs: Mutex::new(HashMap::new()),
+            shutdown: watch::Sender::new(false),
+            tasks: Mutex::new(JoinSet::new()),
+            local,
+            local_task: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let local_task = inner.spawn(local_server);
+        *lock(&inner.local_task) = Some(local_task);
+        if let Some(listener) = listener {
+            inner.spawn(listen(inner.clone(), listener, acceptor));
+        }
+        tracing::info!(vat = %inner.identity.vat_id(), addr = ?local_addr, "vat started");
+        Ok(Vat { inner })
+    }
+}
+
+impl Vat {
+    /// A builder with an ephemeral identity, no listener and default limits.
+    pub fn builder() -> VatBuilder {
+        VatBuilder::default()
+    }
+
+    /// This vat's ID: the SHA-256 of its public key, as in its sturdy refs.
+    pub fn vat_id(&self) -> VatId {
+        self.inner.identity.vat_id()
+    }
+
+    /// The address the vat listens on, if it listens.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr
+    }
+
+    /// Exports `object` under a fresh swiss number and returns its sturdy ref.
+    ///
+    /// # Authority
+    ///
+    /// Whoever holds the returned sturdy ref (its URI) can call the object. Share it on
+    /// purpose; revoke it with [`Vat::revoke`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotListening`] when the vat has no listen address.
+    pub fn export(&self, object: impl Object) -> Result<SturdyRef, Error> {
+        let Some(addr) = self.inner.local_addr else {
+            return Err(Error::NotListening);
+        };
+        let host = match &self.inner.advertise {
+            Some(host) => host.clone(),
+            None => match addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => Host::Ipv4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(ip) if ip.is_unspecified() => Host::Ipv6(Ipv6Addr::LOCALHOST),
+                IpAddr::V4(ip) => Host::Ipv4(ip),
+                IpAddr::V6(ip) => Host::Ipv6(ip),
+            },
+        };
+        let swiss = SwissNumber::generate();
+        lock(&self.inner.registry).insert(&swiss, ObjectHandle::new(object));
+        Ok(SturdyRef::new(self.vat_id(), host, addr.port(), swiss))
+    }
+
+    /// Revokes a sturdy ref this vat exported: later fetches fail with
+    /// [`crate::BrokenKind::UnknownObject`], exactly as for a swiss number never issued.
+    /// References already enlivened keep working. Returns whether it was exported.
+    pub fn revoke(&self, sturdy: &SturdyRef) -> bool {
+        sturdy.vat_id() == self.vat_id()
+            && lock(&self.inner.registry).remove(sturdy.swiss()).is_some()
+    }
+
+    /// Turns a sturdy ref into a live reference, usable at once.
+    ///
+    /// Connects to the vat the URI names (or reuses the session to it), checks that the
+    /// server's key matches the vat ID, and fetches the object. None of that is awaited
+    /// here: sends on the returned reference are pipelined behind the fetch. If any step
+    /// fails, the reference and every promise from it break with the reason
+    /// ([`crate::BrokenKind::Unreachable`], [`crate::BrokenKind::VatIdMismatch`],
+    /// [`crate::BrokenKind::UnknownObject`]).
+    ///
+    /// # Panics
+    ///
+    /// Never; the vat's own runtime runs the connection.
+    pub fn enliven(&self, sturdy: &SturdyRef) -> Ref {
+        if *self.inner.shutdown.borrow() {
+            return Ref::broken(crate::Broken::disconnected("the local vat has shut down"));
+        }
+        let session = self
+            .inner
+            .outbound_session(sturdy.vat_id(), sturdy.address());
+        let question = session.next_question();
+        let cmd = Command::Bootstrap {
+            question,
+            swiss: sturdy.swiss().clone(),
+        };
+        match session.post(cmd) {
+            Ok(()) => Ref::remote(session, LocalTarget::Answer(question)),
+            Err(b) => Ref::broken(b),
+        }
+    }
+
+    /// The sizes of every session's tables, for monitoring and for checking that
+    /// everything is released.
+    pub async fn stats(&self) -> VatStats {
+        let handles: Vec<SessionHandle> = lock(&self.inner.sessions).values().cloned().collect();
+        let mut sessions = Vec::with_capacity(handles.len());
+        for handle in handles {
+            let (tx, rx) = oneshot::channel();
+            if handle.post(Command::Stats(tx)).is_ok() {
+                if let Ok(tables) = rx.await {
+                    sessions.push(SessionInfo {
+                        peer: handle.peer(),
+                        inbound: handle.inbound(),
+                        tables,
+                    });
+                }
+            }
+        }
+        VatStats {
+            sessions,
+            sturdy_refs: lock(&self.inner.registry).len(),
+        }
+    }
+
+    /// Shuts the vat down: stops listening, aborts every session (their pending
+    /// promises break with [`crate::BrokenKind::Disconnected`]) and waits for the tasks
+    /// to finish (at most about two seconds before they are stopped).
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        if let Some(local) = lock(&self.inner.local_task).take() {
+            local.abort();
+        }
+        let mut tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tasks.shutdown().await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Vat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vat")
+            .field("vat_id", &self.vat_id())
+            .field("local_addr", &self.inner.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Vat::stats`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VatStats {
+    /// One entry per live session.
+    pub sessions: Vec<SessionInfo>,
+    /// Objects exported by sturdy ref and not revoked.
+    pub sturdy_refs: usize,
+}
+
+/// One session in [`VatStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// The peer's vat ID (identity, not authority).
+    pub peer: VatId,
+    /// Whether the peer connected to this vat (rather than this vat to it).
+    pub inbound: bool,
+    /// The sizes of the session's four tables.
+    pub tables: SessionStats,
+}
+
+impl VatInner {
+    fn spawn<F>(&self, task: F) -> tokio::task::AbortHandle
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut tasks = lock(&self.tasks);
+        // Reap finished tasks so a long-running vat does not accumulate them.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn_on(task, &self.runtime)
+    }
+
+    fn new_session(
+        &self,
+        peer: VatId,
+        inbound: bool,
+    ) -> (SessionHandle, tokio::sync::mpsc::UnboundedReceiver<Command>) {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (handle, rx) = SessionHandle::new(id, peer, inbound, self.limits.cbor());
+        lock(&self.sessions).insert(id, handle.clone());
+        (handle, rx)
+    }
+
+    fn outbound_session(self: &Arc<Self>, peer: VatId, address: String) -> SessionHandle {
+        let mut outbound = lock(&self.outbound);
+        if let Some(handle) = outbound.get(&peer) {
+            if !handle.is_closed() {
+                return handle.clone();
+            }
+        }
+        let (handle, rx) = self.new_session(peer, false);
+        outbound.insert(peer, handle.clone());
+        drop(outbound);
+        self.spawn(session::connect_and_run(
+            self.clone(),
+            handle.clone(),
+            rx,
+            address,
+        ));
+        handle
+    }
+
+    fn forget_session(&self, handle: &SessionHandle) {
+        lock(&self.sessions).remove(&handle.id());
+        let mut outbound = lock(&self.outbound);
+        if outbound.get(&handle.peer()).map(SessionHandle::id) == Some(handle.id()) {
+            outbound.remove(&handle.peer());
+        }
+    }
+
+    fn lookup(&self, swiss: &SwissNumber) -> Option<ObjectHandle> {
+        lock(&self.registry).get(swiss).cloned()
+    }
+
+    fn client_config(&self, peer: VatId) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+        let mut configs = lock(&self.client_configs);
+        if let Some(config) = configs.get(&peer) {
+            return Ok(config.clone());
+        }
+        let config = transport::client_config(&self.identity, peer)?;
+        configs.insert(peer, config.clone());
+        Ok(config)
+    }
+}
+
+async fn listen(vat: Arc<VatInner>, listener: TcpListener, acceptor: TlsAcceptor) {
+    let permits = Arc::new(Semaphore::new(vat.limits.max_connections));
+    let mut shutdown = vat.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, addr)) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let vat2 = vat.clone();
+                        let acceptor = acceptor.clone();
+                        vat.spawn(async move {
+                            serve_inbound(vat2, tcp, acceptor).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(%addr, limit = vat.limits.max_connections,
+                            "connection limit reached; refusing a connection");
+                        drop(tcp);
+                    }
+                },
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn serve_inbound(vat: Arc<VatInner>, tcp: tokio::net::TcpStream, acceptor: TlsAcceptor) {
+    match transport::accept(tcp, &acceptor, vat.limits.handshake_timeout).await {
+        Ok((stream, peer)) => {
+            let (handle, rx) = vat.new_session(peer, true);
+            session::run(vat, handle, rx, stream).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "inbound handshake failed"),
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the data
+/// consistent, so a panic elsewhere must not wedge the vat.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,239 @@
+//! Local objects: the [`Object`] trait, the [`Args`] a call brings and the [`Reply`] it
+//! gives.
+//!
+//! An object is anything that answers `call(method, args)`. Synchronous methods answer
+//! with a ready [`Reply`]; asynchronous ones return [`Reply::later`] with a future. This
+//! module runs no network code; the runtime decides where and when `call` runs.
+
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::broken::{Broken, BrokenKind};
+use crate::proto::{OutCap, OutPayload};
+use crate::vat::Ref;
+use crate::wire::{self, CborLimits};
+
+/// An object that can be called with eventual sends, locally or from other vats.
+///
+/// `call` runs on the runtime's task for the connection the call came in on: keep it
+/// short, and return [`Reply::later`] for anything that waits. Calls on one object from
+/// one reference arrive in the order they were sent (E-order); calls from different
+/// sessions may run concurrently, hence `Send + Sync`.
+///
+/// # Examples
+///
+/// A counter with one synchronous and one asynchronous method:
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use captp::{Args, Object, Reply};
+///
+/// #[derive(Default)]
+/// struct Counter(AtomicU64);
+///
+/// impl Object for Counter {
+///     fn call(&self, method: &str, args: Args) -> Reply {
+///         match method {
+///             "add" => {
+///                 let (n,): (u64,) = match args.decode() {
+///                     Ok(n) => n,
+///                     Err(e) => return Reply::err(e),
+///                 };
+///                 Reply::ok(self.0.fetch_add(n, Ordering::SeqCst) + n)
+///             }
+///             "slow_zero" => Reply::later(async { Ok(0u64) }),
+///             _ => Reply::unknown_method(method),
+///         }
+///     }
+/// }
+/// ```
+///
+/// A closure is an object too:
+///
+/// ```
+/// use captp::{Args, Reply};
+///
+/// let echo = |_method: &str, args: Args| match args.decode::<String>() {
+///     Ok(s) => Reply::ok(s),
+///     Err(e) => Reply::err(e),
+/// };
+/// # fn takes(_: impl captp::Object) {}
+/// takes(echo);
+/// ```
+pub trait Object: Send + Sync + 'static {
+    /// Handles one call. Unknown methods should answer [`Reply::unknown_method`].
+    fn call(&self, method: &str, args: Args) -> Reply;
+}
+
+impl<F> Object for F
+where
+    F: Fn(&str, Args) -> Reply + Send + Sync + 'static,
+{
+    fn call(&self, method: &str, args: Args) -> Reply {
+        self(method, args)
+    }
+}
+
+/// A shared handle to a local object, compared and hashed by identity (so the same
+/// object exported twice gets the same export id).
+#[derive(Clone)]
+pub(crate) struct ObjectHandle(pub(crate) Arc<dyn Object>);
+
+impl ObjectHandle {
+    pub(crate) fn new(object: impl Object) -> ObjectHandle {
+        ObjectHandle(Arc::new(object))
+    }
+
+    fn addr(&self) -> usize {
+        Arc::as_ptr(&self.0).cast::<()>() as usize
+    }
+}
+
+impl PartialEq for ObjectHandle {
+    fn eq(&self, other: &ObjectHandle) -> bool {
+        self.addr() == other.addr()
+    }
+}
+
+impl Eq for ObjectHandle {}
+
+impl Hash for ObjectHandle {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.addr().hash(state);
+    }
+}
+
+impl std::fmt::Debug for ObjectHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Object@{:x}", self.addr())
+    }
+}
+
+/// The arguments of a call: CBOR data, decoded on demand into the type the method wants.
+pub struct Args {
+    data: Vec<u8>,
+    refs: Vec<Ref>,
+    cbor: CborLimits,
+}
+
+impl Args {
+    pub(crate) fn new(data: Vec<u8>, refs: Vec<Ref>, cbor: CborLimits) -> Args {
+        Args { data, refs, cbor }
+    }
+
+    /// Decodes the arguments. Senders pass a tuple for several arguments (`("foo", 3)`)
+    /// and `()` for none.
+    ///
+    /// # Errors
+    ///
+    /// A [`Broken`] of kind [`BrokenKind::BadArguments`] when the data is not a `T`;
+    /// return it to the caller with [`Reply::err`].
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Broken> {
+        wire::decode_value(&self.data, &self.cbor).map_err(|e| {
+            Broken::bad_arguments(format_args!("expected {}: {e}", std::any::type_name::<T>()))
+        })
+    }
+
+    /// The references that came with the arguments, in capability-table order.
+    pub fn refs(&self) -> &[Ref] {
+        &self.refs
+    }
+}
+
+impl std::fmt::Debug for Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Args")
+            .field("bytes", &self.data.len())
+            .field("refs", &self.refs.len())
+            .finish()
+    }
+}
+
+/// The result of a method, as it leaves the object.
+pub(crate) type Outcome = Result<OutPayload<ObjectHandle>, Broken>;
+
+/// A future result.
+pub(crate) type LaterOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// What a method answers: a value now, an error, a new object, or a future of those.
+pub struct Reply(pub(crate) ReplyInner);
+
+pub(crate) enum ReplyInner {
+    Ready(Outcome),
+    Later(LaterOutcome),
+}
+
+impl Reply {
+    /// Answers with a value (any serde type).
+    pub fn ok<T: Serialize>(value: T) -> Reply {
+        Reply(ReplyInner::Ready(encode_outcome(&value)))
+    }
+
+    /// Answers with an error; the caller's promise breaks with it.
+    pub fn err(broken: Broken) -> Reply {
+        Reply(ReplyInner::Ready(Err(broken)))
+    }
+
+    /// Answers with [`Broken::unknown_method`].
+    pub fn unknown_method(method: &str) -> Reply {
+        Reply::err(Broken::unknown_method(method))
+    }
+
+    /// Answers with a reference to a new local object. Callers can pipeline on it.
+    ///
+    /// # Authority
+    ///
+    /// The caller gains the authority to call `object`.
+    pub fn object(object: impl Object) -> Reply {
+        Reply(ReplyInner::Ready(Ok(OutPayload::single_cap(
+            OutCap::Local(ObjectHandle::new(object)),
+        ))))
+    }
+
+    /// Answers later, with what `future` yields. The future runs on the runtime; calls
+    /// that arrive meanwhile are not held up by it.
+    pub fn later<F, T>(future: F) -> Reply
+    where
+        F: Future<Output = Result<T, Broken>> + Send + 'static,
+        T: Serialize,
+    {
+        Reply(ReplyInner::Later(Box::pin(async move {
+            encode_outcome(&future.await?)
+        })))
+    }
+}
+
+impl<T: Serialize> From<Result<T, Broken>> for Reply {
+    fn from(result: Result<T, Broken>) -> Reply {
+        match result {
+            Ok(v) => Reply::ok(v),
+            Err(b) => Reply::err(b),
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            ReplyInner::Ready(Ok(_)) => f.write_str("Reply::Ready(Ok)"),
+            ReplyInner::Ready(Err(b)) => write!(f, "Reply::Ready(Err({b}))"),
+            ReplyInner::Later(_) => f.write_str("Reply::Later"),
+        }
+    }
+}
+
+fn encode_outcome<T: Serialize + ?Sized>(value: &T) -> Outcome {
+    wire::encode_value(value)
+        .map(OutPayload::data)
+        .map_err(|e| {
+            Broken::new(
+                BrokenKind::Failed,
+                format!("could not encode the result: {e}"),
+            )
+        })
+}

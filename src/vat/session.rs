@@ -1,0 +1,430 @@
+//! The task that owns one connection: it feeds the sans-IO [`Session`] with frames from
+//! the TLS stream and commands from handles, runs local objects' methods for delivered
+//! calls, and writes what the session produces.
+//!
+//! One task per connection reads, writes and dispatches with a single `select!`, so no
+//! lock is ever held across an await and replies leave in the same write as the frames
+//! that caused them. Handles reach the task only through [`SessionHandle::post`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::VatInner;
+use super::local::{guard, invoke};
+use super::object::{Args, ObjectHandle, Outcome, ReplyInner};
+use super::reference::{Ref, Resolved, Resolver};
+use crate::broken::{Broken, BrokenKind};
+use crate::identity::VatId;
+use crate::proto::{
+    AnswerId, Call, Event, ImportId, InCap, LocalTarget, OutCap, OutPayload, QuestionId, Session,
+    SessionStats,
+};
+use crate::sturdy::SwissNumber;
+use crate::transport::{self, TlsStream, TransportError};
+use crate::wire::{self, CborLimits, frame};
+
+/// Initial receive buffer, and how much to grow it by when it runs low.
+const READ_CHUNK: usize = 16 * 1024;
+/// Spare receive capacity below which the buffer grows before the next read.
+const MIN_READ: usize = 4 * 1024;
+/// Commands taken from the channel per wake-up, so one busy handle cannot starve reads.
+const COMMAND_BATCH: usize = 256;
+/// Time allowed to flush the last frames (an `abort`, say) when a session closes.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
+/// A request from a handle to the session task.
+pub(crate) enum Command {
+    Send(Call<ObjectHandle, Resolver>),
+    Bootstrap {
+        question: QuestionId,
+        swiss: SwissNumber,
+    },
+    DropImport(ImportId),
+    DropQuestionRef(QuestionId),
+    Stats(oneshot::Sender<SessionStats>),
+}
+
+/// A cheap, thread-safe handle to a session task.
+#[derive(Clone)]
+pub(crate) struct SessionHandle(Arc<HandleInner>);
+
+struct HandleInner {
+    id: u64,
+    peer: VatId,
+    inbound: bool,
+    tx: mpsc::UnboundedSender<Command>,
+    next_question: AtomicU64,
+    cbor: CborLimits,
+    closed: OnceLock<Broken>,
+}
+
+impl SessionHandle {
+    pub(crate) fn new(
+        id: u64,
+        peer: VatId,
+        inbound: bool,
+        cbor: CborLimits,
+    ) -> (SessionHandle, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = SessionHandle(Arc::new(HandleInner {
+            id,
+            peer,
+            inbound,
+            tx,
+            next_question: AtomicU64::new(1),
+            cbor,
+            closed: OnceLock::new(),
+        }));
+        (handle, rx)
+    }
+
+    /// Queues a command; fails with the session's end reason once it has ended.
+    pub(crate) fn post(&self, cmd: Command) -> Result<(), Broken> {
+        self.0.tx.send(cmd).map_err(|_| {
+            self.closed_reason()
+                .unwrap_or_else(|| Broken::disconnected("the session task ended"))
+        })
+    }
+
+    /// A fresh question id (ids are never reused within a session).
+    pub(crate) fn next_question(&self) -> QuestionId {
+        QuestionId(self.0.next_question.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub(crate) fn peer(&self) -> VatId {
+        self.0.peer
+    }
+
+    pub(crate) fn inbound(&self) -> bool {
+        self.0.inbound
+    }
+
+    pub(crate) fn cbor(&self) -> CborLimits {
+        self.0.cbor
+    }
+
+    /// Why the session ended, once it has.
+    pub(crate) fn closed_reason(&self) -> Option<Broken> {
+        self.0.closed.get().cloned()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.closed.get().is_some() || self.0.tx.is_closed()
+    }
+
+    /// Marks the session ended, drains the commands still queued (breaking their
+    /// promises with `reason`) and refuses later ones.
+    fn close(&self, rx: &mut mpsc::UnboundedReceiver<Command>, reason: Broken) {
+        let _ = self.0.closed.set(reason.clone());
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            if let Command::Send(Call {
+                resolver: Some(resolver),
+                ..
+            }) = cmd
+            {
+                let _ = resolver.send(Err(reason.clone()));
+            }
+        }
+    }
+}
+
+/// Connects to a peer vat, then serves the session; on failure, breaks everything that
+/// was queued for it with the reason.
+pub(crate) async fn connect_and_run(
+    vat: Arc<VatInner>,
+    handle: SessionHandle,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    address: String,
+) {
+    let peer = handle.peer();
+    let connected = match vat.client_config(peer) {
+        Ok(config) => {
+            transport::connect(&address, config, peer, vat.limits.handshake_timeout).await
+        }
+        Err(e) => Err(e),
+    };
+    match connected {
+        Ok((stream, _)) => run(vat, handle, rx, stream).await,
+        Err(e) => {
+            tracing::debug!(%peer, %address, error = %e, "connect failed");
+            let broken = match e {
+                TransportError::VatIdMismatch { .. } => {
+                    Broken::new(BrokenKind::VatIdMismatch, e.to_string())
+                }
+                e => Broken::new(
+                    BrokenKind::Unreachable,
+                    format!("could not reach vat {peer} at {address}: {e}"),
+                ),
+            };
+            handle.close(&mut rx, broken);
+            vat.forget_session(&handle);
+        }
+    }
+}
+
+/// Serves an established session until it closes.
+pub(crate) async fn run(
+    vat: Arc<VatInner>,
+    handle: SessionHandle,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    stream: TlsStream,
+) {
+    let limits = vat.limits.clone();
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut d = Driver {
+        core: Session::new(limits.clone()),
+        cbor: limits.cbor(),
+        handle: handle.clone(),
+        vat: vat.clone(),
+        calls: FuturesUnordered::new(),
+        wbuf: Vec::with_capacity(READ_CHUNK),
+        wpos: 0,
+    };
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut shutdown = vat.shutdown.subscribe();
+    if *shutdown.borrow_and_update() {
+        d.core.abort("the vat is shutting down");
+    }
+    let started = Instant::now();
+    let mut last_rx = started;
+    let mut pinged = false;
+    let mut flush_pending = false;
+    let mut rx_open = true;
+    let period =
+        (limits.keepalive_idle.min(limits.handshake_timeout) / 4).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        d.pump();
+        if d.core.is_closed() {
+            break;
+        }
+        let backlog = d.wbuf.len() - d.wpos;
+        if rbuf.capacity() - rbuf.len() < MIN_READ {
+            rbuf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut rbuf), if backlog < limits.max_outbound_buffer => match r {
+                Ok(0) => d.core.handle_connection_lost("the peer closed the connection"),
+                Ok(_) => {
+                    last_rx = Instant::now();
+                    pinged = false;
+                    d.read_frames(&mut rbuf, limits.max_frame);
+                }
+                Err(e) => d.core.handle_connection_lost(format!("read failed: {e}")),
+            },
+            cmd = rx.recv(), if rx_open => match cmd {
+                Some(cmd) => {
+                    d.apply(cmd);
+                    for _ in 0..COMMAND_BATCH {
+                        match rx.try_recv() {
+                            Ok(cmd) => d.apply(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => rx_open = false,
+            },
+            r = write_or_flush(&mut wr, &d.wbuf[d.wpos..]), if backlog > 0 || flush_pending => match r {
+                Ok(0) => flush_pending = false,
+                Ok(n) => {
+                    d.wpos += n;
+                    if d.wpos == d.wbuf.len() {
+                        d.wbuf.clear();
+                        d.wpos = 0;
+                        flush_pending = true;
+                    }
+                }
+                Err(e) => d.core.handle_connection_lost(format!("write failed: {e}")),
+            },
+            Some((answer, outcome)) = d.calls.next(), if !d.calls.is_empty() => {
+                if let Some(answer) = answer {
+                    d.answer(answer, outcome);
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if !d.core.is_established() && now - started >= limits.handshake_timeout {
+                    d.core.abort(format!(
+                        "no hello within the handshake timeout of {:?}",
+                        limits.handshake_timeout
+                    ));
+                } else if now - last_rx >= limits.keepalive_dead {
+                    d.core.handle_connection_lost(format!(
+                        "the peer was silent for {:?} (keepalive limit)",
+                        now - last_rx
+                    ));
+                } else if now - last_rx >= limits.keepalive_idle && !pinged {
+                    d.core.ping();
+                    pinged = true;
+                }
+            }
+            _ = shutdown.changed() => d.core.abort("the vat is shutting down"),
+        }
+    }
+
+    // Closed: break whatever is still queued, deliver the last events, flush, and go.
+    let reason = d
+        .core
+        .closed_reason()
+        .unwrap_or_else(|| Broken::disconnected("the session closed"));
+    handle.close(&mut rx, reason);
+    d.pump();
+    let tail = &d.wbuf[d.wpos..];
+    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+        if wr.write_all(tail).await.is_ok() {
+            let _ = wr.shutdown().await;
+        }
+    })
+    .await;
+    vat.forget_session(&handle);
+}
+
+/// Writes some of `buf`, or flushes when it is empty. Returns the bytes written (0 for a
+/// flush).
+async fn write_or_flush(wr: &mut WriteHalf<TlsStream>, buf: &[u8]) -> std::io::Result<usize> {
+    if buf.is_empty() {
+        wr.flush().await.map(|()| 0)
+    } else {
+        match wr.write(buf).await? {
+            0 => Err(std::io::ErrorKind::WriteZero.into()),
+            n => Ok(n),
+        }
+    }
+}
+
+/// The session task's state apart from the stream halves.
+struct Driver {
+    core: Session<ObjectHandle, Resolver>,
+    cbor: CborLimits,
+    handle: SessionHandle,
+    vat: Arc<VatInner>,
+    /// Asynchronous methods still running, with the answer each one owes.
+    calls: FuturesUnordered<BoxFuture<'static, (Option<AnswerId>, Outcome)>>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+}
+
+impl Driver {
+    /// Handles every pending event, then encodes every pending message.
+    fn pump(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            self.handle_event(event);
+        }
+        while let Some(msg) = self.core.poll_transmit() {
+            if let Err(e) = msg.encode_frame(&mut self.wbuf) {
+                tracing::error!(kind = msg.kind(), error = %e, "could not encode a message");
+            }
+        }
+    }
+
+    fn read_frames(&mut self, rbuf: &mut BytesMut, max_frame: usize) {
+        loop {
+            match frame::next_frame(rbuf, max_frame) {
+                Ok(Some(span)) => {
+                    self.core.handle_frame(&rbuf[span.start..span.end]);
+                    rbuf.advance(span.end);
+                    if self.core.is_closed() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.core.handle_decode_error(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send(call) => self.core.send(call),
+            Command::Bootstrap { question, swiss } => {
+                self.core.bootstrap(question, swiss, None, 1);
+            }
+            Command::DropImport(i) => self.core.drop_import(i),
+            Command::DropQuestionRef(q) => self.core.drop_question_ref(q),
+            Command::Stats(tx) => {
+                let _ = tx.send(self.core.stats());
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: Event<ObjectHandle, Resolver>) {
+        match event {
+            Event::Deliver {
+                target,
+                method,
+                payload,
+                answer,
+            } => {
+                let args = Args::new(payload.data, self.refs(payload.caps), self.cbor);
+                match invoke(&target, &method, args) {
+                    ReplyInner::Ready(outcome) => {
+                        if let Some(answer) = answer {
+                            self.answer(answer, outcome);
+                        }
+                    }
+                    ReplyInner::Later(future) => {
+                        self.calls
+                            .push(guard(future).map(move |outcome| (answer, outcome)).boxed());
+                    }
+                }
+            }
+            Event::Bootstrap { answer, swiss } => {
+                let outcome = match self.vat.lookup(&swiss) {
+                    Some(object) => Ok(OutPayload::single_cap(OutCap::Local(object))),
+                    None => Err(Broken::unknown_object()),
+                };
+                self.core.answer(answer, outcome);
+            }
+            Event::Return { resolver, result } => {
+                let result = result.map(|p| Resolved {
+                    data: p.data,
+                    refs: self.refs(p.caps),
+                });
+                let _ = resolver.send(result);
+            }
+            Event::Closed { reason } => {
+                tracing::debug!(peer = %self.handle.peer(), %reason, "session closed");
+            }
+        }
+    }
+
+    /// Answers a call, first checking the result against the limits the caller applies.
+    fn answer(&mut self, answer: AnswerId, outcome: Outcome) {
+        let outcome = outcome.and_then(|p| match wire::scan::check(&p.data, &self.cbor) {
+            Ok(()) => Ok(p),
+            Err(e) => Err(Broken::new(
+                BrokenKind::TooLarge,
+                format!("the result exceeds the CBOR limits: {e}"),
+            )),
+        });
+        self.core.answer(answer, outcome);
+    }
+
+    fn refs(&self, caps: Vec<InCap<ObjectHandle>>) -> Vec<Ref> {
+        caps.into_iter()
+            .map(|cap| match cap {
+                InCap::Import(i) => Ref::remote(self.handle.clone(), LocalTarget::Import(i)),
+                InCap::Local(o) => Ref::local(o, self.vat.local.clone()),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,344 @@
+//! The captp messages and their CBOR shape (PROTOCOL.md is the normative text).
+//!
+//! Each message is a CBOR map with one key, the message kind, whose value is a map of
+//! fields. Ids on the wire are plain unsigned integers whose meaning is fixed by the
+//! message, from its *sender's* point of view: a `question` is always an id the asker
+//! chose; an `export` target is an id the receiver of that message exported. The session
+//! layer ([`crate::proto`]) turns them into the typed ids of its four tables. Nothing here
+//! checks that an id exists: that is the session's job.
+
+use serde::{Deserialize, Serialize};
+
+use super::{CborLimits, DecodeError, frame};
+use crate::broken::{Broken, BrokenKind};
+use crate::sturdy::SwissNumber;
+
+/// The protocol version this crate speaks, sent in [`Message::Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One captp message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum Message {
+    /// The first message each side sends: its protocol version and the largest frame it
+    /// accepts.
+    Hello {
+        /// Protocol version; this crate speaks [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The largest frame body, in bytes, the sender accepts.
+        max_frame: u64,
+    },
+    /// Asks for the object exported under a swiss number. Answered by a `return` whose
+    /// payload is a single reference, or the error `unknown_object`.
+    Bootstrap {
+        /// The asker's new question id.
+        question: u64,
+        /// The swiss number (32 bytes).
+        #[serde(with = "swiss_bytes")]
+        swiss: SwissNumber,
+    },
+    /// Delivers a method call to a target at the receiver.
+    Deliver {
+        /// What the call is for.
+        target: Target,
+        /// The method name.
+        method: String,
+        /// The arguments.
+        payload: Payload,
+        /// The asker's new question id, or absent for a one-way send (`send_only`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        question: Option<u64>,
+    },
+    /// Answers a question.
+    Return {
+        /// The question being answered (the asker's id).
+        question: u64,
+        /// The result.
+        result: ReturnResult,
+    },
+    /// The asker is done with a question's answer; the answerer may free it.
+    Finish {
+        /// The asker's question id.
+        question: u64,
+    },
+    /// Drops references to one of the receiver's exports.
+    Release {
+        /// The receiver's export id.
+        export: u64,
+        /// How many times the sender received it and now gives back (at least 1).
+        count: u64,
+    },
+    /// The sender is closing the session, with a reason; nothing follows it.
+    Abort {
+        /// Why, for people.
+        reason: String,
+    },
+    /// Asks the receiver to prove it is alive.
+    Ping {
+        /// Echoed in the pong.
+        nonce: u64,
+    },
+    /// Answers a ping.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+}
+
+/// The target of a `deliver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// An object the receiver exported, by its export id.
+    Export(u64),
+    /// The answer to one of the sender's questions to the receiver (promise pipelining):
+    /// the call is delivered to whatever that answer resolves to.
+    Answer(u64),
+}
+
+/// Data plus the capability table its references index into.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    /// One CBOR data item, carried as a byte string. A reference inside it is the tag
+    /// [`super::CAP_TAG`] holding an index into `caps`.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// The capability table; absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<CapDescriptor>,
+}
+
+/// How one reference in a payload is named, relative to the message's sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapDescriptor {
+    /// An object the sender hosts, under the sender's export id. The receiver imports
+    /// it and later releases it with `release`.
+    SenderHosted(u64),
+    /// An object the receiver hosts, under the receiver's export id: a reference coming
+    /// home.
+    ReceiverHosted(u64),
+}
+
+/// The result in a `return`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReturnResult {
+    /// The method's result.
+    Ok(Payload),
+    /// The method's error, or why the question could not be answered.
+    Err(WireBroken),
+}
+
+/// A [`Broken`] as it crosses the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireBroken {
+    /// The kind's wire name, as [`BrokenKind::as_str`] gives it.
+    pub kind: String,
+    /// The message, for people.
+    pub message: String,
+}
+
+/// Longest error message sent to a peer, in bytes; longer ones are cut (at a character
+/// boundary) so that an error can never exceed the peer's frame limit.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+impl From<&Broken> for WireBroken {
+    fn from(b: &Broken) -> WireBroken {
+        let mut message = b.message();
+        if message.len() > MAX_ERROR_MESSAGE {
+            let mut end = MAX_ERROR_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message = &message[..end];
+        }
+        WireBroken {
+            kind: b.kind().as_str().to_owned(),
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl From<WireBroken> for Broken {
+    fn from(w: WireBroken) -> Broken {
+        Broken::new(BrokenKind::from_wire(&w.kind), w.message)
+    }
+}
+
+impl Message {
+    /// Appends this message to `out` as one frame (length prefix and CBOR body);
+    /// returns the body length.
+    ///
+    /// # Errors
+    ///
+    /// Only if serialization itself fails, which the types here do not do.
+    pub fn encode_frame(&self, out: &mut Vec<u8>) -> Result<usize, String> {
+        let at = frame::begin(out);
+        if let Err(e) = ciborium::into_writer(self, &mut *out) {
+            out.truncate(at);
+            return Err(e.to_string());
+        }
+        Ok(frame::finish(out, at))
+    }
+
+    /// Decodes one message body (a frame without its length prefix).
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Cbor`] when the bytes fail the bounded check; [`DecodeError::Schema`]
+    /// for an unknown message kind or a wrong shape.
+    pub fn decode(body: &[u8], limits: &CborLimits) -> Result<Message, DecodeError> {
+        super::decode_value(body, limits).map_err(|e| match e {
+            DecodeError::Schema(s) => DecodeError::Schema(format!("not a captp message: {s}")),
+            other => other,
+        })
+    }
+
+    /// The message kind's wire name, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Bootstrap { .. } => "bootstrap",
+            Message::Deliver { .. } => "deliver",
+            Message::Return { .. } => "return",
+            Message::Finish { .. } => "finish",
+            Message::Release { .. } => "release",
+            Message::Abort { .. } => "abort",
+            Message::Ping { .. } => "ping",
+            Message::Pong { .. } => "pong",
+        }
+    }
+}
+
+/// Serde for a swiss number as a 32-byte CBOR byte string.
+mod swiss_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::sturdy::SwissNumber;
+
+    pub(super) fn serialize<S: Serializer>(swiss: &SwissNumber, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(swiss.as_bytes())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SwissNumber, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        let array: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            D::Error::custom(format!(
+                "swiss number must be 32 bytes, got {}",
+                bytes.len()
+            ))
+        })?;
+        Ok(SwissNumber::from_bytes(array))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(msg: Message) {
+        let mut out = Vec::new();
+        let len = msg.encode_frame(&mut out).unwrap();
+        assert_eq!(len + 4, out.len());
+        let back = Message::decode(&out[4..], &CborLimits::default()).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let payload = Payload {
+            data: crate::wire::encode_value(&("foot", 3u8)).unwrap(),
+            caps: vec![
+                CapDescriptor::SenderHosted(4),
+                CapDescriptor::ReceiverHosted(9),
+            ],
+        };
+        round_trip(Message::Hello {
+            version: PROTOCOL_VERSION,
+            max_frame: 1 << 20,
+        });
+        round_trip(Message::Bootstrap {
+            question: 1,
+            swiss: SwissNumber::from_bytes([7; 32]),
+        });
+        round_trip(Message::Deliver {
+            target: Target::Export(3),
+            method: "log".into(),
+            payload: payload.clone(),
+            question: None,
+        });
+        round_trip(Message::Deliver {
+            target: Target::Answer(u64::MAX),
+            method: String::new(),
+            payload: Payload::default(),
+            question: Some(2),
+        });
+        round_trip(Message::Return {
+            question: 2,
+            result: ReturnResult::Ok(payload),
+        });
+        round_trip(Message::Return {
+            question: 2,
+            result: ReturnResult::Err(WireBroken::from(&Broken::failed("no"))),
+        });
+        round_trip(Message::Finish { question: 5 });
+        round_trip(Message::Release {
+            export: 5,
+            count: 2,
+        });
+        round_trip(Message::Abort {
+            reason: "bye".into(),
+        });
+        round_trip(Message::Ping { nonce: 1 });
+        round_trip(Message::Pong { nonce: 1 });
+    }
+
+    #[test]
+    fn unknown_kind_is_a_schema_error() {
+        let body = crate::wire::encode_value(&std::collections::BTreeMap::from([(
+            "teleport",
+            std::collections::BTreeMap::from([("to", 1)]),
+        )]))
+        .unwrap();
+        let err = Message::decode(&body, &CborLimits::default()).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Schema(ref s) if s.contains("not a captp message")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn short_swiss_is_refused() {
+        #[derive(Serialize)]
+        struct Fake<'a> {
+            question: u64,
+            #[serde(with = "serde_bytes")]
+            swiss: &'a [u8],
+        }
+        let body = crate::wire::encode_value(&std::collections::BTreeMap::from([(
+            "bootstrap",
+            Fake {
+                question: 1,
+                swiss: &[1, 2, 3],
+            },
+        )]))
+        .unwrap();
+        let err = Message::decode(&body, &CborLimits::default()).unwrap_err();
+        assert!(err.to_string().contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_swiss() {
+        let msg = Message::Bootstrap {
+            question: 1,
+            swiss: SwissNumber::from_bytes([0xab; 32]),
+        };
+        let text = format!("{msg:?}");
+        assert!(!text.contains("171"), "{text}");
+        assert!(!text.contains("q6ur"), "{text}");
+    }
+}

@@ -1,0 +1,82 @@
+//! The wire layer: frames, the bounded CBOR check, and the typed messages.
+//!
+//! Pure functions from bytes to typed messages and back. No I/O, no tokio, no session
+//! state: what a message *means* for a session is decided in [`crate::proto`].
+//!
+//! Every frame from a peer goes through three steps, each bounded: the length prefix is
+//! checked against the frame limit before anything is allocated ([`frame`]); the CBOR is
+//! walked once without allocation to check nesting depth, item count, definite lengths
+//! and trailing bytes ([`scan`]); only then does serde decode it ([`message`]).
+
+pub mod frame;
+pub mod message;
+pub mod scan;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use message::{CapDescriptor, Message, Payload, ReturnResult, Target, WireBroken};
+pub use scan::{CborLimits, ScanError};
+
+/// The CBOR tag that marks a capability reference inside payload data; its content is an
+/// index into the payload's capability table. (Unregistered; chosen from the
+/// first-come-first-served range: 0x6361 is "ca".)
+pub const CAP_TAG: u64 = 0x6361;
+
+/// Bad bytes: input that is not a well-formed captp frame or message.
+///
+/// From a peer, any of these is a protocol violation that aborts that peer's session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The length prefix announced more than the frame limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// The announced length.
+        len: u64,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The CBOR failed the bounded check (depth, items, lengths, trailing bytes...).
+    #[error("bad CBOR: {0}")]
+    Cbor(#[from] ScanError),
+    /// Well-formed CBOR that is not a captp message of a known kind and shape (or, for
+    /// payload data, not the type the receiver asked for).
+    #[error("{0}")]
+    Schema(String),
+}
+
+/// Encodes any serde value as CBOR.
+///
+/// # Errors
+///
+/// Fails when the value's `Serialize` implementation fails.
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(64);
+    ciborium::into_writer(value, &mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Decodes one CBOR value of type `T`, after the bounded check.
+///
+/// # Errors
+///
+/// [`DecodeError::Cbor`] when the bytes fail the bounded check, [`DecodeError::Schema`]
+/// when they are CBOR but not a `T`.
+pub fn decode_value<T: DeserializeOwned>(
+    bytes: &[u8],
+    limits: &CborLimits,
+) -> Result<T, DecodeError> {
+    scan::check(bytes, limits)?;
+    ciborium::from_reader(bytes).map_err(|e| DecodeError::Schema(schema_error(e)))
+}
+
+fn schema_error<E: std::fmt::Debug>(e: ciborium::de::Error<E>) -> String {
+    match e {
+        ciborium::de::Error::Semantic(Some(offset), msg) => format!("{msg} (at byte {offset})"),
+        ciborium::de::Error::Semantic(None, msg) => msg,
+        ciborium::de::Error::Syntax(offset) => format!("CBOR syntax error at byte {offset}"),
+        ciborium::de::Error::RecursionLimitExceeded => "CBOR nested too deeply".to_owned(),
+        ciborium::de::Error::Io(e) => format!("truncated CBOR ({e:?})"),
+    }
+}
