@@ -1,1 +1,2155 @@
+#![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::session::SINGLE_CAP_DATA;
+use super::*;
+use crate::broken::{Broken, BrokenKind};
+use crate::limits::Limits;
+use crate::sturdy::SwissNumber;
+use crate::wire::message::PROTOCOL_VERSION;
+use crate::wire::{
+    self, CapDescriptor, CborLimits, DecodeError, Message, Payload, ReturnResult, ScanError,
+    Target, WireBroken, frame,
+};
+
+// ---- harness ----
+
+type S = Session<u32, u32>;
+
+/// A pair that does not settle within this many steps is a bug (a message loop).
+const STEP_LIMIT: usize = 10_000;
+
+/// The object side B exports under `swiss(1)`.
+const B_OBJ: u32 = 100;
+/// The object side A exports under `swiss(2)`.
+const A_OBJ: u32 = 200;
+/// A swiss number neither side knows.
+const UNKNOWN: u8 = 9;
+/// The resolver of the question the victim of a violation has pending.
+const PENDING: u32 = 999;
+
+fn swiss(n: u8) -> SwissNumber {
+    SwissNumber::from_bytes([n; 32])
+}
+
+fn data<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    wire::encode_value(value).unwrap()
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> T {
+    wire::decode_value(bytes, &CborLimits::default()).unwrap()
+}
+
+fn in_data(bytes: Vec<u8>) -> InPayload<u32> {
+    InPayload {
+        data: bytes,
+        caps: Vec::new(),
+    }
+}
+
+fn in_single(cap: InCap<u32>) -> InPayload<u32> {
+    InPayload {
+        data: SINGLE_CAP_DATA.to_vec(),
+        caps: vec![cap],
+    }
+}
+
+fn wire_single(desc: CapDescriptor) -> Payload {
+    Payload {
+        data: SINGLE_CAP_DATA.to_vec(),
+        caps: vec![desc],
+    }
+}
+
+/// A call that expects an answer: question `q`, resolver `q as u32`, no pipelined refs.
+fn ask(target: LocalTarget, method: &str, payload: OutPayload<u32>, q: u64) -> Call<u32, u32> {
+    Call {
+        target,
+        method: method.to_owned(),
+        payload,
+        question: Some(QuestionId(q)),
+        resolver: Some(u32::try_from(q).unwrap()),
+        pipeline_refs: 0,
+    }
+}
+
+/// A one-way call (`send_only`).
+fn tell(target: LocalTarget, method: &str, payload: OutPayload<u32>) -> Call<u32, u32> {
+    Call {
+        target,
+        method: method.to_owned(),
+        payload,
+        question: None,
+        resolver: None,
+        pipeline_refs: 0,
+    }
+}
+
+fn no_args() -> OutPayload<u32> {
+    OutPayload::data(data(&()))
+}
+
+fn zero() -> SessionStats {
+    SessionStats::default()
+}
+
+fn stats(questions: usize, answers: usize, imports: usize, exports: usize) -> SessionStats {
+    SessionStats {
+        questions,
+        answers,
+        imports,
+        exports,
+    }
+}
+
+/// An [`Event`] in a comparable form, so tests can assert whole event lists.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Deliver {
+        target: u32,
+        method: String,
+        payload: InPayload<u32>,
+        answer: Option<AnswerId>,
+    },
+    Bootstrap {
+        answer: AnswerId,
+        swiss: [u8; 32],
+    },
+    Return {
+        resolver: u32,
+        result: Result<InPayload<u32>, Broken>,
+    },
+    Closed(CloseReason),
+}
+
+impl From<Event<u32, u32>> for Seen {
+    fn from(ev: Event<u32, u32>) -> Seen {
+        match ev {
+            Event::Deliver {
+                target,
+                method,
+                payload,
+                answer,
+            } => Seen::Deliver {
+                target,
+                method,
+                payload,
+                answer,
+            },
+            Event::Bootstrap { answer, swiss } => Seen::Bootstrap {
+                answer,
+                swiss: *swiss.as_bytes(),
+            },
+            Event::Return { resolver, result } => Seen::Return { resolver, result },
+            Event::Closed { reason } => Seen::Closed(reason),
+        }
+    }
+}
+
+fn delivered(target: u32, method: &str, payload: InPayload<u32>, answer: Option<u64>) -> Seen {
+    Seen::Deliver {
+        target,
+        method: method.to_owned(),
+        payload,
+        answer: answer.map(AnswerId),
+    }
+}
+
+fn returned(resolver: u32, result: Result<InPayload<u32>, Broken>) -> Seen {
+    Seen::Return { resolver, result }
+}
+
+/// Drains a lone session: everything it wants to transmit and every event.
+fn drain(s: &mut S) -> (Vec<Message>, Vec<Seen>) {
+    let mut sent = Vec::new();
+    while let Some(m) = s.poll_transmit() {
+        sent.push(m);
+    }
+    let mut events = Vec::new();
+    while let Some(e) = s.poll_event() {
+        events.push(Seen::from(e));
+    }
+    (sent, events)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    A,
+    B,
+}
+use Side::{A, B};
+
+/// One side of a [`Pair`]: its session, what it saw and sent, and its bootstrap map.
+struct Peer {
+    session: S,
+    /// Events not yet taken by the test, in order.
+    events: Vec<Seen>,
+    /// Every message this side transmitted, in order (cleared after the handshake).
+    sent: Vec<Message>,
+    /// The local "runtime": swiss number → object, for answering bootstraps.
+    objects: HashMap<[u8; 32], u32>,
+}
+
+impl Peer {
+    fn new(limits: Limits, objects: &[(u8, u32)]) -> Peer {
+        Peer {
+            session: Session::new(limits),
+            events: Vec::new(),
+            sent: Vec::new(),
+            objects: objects.iter().map(|&(n, o)| ([n; 32], o)).collect(),
+        }
+    }
+
+    fn collect_events(&mut self) {
+        while let Some(e) = self.session.poll_event() {
+            self.events.push(Seen::from(e));
+        }
+    }
+
+    fn take_events(&mut self) -> Vec<Seen> {
+        self.collect_events();
+        std::mem::take(&mut self.events)
+    }
+
+    fn take_sent(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.sent)
+    }
+
+    /// Answers every pending `Bootstrap` event from the object map (unknown →
+    /// `unknown_object`), leaving other events in place. Returns the answers given.
+    fn serve_bootstraps(&mut self) -> Vec<AnswerId> {
+        self.collect_events();
+        let mut served = Vec::new();
+        for ev in std::mem::take(&mut self.events) {
+            match ev {
+                Seen::Bootstrap { answer, swiss } => {
+                    let result = match self.objects.get(&swiss) {
+                        Some(&o) => Ok(OutPayload::single_cap(OutCap::Local(o))),
+                        None => Err(Broken::unknown_object()),
+                    };
+                    self.session.answer(answer, result);
+                    served.push(answer);
+                }
+                other => self.events.push(other),
+            }
+        }
+        served
+    }
+}
+
+/// Two sessions wired together in memory.
+struct Pair {
+    a: Peer,
+    b: Peer,
+    /// Carry every message as a frame (encode, split, decode) instead of by value.
+    codec: bool,
+}
+
+impl Pair {
+    /// Default limits, frames through the codec, handshake done.
+    fn new() -> Pair {
+        Pair::with_limits(Limits::default(), Limits::default())
+    }
+
+    fn with_limits(a: Limits, b: Limits) -> Pair {
+        Pair::build(a, b, true)
+    }
+
+    fn build(a: Limits, b: Limits, codec: bool) -> Pair {
+        let a_frame = a.max_frame as u64;
+        let b_frame = b.max_frame as u64;
+        let mut pair = Pair {
+            a: Peer::new(a, &[(2, A_OBJ)]),
+            b: Peer::new(b, &[(1, B_OBJ)]),
+            codec,
+        };
+        pair.drive();
+        assert!(pair.a.session.is_established() && pair.b.session.is_established());
+        let hello = |max_frame| Message::Hello {
+            version: PROTOCOL_VERSION,
+            max_frame,
+        };
+        assert_eq!(pair.a.take_sent(), [hello(a_frame)]);
+        assert_eq!(pair.b.take_sent(), [hello(b_frame)]);
+        assert_eq!(pair.a.take_events(), []);
+        assert_eq!(pair.b.take_events(), []);
+        pair
+    }
+
+    /// A pair where B has one question pending at A (a bootstrap A never answers), so
+    /// that a violation detected by B can be seen breaking B's pending questions.
+    fn victim(a: Limits, b: Limits) -> Pair {
+        let mut pair = Pair::with_limits(a, b);
+        pair.b
+            .session
+            .bootstrap(QuestionId(900), swiss(UNKNOWN), Some(PENDING), 0);
+        pair.drive();
+        assert_eq!(
+            pair.a.take_events(),
+            [Seen::Bootstrap {
+                answer: AnswerId(900),
+                swiss: [UNKNOWN; 32]
+            }]
+        );
+        pair.b.take_sent();
+        pair
+    }
+
+    fn peer(&mut self, side: Side) -> &mut Peer {
+        match side {
+            A => &mut self.a,
+            B => &mut self.b,
+        }
+    }
+
+    fn ends(&mut self, from: Side) -> (&mut Peer, &mut Peer) {
+        match from {
+            A => (&mut self.a, &mut self.b),
+            B => (&mut self.b, &mut self.a),
+        }
+    }
+
+    /// Moves one message from `from` to the other side; false if there was none.
+    fn step(&mut self, from: Side) -> bool {
+        let codec = self.codec;
+        let (src, dst) = self.ends(from);
+        let Some(msg) = src.session.poll_transmit() else {
+            return false;
+        };
+        if codec {
+            let mut buf = Vec::new();
+            let len = msg.encode_frame(&mut buf).unwrap();
+            let span = frame::next_frame(&buf, usize::MAX).unwrap().unwrap();
+            assert_eq!((span.end - span.start, span.end), (len, buf.len()));
+            let body = &buf[span.start..span.end];
+            assert_eq!(Message::decode(body, &CborLimits::default()).unwrap(), msg);
+            dst.session.handle_frame(body);
+        } else {
+            dst.session.handle_message(msg.clone());
+        }
+        src.sent.push(msg);
+        true
+    }
+
+    /// Moves every message `from` has queued now, without letting the other side reply.
+    fn pump(&mut self, from: Side) {
+        while self.step(from) {}
+        self.a.collect_events();
+        self.b.collect_events();
+    }
+
+    /// Carries messages both ways until both sides are quiet.
+    fn drive(&mut self) {
+        for _ in 0..STEP_LIMIT {
+            self.a.collect_events();
+            self.b.collect_events();
+            let moved_ab = self.step(A);
+            let moved_ba = self.step(B);
+            if !moved_ab && !moved_ba {
+                self.a.collect_events();
+                self.b.collect_events();
+                return;
+            }
+        }
+        panic!("the pair did not settle in {STEP_LIMIT} steps");
+    }
+
+    /// `asker` bootstraps `swiss(n)` from the other side, which serves it from its map;
+    /// returns what the resolver got.
+    fn bootstrap(&mut self, asker: Side, q: u64, n: u8, pipeline_refs: u32) -> Seen {
+        let resolver = u32::try_from(q).unwrap();
+        self.peer(asker)
+            .session
+            .bootstrap(QuestionId(q), swiss(n), Some(resolver), pipeline_refs);
+        self.drive();
+        let answerer = match asker {
+            A => B,
+            B => A,
+        };
+        assert_eq!(self.peer(answerer).serve_bootstraps(), [AnswerId(q)]);
+        self.drive();
+        let mut events = self.peer(asker).take_events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        events.remove(0)
+    }
+
+    /// A bootstraps B's object under question `q`; returns A's import of it.
+    fn a_imports_b_obj(&mut self, q: u64) -> ImportId {
+        let seen = self.bootstrap(A, q, 1, 0);
+        let Seen::Return {
+            result: Ok(payload),
+            ..
+        } = seen
+        else {
+            panic!("bootstrap failed: {seen:?}");
+        };
+        let [InCap::Import(i)] = payload.caps[..] else {
+            panic!("not a single import: {payload:?}");
+        };
+        self.a.take_sent();
+        self.b.take_sent();
+        i
+    }
+
+    fn stats(&self) -> (SessionStats, SessionStats) {
+        (self.a.session.stats(), self.b.session.stats())
+    }
+}
+
+/// After B detected `expected` from A (and the pair was driven): B queued exactly one
+/// `abort` with the violation's text, broke its pending question with `disconnected`,
+/// closed, and emptied its tables; A got the abort and closed too. Returns A's events
+/// before its `Closed`, for the test to check.
+fn expect_violation(pair: &mut Pair, expected: Violation) -> Vec<Seen> {
+    let text = expected.to_string();
+    let reason = CloseReason::Violation(expected);
+    assert_eq!(
+        pair.b.take_events(),
+        [
+            returned(PENDING, Err(Broken::disconnected(&reason))),
+            Seen::Closed(reason),
+        ]
+    );
+    let sent = pair.b.take_sent();
+    assert_eq!(
+        sent.last(),
+        Some(&Message::Abort {
+            reason: text.clone()
+        }),
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent.iter()
+            .filter(|m| matches!(m, Message::Abort { .. }))
+            .count(),
+        1
+    );
+    assert!(pair.b.session.is_closed() && pair.a.session.is_closed());
+    assert_eq!(pair.stats(), (zero(), zero()));
+    let mut a_events = pair.a.take_events();
+    assert_eq!(
+        a_events.pop(),
+        Some(Seen::Closed(CloseReason::PeerAborted(text)))
+    );
+    a_events
+}
+
+// ---- handshake: hello first, once, with a version we speak ----
+
+#[test]
+fn hello_is_queued_first_and_establishes_both_sides() {
+    let mut s: S = Session::new(Limits::default());
+    assert!(!s.is_established() && !s.is_closed());
+    assert_eq!(
+        drain(&mut s),
+        (
+            vec![Message::Hello {
+                version: PROTOCOL_VERSION,
+                max_frame: 1 << 20
+            }],
+            vec![]
+        )
+    );
+    s.handle_message(Message::Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: 4096,
+    });
+    assert!(s.is_established() && !s.is_closed());
+    assert_eq!(s.peer_max_frame(), 4096);
+    assert_eq!(drain(&mut s), (vec![], vec![]));
+}
+
+#[test]
+fn hello_exchange_learns_each_peers_frame_limit() {
+    let la = Limits {
+        max_frame: 5000,
+        ..Limits::default()
+    };
+    let lb = Limits {
+        max_frame: 7000,
+        ..Limits::default()
+    };
+    // `build` checks both hellos and that nothing else happened.
+    let pair = Pair::build(la, lb, false);
+    assert_eq!(pair.a.session.peer_max_frame(), 7000);
+    assert_eq!(pair.b.session.peer_max_frame(), 5000);
+    assert_eq!(pair.stats(), (zero(), zero()));
+}
+
+#[test]
+fn first_message_not_hello_is_a_violation() {
+    let mut s: S = Session::new(Limits::default());
+    // Questions may be asked before the peer's hello arrives.
+    s.bootstrap(QuestionId(1), swiss(1), Some(7), 0);
+    s.handle_message(Message::Ping { nonce: 5 });
+    let v = Violation::NoHello { got: "ping" };
+    let reason = CloseReason::Violation(v.clone());
+    let (sent, events) = drain(&mut s);
+    assert_eq!(
+        sent,
+        [
+            Message::Hello {
+                version: PROTOCOL_VERSION,
+                max_frame: 1 << 20
+            },
+            Message::Bootstrap {
+                question: 1,
+                swiss: swiss(1)
+            },
+            // No pong: the ping itself was the violation.
+            Message::Abort {
+                reason: "expected hello as the first message, got ping".to_owned()
+            },
+        ]
+    );
+    assert_eq!(
+        events,
+        [
+            returned(7, Err(Broken::disconnected(&reason))),
+            Seen::Closed(reason)
+        ]
+    );
+    assert!(s.is_closed() && !s.is_established());
+    assert_eq!(s.stats(), zero());
+}
+
+#[test]
+fn unsupported_version_is_a_violation() {
+    let mut s: S = Session::new(Limits::default());
+    s.poll_transmit();
+    s.handle_message(Message::Hello {
+        version: PROTOCOL_VERSION + 1,
+        max_frame: 1000,
+    });
+    let v = Violation::UnsupportedVersion {
+        version: PROTOCOL_VERSION + 1,
+    };
+    assert_eq!(
+        drain(&mut s),
+        (
+            vec![Message::Abort {
+                reason: "unsupported protocol version 2 (this vat speaks 1)".to_owned()
+            }],
+            vec![Seen::Closed(CloseReason::Violation(v))]
+        )
+    );
+    assert!(s.is_closed() && !s.is_established());
+}
+
+#[test]
+fn duplicate_hello_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    pair.b.session.handle_message(Message::Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: 1000,
+    });
+    pair.drive();
+    assert_eq!(expect_violation(&mut pair, Violation::DuplicateHello), []);
+}
+
+#[test]
+fn abort_before_hello_closes_as_peer_aborted() {
+    let mut s: S = Session::new(Limits::default());
+    s.poll_transmit();
+    s.handle_message(Message::Abort {
+        reason: "go away".to_owned(),
+    });
+    assert_eq!(
+        drain(&mut s),
+        (
+            vec![],
+            vec![Seen::Closed(CloseReason::PeerAborted("go away".to_owned()))]
+        )
+    );
+}
+
+// ---- bootstrap: swiss number → a single reference, or unknown_object ----
+
+#[test]
+fn bootstrap_known_swiss_resolves_to_single_reference() {
+    let mut pair = Pair::new();
+    assert_eq!(
+        pair.bootstrap(A, 1, 1, 0),
+        returned(1, Ok(in_single(InCap::Import(ImportId(1)))))
+    );
+    assert_eq!(
+        pair.a.take_sent(),
+        [
+            Message::Bootstrap {
+                question: 1,
+                swiss: swiss(1)
+            },
+            Message::Finish { question: 1 },
+        ]
+    );
+    assert_eq!(
+        pair.b.take_sent(),
+        [Message::Return {
+            question: 1,
+            result: ReturnResult::Ok(wire_single(CapDescriptor::SenderHosted(1)))
+        }]
+    );
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+#[test]
+fn bootstrap_unknown_swiss_breaks_with_unknown_object() {
+    let mut pair = Pair::new();
+    let seen = pair.bootstrap(A, 1, UNKNOWN, 0);
+    assert_eq!(seen, returned(1, Err(Broken::unknown_object())));
+    let Seen::Return { result: Err(b), .. } = seen else {
+        unreachable!()
+    };
+    assert_eq!(b.kind(), BrokenKind::UnknownObject);
+    assert_eq!(
+        pair.b.take_sent(),
+        [Message::Return {
+            question: 1,
+            result: ReturnResult::Err(WireBroken {
+                kind: "unknown_object".to_owned(),
+                message: Broken::unknown_object().message().to_owned(),
+            })
+        }]
+    );
+    assert_eq!(pair.stats(), (zero(), zero()));
+}
+
+#[test]
+fn bootstrap_revoked_swiss_is_indistinguishable_from_unknown() {
+    let mut pair = Pair::new();
+    let i = pair.a_imports_b_obj(1);
+    pair.a.session.drop_import(i);
+    pair.drive();
+    // Revoke: the runtime forgets the swiss number.
+    pair.b.objects.clear();
+    let revoked = pair.bootstrap(A, 2, 1, 0);
+    let unknown = pair.bootstrap(A, 3, UNKNOWN, 0);
+    assert_eq!(revoked, returned(2, Err(Broken::unknown_object())));
+    assert_eq!(unknown, returned(3, Err(Broken::unknown_object())));
+    assert_eq!(pair.stats(), (zero(), zero()));
+}
+
+// ---- calls: deliver, return, finish, send_only, errors ----
+
+fn basic_call(codec: bool) {
+    let mut pair = Pair::build(Limits::default(), Limits::default(), codec);
+    let obj = pair.a_imports_b_obj(1);
+    let args = data(&("add", 2u32, 3u32));
+    pair.a.session.send(ask(
+        LocalTarget::Import(obj),
+        "add",
+        OutPayload::data(args.clone()),
+        2,
+    ));
+    pair.drive();
+    assert_eq!(
+        pair.a.take_sent(),
+        [Message::Deliver {
+            target: Target::Export(1),
+            method: "add".to_owned(),
+            payload: Payload {
+                data: args.clone(),
+                caps: vec![]
+            },
+            question: Some(2),
+        }]
+    );
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(B_OBJ, "add", in_data(args.clone()), Some(2))]
+    );
+    assert_eq!(pair.stats(), (stats(1, 0, 1, 0), stats(0, 1, 0, 1)));
+    let (_, x, y): (String, u32, u32) = decode(&args);
+
+    pair.b
+        .session
+        .answer(AnswerId(2), Ok(OutPayload::data(data(&(x + y)))));
+    pair.pump(B);
+    // The return arrived; the finish is queued at A but B still holds the answer.
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 1, 0, 1)));
+    let events = pair.a.take_events();
+    assert_eq!(events, [returned(2, Ok(in_data(data(&5u32))))]);
+    let Seen::Return {
+        result: Ok(payload),
+        ..
+    } = &events[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(decode::<u32>(&payload.data), 5);
+    pair.drive();
+    assert_eq!(pair.a.take_sent(), [Message::Finish { question: 2 }]);
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+    assert_eq!(
+        (pair.a.take_events(), pair.b.take_events()),
+        (vec![], vec![])
+    );
+}
+
+#[test]
+fn basic_call_returns_data_and_finishes() {
+    basic_call(false);
+}
+
+#[test]
+fn basic_call_through_the_frame_codec() {
+    basic_call(true);
+}
+
+#[test]
+fn send_only_delivers_without_return() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.send(tell(
+        LocalTarget::Import(obj),
+        "log",
+        OutPayload::data(data("hi")),
+    ));
+    pair.drive();
+    assert_eq!(
+        pair.a.take_sent(),
+        [Message::Deliver {
+            target: Target::Export(1),
+            method: "log".to_owned(),
+            payload: Payload {
+                data: data("hi"),
+                caps: vec![]
+            },
+            question: None,
+        }]
+    );
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(B_OBJ, "log", in_data(data("hi")), None)]
+    );
+    assert_eq!(pair.b.take_sent(), []);
+    assert_eq!(pair.a.take_events(), []);
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+#[test]
+fn remote_error_keeps_kind_and_message() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "withdraw", no_args(), 2));
+    pair.drive();
+    pair.b.take_events();
+    pair.a.take_sent();
+    let err = Broken::failed("insufficient funds");
+    pair.b.session.answer(AnswerId(2), Err(err.clone()));
+    pair.drive();
+    assert_eq!(pair.a.take_events(), [returned(2, Err(err))]);
+    assert_eq!(
+        pair.b.take_sent(),
+        [Message::Return {
+            question: 2,
+            result: ReturnResult::Err(WireBroken {
+                kind: "failed".to_owned(),
+                message: "insufficient funds".to_owned()
+            })
+        }]
+    );
+    assert_eq!(pair.a.take_sent(), [Message::Finish { question: 2 }]);
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+#[test]
+fn unknown_error_kind_from_a_newer_peer_becomes_other() {
+    let mut pair = Pair::new();
+    pair.a
+        .session
+        .bootstrap(QuestionId(1), swiss(1), Some(1), 0);
+    pair.drive();
+    pair.b.take_events();
+    // B's runtime would never produce this kind; inject it as if from a newer B.
+    pair.a.session.handle_message(Message::Return {
+        question: 1,
+        result: ReturnResult::Err(WireBroken {
+            kind: "from_the_future".to_owned(),
+            message: "new".to_owned(),
+        }),
+    });
+    assert_eq!(
+        pair.a.take_events(),
+        [returned(1, Err(Broken::new(BrokenKind::Other, "new")))]
+    );
+}
+
+#[test]
+fn answering_twice_or_an_unknown_answer_does_nothing() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "get", no_args(), 2));
+    pair.drive();
+    pair.b.take_events();
+    pair.b
+        .session
+        .answer(AnswerId(2), Ok(OutPayload::data(data(&1u8))));
+    pair.b
+        .session
+        .answer(AnswerId(2), Ok(OutPayload::data(data(&2u8))));
+    pair.b
+        .session
+        .answer(AnswerId(77), Ok(OutPayload::data(data(&3u8))));
+    pair.drive();
+    assert_eq!(pair.b.take_sent().len(), 1);
+    assert_eq!(pair.a.take_events(), [returned(2, Ok(in_data(data(&1u8))))]);
+    assert!(!pair.a.session.is_closed() && !pair.b.session.is_closed());
+}
+
+#[test]
+fn send_to_a_released_import_breaks_locally() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.drop_import(obj);
+    pair.drive();
+    pair.a.take_sent();
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "get", no_args(), 2));
+    assert_eq!(
+        pair.a.take_events(),
+        [returned(
+            2,
+            Err(Broken::new(BrokenKind::Other, "reference i1 was released"))
+        )]
+    );
+    assert_eq!(pair.a.session.poll_transmit(), None);
+    assert_eq!(pair.stats(), (zero(), zero()));
+}
+
+// ---- promise pipelining: sends to an answer before and after it resolves ----
+
+#[test]
+fn pipelined_calls_wait_for_the_bootstrap_in_e_order() {
+    let mut pair = Pair::new();
+    pair.a
+        .session
+        .bootstrap(QuestionId(1), swiss(1), Some(1), 1);
+    let promise = LocalTarget::Answer(QuestionId(1));
+    pair.a
+        .session
+        .send(ask(promise, "first", OutPayload::data(data(&1u8)), 2));
+    pair.a
+        .session
+        .send(ask(promise, "second", OutPayload::data(data(&2u8)), 3));
+    pair.a
+        .session
+        .send(tell(promise, "third", OutPayload::data(data(&3u8))));
+    pair.a
+        .session
+        .send(ask(promise, "fourth", OutPayload::data(data(&4u8)), 4));
+    pair.drive();
+    let sent = pair.a.take_sent();
+    assert_eq!(sent.len(), 5);
+    for m in &sent[1..] {
+        let Message::Deliver { target, .. } = m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(*target, Target::Answer(1));
+    }
+    // Queued at B: only the bootstrap is visible; B holds four answers.
+    assert_eq!(
+        pair.b.take_events(),
+        [Seen::Bootstrap {
+            answer: AnswerId(1),
+            swiss: [1; 32]
+        }]
+    );
+    assert_eq!(pair.stats(), (stats(4, 0, 0, 0), stats(0, 4, 0, 0)));
+
+    pair.b.session.answer(
+        AnswerId(1),
+        Ok(OutPayload::single_cap(OutCap::Local(B_OBJ))),
+    );
+    assert_eq!(
+        pair.b.take_events(),
+        [
+            delivered(B_OBJ, "first", in_data(data(&1u8)), Some(2)),
+            delivered(B_OBJ, "second", in_data(data(&2u8)), Some(3)),
+            delivered(B_OBJ, "third", in_data(data(&3u8)), None),
+            delivered(B_OBJ, "fourth", in_data(data(&4u8)), Some(4)),
+        ]
+    );
+    for q in [2u8, 3, 4] {
+        pair.b
+            .session
+            .answer(AnswerId(q.into()), Ok(OutPayload::data(data(&(q * 10)))));
+    }
+    pair.drive();
+    assert_eq!(
+        pair.a.take_events(),
+        [
+            returned(1, Ok(in_single(InCap::Import(ImportId(1))))),
+            returned(2, Ok(in_data(data(&20u8)))),
+            returned(3, Ok(in_data(data(&30u8)))),
+            returned(4, Ok(in_data(data(&40u8)))),
+        ]
+    );
+    // Question 1 stays: one pipelined reference is still held.
+    assert_eq!(pair.stats(), (stats(1, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+#[test]
+fn pipelined_call_arriving_after_the_answer_is_delivered_at_once() {
+    let mut pair = Pair::new();
+    pair.a
+        .session
+        .bootstrap(QuestionId(1), swiss(1), Some(1), 1);
+    pair.pump(A);
+    pair.b.serve_bootstraps();
+    // B's return is still in flight when A pipelines a call on the answer.
+    pair.a
+        .session
+        .send(ask(LocalTarget::Answer(QuestionId(1)), "now", no_args(), 2));
+    pair.pump(A);
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(B_OBJ, "now", in_data(data(&())), Some(2))]
+    );
+    pair.drive();
+    assert_eq!(
+        pair.a.take_events(),
+        [returned(1, Ok(in_single(InCap::Import(ImportId(1)))))]
+    );
+    assert_eq!(pair.stats(), (stats(2, 0, 1, 0), stats(0, 1, 0, 1)));
+}
+
+#[test]
+fn pipelined_calls_on_a_broken_bootstrap_break_the_same_way() {
+    let mut pair = Pair::new();
+    pair.a
+        .session
+        .bootstrap(QuestionId(1), swiss(UNKNOWN), Some(1), 2);
+    let promise = LocalTarget::Answer(QuestionId(1));
+    pair.a.session.send(ask(promise, "one", no_args(), 2));
+    pair.a.session.send(ask(promise, "two", no_args(), 3));
+    pair.drive();
+    pair.b.serve_bootstraps();
+    pair.drive();
+    let b = Broken::unknown_object();
+    assert_eq!(
+        pair.a.take_events(),
+        [
+            returned(1, Err(b.clone())),
+            returned(2, Err(b.clone())),
+            returned(3, Err(b.clone())),
+        ]
+    );
+    assert_eq!(pair.b.take_events(), []);
+    assert_eq!(pair.stats(), (stats(1, 0, 0, 0), zero()));
+
+    // The question is kept (two pipelined refs): later sends break at once, locally.
+    pair.a.take_sent();
+    pair.a.session.send(ask(promise, "three", no_args(), 4));
+    pair.a.session.send(Call {
+        resolver: Some(5),
+        ..tell(promise, "four", no_args())
+    });
+    assert_eq!(
+        pair.a.take_events(),
+        [returned(4, Err(b.clone())), returned(5, Err(b))]
+    );
+    assert_eq!(pair.a.session.poll_transmit(), None);
+    pair.a.session.drop_question_ref(QuestionId(1));
+    assert_eq!(pair.a.session.stats(), stats(1, 0, 0, 0));
+    pair.a.session.drop_question_ref(QuestionId(1));
+    assert_eq!(pair.stats(), (zero(), zero()));
+}
+
+#[test]
+fn pipelined_send_only_on_a_broken_promise_releases_its_references() {
+    let mut pair = Pair::new();
+    pair.a
+        .session
+        .bootstrap(QuestionId(1), swiss(UNKNOWN), Some(1), 1);
+    pair.a.session.send(tell(
+        LocalTarget::Answer(QuestionId(1)),
+        "take",
+        OutPayload::single_cap(OutCap::Local(A_OBJ)),
+    ));
+    pair.drive();
+    assert_eq!(pair.stats(), (stats(1, 0, 0, 1), stats(0, 1, 1, 0)));
+    pair.b.serve_bootstraps();
+    pair.drive();
+    assert_eq!(
+        pair.b.take_sent()[1..],
+        [Message::Release {
+            export: 1,
+            count: 1
+        }]
+    );
+    pair.a.session.drop_question_ref(QuestionId(1));
+    assert_eq!(pair.stats(), (zero(), zero()));
+}
+
+#[test]
+fn send_to_a_resolved_question_goes_to_the_import() {
+    let mut pair = Pair::new();
+    let seen = pair.bootstrap(A, 1, 1, 1);
+    assert_eq!(seen, returned(1, Ok(in_single(InCap::Import(ImportId(1))))));
+    pair.a.take_sent();
+    pair.a.session.send(ask(
+        LocalTarget::Answer(QuestionId(1)),
+        "later",
+        no_args(),
+        2,
+    ));
+    pair.drive();
+    assert_eq!(
+        pair.a.take_sent()[0],
+        Message::Deliver {
+            target: Target::Export(1),
+            method: "later".to_owned(),
+            payload: Payload {
+                data: data(&()),
+                caps: vec![]
+            },
+            question: Some(2),
+        }
+    );
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(B_OBJ, "later", in_data(data(&())), Some(2))]
+    );
+}
+
+#[test]
+fn call_on_a_promise_resolved_to_data_breaks_with_not_an_object() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.send(Call {
+        pipeline_refs: 1,
+        ..ask(LocalTarget::Import(obj), "balance", no_args(), 2)
+    });
+    let promise = LocalTarget::Answer(QuestionId(2));
+    // Pipelined before the result: B breaks it.
+    pair.a.session.send(ask(promise, "deposit", no_args(), 3));
+    pair.drive();
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(B_OBJ, "balance", in_data(data(&())), Some(2))]
+    );
+    pair.b
+        .session
+        .answer(AnswerId(2), Ok(OutPayload::data(data(&42u32))));
+    pair.drive();
+    let not_an_object = |m: &str| {
+        Broken::new(
+            BrokenKind::NotAnObject,
+            format!("cannot call {m:?}: the promise resolved to data, not an object"),
+        )
+    };
+    assert_eq!(
+        pair.a.take_events(),
+        [
+            returned(2, Ok(in_data(data(&42u32)))),
+            returned(3, Err(not_an_object("deposit"))),
+        ]
+    );
+    // Sent after the result: A breaks it without transmitting.
+    pair.a.take_sent();
+    pair.a.session.send(ask(promise, "withdraw", no_args(), 4));
+    assert_eq!(
+        pair.a.take_events(),
+        [returned(4, Err(not_an_object("withdraw")))]
+    );
+    assert_eq!(pair.a.session.poll_transmit(), None);
+    assert_eq!(pair.stats(), (stats(1, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+// ---- references: export reuse, refcounts, release, references coming home ----
+
+#[test]
+fn release_on_drop_empties_every_table() {
+    let mut pair = Pair::new();
+    // One handle from the resolver, one held by the question for pipelining.
+    let seen = pair.bootstrap(A, 1, 1, 1);
+    assert_eq!(seen, returned(1, Ok(in_single(InCap::Import(ImportId(1))))));
+    pair.a.take_sent();
+    assert_eq!(pair.stats(), (stats(1, 0, 1, 0), stats(0, 0, 0, 1)));
+    pair.a.session.drop_question_ref(QuestionId(1));
+    assert_eq!(pair.a.session.poll_transmit(), None);
+    assert_eq!(pair.a.session.stats(), stats(0, 0, 1, 0));
+    pair.a.session.drop_import(ImportId(1));
+    pair.drive();
+    assert_eq!(
+        pair.a.take_sent(),
+        [Message::Release {
+            export: 1,
+            count: 1
+        }]
+    );
+    assert_eq!(pair.stats(), (zero(), zero()));
+    assert_eq!(
+        (pair.a.take_events(), pair.b.take_events()),
+        (vec![], vec![])
+    );
+}
+
+#[test]
+fn export_reuse_shares_the_id_and_release_carries_the_count() {
+    let mut pair = Pair::new();
+    let first = pair.a_imports_b_obj(1);
+    let second = pair.a_imports_b_obj(2);
+    assert_eq!((first, second), (ImportId(1), ImportId(1)));
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+    pair.a.session.drop_import(first);
+    pair.drive();
+    assert_eq!(pair.a.take_sent(), []);
+    pair.a.session.drop_import(second);
+    // Still exported until the release arrives.
+    assert_eq!(pair.b.session.stats(), stats(0, 0, 0, 1));
+    pair.drive();
+    assert_eq!(
+        pair.a.take_sent(),
+        [Message::Release {
+            export: 1,
+            count: 2
+        }]
+    );
+    assert_eq!(pair.stats(), (zero(), zero()));
+    // A released export's id is not reused.
+    assert_eq!(pair.a_imports_b_obj(3), ImportId(2));
+}
+
+#[test]
+fn release_races_with_a_new_copy_of_the_same_export() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "me", no_args(), 2));
+    pair.drive();
+    pair.b.take_events();
+    // A drops its import; B sends the object again before A's release (count 1)
+    // arrives, so B's refcount goes 1 → 2 → 1 and A imports it afresh.
+    pair.a.session.drop_import(obj);
+    assert_eq!(pair.a.session.stats(), stats(1, 0, 0, 0));
+    pair.b.session.answer(
+        AnswerId(2),
+        Ok(OutPayload::single_cap(OutCap::Local(B_OBJ))),
+    );
+    pair.drive();
+    assert_eq!(
+        pair.a.take_sent()[1..],
+        [
+            Message::Release {
+                export: 1,
+                count: 1
+            },
+            Message::Finish { question: 2 },
+        ]
+    );
+    assert_eq!(
+        pair.a.take_events(),
+        [returned(2, Ok(in_single(InCap::Import(ImportId(1)))))]
+    );
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+    pair.a.session.drop_import(ImportId(1));
+    pair.drive();
+    assert_eq!(pair.stats(), (zero(), zero()));
+}
+
+#[test]
+fn references_in_arguments_are_exported_and_released() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.send(tell(
+        LocalTarget::Import(obj),
+        "subscribe",
+        OutPayload {
+            data: data(&(1u8, 2u8)),
+            caps: vec![OutCap::Local(A_OBJ), OutCap::Local(201)],
+        },
+    ));
+    pair.drive();
+    let Message::Deliver { payload, .. } = &pair.a.take_sent()[0] else {
+        panic!()
+    };
+    assert_eq!(
+        payload.caps,
+        [
+            CapDescriptor::SenderHosted(1),
+            CapDescriptor::SenderHosted(2)
+        ]
+    );
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(
+            B_OBJ,
+            "subscribe",
+            InPayload {
+                data: data(&(1u8, 2u8)),
+                caps: vec![InCap::Import(ImportId(1)), InCap::Import(ImportId(2))]
+            },
+            None
+        )]
+    );
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 2), stats(0, 0, 2, 1)));
+    pair.b.session.drop_import(ImportId(2));
+    pair.b.session.drop_import(ImportId(1));
+    pair.drive();
+    assert_eq!(
+        pair.b.take_sent(),
+        [
+            Message::Release {
+                export: 2,
+                count: 1
+            },
+            Message::Release {
+                export: 1,
+                count: 1
+            },
+        ]
+    );
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+#[test]
+fn reference_coming_home_is_the_local_object() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.send(ask(
+        LocalTarget::Import(obj),
+        "echo",
+        OutPayload::single_cap(OutCap::Local(A_OBJ)),
+        2,
+    ));
+    pair.drive();
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(
+            B_OBJ,
+            "echo",
+            in_single(InCap::Import(ImportId(1))),
+            Some(2)
+        )]
+    );
+    pair.b.session.answer(
+        AnswerId(2),
+        Ok(OutPayload::single_cap(OutCap::Import(ImportId(1)))),
+    );
+    pair.b.session.drop_import(ImportId(1));
+    pair.drive();
+    assert_eq!(
+        pair.b.take_sent(),
+        [
+            Message::Return {
+                question: 2,
+                result: ReturnResult::Ok(wire_single(CapDescriptor::ReceiverHosted(1)))
+            },
+            Message::Release {
+                export: 1,
+                count: 1
+            },
+        ]
+    );
+    assert_eq!(
+        pair.a.take_events(),
+        [returned(2, Ok(in_single(InCap::Local(A_OBJ))))]
+    );
+    // A holds no import for its own object, and the export went with the release.
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+#[test]
+fn import_held_by_a_question_outlives_the_resolvers_handle() {
+    let mut pair = Pair::new();
+    pair.bootstrap(A, 1, 1, 1);
+    pair.a.take_sent();
+    pair.a.session.drop_import(ImportId(1));
+    pair.drive();
+    assert_eq!(pair.a.take_sent(), []);
+    // Still usable through the promise.
+    pair.a
+        .session
+        .send(tell(LocalTarget::Answer(QuestionId(1)), "poke", no_args()));
+    pair.a.session.drop_question_ref(QuestionId(1));
+    pair.drive();
+    assert_eq!(
+        pair.a.take_sent()[1],
+        Message::Release {
+            export: 1,
+            count: 1
+        }
+    );
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(B_OBJ, "poke", in_data(data(&())), None)]
+    );
+    assert_eq!(pair.stats(), (zero(), zero()));
+}
+
+#[test]
+fn dropping_question_refs_before_the_return_frees_the_question_on_return() {
+    let mut pair = Pair::new();
+    pair.a.session.bootstrap(QuestionId(1), swiss(1), None, 1);
+    pair.a.session.drop_question_ref(QuestionId(1));
+    assert_eq!(pair.a.session.stats(), stats(1, 0, 0, 0));
+    pair.drive();
+    pair.b.serve_bootstraps();
+    pair.drive();
+    // No resolver and no refs: the returned reference is released at once.
+    assert_eq!(pair.a.take_events(), []);
+    assert_eq!(
+        pair.a.take_sent()[1..],
+        [
+            Message::Finish { question: 1 },
+            Message::Release {
+                export: 1,
+                count: 1
+            },
+        ]
+    );
+    assert_eq!(pair.stats(), (zero(), zero()));
+}
+
+// ---- finish before return: the asker lost interest in a pending answer ----
+
+#[test]
+fn finish_before_return_sends_nothing_when_answered() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "slow", no_args(), 2));
+    pair.drive();
+    pair.b.take_events();
+    pair.b
+        .session
+        .handle_message(Message::Finish { question: 2 });
+    assert_eq!(pair.b.session.stats(), stats(0, 1, 0, 1));
+    pair.b
+        .session
+        .answer(AnswerId(2), Ok(OutPayload::single_cap(OutCap::Local(301))));
+    assert_eq!(pair.b.session.poll_transmit(), None);
+    // Nothing exported for a result nobody will read.
+    assert_eq!(pair.b.session.stats(), stats(0, 0, 0, 1));
+    assert_eq!(pair.b.take_events(), []);
+    assert!(!pair.b.session.is_closed());
+}
+
+#[test]
+fn finish_before_return_still_delivers_pipelined_calls() {
+    let mut pair = Pair::new();
+    pair.a
+        .session
+        .bootstrap(QuestionId(1), swiss(1), Some(1), 1);
+    pair.a.session.send(tell(
+        LocalTarget::Answer(QuestionId(1)),
+        "queued",
+        no_args(),
+    ));
+    pair.drive();
+    pair.b
+        .session
+        .handle_message(Message::Finish { question: 1 });
+    pair.b.serve_bootstraps();
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(B_OBJ, "queued", in_data(data(&())), None)]
+    );
+    assert_eq!(pair.b.session.poll_transmit(), None);
+    assert_eq!(pair.b.session.stats(), zero());
+}
+
+// ---- violations: each aborts the session and breaks the victim's questions ----
+
+#[test]
+fn deliver_to_an_unknown_export_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    pair.b.session.handle_message(Message::Deliver {
+        target: Target::Export(42),
+        method: "x".to_owned(),
+        payload: Payload::default(),
+        question: Some(1),
+    });
+    pair.drive();
+    assert_eq!(
+        expect_violation(&mut pair, Violation::UnknownExport(ExportId(42))),
+        []
+    );
+}
+
+#[test]
+fn deliver_to_an_unknown_answer_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    pair.b.session.handle_message(Message::Deliver {
+        target: Target::Answer(7),
+        method: "x".to_owned(),
+        payload: Payload::default(),
+        question: None,
+    });
+    pair.drive();
+    assert_eq!(
+        expect_violation(&mut pair, Violation::UnknownAnswer(AnswerId(7))),
+        []
+    );
+}
+
+#[test]
+fn unknown_receiver_hosted_descriptor_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    // A imports B's object (B export 1), then names a B export that does not exist.
+    pair.a_imports_b_obj(1);
+    pair.b.session.handle_message(Message::Deliver {
+        target: Target::Export(1),
+        method: "x".to_owned(),
+        payload: wire_single(CapDescriptor::ReceiverHosted(5)),
+        question: None,
+    });
+    pair.drive();
+    assert_eq!(
+        expect_violation(&mut pair, Violation::UnknownExport(ExportId(5))),
+        []
+    );
+}
+
+#[test]
+fn return_for_a_question_never_asked_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    pair.b.session.handle_message(Message::Return {
+        question: 5,
+        result: ReturnResult::Ok(Payload::default()),
+    });
+    pair.drive();
+    assert_eq!(
+        expect_violation(&mut pair, Violation::UnknownQuestion(QuestionId(5))),
+        []
+    );
+}
+
+#[test]
+fn duplicate_return_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    assert_eq!(
+        pair.bootstrap(B, 1, 2, 0),
+        returned(1, Ok(in_single(InCap::Import(ImportId(1)))))
+    );
+    let sent = pair.a.take_sent();
+    let again = sent.last().unwrap().clone();
+    assert!(matches!(again, Message::Return { question: 1, .. }));
+    pair.b.session.handle_message(again);
+    pair.drive();
+    assert_eq!(
+        expect_violation(&mut pair, Violation::UnknownQuestion(QuestionId(1))),
+        []
+    );
+}
+
+#[test]
+fn duplicate_question_id_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    let obj = pair.a_imports_b_obj(1);
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "slow", no_args(), 3));
+    pair.drive();
+    pair.b.take_events();
+    pair.b.session.handle_message(Message::Deliver {
+        target: Target::Export(1),
+        method: "again".to_owned(),
+        payload: Payload::default(),
+        question: Some(3),
+    });
+    pair.drive();
+    // A's own pending question 3 breaks when B's abort arrives.
+    let text = Violation::DuplicateQuestion(AnswerId(3)).to_string();
+    assert_eq!(
+        expect_violation(&mut pair, Violation::DuplicateQuestion(AnswerId(3))),
+        [returned(
+            3,
+            Err(Broken::disconnected(CloseReason::PeerAborted(text)))
+        )]
+    );
+}
+
+#[test]
+fn duplicate_bootstrap_question_id_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    pair.a
+        .session
+        .bootstrap(QuestionId(4), swiss(1), Some(4), 0);
+    pair.drive();
+    pair.b.take_events();
+    pair.b.session.handle_message(Message::Bootstrap {
+        question: 4,
+        swiss: swiss(1),
+    });
+    pair.drive();
+    let text = Violation::DuplicateQuestion(AnswerId(4)).to_string();
+    assert_eq!(
+        expect_violation(&mut pair, Violation::DuplicateQuestion(AnswerId(4))),
+        [returned(
+            4,
+            Err(Broken::disconnected(CloseReason::PeerAborted(text)))
+        )]
+    );
+}
+
+#[test]
+fn finish_for_an_unknown_answer_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    pair.b
+        .session
+        .handle_message(Message::Finish { question: 77 });
+    pair.drive();
+    assert_eq!(
+        expect_violation(&mut pair, Violation::UnknownAnswer(AnswerId(77))),
+        []
+    );
+}
+
+#[test]
+fn release_of_an_unknown_export_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    pair.b.session.handle_message(Message::Release {
+        export: 5,
+        count: 1,
+    });
+    pair.drive();
+    assert_eq!(
+        expect_violation(&mut pair, Violation::UnknownExport(ExportId(5))),
+        []
+    );
+}
+
+#[test]
+fn release_with_count_zero_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    pair.a_imports_b_obj(1);
+    pair.b.session.handle_message(Message::Release {
+        export: 1,
+        count: 0,
+    });
+    pair.drive();
+    let v = Violation::BadRelease {
+        export: ExportId(1),
+        count: 0,
+        held: 1,
+    };
+    assert_eq!(expect_violation(&mut pair, v), []);
+}
+
+#[test]
+fn release_of_more_than_held_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    pair.a_imports_b_obj(1);
+    pair.a_imports_b_obj(2);
+    pair.b.session.handle_message(Message::Release {
+        export: 1,
+        count: 3,
+    });
+    pair.drive();
+    let v = Violation::BadRelease {
+        export: ExportId(1),
+        count: 3,
+        held: 2,
+    };
+    assert_eq!(
+        v.to_string(),
+        "release of export e1 with count 3, but the peer holds 2"
+    );
+    assert_eq!(expect_violation(&mut pair, v), []);
+}
+
+#[test]
+fn too_many_inbound_questions_is_a_violation() {
+    let lb = Limits {
+        max_inbound_questions: 4,
+        ..Limits::default()
+    };
+    let mut pair = Pair::victim(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    for q in 2..6 {
+        pair.a
+            .session
+            .send(ask(LocalTarget::Import(obj), "wait", no_args(), q));
+    }
+    pair.drive();
+    assert_eq!(pair.b.take_events().len(), 4);
+    assert_eq!(pair.b.session.stats(), stats(1, 4, 0, 1));
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "one_more", no_args(), 6));
+    pair.drive();
+    let v = Violation::TooManyQuestions { limit: 4 };
+    let broken = Broken::disconnected(CloseReason::PeerAborted(v.to_string()));
+    let mut a_events = expect_violation(&mut pair, v);
+    a_events.sort_by_key(|e| match e {
+        Seen::Return { resolver, .. } => *resolver,
+        _ => 0,
+    });
+    assert_eq!(
+        a_events,
+        (2..7)
+            .map(|r| returned(r, Err(broken.clone())))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn finished_questions_free_inbound_slots() {
+    let lb = Limits {
+        max_inbound_questions: 1,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    for q in 2..5 {
+        pair.a
+            .session
+            .send(ask(LocalTarget::Import(obj), "next", no_args(), q));
+        pair.drive();
+        assert_eq!(
+            pair.b.take_events(),
+            [delivered(B_OBJ, "next", in_data(data(&())), Some(q))]
+        );
+        pair.b
+            .session
+            .answer(AnswerId(q), Ok(OutPayload::data(data(&()))));
+        pair.drive();
+        assert_eq!(pair.a.take_events().len(), 1);
+    }
+    assert!(!pair.b.session.is_closed());
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+#[test]
+fn too_many_messages_queued_on_one_promise_is_a_violation() {
+    let lb = Limits {
+        max_queued_per_promise: 3,
+        ..Limits::default()
+    };
+    let mut pair = Pair::victim(Limits::default(), lb);
+    pair.a
+        .session
+        .bootstrap(QuestionId(1), swiss(1), Some(1), 1);
+    for _ in 0..3 {
+        pair.a.session.send(tell(
+            LocalTarget::Answer(QuestionId(1)),
+            "queued",
+            no_args(),
+        ));
+    }
+    pair.drive();
+    assert_eq!(pair.b.take_events().len(), 1);
+    assert!(!pair.b.session.is_closed());
+    pair.a.session.send(tell(
+        LocalTarget::Answer(QuestionId(1)),
+        "one_more",
+        no_args(),
+    ));
+    pair.drive();
+    let v = Violation::TooManyQueued { limit: 3 };
+    let text = v.to_string();
+    assert_eq!(
+        expect_violation(&mut pair, v),
+        [returned(
+            1,
+            Err(Broken::disconnected(CloseReason::PeerAborted(text)))
+        )]
+    );
+}
+
+#[test]
+fn too_many_caps_in_one_message_is_a_violation() {
+    let lb = Limits {
+        max_caps_per_message: 2,
+        ..Limits::default()
+    };
+    let mut pair = Pair::victim(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.send(tell(
+        LocalTarget::Import(obj),
+        "many",
+        OutPayload {
+            data: data(&()),
+            caps: vec![OutCap::Local(1), OutCap::Local(2), OutCap::Local(3)],
+        },
+    ));
+    pair.drive();
+    assert_eq!(
+        expect_violation(&mut pair, Violation::TooManyCaps { limit: 2 }),
+        []
+    );
+}
+
+#[test]
+fn too_many_imports_is_a_violation() {
+    let lb = Limits {
+        max_imports: 2,
+        ..Limits::default()
+    };
+    let mut pair = Pair::victim(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    let caps = |objs: &[u32]| OutPayload {
+        data: data(&()),
+        caps: objs.iter().map(|&o| OutCap::Local(o)).collect(),
+    };
+    pair.a
+        .session
+        .send(tell(LocalTarget::Import(obj), "two", caps(&[1, 2])));
+    pair.drive();
+    assert_eq!(pair.b.take_events().len(), 1);
+    assert_eq!(pair.b.session.stats(), stats(1, 0, 2, 1));
+    // Sending an already imported reference again does not count.
+    pair.a
+        .session
+        .send(tell(LocalTarget::Import(obj), "again", caps(&[2])));
+    pair.drive();
+    assert_eq!(pair.b.take_events().len(), 1);
+    pair.a
+        .session
+        .send(tell(LocalTarget::Import(obj), "third", caps(&[3])));
+    pair.drive();
+    assert_eq!(
+        expect_violation(&mut pair, Violation::TooManyImports { limit: 2 }),
+        []
+    );
+}
+
+#[test]
+fn garbage_frame_is_a_decode_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    // A lone break byte: not a definite-length CBOR item.
+    pair.b.session.handle_frame(&[0xff]);
+    pair.drive();
+    let v = Violation::Decode(DecodeError::Cbor(ScanError::IndefiniteLength { offset: 0 }));
+    assert_eq!(expect_violation(&mut pair, v), []);
+}
+
+#[test]
+fn empty_frame_is_a_decode_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    pair.b.session.handle_frame(&[]);
+    pair.drive();
+    let v = Violation::Decode(DecodeError::Cbor(ScanError::Truncated { offset: 0 }));
+    assert_eq!(expect_violation(&mut pair, v), []);
+}
+
+#[test]
+fn well_formed_cbor_that_is_not_a_message_is_a_decode_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    let mut body = HashMap::new();
+    body.insert("frobnicate", 1u8);
+    let body = data(&body);
+    let expected = Message::decode(&body, &CborLimits::default()).unwrap_err();
+    assert!(matches!(&expected, DecodeError::Schema(s) if s.starts_with("not a captp message")));
+    pair.b.session.handle_frame(&body);
+    pair.drive();
+    assert_eq!(expect_violation(&mut pair, Violation::Decode(expected)), []);
+}
+
+#[test]
+fn deeply_nested_frame_is_a_decode_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    // 40 nested one-element arrays around a zero: past the default depth of 32.
+    let mut body = vec![0x81; 40];
+    body.push(0x00);
+    pair.b.session.handle_frame(&body);
+    pair.drive();
+    let v = Violation::Decode(DecodeError::Cbor(ScanError::TooDeep { max: 32 }));
+    assert_eq!(expect_violation(&mut pair, v), []);
+}
+
+#[test]
+fn oversized_frame_reported_by_the_reader_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    let err = frame::next_frame(&[0xff; 4], 1 << 20).unwrap_err();
+    pair.b.session.handle_decode_error(err.clone());
+    pair.drive();
+    assert_eq!(
+        err,
+        DecodeError::FrameTooLarge {
+            len: u64::from(u32::MAX),
+            max: 1 << 20
+        }
+    );
+    assert_eq!(expect_violation(&mut pair, Violation::Decode(err)), []);
+}
+
+// ---- session end: peer abort, local abort, connection lost ----
+
+#[test]
+fn peer_abort_breaks_pending_questions_with_the_reason() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "slow", no_args(), 2));
+    pair.drive();
+    pair.b.take_events();
+    pair.a.take_sent();
+    pair.b.session.abort("shutting down for maintenance");
+    pair.drive();
+    assert_eq!(
+        pair.b.take_sent(),
+        [Message::Abort {
+            reason: "shutting down for maintenance".to_owned()
+        }]
+    );
+    assert_eq!(
+        pair.b.take_events(),
+        [Seen::Closed(CloseReason::Local(
+            "shutting down for maintenance".to_owned()
+        ))]
+    );
+    let reason = CloseReason::PeerAborted("shutting down for maintenance".to_owned());
+    let events = pair.a.take_events();
+    assert_eq!(
+        events,
+        [
+            returned(2, Err(Broken::disconnected(&reason))),
+            Seen::Closed(reason)
+        ]
+    );
+    let Seen::Return { result: Err(b), .. } = &events[0] else {
+        unreachable!()
+    };
+    assert_eq!(b.kind(), BrokenKind::Disconnected);
+    assert!(b.message().contains("shutting down for maintenance"));
+    assert_eq!(pair.a.take_sent(), []);
+    assert_eq!(pair.stats(), (zero(), zero()));
+}
+
+#[test]
+fn connection_lost_breaks_pending_questions_and_later_sends() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "slow", no_args(), 2));
+    pair.drive();
+    pair.a.session.handle_connection_lost("EOF");
+    let reason = CloseReason::ConnectionLost("EOF".to_owned());
+    let broken = Broken::disconnected(&reason);
+    assert_eq!(broken.message(), "session ended: connection lost: EOF");
+    assert_eq!(
+        pair.a.take_events(),
+        [
+            returned(2, Err(broken.clone())),
+            Seen::Closed(reason.clone())
+        ]
+    );
+    assert!(pair.a.session.is_closed());
+    assert_eq!(pair.a.session.stats(), zero());
+
+    // Everything after the close breaks at once and nothing is transmitted.
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "after", no_args(), 3));
+    pair.a.session.send(Call {
+        resolver: Some(4),
+        ..tell(LocalTarget::Import(obj), "after", no_args())
+    });
+    pair.a
+        .session
+        .bootstrap(QuestionId(5), swiss(1), Some(5), 1);
+    pair.a.session.ping();
+    pair.a.session.drop_import(obj);
+    pair.a.session.abort("again");
+    pair.a.session.handle_message(Message::Ping { nonce: 1 });
+    assert_eq!(
+        pair.a.take_events(),
+        [
+            returned(3, Err(broken.clone())),
+            returned(4, Err(broken.clone())),
+            returned(5, Err(broken)),
+        ]
+    );
+    assert_eq!(pair.a.session.poll_transmit(), None);
+    assert_eq!(pair.a.session.stats(), zero());
+}
+
+// ---- keepalive ----
+
+#[test]
+fn ping_is_answered_by_pong_with_the_same_nonce() {
+    let mut pair = Pair::new();
+    pair.a.session.ping();
+    pair.a.session.ping();
+    pair.drive();
+    assert_eq!(
+        pair.a.take_sent(),
+        [Message::Ping { nonce: 1 }, Message::Ping { nonce: 2 }]
+    );
+    assert_eq!(
+        pair.b.take_sent(),
+        [Message::Pong { nonce: 1 }, Message::Pong { nonce: 2 }]
+    );
+    // An unsolicited pong is harmless.
+    pair.a
+        .session
+        .handle_message(Message::Pong { nonce: 12345 });
+    assert_eq!(
+        (pair.a.take_events(), pair.b.take_events()),
+        (vec![], vec![])
+    );
+    assert_eq!(pair.a.session.poll_transmit(), None);
+    assert!(!pair.a.session.is_closed());
+}
+
+// ---- local limits: what the peer would refuse breaks here, before sending ----
+
+#[test]
+fn send_larger_than_the_peers_frame_limit_breaks_with_too_large() {
+    let lb = Limits {
+        max_frame: 200,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    assert_eq!(pair.a.session.peer_max_frame(), 200);
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.send(Call {
+        pipeline_refs: 1,
+        ..ask(
+            LocalTarget::Import(obj),
+            "upload",
+            OutPayload::data(data(&serde_bytes::Bytes::new(&[7; 300]))),
+            2,
+        )
+    });
+    let events = pair.a.take_events();
+    let [
+        Seen::Return {
+            resolver: 2,
+            result: Err(b),
+        },
+    ] = &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(b.kind(), BrokenKind::TooLarge);
+    assert_eq!(pair.a.session.poll_transmit(), None);
+    // The broken question is kept for its pipelined ref: sends to it break the same way.
+    pair.a.session.send(ask(
+        LocalTarget::Answer(QuestionId(2)),
+        "then",
+        no_args(),
+        3,
+    ));
+    assert_eq!(pair.a.take_events(), [returned(3, Err(b.clone()))]);
+    pair.a.session.drop_question_ref(QuestionId(2));
+    // A small call still goes through.
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "small", no_args(), 4));
+    pair.drive();
+    assert_eq!(pair.a.take_sent().len(), 1);
+    assert_eq!(pair.b.take_events().len(), 1);
+    assert_eq!(pair.stats(), (stats(1, 0, 1, 0), stats(0, 1, 0, 1)));
+}
+
+#[test]
+fn result_larger_than_the_askers_frame_limit_breaks_with_too_large() {
+    let la = Limits {
+        max_frame: 200,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(la, Limits::default());
+    let obj = pair.a_imports_b_obj(1);
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "download", no_args(), 2));
+    pair.drive();
+    pair.b.take_events();
+    pair.b.session.answer(
+        AnswerId(2),
+        Ok(OutPayload::data(data(&serde_bytes::Bytes::new(&[7; 300])))),
+    );
+    pair.drive();
+    let events = pair.a.take_events();
+    let [
+        Seen::Return {
+            resolver: 2,
+            result: Err(b),
+        },
+    ] = &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(b.kind(), BrokenKind::TooLarge);
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+#[test]
+fn too_many_caps_in_a_local_send_breaks_with_too_large() {
+    let la = Limits {
+        max_caps_per_message: 2,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(la, Limits::default());
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.send(ask(
+        LocalTarget::Import(obj),
+        "many",
+        OutPayload {
+            data: data(&()),
+            caps: vec![OutCap::Local(1), OutCap::Local(2), OutCap::Local(3)],
+        },
+        2,
+    ));
+    let events = pair.a.take_events();
+    let [
+        Seen::Return {
+            resolver: 2,
+            result: Err(b),
+        },
+    ] = &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(b.kind(), BrokenKind::TooLarge);
+    assert_eq!(pair.a.session.poll_transmit(), None);
+    assert_eq!(pair.a.session.stats(), stats(0, 0, 1, 0));
+}
+
+#[test]
+fn result_past_the_export_limit_breaks_with_too_large() {
+    let lb = Limits {
+        max_exports: 1,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    pair.b.objects.insert([3; 32], 300);
+    pair.a_imports_b_obj(1);
+    let seen = pair.bootstrap(A, 2, 3, 0);
+    let Seen::Return {
+        resolver: 2,
+        result: Err(b),
+    } = &seen
+    else {
+        panic!("{seen:?}")
+    };
+    assert_eq!(b.kind(), BrokenKind::TooLarge);
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+// ---- regressions: bugs found while writing this suite ----
+
+#[test]
+fn pipelined_call_on_a_result_that_failed_to_export_breaks_too() {
+    // B may export one object. It already exports B_OBJ, so a result carrying a second
+    // object cannot be exported: the return says too_large, and a call pipelined on it
+    // must break the same way rather than reach the object the asker never got.
+    let lb = Limits {
+        max_exports: 1,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    pair.b.objects.insert([3; 32], 300);
+    pair.a_imports_b_obj(1);
+    pair.a
+        .session
+        .bootstrap(QuestionId(2), swiss(3), Some(2), 1);
+    pair.a
+        .session
+        .send(ask(LocalTarget::Answer(QuestionId(2)), "use", no_args(), 3));
+    pair.drive();
+    pair.b.serve_bootstraps();
+    pair.drive();
+    assert_eq!(pair.b.take_events(), []);
+    let events = pair.a.take_events();
+    let [
+        Seen::Return {
+            resolver: 2,
+            result: Err(b),
+        },
+        Seen::Return {
+            resolver: 3,
+            result: Err(b3),
+        },
+    ] = &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(b.kind(), BrokenKind::TooLarge);
+    assert_eq!(b3, b);
+    assert_eq!(pair.stats(), (stats(1, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+#[test]
+fn same_new_reference_twice_in_one_payload_counts_as_one_import() {
+    let lb = Limits {
+        max_imports: 1,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.send(tell(
+        LocalTarget::Import(obj),
+        "pair",
+        OutPayload {
+            data: data(&()),
+            caps: vec![OutCap::Local(A_OBJ), OutCap::Local(A_OBJ)],
+        },
+    ));
+    pair.drive();
+    assert!(!pair.b.session.is_closed());
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(
+            B_OBJ,
+            "pair",
+            InPayload {
+                data: data(&()),
+                caps: vec![InCap::Import(ImportId(1)), InCap::Import(ImportId(1))]
+            },
+            None
+        )]
+    );
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 1), stats(0, 0, 1, 1)));
+    pair.b.session.drop_import(ImportId(1));
+    pair.b.session.drop_import(ImportId(1));
+    pair.drive();
+    assert_eq!(
+        pair.b.take_sent(),
+        [Message::Release {
+            export: 1,
+            count: 2
+        }]
+    );
+    assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+#[test]
+fn same_new_object_twice_in_one_payload_counts_as_one_export() {
+    let la = Limits {
+        max_exports: 1,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(la, Limits::default());
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.send(ask(
+        LocalTarget::Import(obj),
+        "pair",
+        OutPayload {
+            data: data(&()),
+            caps: vec![OutCap::Local(A_OBJ), OutCap::Local(A_OBJ)],
+        },
+        2,
+    ));
+    assert_eq!(pair.a.take_events(), []);
+    pair.drive();
+    let Message::Deliver { payload, .. } = &pair.a.take_sent()[0] else {
+        panic!()
+    };
+    assert_eq!(
+        payload.caps,
+        [
+            CapDescriptor::SenderHosted(1),
+            CapDescriptor::SenderHosted(1)
+        ]
+    );
+    assert_eq!(pair.stats(), (stats(1, 0, 1, 1), stats(0, 1, 1, 1)));
+}

@@ -498,3 +498,20 @@ async fn serve_inbound(vat: Arc<VatInner>, tcp: tokio::net::TcpStream, acceptor:
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_handle<T: Send + Sync + Clone + 'static>() {}
+    fn is_send<T: Send + 'static>() {}
+
+    #[test]
+    fn handles_are_send_sync_clone() {
+        is_handle::<Vat>();
+        is_handle::<Ref>();
+        is_send::<Promise<String>>();
+        is_send::<Args>();
+        is_send::<Reply>();
+    }
+}
