@@ -6,7 +6,7 @@
 //! here panics on peer input.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 
@@ -250,8 +250,9 @@ pub enum Event<O, R> {
         /// The result.
         result: Result<InPayload<O>, Broken>,
     },
-    /// The session closed. It is the last event; every pending question's resolver has
-    /// already been given back broken.
+    /// The session closed. Every question pending at that moment has already been given
+    /// back broken; commands given after the close still come back as broken
+    /// [`Event::Return`]s.
     Closed {
         /// Why.
         reason: CloseReason,
@@ -506,13 +507,12 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     }
 
     fn new_answer(&mut self, id: AnswerId) -> Result<(), Violation> {
-        if self.answers.len() >= self.limits.max_inbound_questions {
-            return Err(Violation::TooManyQuestions {
-                limit: self.limits.max_inbound_questions,
-            });
-        }
+        let at_limit = self.answers.len() >= self.limits.max_inbound_questions;
         match self.answers.entry(id) {
             Entry::Occupied(_) => Err(Violation::DuplicateQuestion(id)),
+            Entry::Vacant(_) if at_limit => Err(Violation::TooManyQuestions {
+                limit: self.limits.max_inbound_questions,
+            }),
             Entry::Vacant(v) => {
                 v.insert(Answer {
                     resolution: None,
@@ -704,13 +704,14 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 limit: self.limits.max_caps_per_message,
             });
         }
-        // Validate every descriptor before touching the import table.
-        let mut new_imports = 0;
+        // Validate every descriptor before touching the import table. A reference
+        // named twice in one message is one new import, not two.
+        let mut new_imports = HashSet::new();
         for desc in &payload.caps {
             match *desc {
                 CapDescriptor::SenderHosted(i) => {
                     if !self.imports.contains_key(&ImportId(i)) {
-                        new_imports += 1;
+                        new_imports.insert(i);
                     }
                 }
                 CapDescriptor::ReceiverHosted(e) => {
@@ -720,7 +721,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 }
             }
         }
-        if self.imports.len() + new_imports > self.limits.max_imports {
+        if self.imports.len() + new_imports.len() > self.limits.max_imports {
             return Err(Violation::TooManyImports {
                 limit: self.limits.max_imports,
             });
@@ -913,11 +914,16 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
 
     /// Turns local references into descriptors, exporting local objects.
     fn give_payload(&mut self, payload: OutPayload<O>) -> Result<Payload, Broken> {
+        // An object named twice in one payload is one new export, not two.
         let fresh = payload
             .caps
             .iter()
-            .filter(|c| matches!(c, OutCap::Local(o) if !self.export_ids.contains_key(o)))
-            .count();
+            .filter_map(|c| match c {
+                OutCap::Local(o) if !self.export_ids.contains_key(o) => Some(o),
+                _ => None,
+            })
+            .collect::<HashSet<_>>()
+            .len();
         if self.exports.len() + fresh > self.limits.max_exports {
             return Err(Broken::new(
                 BrokenKind::TooLarge,
@@ -925,6 +931,18 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     "exporting {fresh} more objects would pass the limit of {} exports to this peer",
                     self.limits.max_exports
                 ),
+            ));
+        }
+        // A reference going home must still be held, or the peer would see an unknown
+        // export and abort.
+        if let Some(OutCap::Import(i)) = payload
+            .caps
+            .iter()
+            .find(|c| matches!(c, OutCap::Import(i) if !self.imports.contains_key(i)))
+        {
+            return Err(Broken::new(
+                BrokenKind::Other,
+                format!("reference {i} was released before it could be sent"),
             ));
         }
         let mut caps = Vec::with_capacity(payload.caps.len());
@@ -969,10 +987,10 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         if self.is_closed() {
             return;
         }
-        match self.answers.get(&id) {
-            Some(a) if a.resolution.is_none() => {}
+        let finished = match self.answers.get(&id) {
+            Some(a) if a.resolution.is_none() => a.finished,
             _ => return,
-        }
+        };
         let result = match result {
             Ok(p) => {
                 let too_big = MESSAGE_OVERHEAD + p.data.len() + p.caps.len() * DESCRIPTOR_OVERHEAD
@@ -992,28 +1010,45 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             }
             Err(b) => Err(b),
         };
-        let resolution = match &result {
-            Ok(p) if p.caps.len() == 1 && p.data == SINGLE_CAP_DATA => match &p.caps[0] {
-                OutCap::Local(o) => Resolution::Local(o.clone()),
-                OutCap::Import(i) => Resolution::Import(*i),
-            },
-            Ok(_) => Resolution::Data,
-            Err(b) => Resolution::Broken(b.clone()),
+        // Export the result's references before deciding what the answer resolved to:
+        // a result that cannot be exported breaks, and so must every message pipelined
+        // on it. If the asker is gone (finished), nothing is sent and nothing exported.
+        let (resolution, wire) = match result {
+            Ok(p) => {
+                let resolution = if p.caps.len() == 1 && p.data == SINGLE_CAP_DATA {
+                    match &p.caps[0] {
+                        OutCap::Local(o) => Resolution::Local(o.clone()),
+                        OutCap::Import(i) => Resolution::Import(*i),
+                    }
+                } else {
+                    Resolution::Data
+                };
+                if finished {
+                    (resolution, None)
+                } else {
+                    match self.give_payload(p) {
+                        Ok(p) => (resolution, Some(ReturnResult::Ok(p))),
+                        Err(b) => {
+                            let wire = ReturnResult::Err(WireBroken::from(&b));
+                            (Resolution::Broken(b), Some(wire))
+                        }
+                    }
+                }
+            }
+            Err(b) => {
+                let wire = (!finished).then(|| ReturnResult::Err(WireBroken::from(&b)));
+                (Resolution::Broken(b), wire)
+            }
         };
         let Some(answer) = self.answers.get_mut(&id) else {
             return;
         };
-        let finished = answer.finished;
         let queued = std::mem::take(&mut answer.queued);
         answer.resolution = Some(resolution.clone());
         if finished {
-            // The asker is gone: nothing to send, nothing to export.
             self.answers.remove(&id);
-        } else {
-            let result = match result.and_then(|p| self.give_payload(p)) {
-                Ok(p) => ReturnResult::Ok(p),
-                Err(b) => ReturnResult::Err(WireBroken::from(&b)),
-            };
+        }
+        if let Some(result) = wire {
             self.outbox.push_back(Message::Return {
                 question: id.0,
                 result,
