@@ -24,14 +24,15 @@ pub enum BrokenKind {
     UnknownObject,
     /// The object has no method of that name.
     UnknownMethod,
-    /// The callee could not decode the arguments into the types the method expects.
+    /// The callee could not decode the arguments into the types the method expects, or
+    /// the caller could not encode them.
     BadArguments,
     /// The caller could not decode the result into the type it asked for.
     Decode,
     /// A message was sent to a promise that resolved to plain data, not an object.
     NotAnObject,
-    /// The message would exceed the peer's frame limit, or the arguments could not be
-    /// encoded.
+    /// The message or result would exceed a limit: the peer's frame limit, the CBOR
+    /// depth or item limits, the references per message, or the exports per session.
     TooLarge,
     /// The method ran and returned an error (an application error).
     Failed,

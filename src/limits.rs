@@ -21,7 +21,8 @@ use crate::wire::scan::CborLimits;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Largest frame (one CBOR message) accepted from a peer, in bytes. Default 1 MiB.
+    /// Largest frame (one CBOR message) accepted from a peer, in bytes. Default 1 MiB;
+    /// at least 8 KiB (smaller values are raised to 8 KiB), at most 4 GiB - 1.
     /// The length prefix is checked before anything is allocated; a larger frame aborts
     /// the session. The value is announced in `hello`, and outgoing messages larger than
     /// the peer's announced limit break locally with [`crate::BrokenKind::TooLarge`].
@@ -33,7 +34,9 @@ pub struct Limits {
     /// decode error: the peer's session is aborted.
     pub max_cbor_items: usize,
     /// Most questions a peer may have outstanding with this vat (asked and not yet
-    /// finished). Default 1,024. One more aborts the session.
+    /// finished). Default 1,024. One more aborts the session. The same number bounds
+    /// the asynchronous methods running for one peer (one-way sends included): at that
+    /// many, the vat stops reading from the peer until one finishes.
     pub max_inbound_questions: usize,
     /// Most objects this vat exports to one peer at once. Default 65,536. A result that
     /// would export one more breaks with [`crate::BrokenKind::TooLarge`] instead.
@@ -54,8 +57,10 @@ pub struct Limits {
     /// it (until the peer reads). Default 8 MiB. This bounds what a peer that never
     /// reads can make the vat hold; such a peer is later dropped by the keepalive.
     pub max_outbound_buffer: usize,
-    /// Time allowed for TCP connect plus the TLS handshake plus the peer's `hello`.
-    /// Default 10 s. Past it the connection is dropped.
+    /// Time allowed for TCP connect plus the TLS handshake, and again from then for the
+    /// peer's `hello`. Default 10 s. Past it the connection is dropped. Like the
+    /// keepalive limits, it is checked every quarter of the shorter of this and
+    /// `keepalive_idle`, so it fires up to that much late.
     pub handshake_timeout: Duration,
     /// Silence after which the vat pings the peer. Default 30 s.
     pub keepalive_idle: Duration,

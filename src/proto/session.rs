@@ -29,7 +29,10 @@ pub(crate) const SINGLE_CAP_DATA: [u8; 4] = [0xd9, 0x63, 0x61, 0x00];
 /// for the local frame-size check.
 const MESSAGE_OVERHEAD: usize = 96;
 /// Bytes one capability descriptor may take on the wire, counted generously.
-const DESCRIPTOR_OVERHEAD: usize = 24;
+const DESCRIPTOR_OVERHEAD: usize = 32;
+
+/// The smallest frame limit a peer may announce: every error return and abort fits.
+pub const MIN_FRAME: usize = 8192;
 
 /// A protocol violation by the peer: bad bytes or bad behaviour. It aborts the session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +46,12 @@ pub enum Violation {
     NoHello {
         /// The kind that came instead.
         got: &'static str,
+    },
+    /// A `hello` announcing a frame limit below [`MIN_FRAME`].
+    #[error("the peer's frame limit of {max_frame} bytes is below the minimum of {MIN_FRAME}")]
+    FrameLimitTooSmall {
+        /// The limit the peer announced.
+        max_frame: u64,
     },
     /// A second `hello`.
     #[error("hello sent twice")]
@@ -355,7 +364,8 @@ pub struct Session<O, R> {
 
 impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// A new session; its `hello` is already queued for transmission.
-    pub fn new(limits: Limits) -> Session<O, R> {
+    pub fn new(mut limits: Limits) -> Session<O, R> {
+        limits.max_frame = limits.max_frame.clamp(MIN_FRAME, u32::MAX as usize);
         let mut outbox = VecDeque::new();
         outbox.push_back(Message::Hello {
             version: PROTOCOL_VERSION,
@@ -461,6 +471,9 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 Message::Hello { version, max_frame } => {
                     if version != PROTOCOL_VERSION {
                         return Err(Violation::UnsupportedVersion { version });
+                    }
+                    if max_frame < MIN_FRAME as u64 {
+                        return Err(Violation::FrameLimitTooSmall { max_frame });
                     }
                     self.peer_max_frame = usize::try_from(max_frame)
                         .unwrap_or(usize::MAX)
@@ -1111,7 +1124,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         }
         let reason = reason.into();
         self.outbox.push_back(Message::Abort {
-            reason: reason.clone(),
+            reason: truncate(reason.clone()),
         });
         self.close(CloseReason::Local(reason));
     }
@@ -1119,7 +1132,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     fn violate(&mut self, v: Violation) {
         tracing::debug!(violation = %v, "aborting session");
         self.outbox.push_back(Message::Abort {
-            reason: v.to_string(),
+            reason: truncate(v.to_string()),
         });
         self.close(CloseReason::Violation(v));
     }
@@ -1145,4 +1158,18 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         self.imports.clear();
         self.events.push_back(Event::Closed { reason });
     }
+}
+
+/// Cuts a reason to [`crate::wire::message::MAX_ERROR_MESSAGE`] bytes at a character
+/// boundary, so an abort always fits the peer's frame limit.
+fn truncate(mut reason: String) -> String {
+    let max = crate::wire::message::MAX_ERROR_MESSAGE;
+    if reason.len() > max {
+        let mut end = max;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }

@@ -456,27 +456,68 @@ fn hello_is_queued_first_and_establishes_both_sides() {
     );
     s.handle_message(Message::Hello {
         version: PROTOCOL_VERSION,
-        max_frame: 4096,
+        max_frame: 10_000,
     });
     assert!(s.is_established() && !s.is_closed());
-    assert_eq!(s.peer_max_frame(), 4096);
+    assert_eq!(s.peer_max_frame(), 10_000);
     assert_eq!(drain(&mut s), (vec![], vec![]));
+}
+
+#[test]
+fn hello_with_a_frame_limit_below_the_minimum_is_a_violation() {
+    let mut s: S = Session::new(Limits::default());
+    drain(&mut s);
+    s.handle_message(Message::Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: MIN_FRAME as u64 - 1,
+    });
+    assert!(s.is_closed());
+    let (sent, events) = drain(&mut s);
+    let v = Violation::FrameLimitTooSmall {
+        max_frame: MIN_FRAME as u64 - 1,
+    };
+    assert_eq!(
+        sent,
+        [Message::Abort {
+            reason: v.to_string()
+        }]
+    );
+    assert!(
+        matches!(&events[..], [Seen::Closed(CloseReason::Violation(got))] if *got == v),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn own_frame_limit_below_the_minimum_is_raised() {
+    let mut s: S = Session::new(Limits {
+        max_frame: 100,
+        ..Limits::default()
+    });
+    let (sent, _) = drain(&mut s);
+    assert_eq!(
+        sent,
+        [Message::Hello {
+            version: PROTOCOL_VERSION,
+            max_frame: MIN_FRAME as u64
+        }]
+    );
 }
 
 #[test]
 fn hello_exchange_learns_each_peers_frame_limit() {
     let la = Limits {
-        max_frame: 5000,
+        max_frame: 9000,
         ..Limits::default()
     };
     let lb = Limits {
-        max_frame: 7000,
+        max_frame: 12_000,
         ..Limits::default()
     };
     // `build` checks both hellos and that nothing else happened.
     let pair = Pair::build(la, lb, false);
-    assert_eq!(pair.a.session.peer_max_frame(), 7000);
-    assert_eq!(pair.b.session.peer_max_frame(), 5000);
+    assert_eq!(pair.a.session.peer_max_frame(), 12_000);
+    assert_eq!(pair.b.session.peer_max_frame(), 9000);
     assert_eq!(pair.stats(), (zero(), zero()));
 }
 
@@ -1904,18 +1945,18 @@ fn ping_is_answered_by_pong_with_the_same_nonce() {
 #[test]
 fn send_larger_than_the_peers_frame_limit_breaks_with_too_large() {
     let lb = Limits {
-        max_frame: 200,
+        max_frame: MIN_FRAME,
         ..Limits::default()
     };
     let mut pair = Pair::with_limits(Limits::default(), lb);
-    assert_eq!(pair.a.session.peer_max_frame(), 200);
+    assert_eq!(pair.a.session.peer_max_frame(), MIN_FRAME);
     let obj = pair.a_imports_b_obj(1);
     pair.a.session.send(Call {
         pipeline_refs: 1,
         ..ask(
             LocalTarget::Import(obj),
             "upload",
-            OutPayload::data(data(&serde_bytes::Bytes::new(&[7; 300]))),
+            OutPayload::data(data(&serde_bytes::Bytes::new(&[7; MIN_FRAME]))),
             2,
         )
     });
@@ -1953,7 +1994,7 @@ fn send_larger_than_the_peers_frame_limit_breaks_with_too_large() {
 #[test]
 fn result_larger_than_the_askers_frame_limit_breaks_with_too_large() {
     let la = Limits {
-        max_frame: 200,
+        max_frame: MIN_FRAME,
         ..Limits::default()
     };
     let mut pair = Pair::with_limits(la, Limits::default());
@@ -1965,7 +2006,9 @@ fn result_larger_than_the_askers_frame_limit_breaks_with_too_large() {
     pair.b.take_events();
     pair.b.session.answer(
         AnswerId(2),
-        Ok(OutPayload::data(data(&serde_bytes::Bytes::new(&[7; 300])))),
+        Ok(OutPayload::data(data(&serde_bytes::Bytes::new(
+            &[7; MIN_FRAME],
+        )))),
     );
     pair.drive();
     let events = pair.a.take_events();

@@ -367,6 +367,16 @@ mod tests {
             client.vat_id()
         );
         assert_eq!(client_stream.get_ref().1.alpn_protocol(), Some(ALPN));
+        let conn = client_stream.get_ref().1;
+        assert_eq!(
+            conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        // The post-quantum hybrid key exchange is what two vats agree on.
+        assert_eq!(
+            conn.negotiated_key_exchange_group().map(|g| g.name()),
+            Some(rustls::NamedGroup::X25519MLKEM768)
+        );
 
         client_stream.write_all(b"ping").await.unwrap();
         client_stream.flush().await.unwrap();

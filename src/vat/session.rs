@@ -219,7 +219,9 @@ pub(crate) async fn run(
             rbuf.reserve(READ_CHUNK);
         }
         tokio::select! {
-            r = rd.read_buf(&mut rbuf), if backlog < limits.max_outbound_buffer => match r {
+            r = rd.read_buf(&mut rbuf),
+                if backlog < limits.max_outbound_buffer
+                    && d.calls.len() < limits.max_inbound_questions => match r {
                 Ok(0) => d.core.handle_connection_lost("the peer closed the connection"),
                 Ok(_) => {
                     last_rx = Instant::now();

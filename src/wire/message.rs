@@ -148,17 +148,14 @@ pub const MAX_ERROR_MESSAGE: usize = 4096;
 
 impl From<&Broken> for WireBroken {
     fn from(b: &Broken) -> WireBroken {
-        let mut message = b.message();
-        if message.len() > MAX_ERROR_MESSAGE {
-            let mut end = MAX_ERROR_MESSAGE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message = &message[..end];
+        let message = b.message();
+        let mut end = message.len().min(MAX_ERROR_MESSAGE);
+        while !message.is_char_boundary(end) {
+            end -= 1;
         }
         WireBroken {
             kind: b.kind().as_str().to_owned(),
-            message: message.to_owned(),
+            message: message[..end].to_owned(),
         }
     }
 }
