@@ -341,6 +341,10 @@ impl Driver {
                 Ok(Some(span)) => {
                     self.core.handle_frame(&rbuf[span.start..span.end]);
                     rbuf.advance(span.end);
+                    // Answer what can be answered at once (a fetch, a synchronous method)
+                    // before the next frame, so calls pipelined behind it in the same read
+                    // go to the result instead of counting against the queue limit.
+                    self.pump();
                     if self.core.is_closed() {
                         return;
                     }

@@ -1,0 +1,565 @@
+//! Shared harness for the integration tests: a test object, server and client vats on
+//! 127.0.0.1, and a raw TLS peer that writes and reads captp frames by hand.
+//!
+//! Every helper that waits does so on a bounded timeout, so a hang fails the test
+//! instead of wedging the run.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use captp::sturdy::Host;
+use captp::transport::{self, TlsStream};
+use captp::wire::message::PROTOCOL_VERSION;
+use captp::wire::{CapDescriptor, CborLimits, Message, Payload, ReturnResult, Target};
+use captp::{Args, Broken, Identity, Limits, Object, Reply, SturdyRef, SwissNumber, Vat, VatId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+/// The bound on every test body.
+pub(crate) const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bound on one raw read, write or connect.
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest frame the raw peer accepts (and announces in its hello).
+pub(crate) const RAW_MAX_FRAME: usize = 1 << 20;
+/// The most reads one raw `read_frame` makes before giving up.
+const MAX_READS_PER_FRAME: usize = 100_000;
+/// The most frames the raw peer skips while looking for an `abort`.
+const MAX_FRAMES_BEFORE_ABORT: usize = 10_000;
+
+/// Runs a test body, failing it if it takes longer than [`TEST_TIMEOUT`].
+pub(crate) async fn within<F: Future>(body: F) -> F::Output {
+    tokio::time::timeout(TEST_TIMEOUT, body)
+        .await
+        .expect("the test did not finish within its 30 s timeout")
+}
+
+/// Default limits changed by `f` (`Limits` is non-exhaustive, so no struct literal).
+pub(crate) fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
+    let mut limits = Limits::default();
+    f(&mut limits);
+    limits
+}
+
+// ---- the test object ----
+
+/// An enum with every variant shape, for the serde round trips.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Shape {
+    Point,
+    Circle(f64),
+    Pair(i32, i32),
+    Rect { w: u32, h: u32 },
+}
+
+/// A user struct holding most serde data kinds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Sample {
+    pub(crate) small: u8,
+    pub(crate) int: i64,
+    pub(crate) big: u64,
+    pub(crate) float: f64,
+    pub(crate) flag: bool,
+    pub(crate) text: String,
+    #[serde(with = "serde_bytes")]
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) maybe: Option<String>,
+    pub(crate) nothing: Option<i32>,
+    pub(crate) pair: (u16, String),
+    pub(crate) list: Vec<i32>,
+    pub(crate) table: HashMap<String, Vec<u8>>,
+    pub(crate) shape: Shape,
+    pub(crate) shapes: Vec<Shape>,
+}
+
+/// A `Sample` with edge values in every field.
+pub(crate) fn sample() -> Sample {
+    Sample {
+        small: u8::MAX,
+        int: i64::MIN,
+        big: u64::MAX,
+        float: -1.25e-300,
+        flag: true,
+        text: "héllo, 世界 🦀 \u{0} \"quoted\"".to_owned(),
+        bytes: (0..=255).collect(),
+        maybe: Some(String::new()),
+        nothing: None,
+        pair: (65_535, "pair".to_owned()),
+        list: vec![-1, 0, 1, i32::MIN, i32::MAX],
+        table: HashMap::from([
+            (String::new(), vec![]),
+            ("k".to_owned(), vec![1, 2, 3]),
+            ("ключ".to_owned(), vec![0xff; 40]),
+        ]),
+        shape: Shape::Rect { w: 3, h: 4 },
+        shapes: vec![
+            Shape::Point,
+            Shape::Circle(0.5),
+            Shape::Pair(-7, 7),
+            Shape::Rect { w: 0, h: u32::MAX },
+        ],
+    }
+}
+
+/// What the test object reports to the test, out of band.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Note {
+    /// `slow()` was called (and will never answer).
+    Slow,
+    /// `notify(k)` was called.
+    Notify(u64),
+}
+
+/// The object the server exports. Methods:
+///
+/// - `echo(Sample)`, `echo_str(String)`, `echo_bytes(bytes)`, `echo_opt(Option<i64>)`,
+///   `echo_tuple((i8, String, bool, f32))`, `echo_list(Vec<Option<u64>>)`,
+///   `echo_map(HashMap<String, i64>)`, `echo_shape(Shape)`: return the argument;
+/// - `add(i64, i64)`: the sum (`failed` on overflow);
+/// - `fail(String)`: breaks with `Broken::failed(msg)`;
+/// - `slow()`: never answers (and sends [`Note::Slow`]);
+/// - `counter_next()`: 1, 2, 3...;
+/// - `counter_push(u32)` (or `p(u32)`, to pack many into a few bytes), `counter_get()`:
+///   push onto a list / read the list;
+/// - `sub(String)`: a new [`Sub`] object with that name;
+/// - `whoami()`: this object's name;
+/// - `notify(u64)`: sends [`Note::Notify`].
+pub(crate) struct TestObject {
+    name: String,
+    counter: AtomicU64,
+    pushed: Mutex<Vec<u32>>,
+    notes: mpsc::UnboundedSender<Note>,
+}
+
+impl TestObject {
+    pub(crate) fn new(name: &str) -> (TestObject, mpsc::UnboundedReceiver<Note>) {
+        let (notes, rx) = mpsc::unbounded_channel();
+        let object = TestObject {
+            name: name.to_owned(),
+            counter: AtomicU64::new(0),
+            pushed: Mutex::new(Vec::new()),
+            notes,
+        };
+        (object, rx)
+    }
+}
+
+/// Decodes the arguments as `T` and answers with what `f` makes of them.
+fn with<T: DeserializeOwned, R: Serialize>(
+    args: &Args,
+    f: impl FnOnce(T) -> Result<R, Broken>,
+) -> Reply {
+    match args.decode::<T>() {
+        Ok(value) => f(value).into(),
+        Err(e) => Reply::err(e),
+    }
+}
+
+impl Object for TestObject {
+    fn call(&self, method: &str, args: Args) -> Reply {
+        match method {
+            "echo" => with(&args, |(s,): (Sample,)| Ok(s)),
+            "echo_str" => with(&args, |(s,): (String,)| Ok(s)),
+            "echo_bytes" => with(&args, |(b,): (ByteBuf,)| Ok(b)),
+            "echo_opt" => with(&args, |(o,): (Option<i64>,)| Ok(o)),
+            "echo_tuple" => with(&args, |(t,): ((i8, String, bool, f32),)| Ok(t)),
+            "echo_list" => with(&args, |(v,): (Vec<Option<u64>>,)| Ok(v)),
+            "echo_map" => with(&args, |(m,): (HashMap<String, i64>,)| Ok(m)),
+            "echo_shape" => with(&args, |(s,): (Shape,)| Ok(s)),
+            "add" => with(&args, |(a, b): (i64, i64)| {
+                a.checked_add(b).ok_or_else(|| Broken::failed("overflow"))
+            }),
+            "fail" => with(&args, |(msg,): (String,)| Err::<(), _>(Broken::failed(msg))),
+            "slow" => {
+                let _ = self.notes.send(Note::Slow);
+                Reply::later(std::future::pending::<Result<(), Broken>>())
+            }
+            "counter_next" => Reply::ok(self.counter.fetch_add(1, Ordering::SeqCst) + 1),
+            "counter_push" | "p" => with(&args, |(i,): (u32,)| {
+                self.pushed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(i);
+                Ok(())
+            }),
+            "counter_get" => Reply::ok(
+                self.pushed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            ),
+            "sub" => match args.decode::<(String,)>() {
+                Ok((name,)) => Reply::object(Sub { name }),
+                Err(e) => Reply::err(e),
+            },
+            "whoami" => Reply::ok(self.name.clone()),
+            "notify" => with(&args, |(k,): (u64,)| {
+                let _ = self.notes.send(Note::Notify(k));
+                Ok(())
+            }),
+            _ => Reply::unknown_method(method),
+        }
+    }
+}
+
+/// The object `sub(name)` returns: `name()` and `child(name)` (another `Sub`).
+pub(crate) struct Sub {
+    name: String,
+}
+
+impl Object for Sub {
+    fn call(&self, method: &str, args: Args) -> Reply {
+        match method {
+            "name" => Reply::ok(self.name.clone()),
+            "child" => match args.decode::<(String,)>() {
+                Ok((name,)) => Reply::object(Sub { name }),
+                Err(e) => Reply::err(e),
+            },
+            _ => Reply::unknown_method(method),
+        }
+    }
+}
+
+// ---- vats ----
+
+/// A listening vat exporting one [`TestObject`] named "root".
+pub(crate) struct Server {
+    pub(crate) vat: Vat,
+    pub(crate) uri: SturdyRef,
+    pub(crate) notes: mpsc::UnboundedReceiver<Note>,
+}
+
+impl Server {
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.vat.local_addr().expect("the server listens")
+    }
+
+    /// A sturdy ref to this server with a swiss number it never issued.
+    pub(crate) fn unknown_ref(&self) -> SturdyRef {
+        SturdyRef::new(
+            self.vat.vat_id(),
+            Host::Ipv4(Ipv4Addr::LOCALHOST),
+            self.addr().port(),
+            SwissNumber::generate(),
+        )
+    }
+
+    /// The next note from the test object, bounded by [`IO_TIMEOUT`].
+    pub(crate) async fn next_note(&mut self) -> Note {
+        tokio::time::timeout(IO_TIMEOUT, self.notes.recv())
+            .await
+            .expect("no note from the test object within 10 s")
+            .expect("the test object is gone")
+    }
+}
+
+pub(crate) async fn start_server() -> Server {
+    start_server_with(Limits::default()).await
+}
+
+pub(crate) async fn start_server_with(limits: Limits) -> Server {
+    let vat = Vat::builder()
+        .listen("127.0.0.1:0")
+        .limits(limits)
+        .start()
+        .await
+        .expect("the server vat starts");
+    let (object, notes) = TestObject::new("root");
+    let uri = vat.export(object).expect("the server exports");
+    Server { vat, uri, notes }
+}
+
+/// A non-listening vat with a fresh identity.
+pub(crate) async fn start_client() -> Vat {
+    start_client_with(Limits::default()).await
+}
+
+pub(crate) async fn start_client_with(limits: Limits) -> Vat {
+    Vat::builder()
+        .limits(limits)
+        .start()
+        .await
+        .expect("the client vat starts")
+}
+
+// ---- raw frames ----
+
+/// One message as a frame (length prefix and CBOR body).
+pub(crate) fn encode(msg: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    msg.encode_frame(&mut out).expect("the message encodes");
+    out
+}
+
+/// Raw bytes as one frame.
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(body.len()).expect("a test frame fits a u32 length");
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Any serde value as CBOR.
+pub(crate) fn cbor<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    captp::wire::encode_value(value).expect("the value encodes")
+}
+
+/// A payload of plain data.
+pub(crate) fn data_payload<T: Serialize + ?Sized>(value: &T) -> Payload {
+    Payload {
+        data: cbor(value),
+        caps: Vec::new(),
+    }
+}
+
+/// The `hello` a well-behaved peer sends first.
+pub(crate) fn hello() -> Message {
+    Message::Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: RAW_MAX_FRAME as u64,
+    }
+}
+
+/// A `deliver` of `method(args)` to `target`, asking question `question` (or one-way).
+pub(crate) fn deliver<T: Serialize + ?Sized>(
+    target: Target,
+    method: &str,
+    args: &T,
+    question: Option<u64>,
+) -> Message {
+    Message::Deliver {
+        target,
+        method: method.to_owned(),
+        payload: data_payload(args),
+        question,
+    }
+}
+
+/// Decodes a result payload's data as `T`.
+pub(crate) fn decode_data<T: DeserializeOwned>(payload: &Payload) -> T {
+    captp::wire::decode_value(&payload.data, &CborLimits::default())
+        .expect("the payload data decodes")
+}
+
+/// One side of a TLS connection driven by hand: frames in, frames out.
+pub(crate) struct RawConn {
+    stream: TlsStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    pub(crate) fn new(stream: TlsStream) -> RawConn {
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects to `server` over mutual TLS with a fresh identity.
+    pub(crate) async fn connect(server: &Vat) -> RawConn {
+        let addr = server.local_addr().expect("the server listens");
+        RawConn::connect_to(addr, server.vat_id()).await
+    }
+
+    /// Connects to the vat `server_id` at `addr` over mutual TLS with a fresh identity.
+    pub(crate) async fn connect_to(addr: SocketAddr, server_id: VatId) -> RawConn {
+        let identity = Identity::generate().expect("an identity");
+        let config = transport::tls::client_config(&identity, server_id).expect("a client config");
+        let (stream, presented) = tokio::time::timeout(
+            IO_TIMEOUT,
+            transport::connect(&addr.to_string(), config, server_id, IO_TIMEOUT),
+        )
+        .await
+        .expect("connect did not finish within 10 s")
+        .expect("the raw client connects");
+        assert_eq!(presented, server_id);
+        RawConn::new(stream)
+    }
+
+    /// Writes `bytes` and flushes them (one TLS record per call).
+    pub(crate) async fn write_raw(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(IO_TIMEOUT, async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        })
+        .await
+        .expect("write did not finish within 10 s")
+        .expect("the raw write succeeds");
+    }
+
+    /// Sends one message as a frame.
+    pub(crate) async fn send(&mut self, msg: &Message) {
+        self.write_raw(&encode(msg)).await;
+    }
+
+    /// Sends raw bytes as one frame body.
+    pub(crate) async fn send_frame(&mut self, body: &[u8]) {
+        self.write_raw(&frame(body)).await;
+    }
+
+    /// The next frame body, or `None` once the peer closed the connection (EOF or a
+    /// TLS or I/O error). Panics if nothing happens within [`IO_TIMEOUT`].
+    pub(crate) async fn read_frame(&mut self) -> Option<Vec<u8>> {
+        tokio::time::timeout(IO_TIMEOUT, self.read_frame_unbounded())
+            .await
+            .expect("no frame and no close within 10 s")
+    }
+
+    async fn read_frame_unbounded(&mut self) -> Option<Vec<u8>> {
+        let mut chunk = vec![0u8; 16 * 1024];
+        for _ in 0..MAX_READS_PER_FRAME {
+            if let Some(header) = self.buf.first_chunk::<4>() {
+                let len = u32::from_be_bytes(*header) as usize;
+                assert!(len <= RAW_MAX_FRAME, "the vat sent a {len}-byte frame");
+                if self.buf.len() >= 4 + len {
+                    let body = self.buf[4..4 + len].to_vec();
+                    self.buf.drain(..4 + len);
+                    return Some(body);
+                }
+            }
+            match self.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    assert!(
+                        self.buf.is_empty(),
+                        "the connection closed inside a frame ({} bytes pending)",
+                        self.buf.len()
+                    );
+                    return None;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        panic!("no complete frame after {MAX_READS_PER_FRAME} reads");
+    }
+
+    /// The next message, or `None` once the connection closed.
+    pub(crate) async fn recv(&mut self) -> Option<Message> {
+        let body = self.read_frame().await?;
+        Some(Message::decode(&body, &CborLimits::default()).expect("the vat sent a valid message"))
+    }
+
+    /// The next message; panics if the connection closed.
+    pub(crate) async fn expect_message(&mut self) -> Message {
+        self.recv()
+            .await
+            .expect("the connection closed where a message was expected")
+    }
+
+    /// Reads the vat's `hello` and answers with ours; returns the frame limit the vat
+    /// announced.
+    pub(crate) async fn handshake(&mut self) -> u64 {
+        let max_frame = match self.expect_message().await {
+            Message::Hello { version, max_frame } => {
+                assert_eq!(version, PROTOCOL_VERSION);
+                max_frame
+            }
+            other => panic!("expected hello first, got {other:?}"),
+        };
+        self.send(&hello()).await;
+        max_frame
+    }
+
+    /// Fetches the object under `swiss` as `question`, finishes the question, and
+    /// returns the export id the vat gave it.
+    pub(crate) async fn bootstrap(&mut self, question: u64, swiss: &SwissNumber) -> u64 {
+        self.send(&Message::Bootstrap {
+            question,
+            swiss: swiss.clone(),
+        })
+        .await;
+        let export = match self.expect_message().await {
+            Message::Return {
+                question: q,
+                result: ReturnResult::Ok(payload),
+            } if q == question => match payload.caps[..] {
+                [CapDescriptor::SenderHosted(e)] => e,
+                ref caps => panic!("expected one sender-hosted cap, got {caps:?}"),
+            },
+            other => panic!("expected the return of bootstrap {question}, got {other:?}"),
+        };
+        self.send(&Message::Finish { question }).await;
+        export
+    }
+
+    /// Reads until an `abort` arrives (its reason) or the connection closes (`None`).
+    pub(crate) async fn read_abort(&mut self) -> Option<String> {
+        for _ in 0..MAX_FRAMES_BEFORE_ABORT {
+            match self.recv().await? {
+                Message::Abort { reason } => return Some(reason),
+                _ => continue,
+            }
+        }
+        panic!("no abort among {MAX_FRAMES_BEFORE_ABORT} frames");
+    }
+
+    /// Expects an `abort` followed by the end of the connection; returns the reason.
+    pub(crate) async fn expect_abort(&mut self) -> String {
+        let reason = self
+            .read_abort()
+            .await
+            .expect("the vat closed the connection without an abort");
+        self.expect_closed().await;
+        reason
+    }
+
+    /// Expects the connection to be closed, with no further frame.
+    pub(crate) async fn expect_closed(&mut self) {
+        if let Some(body) = self.read_frame().await {
+            panic!(
+                "expected the connection to close, got a frame: {:?}",
+                Message::decode(&body, &CborLimits::default())
+            );
+        }
+    }
+}
+
+// ---- a raw server that never answers ----
+
+/// A TLS server with its own identity that completes the handshake, sends a valid
+/// `hello`, and then reads everything and answers nothing.
+pub(crate) struct SilentServer {
+    pub(crate) vat_id: VatId,
+    pub(crate) port: u16,
+    /// Ends when the client closes the connection, with every message it sent.
+    pub(crate) task: JoinHandle<Vec<Message>>,
+}
+
+pub(crate) async fn silent_server() -> SilentServer {
+    let identity = Identity::generate().expect("an identity");
+    let vat_id = identity.vat_id();
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("a local address").port();
+    let acceptor = TlsAcceptor::from(transport::tls::server_config(&identity).expect("a config"));
+    let task = tokio::spawn(async move {
+        let (tcp, _) = tokio::time::timeout(IO_TIMEOUT, listener.accept())
+            .await
+            .expect("no connection within 10 s")
+            .expect("accept");
+        let (stream, _peer) = transport::accept(tcp, &acceptor, IO_TIMEOUT)
+            .await
+            .expect("the TLS handshake completes");
+        let mut conn = RawConn::new(stream);
+        conn.send(&hello()).await;
+        let mut seen = Vec::new();
+        for _ in 0..MAX_FRAMES_BEFORE_ABORT {
+            match conn.recv().await {
+                Some(msg) => seen.push(msg),
+                None => return seen,
+            }
+        }
+        panic!("the client sent more than {MAX_FRAMES_BEFORE_ABORT} messages");
+    });
+    SilentServer { vat_id, port, task }
+}

@@ -1,0 +1,646 @@
+//! Hostile peers over real TLS: each case connects with a fresh identity, misbehaves
+//! on purpose, and checks that the vat aborts that session with a clear reason while a
+//! well-behaved client on another connection keeps getting correct answers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use captp::wire::message::PROTOCOL_VERSION;
+use captp::wire::{Message, Payload, ReturnResult, Target};
+use captp::{Limits, Ref, SwissNumber, Vat};
+use common::{
+    RawConn, Server, cbor, decode_data, deliver, encode, hello, limits, start_client,
+    start_server_with, within,
+};
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+
+/// A server vat, a well-behaved client of it, and raw connections for the attacks.
+struct Arena {
+    server: Server,
+    client: Vat,
+    obj: Ref,
+}
+
+impl Arena {
+    async fn start(limits: Limits) -> Arena {
+        let server = start_server_with(limits).await;
+        let client = start_client().await;
+        let obj = client.enliven(&server.uri);
+        Arena {
+            server,
+            client,
+            obj,
+        }
+    }
+
+    /// The well-behaved client gets a correct answer.
+    async fn check(&self, round: i64) {
+        let sum: i64 = self
+            .obj
+            .send("add", (round, 1_000))
+            .await
+            .expect("the well-behaved client is served");
+        assert_eq!(sum, round + 1_000);
+    }
+
+    /// A raw connection with a fresh identity (no hello exchanged yet).
+    async fn raw(&self) -> RawConn {
+        RawConn::connect(&self.server.vat).await
+    }
+
+    /// After a hostile session ended: the well-behaved client still gets answers, and
+    /// its session is the only one the server still serves.
+    async fn check_survived(&self) {
+        self.check(2).await;
+        self.check(3).await;
+        let stats = self.server.vat.stats().await;
+        assert_eq!(stats.sessions.len(), 1, "{stats:?}");
+        assert_eq!(stats.sessions[0].peer, self.client.vat_id());
+    }
+
+    async fn stop(self) {
+        self.client.shutdown().await;
+        self.server.vat.shutdown().await;
+    }
+}
+
+/// Runs one attack: the well-behaved client is served before, the attack's session
+/// is aborted with a reason containing every one of `words`, and the client is served
+/// after.
+async fn aborted_with(
+    limits: Limits,
+    words: &[&str],
+    attack: impl AsyncFnOnce(&mut RawConn, &Server),
+) {
+    let arena = Arena::start(limits).await;
+    arena.check(1).await;
+    let mut raw = arena.raw().await;
+    attack(&mut raw, &arena.server).await;
+    let reason = raw.expect_abort().await;
+    for word in words {
+        assert!(
+            reason.contains(word),
+            "abort reason {reason:?} lacks {word:?}"
+        );
+    }
+    arena.check_survived().await;
+    arena.stop().await;
+}
+
+fn small_frames() -> Limits {
+    limits(|l| l.max_frame = 64 * 1024)
+}
+
+// ---- framing ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_one_byte_over_the_limit_is_refused_before_its_body() {
+    within(aborted_with(
+        small_frames(),
+        &["frame of 65537 bytes exceeds the limit of 65536 bytes"],
+        async |raw, server| {
+            assert_eq!(raw.handshake().await, 64 * 1024);
+            let export = raw.bootstrap(1, server.uri.swiss()).await;
+
+            // A frame of exactly the limit is accepted: pad a call to 65,536 bytes.
+            let at_limit = |pad: usize| {
+                deliver(
+                    Target::Export(export),
+                    "echo_bytes",
+                    &(serde_bytes::ByteBuf::from(vec![0x5a; pad]),),
+                    Some(2),
+                )
+            };
+            let mut pad = 65_000;
+            for _ in 0..4 {
+                let body_len = encode(&at_limit(pad)).len() - 4;
+                if body_len == 65_536 {
+                    break;
+                }
+                pad = pad + 65_536 - body_len;
+            }
+            let call = at_limit(pad);
+            assert_eq!(encode(&call).len(), 4 + 65_536);
+            raw.send(&call).await;
+            match raw.expect_message().await {
+                Message::Return {
+                    question: 2,
+                    result: ReturnResult::Ok(payload),
+                } => {
+                    let back: serde_bytes::ByteBuf = decode_data(&payload);
+                    assert_eq!(back.len(), pad);
+                }
+                other => panic!("expected the echo's return, got {other:?}"),
+            }
+
+            // One byte more is refused from the length prefix alone: no body follows.
+            raw.write_raw(&(64 * 1024 + 1u32).to_be_bytes()).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_length_u32_max_is_refused() {
+    within(aborted_with(
+        small_frames(),
+        &["4294967295", "exceeds the limit"],
+        async |raw, _| {
+            raw.handshake().await;
+            raw.write_raw(&[0xff; 4]).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn length_over_the_limit_before_hello_is_refused_too() {
+    within(aborted_with(
+        small_frames(),
+        &["exceeds the limit"],
+        async |raw, _| {
+            raw.write_raw(&(1u32 << 24).to_be_bytes()).await;
+        },
+    ))
+    .await;
+}
+
+// ---- bad bytes ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_cbor_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["nested", "32"],
+        async |raw, _| {
+            raw.handshake().await;
+            let mut body = vec![0x81; 100];
+            body.push(0x00);
+            raw.send_frame(&body).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bytes_are_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["undecodable message", "malformed CBOR"],
+        async |raw, _| {
+            raw.handshake().await;
+            raw.send_frame(&[0x1c, 0xde, 0xad, 0xbe, 0xef]).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_frame_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["undecodable message", "truncated"],
+        async |raw, _| {
+            raw.handshake().await;
+            raw.send_frame(&[]).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_message_kind_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["not a captp message"],
+        async |raw, _| {
+            raw.handshake().await;
+            let body = cbor(&BTreeMap::from([(
+                "teleport",
+                BTreeMap::from([("to", 1u8)]),
+            )]));
+            raw.send_frame(&body).await;
+        },
+    ))
+    .await;
+}
+
+// ---- bad ids ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_to_an_answer_never_allocated_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["no answer with id", "77"],
+        async |raw, _| {
+            raw.handshake().await;
+            raw.send(&deliver(Target::Answer(77), "add", &(1, 2), Some(1)))
+                .await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_to_an_export_never_made_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["no export with id", "5"],
+        async |raw, _| {
+            raw.handshake().await;
+            raw.send(&deliver(Target::Export(5), "add", &(1, 2), None))
+                .await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn return_for_a_question_never_asked_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["return for question", "42", "never asked"],
+        async |raw, _| {
+            raw.handshake().await;
+            raw.send(&Message::Return {
+                question: 42,
+                result: ReturnResult::Ok(Payload {
+                    data: cbor(&7),
+                    caps: Vec::new(),
+                }),
+            })
+            .await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finish_for_an_unknown_answer_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["no answer with id", "9"],
+        async |raw, _| {
+            raw.handshake().await;
+            raw.send(&Message::Finish { question: 9 }).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_of_an_unknown_export_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["no export with id", "99"],
+        async |raw, _| {
+            raw.handshake().await;
+            raw.send(&Message::Release {
+                export: 99,
+                count: 1,
+            })
+            .await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_of_more_than_was_given_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["release of export", "count 2", "holds 1"],
+        async |raw, server| {
+            raw.handshake().await;
+            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            raw.send(&Message::Release { export, count: 2 }).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_question_id_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["question id", "already in use"],
+        async |raw, server| {
+            raw.handshake().await;
+            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
+                .await;
+            raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
+                .await;
+        },
+    ))
+    .await;
+}
+
+// ---- the hello ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_message_other_than_hello_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["expected hello", "bootstrap"],
+        async |raw, server| {
+            raw.send(&Message::Bootstrap {
+                question: 1,
+                swiss: server.uri.swiss().clone(),
+            })
+            .await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_hello_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["hello sent twice"],
+        async |raw, _| {
+            raw.handshake().await;
+            raw.send(&hello()).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_protocol_version_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["unsupported protocol version 999"],
+        async |raw, _| {
+            raw.send(&Message::Hello {
+                version: 999,
+                max_frame: 1 << 20,
+            })
+            .await;
+        },
+    ))
+    .await;
+}
+
+// ---- limits ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_outstanding_questions_than_the_limit_is_refused() {
+    within(aborted_with(
+        limits(|l| l.max_inbound_questions = 8),
+        &["more than 8 outstanding questions"],
+        async |raw, server| {
+            raw.handshake().await;
+            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            // Seven calls that never answer: under the limit, the session carries on.
+            for q in 2..=8 {
+                raw.send(&deliver(Target::Export(export), "slow", &(), Some(q)))
+                    .await;
+            }
+            raw.send(&Message::Ping { nonce: 77 }).await;
+            match raw.expect_message().await {
+                Message::Pong { nonce: 77 } => {}
+                other => panic!("expected the pong, got {other:?}"),
+            }
+            // The eighth reaches the limit and the ninth is one too many. Both go in one
+            // write: a vat may stop reading once the limit's worth of calls is running.
+            let mut both = encode(&deliver(Target::Export(export), "slow", &(), Some(9)));
+            both.extend(encode(&deliver(
+                Target::Export(export),
+                "slow",
+                &(),
+                Some(10),
+            )));
+            raw.write_raw(&both).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_messages_queued_on_one_promise_is_refused() {
+    within(aborted_with(
+        limits(|l| l.max_queued_per_promise = 4),
+        &["more than 4 messages queued on one unresolved promise"],
+        async |raw, server| {
+            raw.handshake().await;
+            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
+                .await;
+            for _ in 0..5 {
+                raw.send(&deliver(Target::Answer(2), "name", &(), None))
+                    .await;
+            }
+        },
+    ))
+    .await;
+}
+
+// ---- slow and fragmented peers ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_byte_writes_still_make_a_valid_session() {
+    within(async {
+        let arena = Arena::start(Limits::default()).await;
+        arena.check(1).await;
+        let mut raw = arena.raw().await;
+
+        // hello, a fetch, and a call pipelined on the fetch, one byte per TLS record.
+        let mut bytes = encode(&hello());
+        bytes.extend(encode(&Message::Bootstrap {
+            question: 1,
+            swiss: arena.server.uri.swiss().clone(),
+        }));
+        bytes.extend(encode(&deliver(
+            Target::Answer(1),
+            "add",
+            &(20i64, 22i64),
+            Some(2),
+        )));
+        for byte in &bytes {
+            raw.write_raw(std::slice::from_ref(byte)).await;
+        }
+
+        assert!(matches!(
+            raw.expect_message().await,
+            Message::Hello {
+                version: PROTOCOL_VERSION,
+                ..
+            }
+        ));
+        match raw.expect_message().await {
+            Message::Return {
+                question: 1,
+                result: ReturnResult::Ok(payload),
+            } => assert_eq!(payload.caps.len(), 1, "{payload:?}"),
+            other => panic!("expected the fetch's return, got {other:?}"),
+        }
+        match raw.expect_message().await {
+            Message::Return {
+                question: 2,
+                result: ReturnResult::Ok(payload),
+            } => assert_eq!(decode_data::<i64>(&payload), 42),
+            other => panic!("expected the call's return, got {other:?}"),
+        }
+
+        // Still a healthy session: finish both, and it answers a ping.
+        for byte in encode(&Message::Finish { question: 1 })
+            .iter()
+            .chain(&encode(&Message::Finish { question: 2 }))
+            .chain(&encode(&Message::Ping { nonce: 5 }))
+        {
+            raw.write_raw(std::slice::from_ref(byte)).await;
+        }
+        match raw.expect_message().await {
+            Message::Pong { nonce: 5 } => {}
+            other => panic!("expected the pong, got {other:?}"),
+        }
+        // The pong came after both finishes: the raw session holds no answers, only the
+        // export of the fetched object.
+        let stats = arena.server.vat.stats().await;
+        assert_eq!(stats.sessions.len(), 2, "{stats:?}");
+        let raw_session = stats
+            .sessions
+            .iter()
+            .find(|s| s.peer != arena.client.vat_id())
+            .expect("the raw session");
+        assert_eq!(raw_session.tables.answers, 0, "{raw_session:?}");
+        assert_eq!(raw_session.tables.exports, 1, "{raw_session:?}");
+        arena.check(2).await;
+        arena.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_silent_after_tls_is_dropped_at_the_handshake_timeout() {
+    within(async {
+        let timeout = Duration::from_millis(300);
+        let arena = Arena::start(limits(|l| l.handshake_timeout = timeout)).await;
+        arena.check(1).await;
+
+        let started = Instant::now();
+        let mut raw = arena.raw().await;
+        // The vat says hello; we say nothing.
+        assert!(matches!(raw.expect_message().await, Message::Hello { .. }));
+        let reason = raw.expect_abort().await;
+        let elapsed = started.elapsed();
+        assert!(
+            reason.contains("no hello within the handshake timeout"),
+            "{reason}"
+        );
+        assert!(elapsed >= timeout, "dropped after only {elapsed:?}");
+
+        arena.check_survived().await;
+        arena.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_silent_before_tls_is_dropped_at_the_handshake_timeout() {
+    within(async {
+        let timeout = Duration::from_millis(300);
+        let arena = Arena::start(limits(|l| l.handshake_timeout = timeout)).await;
+        arena.check(1).await;
+
+        let started = Instant::now();
+        let mut tcp = tokio::net::TcpStream::connect(arena.server.addr())
+            .await
+            .expect("TCP connects");
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(common::IO_TIMEOUT, tcp.read(&mut buf))
+            .await
+            .expect("the vat kept a silent TCP connection open");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let elapsed = started.elapsed();
+        assert!(elapsed >= timeout, "dropped after only {elapsed:?}");
+
+        arena.check_survived().await;
+        arena.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_swiss_over_raw_tls_is_an_error_not_an_abort() {
+    within(async {
+        let arena = Arena::start(Limits::default()).await;
+        let mut raw = arena.raw().await;
+        raw.handshake().await;
+        raw.send(&Message::Bootstrap {
+            question: 1,
+            swiss: SwissNumber::generate(),
+        })
+        .await;
+        match raw.expect_message().await {
+            Message::Return {
+                question: 1,
+                result: ReturnResult::Err(e),
+            } => assert_eq!(e.kind, "unknown_object"),
+            other => panic!("expected an error return, got {other:?}"),
+        }
+        raw.send(&Message::Ping { nonce: 1 }).await;
+        assert_eq!(raw.expect_message().await, Message::Pong { nonce: 1 });
+        arena.check(1).await;
+        arena.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_calls_pipelined_on_a_fetch_in_one_write_are_served() {
+    // Regression: the vat answered a fetch only after handling every frame of the read
+    // it arrived in, so calls pipelined behind it in the same read were counted as
+    // queued on an unresolved answer, and more than `max_queued_per_promise` of them
+    // aborted a well-behaved peer's session.
+    within(async {
+        let arena = Arena::start(Limits::default()).await;
+        arena.check(1).await;
+        let mut raw = arena.raw().await;
+        raw.handshake().await;
+
+        // More calls than `max_queued_per_promise` (256), all in one TLS record, so the
+        // vat reads them together with the fetch.
+        let calls = 270u32;
+        let mut burst = encode(&Message::Bootstrap {
+            question: 1,
+            swiss: arena.server.uri.swiss().clone(),
+        });
+        for i in 0..calls {
+            burst.extend(encode(&deliver(Target::Answer(1), "p", &(i,), None)));
+        }
+        burst.extend(encode(&deliver(
+            Target::Answer(1),
+            "counter_get",
+            &(),
+            Some(2),
+        )));
+        assert!(burst.len() < 16 * 1024, "{} bytes", burst.len());
+        raw.write_raw(&burst).await;
+
+        for _ in 0..2 {
+            match raw.expect_message().await {
+                Message::Return {
+                    question: 1,
+                    result: ReturnResult::Ok(_),
+                } => {}
+                Message::Return {
+                    question: 2,
+                    result: ReturnResult::Ok(payload),
+                } => assert_eq!(
+                    decode_data::<Vec<u32>>(&payload),
+                    (0..calls).collect::<Vec<_>>()
+                ),
+                other => panic!("expected the two returns, got {other:?}"),
+            }
+        }
+        arena.check(2).await;
+        arena.stop().await;
+    })
+    .await;
+}
