@@ -34,7 +34,10 @@ pub struct Limits {
     /// decode error: the peer's session is aborted.
     pub max_cbor_items: usize,
     /// Most questions a peer may have outstanding with this vat (asked and not yet
-    /// finished). Default 1,024. One more aborts the session. The same number bounds
+    /// finished). Default 1,024; at least 64 (smaller values are raised to 64). It is
+    /// announced in `hello`, and a well-behaved peer (this crate included) holds further
+    /// calls back until answers come; one more than the limit aborts the session of a
+    /// peer that ignores it. The same number bounds
     /// the asynchronous methods running for one peer (one-way sends included): at that
     /// many, the vat stops reading from the peer until one finishes.
     pub max_inbound_questions: usize,

@@ -379,6 +379,7 @@ async fn unsupported_protocol_version_is_refused() {
             raw.send(&Message::Hello {
                 version: 999,
                 max_frame: 1 << 20,
+                max_questions: 1024,
             })
             .await;
         },
@@ -391,13 +392,13 @@ async fn unsupported_protocol_version_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_outstanding_questions_than_the_limit_is_refused() {
     within(aborted_with(
-        limits(|l| l.max_inbound_questions = 8),
-        &["more than 8 outstanding questions"],
+        limits(|l| l.max_inbound_questions = 64),
+        &["more than 64 outstanding questions"],
         async |raw, server| {
             raw.handshake().await;
             let export = raw.bootstrap(1, server.uri.swiss()).await;
-            // Seven calls that never answer: under the limit, the session carries on.
-            for q in 2..=8 {
+            // 63 calls that never answer: under the limit, the session carries on.
+            for q in 2..=64 {
                 raw.send(&deliver(Target::Export(export), "slow", &(), Some(q)))
                     .await;
             }
@@ -406,14 +407,14 @@ async fn more_outstanding_questions_than_the_limit_is_refused() {
                 Message::Pong { nonce: 77 } => {}
                 other => panic!("expected the pong, got {other:?}"),
             }
-            // The eighth reaches the limit and the ninth is one too many. Both go in one
+            // The 64th reaches the limit and the 65th is one too many. Both go in one
             // write: a vat may stop reading once the limit's worth of calls is running.
-            let mut both = encode(&deliver(Target::Export(export), "slow", &(), Some(9)));
+            let mut both = encode(&deliver(Target::Export(export), "slow", &(), Some(65)));
             both.extend(encode(&deliver(
                 Target::Export(export),
                 "slow",
                 &(),
-                Some(10),
+                Some(66),
             )));
             raw.write_raw(&both).await;
         },

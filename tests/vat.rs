@@ -12,7 +12,7 @@ use captp::wire::Message;
 use captp::{Broken, BrokenKind, Identity, SturdyRef, SwissNumber};
 use common::{
     Note, Sample, Shape, TestObject, limits, sample, silent_server, start_client,
-    start_client_with, start_server, within,
+    start_client_with, start_server, start_server_with, within,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -1006,6 +1006,30 @@ async fn clean_shutdown_closes_the_port_and_breaks_new_references() {
         assert_eq!(reason.kind(), BrokenKind::Disconnected, "{reason}");
         let err = r.send::<i64>("add", (1, 2)).await.expect_err("shut down");
         assert_eq!(err, reason);
+    })
+    .await;
+}
+
+/// A caller never passes the peer's question limit: calls beyond it wait at the caller
+/// (in order) instead of getting its session aborted. Regression: 3,000 calls in flight
+/// on one reference used to abort with "more than 1024 outstanding questions".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_calls_in_flight_than_the_peers_question_limit_all_succeed() {
+    within(async {
+        let server = start_server_with(limits(|l| l.max_inbound_questions = 64)).await;
+        let client = start_client().await;
+        let obj = client.enliven(&server.uri);
+        let promises: Vec<_> = (0..3_000i64)
+            .map(|j| obj.send::<i64>("add", (j, 1)))
+            .collect();
+        for (j, p) in (0..3_000i64).zip(promises) {
+            assert_eq!(p.await.expect("add"), j + 1);
+        }
+        let stats = client.stats().await;
+        assert_eq!(stats.sessions.len(), 1);
+        assert_eq!(stats.sessions[0].tables.held, 0);
+        // The same session served everything: nobody was aborted.
+        assert_eq!(obj.send::<i64>("add", (2, 2)).await.expect("add"), 4);
     })
     .await;
 }

@@ -33,6 +33,6 @@ mod tests;
 
 pub use ids::{AnswerId, ExportId, ImportId, QuestionId};
 pub use session::{
-    Call, CloseReason, Event, InCap, InPayload, LocalTarget, MIN_FRAME, OutCap, OutPayload,
-    Session, SessionStats, Violation,
+    Call, CloseReason, Event, InCap, InPayload, LocalTarget, MIN_FRAME, MIN_QUESTIONS, OutCap,
+    OutPayload, Session, SessionStats, Violation,
 };

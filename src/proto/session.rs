@@ -34,6 +34,10 @@ const DESCRIPTOR_OVERHEAD: usize = 32;
 /// The smallest frame limit a peer may announce: every error return and abort fits.
 pub const MIN_FRAME: usize = 8192;
 
+/// The fewest outstanding questions a peer may announce it accepts. Until the peer's
+/// `hello` arrives, a session sends at most this many.
+pub const MIN_QUESTIONS: usize = 64;
+
 /// A protocol violation by the peer: bad bytes or bad behaviour. It aborts the session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -52,6 +56,14 @@ pub enum Violation {
     FrameLimitTooSmall {
         /// The limit the peer announced.
         max_frame: u64,
+    },
+    /// A `hello` announcing a question limit below [`MIN_QUESTIONS`].
+    #[error(
+        "the peer accepts only {max_questions} outstanding questions, below the minimum of {MIN_QUESTIONS}"
+    )]
+    QuestionLimitTooSmall {
+        /// The limit the peer announced.
+        max_questions: u64,
     },
     /// A second `hello`.
     #[error("hello sent twice")]
@@ -268,9 +280,12 @@ pub enum Event<O, R> {
     },
 }
 
-/// The sizes of a session's four tables.
+/// The sizes of a session's four tables, and of its local hold queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SessionStats {
+    /// Local sends held back because the peer's question limit was reached; they go
+    /// out, in order, as answers come back.
+    pub held: usize,
     /// Questions this side asked and still tracks.
     pub questions: usize,
     /// Answers this side holds for the peer's questions.
@@ -292,6 +307,49 @@ enum Resolution<O> {
     Data,
     /// Broken: messages to it break the same way.
     Broken(Broken),
+}
+
+/// A local command held back by flow control.
+#[derive(Debug)]
+enum Held<O, R> {
+    Call(Call<O, R>),
+    Bootstrap {
+        question: QuestionId,
+        swiss: SwissNumber,
+        resolver: Option<R>,
+        pipeline_refs: u32,
+    },
+}
+
+impl<O, R> Held<O, R> {
+    /// Whether sending it asks a question (and so needs room under the peer's limit).
+    fn asks(&self) -> bool {
+        match self {
+            Held::Call(c) => c.question.is_some(),
+            Held::Bootstrap { .. } => true,
+        }
+    }
+
+    fn question(&self) -> Option<QuestionId> {
+        match self {
+            Held::Call(c) => c.question,
+            Held::Bootstrap { question, .. } => Some(*question),
+        }
+    }
+
+    fn pipeline_refs(&mut self) -> &mut u32 {
+        match self {
+            Held::Call(c) => &mut c.pipeline_refs,
+            Held::Bootstrap { pipeline_refs, .. } => pipeline_refs,
+        }
+    }
+
+    fn into_resolver(self) -> Option<R> {
+        match self {
+            Held::Call(c) => c.resolver,
+            Held::Bootstrap { resolver, .. } => resolver,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -351,6 +409,12 @@ pub struct Session<O, R> {
     state: State,
     closed: Option<Broken>,
     peer_max_frame: usize,
+    /// The most questions the peer accepts outstanding (from its `hello`).
+    peer_max_questions: usize,
+    /// Questions sent whose `return` has not arrived.
+    awaiting_return: usize,
+    /// Sends held back, in order, until the peer has room for more questions.
+    held: VecDeque<Held<O, R>>,
     questions: HashMap<QuestionId, Question<O, R>>,
     answers: HashMap<AnswerId, Answer<O>>,
     exports: HashMap<ExportId, Export<O>>,
@@ -366,15 +430,20 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// A new session; its `hello` is already queued for transmission.
     pub fn new(mut limits: Limits) -> Session<O, R> {
         limits.max_frame = limits.max_frame.clamp(MIN_FRAME, u32::MAX as usize);
+        limits.max_inbound_questions = limits.max_inbound_questions.max(MIN_QUESTIONS);
         let mut outbox = VecDeque::new();
         outbox.push_back(Message::Hello {
             version: PROTOCOL_VERSION,
             max_frame: limits.max_frame as u64,
+            max_questions: limits.max_inbound_questions as u64,
         });
         Session {
             cbor: limits.cbor(),
             // Until the peer says otherwise, assume it accepts what we accept.
             peer_max_frame: limits.max_frame,
+            peer_max_questions: MIN_QUESTIONS,
+            awaiting_return: 0,
+            held: VecDeque::new(),
             limits,
             state: State::AwaitingHello,
             closed: None,
@@ -413,6 +482,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// The sizes of the four tables.
     pub fn stats(&self) -> SessionStats {
         SessionStats {
+            held: self.held.len(),
             questions: self.questions.len(),
             answers: self.answers.len(),
             imports: self.imports.len(),
@@ -468,17 +538,26 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     fn dispatch(&mut self, msg: Message) -> Result<(), Violation> {
         if self.state == State::AwaitingHello {
             return match msg {
-                Message::Hello { version, max_frame } => {
+                Message::Hello {
+                    version,
+                    max_frame,
+                    max_questions,
+                } => {
                     if version != PROTOCOL_VERSION {
                         return Err(Violation::UnsupportedVersion { version });
                     }
                     if max_frame < MIN_FRAME as u64 {
                         return Err(Violation::FrameLimitTooSmall { max_frame });
                     }
+                    if max_questions < MIN_QUESTIONS as u64 {
+                        return Err(Violation::QuestionLimitTooSmall { max_questions });
+                    }
                     self.peer_max_frame = usize::try_from(max_frame)
                         .unwrap_or(usize::MAX)
                         .min(u32::MAX as usize);
+                    self.peer_max_questions = usize::try_from(max_questions).unwrap_or(usize::MAX);
                     self.state = State::Open;
+                    self.release_held();
                     Ok(())
                 }
                 Message::Abort { reason } => {
@@ -645,6 +724,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             ReturnResult::Ok(payload) => Ok(self.take_payload(payload)?),
             ReturnResult::Err(w) => Err(Broken::from(w)),
         };
+        self.awaiting_return = self.awaiting_return.saturating_sub(1);
         self.outbox.push_back(Message::Finish { question: id.0 });
         let Some(question) = self.questions.get_mut(&id) else {
             return Ok(());
@@ -675,6 +755,9 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             (None, Ok(payload)) => self.drop_in_payload(payload),
             (None, Err(_)) => {}
         }
+        // The `finish` above goes out before anything released here, so the peer never
+        // counts more than its limit.
+        self.release_held();
         Ok(())
     }
 
@@ -788,24 +871,84 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             self.fail_question(question, resolver, pipeline_refs, b);
             return;
         }
-        self.questions.insert(
+        let held = Held::Bootstrap {
             question,
-            Question {
+            swiss,
+            resolver,
+            pipeline_refs,
+        };
+        if self.must_hold(&held) {
+            self.held.push_back(held);
+        } else {
+            self.send_held(held);
+        }
+    }
+
+    /// Whether a command must wait: something is already waiting (E-order), or it asks a
+    /// question and the peer has no room for one.
+    fn must_hold(&self, held: &Held<O, R>) -> bool {
+        !self.held.is_empty() || (held.asks() && self.awaiting_return >= self.peer_max_questions)
+    }
+
+    /// Sends held commands, in order, while the peer has room.
+    fn release_held(&mut self) {
+        while let Some(front) = self.held.front() {
+            if front.asks() && self.awaiting_return >= self.peer_max_questions {
+                break;
+            }
+            if let Some(held) = self.held.pop_front() {
+                self.send_held(held);
+            }
+        }
+    }
+
+    fn send_held(&mut self, held: Held<O, R>) {
+        match held {
+            Held::Call(call) => self.send_now(call),
+            Held::Bootstrap {
+                question,
+                swiss,
                 resolver,
                 pipeline_refs,
-                resolution: None,
-            },
-        );
-        self.outbox.push_back(Message::Bootstrap {
-            question: question.0,
-            swiss,
-        });
+            } => {
+                self.questions.insert(
+                    question,
+                    Question {
+                        resolver,
+                        pipeline_refs,
+                        resolution: None,
+                    },
+                );
+                self.awaiting_return += 1;
+                self.outbox.push_back(Message::Bootstrap {
+                    question: question.0,
+                    swiss,
+                });
+            }
+        }
     }
 
     /// Sends a method call. Calls that cannot go out (the session is closed, the target
     /// is broken or plain data, the message is too large) break at once: the resolver
     /// comes back in an [`Event::Return`].
+    ///
+    /// A call that asks a question while the peer already has as many outstanding as it
+    /// accepts is held back, with every later send, and goes out in order as answers
+    /// come back ([`SessionStats::held`]).
     pub fn send(&mut self, call: Call<O, R>) {
+        if self.closed.is_none() {
+            let held = Held::Call(call);
+            if self.must_hold(&held) {
+                self.held.push_back(held);
+                return;
+            }
+            self.send_held(held);
+        } else {
+            self.send_now(call);
+        }
+    }
+
+    fn send_now(&mut self, call: Call<O, R>) {
         let Call {
             target,
             method,
@@ -896,6 +1039,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     resolution: None,
                 },
             );
+            self.awaiting_return += 1;
         }
         self.outbox.push_back(Message::Deliver {
             target: wire_target,
@@ -1094,6 +1238,11 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// The runtime dropped one pipelined handle on a question's answer.
     pub fn drop_question_ref(&mut self, id: QuestionId) {
         let Some(q) = self.questions.get_mut(&id) else {
+            // Not sent yet: the count travels with the held command.
+            if let Some(held) = self.held.iter_mut().find(|h| h.question() == Some(id)) {
+                let refs = held.pipeline_refs();
+                *refs = refs.saturating_sub(1);
+            }
             return;
         };
         q.pipeline_refs = q.pipeline_refs.saturating_sub(1);
@@ -1144,14 +1293,17 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         self.state = State::Closed;
         let broken = Broken::disconnected(&reason);
         self.closed = Some(broken.clone());
-        for (_, q) in self.questions.drain() {
-            if let Some(resolver) = q.resolver {
-                self.events.push_back(Event::Return {
-                    resolver,
-                    result: Err(broken.clone()),
-                });
-            }
+        let held = std::mem::take(&mut self.held)
+            .into_iter()
+            .map(Held::into_resolver);
+        let asked = self.questions.drain().map(|(_, q)| q.resolver);
+        for resolver in asked.chain(held).flatten() {
+            self.events.push_back(Event::Return {
+                resolver,
+                result: Err(broken.clone()),
+            });
         }
+        self.awaiting_return = 0;
         self.answers.clear();
         self.exports.clear();
         self.export_ids.clear();

@@ -103,6 +103,7 @@ fn stats(questions: usize, answers: usize, imports: usize, exports: usize) -> Se
         answers,
         imports,
         exports,
+        held: 0,
     }
 }
 
@@ -260,8 +261,8 @@ impl Pair {
     }
 
     fn build(a: Limits, b: Limits, codec: bool) -> Pair {
-        let a_frame = a.max_frame as u64;
-        let b_frame = b.max_frame as u64;
+        let a_hello = (a.max_frame as u64, a.max_inbound_questions as u64);
+        let b_hello = (b.max_frame as u64, b.max_inbound_questions as u64);
         let mut pair = Pair {
             a: Peer::new(a, &[(2, A_OBJ)]),
             b: Peer::new(b, &[(1, B_OBJ)]),
@@ -269,12 +270,13 @@ impl Pair {
         };
         pair.drive();
         assert!(pair.a.session.is_established() && pair.b.session.is_established());
-        let hello = |max_frame| Message::Hello {
+        let hello = |(max_frame, max_questions)| Message::Hello {
             version: PROTOCOL_VERSION,
             max_frame,
+            max_questions,
         };
-        assert_eq!(pair.a.take_sent(), [hello(a_frame)]);
-        assert_eq!(pair.b.take_sent(), [hello(b_frame)]);
+        assert_eq!(pair.a.take_sent(), [hello(a_hello)]);
+        assert_eq!(pair.b.take_sent(), [hello(b_hello)]);
         assert_eq!(pair.a.take_events(), []);
         assert_eq!(pair.b.take_events(), []);
         pair
@@ -449,7 +451,8 @@ fn hello_is_queued_first_and_establishes_both_sides() {
         (
             vec![Message::Hello {
                 version: PROTOCOL_VERSION,
-                max_frame: 1 << 20
+                max_frame: 1 << 20,
+                max_questions: 1024,
             }],
             vec![]
         )
@@ -457,6 +460,7 @@ fn hello_is_queued_first_and_establishes_both_sides() {
     s.handle_message(Message::Hello {
         version: PROTOCOL_VERSION,
         max_frame: 10_000,
+        max_questions: 1024,
     });
     assert!(s.is_established() && !s.is_closed());
     assert_eq!(s.peer_max_frame(), 10_000);
@@ -470,6 +474,7 @@ fn hello_with_a_frame_limit_below_the_minimum_is_a_violation() {
     s.handle_message(Message::Hello {
         version: PROTOCOL_VERSION,
         max_frame: MIN_FRAME as u64 - 1,
+        max_questions: 1024,
     });
     assert!(s.is_closed());
     let (sent, events) = drain(&mut s);
@@ -499,7 +504,8 @@ fn own_frame_limit_below_the_minimum_is_raised() {
         sent,
         [Message::Hello {
             version: PROTOCOL_VERSION,
-            max_frame: MIN_FRAME as u64
+            max_frame: MIN_FRAME as u64,
+            max_questions: 1024,
         }]
     );
 }
@@ -535,7 +541,8 @@ fn first_message_not_hello_is_a_violation() {
         [
             Message::Hello {
                 version: PROTOCOL_VERSION,
-                max_frame: 1 << 20
+                max_frame: 1 << 20,
+                max_questions: 1024,
             },
             Message::Bootstrap {
                 question: 1,
@@ -565,6 +572,7 @@ fn unsupported_version_is_a_violation() {
     s.handle_message(Message::Hello {
         version: PROTOCOL_VERSION + 1,
         max_frame: 1000,
+        max_questions: 1024,
     });
     let v = Violation::UnsupportedVersion {
         version: PROTOCOL_VERSION + 1,
@@ -587,6 +595,7 @@ fn duplicate_hello_is_a_violation() {
     pair.b.session.handle_message(Message::Hello {
         version: PROTOCOL_VERSION,
         max_frame: 1000,
+        max_questions: 1024,
     });
     pair.drive();
     assert_eq!(expect_violation(&mut pair, Violation::DuplicateHello), []);
@@ -1606,24 +1615,40 @@ fn release_of_more_than_held_is_a_violation() {
 #[test]
 fn too_many_inbound_questions_is_a_violation() {
     let lb = Limits {
-        max_inbound_questions: 4,
+        max_inbound_questions: MIN_QUESTIONS,
         ..Limits::default()
     };
     let mut pair = Pair::victim(Limits::default(), lb);
     let obj = pair.a_imports_b_obj(1);
-    for q in 2..6 {
+    let n = MIN_QUESTIONS as u64;
+    for q in 2..2 + n {
         pair.a
             .session
             .send(ask(LocalTarget::Import(obj), "wait", no_args(), q));
     }
     pair.drive();
-    assert_eq!(pair.b.take_events().len(), 4);
-    assert_eq!(pair.b.session.stats(), stats(1, 4, 0, 1));
+    assert_eq!(pair.b.take_events().len(), MIN_QUESTIONS);
+    // A well-behaved asker never passes the limit: it holds the next question back.
     pair.a
         .session
-        .send(ask(LocalTarget::Import(obj), "one_more", no_args(), 6));
+        .send(ask(LocalTarget::Import(obj), "held", no_args(), 2 + n));
     pair.drive();
-    let v = Violation::TooManyQuestions { limit: 4 };
+    assert_eq!(pair.b.take_events(), []);
+    assert_eq!(pair.a.session.stats().held, 1);
+    // A peer that ignores the limit is aborted.
+    pair.b.session.handle_message(Message::Deliver {
+        target: Target::Export(obj.0),
+        method: "one_more".into(),
+        payload: Payload {
+            data: data(&()),
+            caps: vec![],
+        },
+        question: Some(10_000),
+    });
+    pair.drive();
+    let v = Violation::TooManyQuestions {
+        limit: MIN_QUESTIONS,
+    };
     let broken = Broken::disconnected(CloseReason::PeerAborted(v.to_string()));
     let mut a_events = expect_violation(&mut pair, v);
     a_events.sort_by_key(|e| match e {
@@ -1632,7 +1657,7 @@ fn too_many_inbound_questions_is_a_violation() {
     });
     assert_eq!(
         a_events,
-        (2..7)
+        (2..3 + n as u32)
             .map(|r| returned(r, Err(broken.clone())))
             .collect::<Vec<_>>()
     );
@@ -1641,28 +1666,156 @@ fn too_many_inbound_questions_is_a_violation() {
 #[test]
 fn finished_questions_free_inbound_slots() {
     let lb = Limits {
-        max_inbound_questions: 1,
+        max_inbound_questions: MIN_QUESTIONS,
         ..Limits::default()
     };
     let mut pair = Pair::with_limits(Limits::default(), lb);
     let obj = pair.a_imports_b_obj(1);
-    for q in 2..5 {
-        pair.a
-            .session
-            .send(ask(LocalTarget::Import(obj), "next", no_args(), q));
+    let n = MIN_QUESTIONS as u64;
+    for round in 0..3u64 {
+        let first = 2 + round * n;
+        for q in first..first + n {
+            pair.a
+                .session
+                .send(ask(LocalTarget::Import(obj), "next", no_args(), q));
+        }
         pair.drive();
-        assert_eq!(
-            pair.b.take_events(),
-            [delivered(B_OBJ, "next", in_data(data(&())), Some(q))]
-        );
-        pair.b
-            .session
-            .answer(AnswerId(q), Ok(OutPayload::data(data(&()))));
+        assert_eq!(pair.b.take_events().len(), MIN_QUESTIONS);
+        assert_eq!(pair.a.session.stats().held, 0);
+        for q in first..first + n {
+            pair.b
+                .session
+                .answer(AnswerId(q), Ok(OutPayload::data(data(&()))));
+        }
         pair.drive();
-        assert_eq!(pair.a.take_events().len(), 1);
+        assert_eq!(pair.a.take_events().len(), MIN_QUESTIONS);
     }
     assert!(!pair.b.session.is_closed());
     assert_eq!(pair.stats(), (stats(0, 0, 1, 0), stats(0, 0, 0, 1)));
+}
+
+#[test]
+fn questions_past_the_peers_limit_are_held_and_sent_in_order() {
+    let lb = Limits {
+        max_inbound_questions: MIN_QUESTIONS,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    let n = MIN_QUESTIONS as u64;
+    // n questions fill the peer's limit; then a one-way send and n more questions must
+    // wait behind them, in order (a one-way send may not overtake a held question).
+    for q in 2..2 + n {
+        pair.a
+            .session
+            .send(ask(LocalTarget::Import(obj), "first", no_args(), q));
+    }
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "second", no_args(), 2 + n));
+    pair.a
+        .session
+        .send(tell(LocalTarget::Import(obj), "one_way", no_args()));
+    for q in 3 + n..3 + 2 * n {
+        pair.a
+            .session
+            .send(ask(LocalTarget::Import(obj), "third", no_args(), q));
+    }
+    pair.drive();
+    assert_eq!(pair.a.session.stats().held, 2 + n as usize);
+    let delivered_methods = |events: Vec<Seen>| -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| match e {
+                Seen::Deliver { method, .. } => method,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(
+        delivered_methods(pair.b.take_events()),
+        vec!["first".to_owned(); MIN_QUESTIONS]
+    );
+    // Each answer lets exactly one more question out; the one-way send needs no room
+    // and follows the held question at once.
+    pair.b
+        .session
+        .answer(AnswerId(2), Ok(OutPayload::data(data(&()))));
+    pair.drive();
+    assert_eq!(
+        delivered_methods(pair.b.take_events()),
+        ["second", "one_way"]
+    );
+    for q in 3..2 + n {
+        pair.b
+            .session
+            .answer(AnswerId(q), Ok(OutPayload::data(data(&()))));
+    }
+    pair.drive();
+    assert_eq!(
+        delivered_methods(pair.b.take_events()),
+        vec!["third".to_owned(); MIN_QUESTIONS - 1]
+    );
+    assert_eq!(pair.a.session.stats().held, 1);
+    pair.b
+        .session
+        .answer(AnswerId(2 + n), Ok(OutPayload::data(data(&()))));
+    pair.drive();
+    assert_eq!(delivered_methods(pair.b.take_events()), ["third"]);
+    assert_eq!(pair.a.session.stats().held, 0);
+    assert!(!pair.a.session.is_closed() && !pair.b.session.is_closed());
+}
+
+#[test]
+fn held_questions_break_when_the_session_closes() {
+    let lb = Limits {
+        max_inbound_questions: MIN_QUESTIONS,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    let n = MIN_QUESTIONS as u64;
+    for q in 2..3 + n {
+        pair.a
+            .session
+            .send(ask(LocalTarget::Import(obj), "wait", no_args(), q));
+    }
+    pair.drive();
+    assert_eq!(pair.a.session.stats().held, 1);
+    pair.a.session.handle_connection_lost("cable cut");
+    let events = pair.a.take_events();
+    let returns = events
+        .iter()
+        .filter(|e| matches!(e, Seen::Return { result: Err(b), .. } if b.kind() == BrokenKind::Disconnected))
+        .count();
+    assert_eq!(returns, MIN_QUESTIONS + 1);
+    assert_eq!(pair.a.session.stats(), zero());
+}
+
+#[test]
+fn hello_with_a_question_limit_below_the_minimum_is_a_violation() {
+    let mut s: S = Session::new(Limits::default());
+    drain(&mut s);
+    s.handle_message(Message::Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: MIN_FRAME as u64,
+        max_questions: MIN_QUESTIONS as u64 - 1,
+    });
+    assert!(s.is_closed());
+    let (sent, events) = drain(&mut s);
+    let v = Violation::QuestionLimitTooSmall {
+        max_questions: MIN_QUESTIONS as u64 - 1,
+    };
+    assert_eq!(
+        sent,
+        [Message::Abort {
+            reason: v.to_string()
+        }]
+    );
+    assert!(
+        matches!(&events[..], [Seen::Closed(CloseReason::Violation(got))] if *got == v),
+        "{events:?}"
+    );
 }
 
 #[test]

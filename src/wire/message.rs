@@ -26,8 +26,11 @@ pub enum Message {
     Hello {
         /// Protocol version; this crate speaks [`PROTOCOL_VERSION`].
         version: u32,
-        /// The largest frame body, in bytes, the sender accepts.
+        /// The largest frame body, in bytes, the sender accepts (at least 8192).
         max_frame: u64,
+        /// The most questions the sender accepts outstanding from the receiver (asked
+        /// and not yet finished; at least 64).
+        max_questions: u64,
     },
     /// Asks for the object exported under a swiss number. Answered by a `return` whose
     /// payload is a single reference, or the error `unknown_object`.
@@ -257,6 +260,7 @@ mod tests {
         round_trip(Message::Hello {
             version: PROTOCOL_VERSION,
             max_frame: 1 << 20,
+            max_questions: 1024,
         });
         round_trip(Message::Bootstrap {
             question: 1,

@@ -327,6 +327,7 @@ pub(crate) fn hello() -> Message {
     Message::Hello {
         version: PROTOCOL_VERSION,
         max_frame: RAW_MAX_FRAME as u64,
+        max_questions: 1024,
     }
 }
 
@@ -459,7 +460,9 @@ impl RawConn {
     /// announced.
     pub(crate) async fn handshake(&mut self) -> u64 {
         let max_frame = match self.expect_message().await {
-            Message::Hello { version, max_frame } => {
+            Message::Hello {
+                version, max_frame, ..
+            } => {
                 assert_eq!(version, PROTOCOL_VERSION);
                 max_frame
             }
