@@ -1033,3 +1033,21 @@ async fn more_calls_in_flight_than_the_peers_question_limit_all_succeed() {
     })
     .await;
 }
+
+/// Shutting a vat down still sends what its handles queued before (one-way sends
+/// included), then aborts. Regression: `send_only` then `shutdown()` lost the send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_what_was_queued_first() {
+    within(async {
+        let mut server = start_server().await;
+        let client = start_client().await;
+        let obj = client.enliven(&server.uri);
+        obj.send_only("notify", (7u64,));
+        obj.send_only("notify", (8u64,));
+        client.shutdown().await;
+        assert_eq!(server.next_note().await, Note::Notify(7));
+        assert_eq!(server.next_note().await, Note::Notify(8));
+        server.vat.shutdown().await;
+    })
+    .await;
+}

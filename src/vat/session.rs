@@ -197,7 +197,7 @@ pub(crate) async fn run(
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut shutdown = vat.shutdown.subscribe();
     if *shutdown.borrow_and_update() {
-        d.core.abort("the vat is shutting down");
+        d.shut_down(&mut rx);
     }
     let started = Instant::now();
     let mut last_rx = started;
@@ -276,7 +276,7 @@ pub(crate) async fn run(
                     pinged = true;
                 }
             }
-            _ = shutdown.changed() => d.core.abort("the vat is shutting down"),
+            _ = shutdown.changed() => d.shut_down(&mut rx),
         }
     }
 
@@ -356,6 +356,15 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Sends what handles queued before the shutdown (one-way sends included), then
+    /// aborts: the abort follows them on the wire, so the peer still delivers them.
+    fn shut_down(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) {
+        while let Ok(cmd) = rx.try_recv() {
+            self.apply(cmd);
+        }
+        self.core.abort("the vat is shutting down");
     }
 
     fn apply(&mut self, cmd: Command) {

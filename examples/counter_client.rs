@@ -1,0 +1,58 @@
+//! Ada's remote counter, the client side: it enlivens the counter's sturdy ref URI,
+//! calls `foo()` (which answers nothing, so it is a one-way send) and then awaits
+//! `bar()`, which answers the count. E-order delivers `foo` before `bar`, so the count
+//! it prints already includes its own `foo`.
+//!
+//! Run the `counter_server` example in one terminal:
+//!
+//! ```text
+//! cargo run --example counter_server
+//! ```
+//!
+//! and, with the `captp://...` line it printed, this in another:
+//!
+//! ```text
+//! cargo run --example counter_client -- 'captp://<vat-id>@127.0.0.1:<port>/<swiss>'
+//! ```
+//!
+//! It prints
+//!
+//! ```text
+//! Calling Foo...
+//! Calling Bar: 1
+//! ```
+//!
+//! and `Calling Bar: 2` the second time.
+
+#[path = "common/client.rs"]
+mod client;
+
+use captp::Vat;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [uri] = args.as_slice() else {
+        client::usage(
+            "counter_client: expected one argument",
+            "counter_client <captp://URI>",
+        );
+    };
+    let sturdy = client::parse_uri(uri);
+
+    let vat = Vat::builder().start().await?;
+    let counter = vat.enliven(&sturdy);
+
+    println!("Calling Foo...");
+    counter.send_only("foo", ());
+    let count = counter.send::<u64>("bar", ()).await;
+
+    vat.shutdown().await;
+    match count {
+        Ok(count) => {
+            println!("Calling Bar: {count}");
+            Ok(())
+        }
+        Err(broken) => client::fail(&broken),
+    }
+}

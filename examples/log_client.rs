@@ -1,0 +1,62 @@
+//! A client for the `log_service` example: it enlivens the log's sturdy ref URI, logs
+//! two lines with one-way sends, then searches for `foo` and prints each match as
+//! `At <time>: <line>` (the time in seconds since the Unix epoch).
+//!
+//! It shows what a caller sees when a sturdy ref is wrong: a URI whose vat ID does not
+//! match the server's key breaks with `BrokenKind::VatIdMismatch`, one whose swiss
+//! number the server does not know breaks with `BrokenKind::UnknownObject`, and a vat
+//! that is not running breaks with `BrokenKind::Unreachable`. Each is explained on
+//! stderr, with exit code 1.
+//!
+//! Run the server in one terminal:
+//!
+//! ```text
+//! cargo run --example log_service
+//! ```
+//!
+//! and, with the `captp://...` line it printed, the client in another:
+//!
+//! ```text
+//! cargo run --example log_client -- 'captp://<vat-id>@127.0.0.1:<port>/<swiss>'
+//! ```
+//!
+//! It prints something like `At 1767225600: foot` (and not `shoe`, which does not
+//! contain `foo`). Every run logs two more lines, so a second run finds two matches.
+
+#[path = "common/client.rs"]
+mod client;
+
+use captp::Vat;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [uri] = args.as_slice() else {
+        client::usage(
+            "log_client: expected one argument",
+            "log_client <captp://URI>",
+        );
+    };
+    let sturdy = client::parse_uri(uri);
+
+    // The client needs a vat of its own: mutual TLS means it has a key too.
+    let vat = Vat::builder().start().await?;
+    let log = vat.enliven(&sturdy);
+
+    // One-way sends: no answer, no waiting. They go out in order, behind the connect
+    // and the fetch of the object, and before the search below (E-order).
+    log.send_only("log", ("foot",));
+    log.send_only("log", ("shoe",));
+    let found = log.send::<Vec<(u64, String)>>("search", ("foo",)).await;
+
+    vat.shutdown().await;
+    match found {
+        Ok(hits) => {
+            for (time, line) in hits {
+                println!("At {time}: {line}");
+            }
+            Ok(())
+        }
+        Err(broken) => client::fail(&broken),
+    }
+}
