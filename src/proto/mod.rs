@@ -34,5 +34,5 @@ mod tests;
 pub use ids::{AnswerId, ExportId, ImportId, QuestionId};
 pub use session::{
     Call, CloseReason, Event, InCap, InPayload, LocalTarget, MIN_FRAME, MIN_QUESTIONS, OutCap,
-    OutPayload, Session, SessionStats, Violation,
+    OutPayload, SINGLE_CAP_DATA, Session, SessionStats, Violation,
 };

@@ -23,7 +23,7 @@ use crate::wire::{
 ///
 /// A promise whose result has this shape resolves to that reference, so messages
 /// pipelined on it go to the referenced object.
-pub(crate) const SINGLE_CAP_DATA: [u8; 4] = [0xd9, 0x63, 0x61, 0x00];
+pub const SINGLE_CAP_DATA: [u8; 4] = [0xd9, 0x63, 0x61, 0x00];
 
 /// Bytes a message adds around its payload data and method name, counted generously
 /// for the local frame-size check.
@@ -86,6 +86,9 @@ pub enum Violation {
     /// A `return` for a question never asked or already answered.
     #[error("return for question {0}, which was never asked or is already answered")]
     UnknownQuestion(QuestionId),
+    /// A `resolve` for an import that is not a promise, or that already resolved.
+    #[error("resolve of {0}, which is not an unresolved promise")]
+    BadResolve(ImportId),
     /// A `release` with a zero count or a count above what the peer holds.
     #[error("release of export {export} with count {count}, but the peer holds {held}")]
     BadRelease {
@@ -153,6 +156,10 @@ impl fmt::Display for CloseReason {
 pub enum OutCap<O> {
     /// A local object: exported to the peer (or its existing export reused).
     Local(O),
+    /// A local promise, represented by an object that forwards calls to it: exported as
+    /// `sender_promise`. The runtime reports its settlement with
+    /// [`Session::resolve_export`].
+    Promise(O),
     /// A reference imported from this same peer: it goes home as `receiver_hosted`.
     Import(ImportId),
 }
@@ -192,6 +199,8 @@ impl<O> OutPayload<O> {
 pub enum InCap<O> {
     /// An object at the peer.
     Import(ImportId),
+    /// A promise at the peer; its settlement arrives as [`Event::Resolved`].
+    Promise(ImportId),
     /// One of this side's own objects, come home.
     Local(O),
 }
@@ -212,7 +221,7 @@ impl<O> InPayload<O> {
 }
 
 /// What a local send is addressed to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LocalTarget {
     /// An object imported from the peer.
     Import(ImportId),
@@ -247,8 +256,10 @@ pub enum Event<O, R> {
     /// Call `method` on the local object `target`. If `answer` is set, the result must be
     /// given back with [`Session::answer`].
     Deliver {
-        /// The local object.
-        target: O,
+        /// Where the call goes: a local object, or (when an answer of ours resolved to a
+        /// reference the peer gave us) back to the peer through that reference, which
+        /// the runtime forwards to in order. An `Import` target holds one local handle.
+        target: InCap<O>,
         /// The method name.
         method: String,
         /// The arguments.
@@ -270,6 +281,25 @@ pub enum Event<O, R> {
         resolver: R,
         /// The result.
         result: Result<InPayload<O>, Broken>,
+    },
+    /// A promise the peer gave us ([`InCap::Promise`]) settled. The payload's
+    /// references hold local handles like any incoming payload.
+    Resolved {
+        /// The import that settled.
+        import: ImportId,
+        /// What it settled to.
+        result: Result<InPayload<O>, Broken>,
+    },
+    /// The session is closing and these local objects were exported to the peer: the
+    /// runtime may tell them their client is gone (E's "lost client").
+    ExportsLost {
+        /// Each object once.
+        objects: Vec<O>,
+    },
+    /// The peer answered a ping.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
     },
     /// The session closed. Every question pending at that moment has already been given
     /// back broken; commands given after the close still come back as broken
@@ -313,6 +343,10 @@ enum Resolution<O> {
 #[derive(Debug)]
 enum Held<O, R> {
     Call(Call<O, R>),
+    /// A handle dropped while sends were held: it applies after them, so the held
+    /// sends still find their target.
+    DropImport(ImportId),
+    DropQuestionRef(QuestionId),
     Bootstrap {
         question: QuestionId,
         swiss: SwissNumber,
@@ -327,20 +361,7 @@ impl<O, R> Held<O, R> {
         match self {
             Held::Call(c) => c.question.is_some(),
             Held::Bootstrap { .. } => true,
-        }
-    }
-
-    fn question(&self) -> Option<QuestionId> {
-        match self {
-            Held::Call(c) => c.question,
-            Held::Bootstrap { question, .. } => Some(*question),
-        }
-    }
-
-    fn pipeline_refs(&mut self) -> &mut u32 {
-        match self {
-            Held::Call(c) => &mut c.pipeline_refs,
-            Held::Bootstrap { pipeline_refs, .. } => pipeline_refs,
+            Held::DropImport(_) | Held::DropQuestionRef(_) => false,
         }
     }
 
@@ -348,6 +369,7 @@ impl<O, R> Held<O, R> {
         match self {
             Held::Call(c) => c.resolver,
             Held::Bootstrap { resolver, .. } => resolver,
+            Held::DropImport(_) | Held::DropQuestionRef(_) => None,
         }
     }
 }
@@ -357,6 +379,10 @@ struct Question<O, R> {
     resolver: Option<R>,
     pipeline_refs: u32,
     resolution: Option<Resolution<O>>,
+    /// The `finish` is held back: the answer resolved to one of our own objects, and
+    /// messages sent to the promise keep going through the peer (which forwards them
+    /// back) so that they stay in order with those already sent.
+    finish_deferred: bool,
 }
 
 #[derive(Debug)]
@@ -381,6 +407,8 @@ struct Export<O> {
     object: O,
     /// How many times the peer received this export and has not released it.
     refcount: u64,
+    /// Exported as a promise, and whether its `resolve` has been sent.
+    promise: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -389,6 +417,8 @@ struct Import {
     remote: u64,
     /// Handles given to the runtime and not yet dropped.
     local: u64,
+    /// Imported as a promise, and whether its `resolve` has arrived.
+    promise: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -585,6 +615,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 self.handle_return(QuestionId(question), result)
             }
             Message::Finish { question } => self.handle_finish(AnswerId(question)),
+            Message::Resolve { export, result } => self.handle_resolve(ImportId(export), result),
             Message::Release { export, count } => self.handle_release(ExportId(export), count),
             Message::Abort { reason } => {
                 self.close(CloseReason::PeerAborted(reason));
@@ -594,7 +625,10 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 self.outbox.push_back(Message::Pong { nonce });
                 Ok(())
             }
-            Message::Pong { .. } => Ok(()),
+            Message::Pong { nonce } => {
+                self.events.push_back(Event::Pong { nonce });
+                Ok(())
+            }
         }
     }
 
@@ -662,7 +696,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         let payload = self.take_payload(payload)?;
         match dest {
             Dest::Object(target) => self.events.push_back(Event::Deliver {
-                target,
+                target: InCap::Local(target),
                 method,
                 payload,
                 answer: question,
@@ -692,22 +726,35 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         let broken = match resolution {
             Resolution::Local(target) => {
                 self.events.push_back(Event::Deliver {
-                    target,
+                    target: InCap::Local(target),
                     method,
                     payload,
                     answer: question,
                 });
                 return;
             }
+            Resolution::Import(i) => {
+                // The answer resolved to something the peer gave us: the runtime
+                // forwards the call there, in order, and answers with its result.
+                if let Some(target) = self.new_import_handle(i) {
+                    self.events.push_back(Event::Deliver {
+                        target,
+                        method,
+                        payload,
+                        answer: question,
+                    });
+                    return;
+                }
+                Broken::new(
+                    BrokenKind::Other,
+                    format!("the reference {i} the promise resolved to was released"),
+                )
+            }
             Resolution::Data => Broken::new(
                 BrokenKind::NotAnObject,
                 format!("cannot call {method:?}: the promise resolved to data, not an object"),
             ),
             Resolution::Broken(b) => b,
-            Resolution::Import(_) => Broken::new(
-                BrokenKind::Other,
-                "forwarding calls back to the caller through a promise is not supported yet",
-            ),
         };
         self.drop_in_payload(payload);
         if let Some(q) = question {
@@ -725,20 +772,27 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             ReturnResult::Err(w) => Err(Broken::from(w)),
         };
         self.awaiting_return = self.awaiting_return.saturating_sub(1);
-        self.outbox.push_back(Message::Finish { question: id.0 });
-        let Some(question) = self.questions.get_mut(&id) else {
-            return Ok(());
-        };
         let resolution = match &result {
             Err(b) => Resolution::Broken(b.clone()),
             Ok(p) if p.is_single_cap() => match &p.caps[0] {
-                InCap::Import(i) => Resolution::Import(*i),
+                InCap::Import(i) | InCap::Promise(i) => Resolution::Import(*i),
                 InCap::Local(o) => Resolution::Local(o.clone()),
             },
             Ok(_) => Resolution::Data,
         };
+        let Some(question) = self.questions.get_mut(&id) else {
+            return Ok(());
+        };
         let resolver = question.resolver.take();
         let keep = question.pipeline_refs > 0;
+        // Our own object came back through the peer's answer: messages on the promise
+        // keep going to the answer (the peer forwards them here), so the answer must
+        // live until the last pipelined handle is gone. Taking the shorter local path
+        // could overtake messages still travelling the long way.
+        let defer = keep && matches!(resolution, Resolution::Local(_));
+        if !defer {
+            self.outbox.push_back(Message::Finish { question: id.0 });
+        }
         if keep {
             if let Resolution::Import(i) = resolution {
                 // The question's resolution holds a handle of its own.
@@ -747,6 +801,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 }
             }
             question.resolution = Some(resolution);
+            question.finish_deferred = defer;
         } else {
             self.questions.remove(&id);
         }
@@ -759,6 +814,45 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         // counts more than its limit.
         self.release_held();
         Ok(())
+    }
+
+    fn handle_resolve(&mut self, id: ImportId, result: ReturnResult) -> Result<(), Violation> {
+        let known = match self.imports.get(&id) {
+            None => false,
+            Some(Import {
+                promise: Some(false),
+                ..
+            }) => true,
+            Some(_) => return Err(Violation::BadResolve(id)),
+        };
+        let result = match result {
+            ReturnResult::Ok(payload) => Ok(self.take_payload(payload)?),
+            ReturnResult::Err(w) => Err(Broken::from(w)),
+        };
+        if !known {
+            // We released the promise while its resolution was on the way: give back
+            // whatever the resolution brought.
+            if let Ok(payload) = result {
+                self.drop_in_payload(payload);
+            }
+            return Ok(());
+        }
+        if let Some(import) = self.imports.get_mut(&id) {
+            import.promise = Some(true);
+        }
+        self.events
+            .push_back(Event::Resolved { import: id, result });
+        Ok(())
+    }
+
+    /// A new local handle on an import, for the runtime.
+    fn new_import_handle(&mut self, id: ImportId) -> Option<InCap<O>> {
+        let import = self.imports.get_mut(&id)?;
+        import.local += 1;
+        Some(match import.promise {
+            Some(_) => InCap::Promise(id),
+            None => InCap::Import(id),
+        })
     }
 
     fn handle_finish(&mut self, id: AnswerId) -> Result<(), Violation> {
@@ -805,7 +899,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         let mut new_imports = HashSet::new();
         for desc in &payload.caps {
             match *desc {
-                CapDescriptor::SenderHosted(i) => {
+                CapDescriptor::SenderHosted(i) | CapDescriptor::SenderPromise(i) => {
                     if !self.imports.contains_key(&ImportId(i)) {
                         new_imports.insert(i);
                     }
@@ -830,10 +924,22 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     let import = self.imports.entry(id).or_insert(Import {
                         remote: 0,
                         local: 0,
+                        promise: None,
                     });
                     import.remote += 1;
                     import.local += 1;
                     InCap::Import(id)
+                }
+                CapDescriptor::SenderPromise(i) => {
+                    let id = ImportId(i);
+                    let import = self.imports.entry(id).or_insert(Import {
+                        remote: 0,
+                        local: 0,
+                        promise: Some(false),
+                    });
+                    import.remote += 1;
+                    import.local += 1;
+                    InCap::Promise(id)
                 }
                 CapDescriptor::ReceiverHosted(e) => match self.exports.get(&ExportId(e)) {
                     Some(export) => InCap::Local(export.object.clone()),
@@ -905,6 +1011,8 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     fn send_held(&mut self, held: Held<O, R>) {
         match held {
             Held::Call(call) => self.send_now(call),
+            Held::DropImport(i) => self.drop_import_now(i),
+            Held::DropQuestionRef(q) => self.drop_question_ref_now(q),
             Held::Bootstrap {
                 question,
                 swiss,
@@ -917,6 +1025,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                         resolver,
                         pipeline_refs,
                         resolution: None,
+                        finish_deferred: false,
                     },
                 );
                 self.awaiting_return += 1;
@@ -1017,13 +1126,9 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     );
                     return fail(self, resolver, b);
                 }
-                Some(Some(Resolution::Local(_))) => {
-                    let b = Broken::new(
-                        BrokenKind::Other,
-                        "calling a local object through a remote promise is not supported yet",
-                    );
-                    return fail(self, resolver, b);
-                }
+                // Resolved to one of our own objects: keep the promise's path (see
+                // `handle_return`); the peer forwards the call back here in order.
+                Some(Some(Resolution::Local(_))) => Target::Answer(q.0),
             },
         };
         let payload = match self.give_payload(payload) {
@@ -1037,6 +1142,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     resolver,
                     pipeline_refs,
                     resolution: None,
+                    finish_deferred: false,
                 },
             );
             self.awaiting_return += 1;
@@ -1058,6 +1164,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     resolver: None,
                     pipeline_refs,
                     resolution: Some(Resolution::Broken(b.clone())),
+                    finish_deferred: false,
                 },
             );
         }
@@ -1076,7 +1183,9 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             .caps
             .iter()
             .filter_map(|c| match c {
-                OutCap::Local(o) if !self.export_ids.contains_key(o) => Some(o),
+                OutCap::Local(o) | OutCap::Promise(o) if !self.export_ids.contains_key(o) => {
+                    Some(o)
+                }
                 _ => None,
             })
             .collect::<HashSet<_>>()
@@ -1105,7 +1214,12 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         let mut caps = Vec::with_capacity(payload.caps.len());
         for cap in payload.caps {
             caps.push(match cap {
-                OutCap::Local(o) => CapDescriptor::SenderHosted(self.export(o).0),
+                OutCap::Local(o) => CapDescriptor::SenderHosted(self.export(o, false).0.0),
+                OutCap::Promise(o) => match self.export(o, true) {
+                    (e, true) => CapDescriptor::SenderPromise(e.0),
+                    // Already settled (its `resolve` went out): it is an object now.
+                    (e, false) => CapDescriptor::SenderHosted(e.0),
+                },
                 OutCap::Import(i) => CapDescriptor::ReceiverHosted(i.0),
             });
         }
@@ -1115,11 +1229,13 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         })
     }
 
-    fn export(&mut self, object: O) -> ExportId {
+    /// Exports `object` (as a promise if `promise`), or counts one more reference to its
+    /// existing export. Returns the id and whether it is an unresolved promise.
+    fn export(&mut self, object: O, promise: bool) -> (ExportId, bool) {
         if let Some(id) = self.export_ids.get(&object) {
             if let Some(export) = self.exports.get_mut(id) {
                 export.refcount += 1;
-                return *id;
+                return (*id, export.promise == Some(false));
             }
         }
         let id = ExportId(self.next_export);
@@ -1130,9 +1246,10 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             Export {
                 object,
                 refcount: 1,
+                promise: promise.then_some(false),
             },
         );
-        id
+        (id, promise)
     }
 
     /// Answers a question the peer asked (a delivered call or a bootstrap).
@@ -1174,7 +1291,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             Ok(p) => {
                 let resolution = if p.caps.len() == 1 && p.data == SINGLE_CAP_DATA {
                     match &p.caps[0] {
-                        OutCap::Local(o) => Resolution::Local(o.clone()),
+                        OutCap::Local(o) | OutCap::Promise(o) => Resolution::Local(o.clone()),
                         OutCap::Import(i) => Resolution::Import(*i),
                     }
                 } else {
@@ -1219,6 +1336,14 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// The runtime dropped one handle on an import. When the last goes, the import is
     /// released at the peer with the full count it sent.
     pub fn drop_import(&mut self, id: ImportId) {
+        if self.held.is_empty() {
+            self.drop_import_now(id);
+        } else {
+            self.held.push_back(Held::DropImport(id));
+        }
+    }
+
+    fn drop_import_now(&mut self, id: ImportId) {
         let Some(import) = self.imports.get_mut(&id) else {
             return;
         };
@@ -1237,33 +1362,67 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
 
     /// The runtime dropped one pipelined handle on a question's answer.
     pub fn drop_question_ref(&mut self, id: QuestionId) {
+        if self.held.is_empty() {
+            self.drop_question_ref_now(id);
+        } else {
+            // Sends held before this drop may still target the question.
+            self.held.push_back(Held::DropQuestionRef(id));
+        }
+    }
+
+    fn drop_question_ref_now(&mut self, id: QuestionId) {
         let Some(q) = self.questions.get_mut(&id) else {
-            // Not sent yet: the count travels with the held command.
-            if let Some(held) = self.held.iter_mut().find(|h| h.question() == Some(id)) {
-                let refs = held.pipeline_refs();
-                *refs = refs.saturating_sub(1);
-            }
             return;
         };
         q.pipeline_refs = q.pipeline_refs.saturating_sub(1);
         if q.pipeline_refs == 0 && q.resolution.is_some() {
-            if let Some(Question {
-                resolution: Some(Resolution::Import(i)),
-                ..
-            }) = self.questions.remove(&id)
-            {
-                self.drop_import(i);
+            let Some(q) = self.questions.remove(&id) else {
+                return;
+            };
+            if q.finish_deferred && !self.is_closed() {
+                self.outbox.push_back(Message::Finish { question: id.0 });
+            }
+            if let Some(Resolution::Import(i)) = q.resolution {
+                self.drop_import_now(i);
             }
         }
     }
 
-    /// Queues a ping.
-    pub fn ping(&mut self) {
-        if !self.is_closed() {
-            let nonce = self.next_ping;
-            self.next_ping += 1;
-            self.outbox.push_back(Message::Ping { nonce });
+    /// Reports that a promise this side exported as [`OutCap::Promise`] settled: sends
+    /// `resolve` for it, once, if the peer still holds it. Messages the peer sends to
+    /// the promise keep arriving as deliveries to `object`, which forwards them.
+    pub fn resolve_export(&mut self, object: &O, result: Result<OutPayload<O>, Broken>) {
+        if self.is_closed() {
+            return;
         }
+        let Some(&id) = self.export_ids.get(object) else {
+            return;
+        };
+        match self.exports.get_mut(&id) {
+            Some(export) if export.promise == Some(false) => export.promise = Some(true),
+            _ => return,
+        }
+        let result = match result.and_then(|p| self.give_payload(p)) {
+            Ok(p) => ReturnResult::Ok(p),
+            Err(b) => ReturnResult::Err(WireBroken::from(&b)),
+        };
+        self.outbox.push_back(Message::Resolve {
+            export: id.0,
+            result,
+        });
+    }
+
+    /// Queues a ping; returns its nonce, which comes back in [`Event::Pong`]. When the
+    /// pong arrives, the peer has handled everything sent before the ping, and
+    /// everything it sent before the pong has been handled here.
+    pub fn ping(&mut self) -> Option<u64> {
+        if self.is_closed() {
+            return None;
+        }
+        let nonce = self.next_ping;
+        self.next_ping += 1;
+        self.outbox.push_back(Message::Ping { nonce });
+        Some(nonce)
     }
 
     /// Closes the session from this side, telling the peer why.
@@ -1305,7 +1464,13 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         }
         self.awaiting_return = 0;
         self.answers.clear();
-        self.exports.clear();
+        let mut lost = Vec::new();
+        for (_, export) in self.exports.drain() {
+            lost.push(export.object);
+        }
+        if !lost.is_empty() {
+            self.events.push_back(Event::ExportsLost { objects: lost });
+        }
         self.export_ids.clear();
         self.imports.clear();
         self.events.push_back(Event::Closed { reason });

@@ -124,6 +124,19 @@ enum Seen {
         resolver: u32,
         result: Result<InPayload<u32>, Broken>,
     },
+    /// A call forwarded back to the peer through an import (an answer resolved to it).
+    Forward {
+        target: InCap<u32>,
+        method: String,
+        payload: InPayload<u32>,
+        answer: Option<AnswerId>,
+    },
+    Resolved {
+        import: ImportId,
+        result: Result<InPayload<u32>, Broken>,
+    },
+    Lost(Vec<u32>),
+    Pong(u64),
     Closed(CloseReason),
 }
 
@@ -131,7 +144,7 @@ impl From<Event<u32, u32>> for Seen {
     fn from(ev: Event<u32, u32>) -> Seen {
         match ev {
             Event::Deliver {
-                target,
+                target: InCap::Local(target),
                 method,
                 payload,
                 answer,
@@ -141,6 +154,23 @@ impl From<Event<u32, u32>> for Seen {
                 payload,
                 answer,
             },
+            Event::Deliver {
+                target,
+                method,
+                payload,
+                answer,
+            } => Seen::Forward {
+                target,
+                method,
+                payload,
+                answer,
+            },
+            Event::Resolved { import, result } => Seen::Resolved { import, result },
+            Event::Pong { nonce } => Seen::Pong(nonce),
+            Event::ExportsLost { mut objects } => {
+                objects.sort_unstable();
+                Seen::Lost(objects)
+            }
             Event::Bootstrap { answer, swiss } => Seen::Bootstrap {
                 answer,
                 swiss: *swiss.as_bytes(),
@@ -211,7 +241,15 @@ impl Peer {
         }
     }
 
+    /// The events so far, less the lost-client notices (tests of those use
+    /// `take_all_events`).
     fn take_events(&mut self) -> Vec<Seen> {
+        let mut events = self.take_all_events();
+        events.retain(|e| !matches!(e, Seen::Lost(_)));
+        events
+    }
+
+    fn take_all_events(&mut self) -> Vec<Seen> {
         self.collect_events();
         std::mem::take(&mut self.events)
     }
@@ -2070,8 +2108,8 @@ fn connection_lost_breaks_pending_questions_and_later_sends() {
 #[test]
 fn ping_is_answered_by_pong_with_the_same_nonce() {
     let mut pair = Pair::new();
-    pair.a.session.ping();
-    pair.a.session.ping();
+    assert_eq!(pair.a.session.ping(), Some(1));
+    assert_eq!(pair.a.session.ping(), Some(2));
     pair.drive();
     assert_eq!(
         pair.a.take_sent(),
@@ -2081,13 +2119,18 @@ fn ping_is_answered_by_pong_with_the_same_nonce() {
         pair.b.take_sent(),
         [Message::Pong { nonce: 1 }, Message::Pong { nonce: 2 }]
     );
-    // An unsolicited pong is harmless.
+    // Each pong is reported, for whoever waits on that round trip.
+    assert_eq!(
+        (pair.a.take_events(), pair.b.take_events()),
+        (vec![Seen::Pong(1), Seen::Pong(2)], vec![])
+    );
+    // An unsolicited pong is harmless: reported, nothing else.
     pair.a
         .session
         .handle_message(Message::Pong { nonce: 12345 });
     assert_eq!(
         (pair.a.take_events(), pair.b.take_events()),
-        (vec![], vec![])
+        (vec![Seen::Pong(12345)], vec![])
     );
     assert_eq!(pair.a.session.poll_transmit(), None);
     assert!(!pair.a.session.is_closed());

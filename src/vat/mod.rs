@@ -6,6 +6,7 @@
 //! channels; no lock is held across an await, and nothing here parses peer bytes (the
 //! session tasks hand those to [`crate::proto`]).
 
+mod codec;
 mod local;
 mod object;
 mod reference;
@@ -27,8 +28,8 @@ use tokio_rustls::TlsAcceptor;
 pub use object::{Args, Object, Reply};
 pub use reference::{Promise, Ref};
 
-use self::local::LocalQueue;
 use self::object::ObjectHandle;
+use self::reference::Resolver;
 use self::session::{Command, SessionHandle};
 use crate::error::Error;
 use crate::identity::{Identity, VatId};
@@ -91,8 +92,6 @@ pub(crate) struct VatInner {
     client_configs: Mutex<HashMap<VatId, Arc<rustls::ClientConfig>>>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<JoinSet<()>>,
-    local: LocalQueue,
-    local_task: Mutex<Option<tokio::task::AbortHandle>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -205,7 +204,6 @@ impl VatBuilder {
             None => None,
         };
         let acceptor = TlsAcceptor::from(transport::server_config(&identity)?);
-        let (local, local_server) = LocalQueue::new(self.limits.cbor());
         let inner = Arc::new(VatInner {
             identity,
             limits: self.limits,
@@ -218,12 +216,8 @@ impl VatBuilder {
             client_configs: Mutex::new(HashMap::new()),
             shutdown: watch::Sender::new(false),
             tasks: Mutex::new(JoinSet::new()),
-            local,
-            local_task: Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
         });
-        let local_task = inner.spawn(local_server);
-        *lock(&inner.local_task) = Some(local_task);
         if let Some(listener) = listener {
             inner.spawn(listen(inner.clone(), listener, acceptor));
         }
@@ -304,12 +298,14 @@ impl Vat {
             .inner
             .outbound_session(sturdy.vat_id(), sturdy.address());
         let question = session.next_question();
+        let (tx, rx) = tokio::sync::watch::channel(None);
         let cmd = Command::Bootstrap {
             question,
             swiss: sturdy.swiss().clone(),
+            resolver: Resolver::Watch(tx),
         };
         match session.post(cmd) {
-            Ok(()) => Ref::remote(session, LocalTarget::Answer(question)),
+            Ok(()) => Ref::remote(session, LocalTarget::Answer(question), Some(rx)),
             Err(b) => Ref::broken(b),
         }
     }
@@ -337,14 +333,31 @@ impl Vat {
         }
     }
 
+    /// Waits for one round trip on every session: when it returns, every peer has
+    /// handled everything this vat sent before the call, and this vat has handled
+    /// everything those peers sent before answering. Releases of dropped references
+    /// included, so after dropping references, a few `sync`s on each vat concerned let
+    /// the network settle (each drop can cause a release in turn at the next vat).
+    pub async fn sync(&self) {
+        let handles: Vec<SessionHandle> = lock(&self.inner.sessions).values().cloned().collect();
+        let mut waits = Vec::with_capacity(handles.len());
+        for handle in handles {
+            let (tx, rx) = oneshot::channel();
+            if handle.post(Command::Sync(tx)).is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            // A session that ends meanwhile has nothing left to settle.
+            let _ = rx.await;
+        }
+    }
+
     /// Shuts the vat down: stops listening, aborts every session (their pending
     /// promises break with [`crate::BrokenKind::Disconnected`]) and waits for the tasks
     /// to finish (at most about two seconds before they are stopped).
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
-        if let Some(local) = lock(&self.inner.local_task).take() {
-            local.abort();
-        }
         let mut tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}

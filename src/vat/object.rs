@@ -8,15 +8,17 @@
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::broken::{Broken, BrokenKind};
-use crate::proto::{OutCap, OutPayload};
+use super::codec::{self, RefPayload};
+use super::reference::Resolver;
+use crate::broken::Broken;
+use crate::identity::VatId;
 use crate::vat::Ref;
-use crate::wire::{self, CborLimits};
+use crate::wire::CborLimits;
 
 /// An object that can be called with eventual sends, locally or from other vats.
 ///
@@ -68,6 +70,14 @@ use crate::wire::{self, CborLimits};
 pub trait Object: Send + Sync + 'static {
     /// Handles one call. Unknown methods should answer [`Reply::unknown_method`].
     fn call(&self, method: &str, args: Args) -> Reply;
+
+    /// Called when a session that held a reference to this object ends (the client
+    /// went away, was cut off, or was aborted), once per such session: E's "react to
+    /// lost client". `peer` is that session's vat ID (identity, not authority). The
+    /// default does nothing. Keep it short: it runs on the session's task.
+    fn lost_client(&self, peer: VatId) {
+        let _ = peer;
+    }
 }
 
 impl<F> Object for F
@@ -82,16 +92,82 @@ where
 /// A shared handle to a local object, compared and hashed by identity (so the same
 /// object exported twice gets the same export id).
 #[derive(Clone)]
-pub(crate) struct ObjectHandle(pub(crate) Arc<dyn Object>);
+pub(crate) struct ObjectHandle(Arc<HandleInner>);
+
+/// The object behind a handle, and, for a proxy, the reference it stands for.
+pub(crate) struct HandleInner {
+    object: Arc<dyn Object>,
+    proxy_of: Option<Ref>,
+}
 
 impl ObjectHandle {
     pub(crate) fn new(object: impl Object) -> ObjectHandle {
-        ObjectHandle(Arc::new(object))
+        ObjectHandle(Arc::new(HandleInner {
+            object: Arc::new(object),
+            proxy_of: None,
+        }))
+    }
+
+    /// A local object that forwards every call to `target` (a reference to a third
+    /// vat, or a promise), so that `target` can be passed to a peer.
+    pub(crate) fn proxy(target: Ref) -> ObjectHandle {
+        ObjectHandle(Arc::new(HandleInner {
+            object: Arc::new(Proxy(target.clone())),
+            proxy_of: Some(target),
+        }))
+    }
+
+    pub(crate) fn from_inner(inner: Arc<HandleInner>) -> ObjectHandle {
+        ObjectHandle(inner)
+    }
+
+    pub(crate) fn downgrade(&self) -> Weak<HandleInner> {
+        Arc::downgrade(&self.0)
+    }
+
+    pub(crate) fn object(&self) -> &dyn Object {
+        &*self.0.object
+    }
+
+    /// The reference a peer means when it hands this object back: the proxied
+    /// reference for a proxy, else a local reference to the object itself.
+    pub(crate) fn to_ref(&self) -> Ref {
+        match &self.0.proxy_of {
+            Some(target) => target.clone(),
+            None => Ref::local(self.clone()),
+        }
     }
 
     fn addr(&self) -> usize {
         Arc::as_ptr(&self.0).cast::<()>() as usize
     }
+}
+
+/// Forwards calls to a reference, in order: what passing a third party's object or a
+/// promise to a peer exports.
+struct Proxy(Ref);
+
+impl Object for Proxy {
+    fn call(&self, method: &str, args: Args) -> Reply {
+        Reply(forward(&self.0, method, args))
+    }
+}
+
+/// Sends a call on to `target` and answers with its result. The send is posted now,
+/// not when the reply future is first polled: that keeps E-order.
+pub(crate) fn forward(target: &Ref, method: &str, args: Args) -> ReplyInner {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let payload = RefPayload {
+        data: args.data,
+        refs: args.refs,
+    };
+    if let Err(b) = target.forward(method.to_owned(), payload, Some(Resolver::Once(tx))) {
+        return ReplyInner::Ready(Err(b));
+    }
+    ReplyInner::Later(Box::pin(async move {
+        rx.await
+            .unwrap_or_else(|_| Err(Broken::disconnected("the forwarded call was dropped")))
+    }))
 }
 
 impl PartialEq for ObjectHandle {
@@ -105,6 +181,16 @@ impl Eq for ObjectHandle {}
 impl Hash for ObjectHandle {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.addr().hash(state);
+    }
+}
+
+impl std::fmt::Debug for HandleInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.proxy_of.is_some() {
+            "Proxy"
+        } else {
+            "Object"
+        })
     }
 }
 
@@ -134,7 +220,7 @@ impl Args {
     /// A [`Broken`] of kind [`BrokenKind::BadArguments`] when the data is not a `T`;
     /// return it to the caller with [`Reply::err`].
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Broken> {
-        wire::decode_value(&self.data, &self.cbor).map_err(|e| {
+        codec::decode(&self.data, &self.refs, &self.cbor).map_err(|e| {
             Broken::bad_arguments(format_args!("expected {}: {e}", std::any::type_name::<T>()))
         })
     }
@@ -155,7 +241,7 @@ impl std::fmt::Debug for Args {
 }
 
 /// The result of a method, as it leaves the object.
-pub(crate) type Outcome = Result<OutPayload<ObjectHandle>, Broken>;
+pub(crate) type Outcome = Result<RefPayload, Broken>;
 
 /// A future result.
 pub(crate) type LaterOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
@@ -190,9 +276,13 @@ impl Reply {
     ///
     /// The caller gains the authority to call `object`.
     pub fn object(object: impl Object) -> Reply {
-        Reply(ReplyInner::Ready(Ok(OutPayload::single_cap(
-            OutCap::Local(ObjectHandle::new(object)),
-        ))))
+        Reply::reference(Ref::from_object(object))
+    }
+
+    /// Answers with an existing reference (local, remote, or a promise). Callers can
+    /// pipeline on it. Same as `Reply::ok(reference)`.
+    pub fn reference(reference: Ref) -> Reply {
+        Reply(ReplyInner::Ready(Ok(RefPayload::single(reference))))
     }
 
     /// Answers later, with what `future` yields. The future runs on the runtime; calls
@@ -228,12 +318,5 @@ impl std::fmt::Debug for Reply {
 }
 
 fn encode_outcome<T: Serialize + ?Sized>(value: &T) -> Outcome {
-    wire::encode_value(value)
-        .map(OutPayload::data)
-        .map_err(|e| {
-            Broken::new(
-                BrokenKind::Failed,
-                format!("could not encode the result: {e}"),
-            )
-        })
+    codec::encode(value).map_err(|e| Broken::failed(format!("could not encode the result: {e}")))
 }

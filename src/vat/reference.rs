@@ -1,44 +1,66 @@
 //! [`Ref`] and [`Promise`]: the handles a program sends through.
 //!
 //! A `Ref` is cheap to clone and thread-safe. Sending never blocks and never touches the
-//! network directly: it posts a command to the task that owns the session. Dropping the
-//! last clone of a remote `Ref` posts a release the same way (no I/O in `Drop`).
+//! network directly: it posts a command to the task that owns the session (or to the
+//! queue of a local object). Dropping the last clone of a remote `Ref` posts a release
+//! the same way: there is no I/O in `Drop`.
+//!
+//! Sends on one `Ref` are delivered in the order they were made (E-order). A promise
+//! never shortens its path: messages sent on it keep following it after it resolves, so
+//! they cannot overtake each other. The resolved reference itself (what awaiting the
+//! promise gives) is the direct one.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 
+use super::codec::{self, RefPayload};
 use super::local::{LocalCall, LocalQueue};
-use super::object::{Args, ObjectHandle};
+use super::object::{Args, HandleInner, ObjectHandle};
 use super::session::{Command, SessionHandle};
 use crate::broken::{Broken, BrokenKind};
-use crate::proto::{Call, LocalTarget, OutPayload};
+use crate::proto::{Call, LocalTarget, OutCap, OutPayload};
 use crate::wire::{self, CborLimits};
 
-/// A result as it reaches the caller: CBOR data plus the references it carries.
-pub(crate) struct Resolved {
-    pub(crate) data: Vec<u8>,
-    /// The references in the result, released when the result is dropped.
-    #[allow(
-        dead_code,
-        reason = "held for their release on drop; read by typed decoding later"
-    )]
-    pub(crate) refs: Vec<Ref>,
+/// What a promise settles to.
+pub(crate) type Settled = Result<RefPayload, Broken>;
+
+/// A promise's settlement as its holders watch it (`None` while pending).
+pub(crate) type Watch = watch::Receiver<Option<Settled>>;
+
+/// Where a question's result goes.
+pub(crate) enum Resolver {
+    /// One awaiting [`Promise`].
+    Once(oneshot::Sender<Settled>),
+    /// Every holder of a promise [`Ref`].
+    Watch(watch::Sender<Option<Settled>>),
 }
 
-/// Where a question's result is delivered.
-pub(crate) type Resolver = oneshot::Sender<Result<Resolved, Broken>>;
+impl Resolver {
+    pub(crate) fn resolve(self, settled: Settled) {
+        match self {
+            Resolver::Once(tx) => {
+                let _ = tx.send(settled);
+            }
+            Resolver::Watch(tx) => {
+                tx.send_replace(Some(settled));
+            }
+        }
+    }
+}
 
 /// A live reference: to an object in another vat, to the eventual result of a call
 /// (a promise you can pipeline on), to a local object, or broken.
 ///
-/// Sends on one `Ref` are delivered in the order they were made (E-order).
+/// References can travel inside arguments and results: put a `Ref` anywhere in a serde
+/// value (a struct field, a `Vec`, a map) and the other side gets a live `Ref`.
 ///
 /// # Examples
 ///
@@ -49,6 +71,11 @@ pub(crate) type Resolver = oneshot::Sender<Result<Resolved, Broken>>;
 /// let hits: Vec<(u64, String)> = log.send("search", ("foo",)).await?;
 /// # Ok(()) }
 /// ```
+///
+/// # Authority
+///
+/// Holding a `Ref` is the authority to call it; passing it in a message gives that
+/// authority to the receiver.
 #[derive(Clone)]
 pub struct Ref {
     inner: Arc<RefInner>,
@@ -56,13 +83,29 @@ pub struct Ref {
 
 enum RefInner {
     Remote(RemoteRef),
-    Local(ObjectHandle, LocalQueue),
+    Local(ObjectHandle, OnceLock<Result<LocalQueue, Broken>>),
+    Pending(PendingRef),
     Broken(Broken),
 }
 
 struct RemoteRef {
     session: SessionHandle,
     target: LocalTarget,
+    /// For promises (answers and promise imports): how they settle.
+    promise: Option<Watch>,
+}
+
+/// A local promise: the result of a call on a local object, or of a send on a promise.
+struct PendingRef {
+    sends: mpsc::UnboundedSender<Forward>,
+    settled: Watch,
+}
+
+/// A send waiting for a local promise to settle.
+struct Forward {
+    method: String,
+    payload: RefPayload,
+    resolver: Option<Resolver>,
 }
 
 impl Drop for RemoteRef {
@@ -77,48 +120,107 @@ impl Drop for RemoteRef {
 }
 
 impl Ref {
-    pub(crate) fn remote(session: SessionHandle, target: LocalTarget) -> Ref {
+    pub(crate) fn remote(
+        session: SessionHandle,
+        target: LocalTarget,
+        promise: Option<Watch>,
+    ) -> Ref {
+        Ref::wrap(RefInner::Remote(RemoteRef {
+            session,
+            target,
+            promise,
+        }))
+    }
+
+    pub(crate) fn local(object: ObjectHandle) -> Ref {
+        Ref::wrap(RefInner::Local(object, OnceLock::new()))
+    }
+
+    fn wrap(inner: RefInner) -> Ref {
         Ref {
-            inner: Arc::new(RefInner::Remote(RemoteRef { session, target })),
+            inner: Arc::new(inner),
         }
     }
 
-    pub(crate) fn local(object: ObjectHandle, queue: LocalQueue) -> Ref {
-        Ref {
-            inner: Arc::new(RefInner::Local(object, queue)),
-        }
+    /// A reference to a local object, to pass to other vats (as a callback, say) or to
+    /// send to locally. Sends on it run the object's methods on the tokio runtime, one
+    /// at a time in the order sent.
+    ///
+    /// # Authority
+    ///
+    /// Whoever receives the reference can call `object`.
+    pub fn from_object(object: impl super::Object) -> Ref {
+        Ref::local(ObjectHandle::new(object))
     }
 
     /// A reference that is broken from the start; every send on it breaks the same way.
     pub fn broken(broken: Broken) -> Ref {
-        Ref {
-            inner: Arc::new(RefInner::Broken(broken)),
-        }
+        Ref::wrap(RefInner::Broken(broken))
     }
 
-    /// Why this reference is broken, if it is known to be broken already.
+    /// Why this reference is broken, if that is known already.
     ///
-    /// A remote reference whose session has ended reports that; a promise whose answer
-    /// broke reports it once a send on it has been refused. `None` does not promise that
-    /// the next send succeeds.
+    /// A remote reference whose session has ended reports that; a promise that broke
+    /// reports its reason. `None` does not promise that the next send succeeds.
     pub fn broken_reason(&self) -> Option<Broken> {
         match &*self.inner {
             RefInner::Broken(b) => Some(b.clone()),
-            RefInner::Remote(r) => r.session.closed_reason(),
+            RefInner::Remote(r) => r.session.closed_reason().or_else(|| {
+                r.promise
+                    .as_ref()
+                    .and_then(|w| w.borrow().as_ref().and_then(|s| s.as_ref().err().cloned()))
+            }),
+            RefInner::Pending(p) => p
+                .settled
+                .borrow()
+                .as_ref()
+                .and_then(|s| s.as_ref().err().cloned()),
             RefInner::Local(..) => None,
+        }
+    }
+
+    /// Waits until this reference breaks, and says why: its session ended (the vat it
+    /// points to went away or became unreachable), or the promise it is broke (or
+    /// resolved to plain data, which cannot be called). A reference to a local object
+    /// never breaks, so for one this waits forever.
+    pub async fn when_broken(&self) -> Broken {
+        let mut current = self.clone();
+        loop {
+            // What the reference became, if it is a promise that resolved to one.
+            let next = match &*current.inner {
+                RefInner::Broken(b) => Err(b.clone()),
+                RefInner::Local(..) => Err(std::future::pending::<Broken>().await),
+                RefInner::Pending(p) => settled(p.settled.clone())
+                    .await
+                    .and_then(|payload| resolved_target(&payload)),
+                RefInner::Remote(r) => {
+                    let closed = r.session.when_closed();
+                    match r.promise.clone() {
+                        None => Err(closed.await),
+                        Some(w) => tokio::select! {
+                            b = closed => Err(b),
+                            s = settled(w) => s.and_then(|payload| resolved_target(&payload)),
+                        },
+                    }
+                }
+            };
+            match next {
+                Ok(r) => current = r,
+                Err(b) => return b,
+            }
         }
     }
 
     /// Sends `method` with `args` and returns a promise for the result.
     ///
     /// Returns at once; the call goes out in order with every other send on this
-    /// reference. Await the promise for the result, decoded as `T`. Arguments are any
-    /// serde value: a tuple for several (`("a", 1)`), `()` for none.
+    /// reference. Await the promise for the result, decoded as `T` (which may hold
+    /// `Ref`s). Arguments are any serde value, references included: a tuple for several
+    /// (`("a", 1)`), `()` for none.
     pub fn send<T: DeserializeOwned>(&self, method: &str, args: impl Serialize) -> Promise<T> {
         let (tx, rx) = oneshot::channel();
-        let cbor = self.cbor();
-        match self.dispatch(method, &args, Some(tx), 0) {
-            Ok(()) => Promise::waiting(rx, cbor),
+        match self.encode_and_send(method, &args, Some(Resolver::Once(tx))) {
+            Ok(()) => Promise::waiting(rx),
             Err(b) => Promise::broken(b),
         }
     }
@@ -126,86 +228,284 @@ impl Ref {
     /// Sends `method` with `args` and wants no answer: no question is allocated, and
     /// failures are not reported.
     pub fn send_only(&self, method: &str, args: impl Serialize) {
-        if let Err(b) = self.dispatch(method, &args, None, 0) {
+        if let Err(b) = self.encode_and_send(method, &args, None) {
             tracing::debug!(method, broken = %b, "send_only dropped");
         }
     }
 
     /// Sends `method` and returns a reference to its eventual result, to send to at once
-    /// (promise pipelining): the result must be an object.
+    /// (promise pipelining): the result should be an object.
     ///
     /// Messages sent to the returned reference go out immediately, aimed at the answer
     /// at the other vat, so a chain of dependent calls costs one round trip. If the call
     /// breaks, everything sent to its result breaks with the same reason.
     pub fn send_ref(&self, method: &str, args: impl Serialize) -> Ref {
-        match &*self.inner {
-            RefInner::Remote(r) => {
-                let q = r.session.next_question();
-                let payload = match encode_args(&args, &r.session.cbor()) {
-                    Ok(p) => p,
-                    Err(b) => return Ref::broken(b),
-                };
-                let call = Call {
-                    target: r.target,
-                    method: method.to_owned(),
-                    payload,
-                    question: Some(q),
-                    resolver: None,
-                    pipeline_refs: 1,
-                };
-                match r.session.post(Command::Send(call)) {
-                    Ok(()) => Ref::remote(r.session.clone(), LocalTarget::Answer(q)),
-                    Err(b) => Ref::broken(b),
-                }
-            }
-            RefInner::Local(..) => Ref::broken(Broken::new(
-                BrokenKind::Other,
-                "pipelining on a local object is not supported by this version",
-            )),
-            RefInner::Broken(b) => Ref::broken(b.clone()),
-        }
+        let payload = match codec::encode(&args) {
+            Ok(p) => p,
+            Err(e) => return Ref::broken(encode_error(&e)),
+        };
+        self.pipeline(method.to_owned(), payload)
     }
 
-    fn cbor(&self) -> CborLimits {
-        match &*self.inner {
-            RefInner::Remote(r) => r.session.cbor(),
-            RefInner::Local(_, q) => q.cbor(),
-            RefInner::Broken(_) => CborLimits::default(),
-        }
-    }
-
-    fn dispatch(
+    fn encode_and_send(
         &self,
         method: &str,
         args: &impl Serialize,
         resolver: Option<Resolver>,
-        pipeline_refs: u32,
+    ) -> Result<(), Broken> {
+        let payload = codec::encode(args).map_err(|e| encode_error(&e))?;
+        self.forward(method.to_owned(), payload, resolver)
+    }
+
+    /// Sends an already-encoded call; `resolver` gets the result.
+    pub(crate) fn forward(
+        &self,
+        method: String,
+        payload: RefPayload,
+        resolver: Option<Resolver>,
     ) -> Result<(), Broken> {
         match &*self.inner {
             RefInner::Remote(r) => {
-                let payload = encode_args(args, &r.session.cbor())?;
+                check_limits(&payload.data, &r.session.cbor())?;
+                let (caps, watched) = out_caps(&payload.refs, &r.session);
                 let question = resolver.as_ref().map(|_| r.session.next_question());
-                r.session.post(Command::Send(Call {
-                    target: r.target,
-                    method: method.to_owned(),
-                    payload,
-                    question,
-                    resolver,
-                    pipeline_refs,
-                }))
+                r.session.post(Command::Send {
+                    call: Call {
+                        target: r.target,
+                        method,
+                        payload: OutPayload {
+                            data: payload.data,
+                            caps,
+                        },
+                        question,
+                        resolver,
+                        pipeline_refs: 0,
+                    },
+                    watched,
+                })
             }
             RefInner::Local(object, queue) => {
-                let payload: OutPayload<ObjectHandle> = encode_args(args, &queue.cbor())?;
+                let queue = queue
+                    .get_or_init(LocalQueue::spawn)
+                    .as_ref()
+                    .map_err(Clone::clone)?;
                 queue.post(LocalCall {
                     object: object.clone(),
-                    method: method.to_owned(),
-                    args: Args::new(payload.data, Vec::new(), queue.cbor()),
+                    method,
+                    args: Args::new(payload.data, payload.refs, CborLimits::default()),
                     resolver,
                 })
             }
+            RefInner::Pending(p) => p
+                .sends
+                .send(Forward {
+                    method,
+                    payload,
+                    resolver,
+                })
+                .map_err(|_| Broken::disconnected("the promise's forwarding task ended")),
             RefInner::Broken(b) => Err(b.clone()),
         }
     }
+
+    /// Sends a call and returns a reference to its result, pipelined.
+    fn pipeline(&self, method: String, payload: RefPayload) -> Ref {
+        match &*self.inner {
+            RefInner::Remote(r) => {
+                if let Err(b) = check_limits(&payload.data, &r.session.cbor()) {
+                    return Ref::broken(b);
+                }
+                let q = r.session.next_question();
+                let (tx, rx) = watch::channel(None);
+                let (caps, watched) = out_caps(&payload.refs, &r.session);
+                let call = Call {
+                    target: r.target,
+                    method,
+                    payload: OutPayload {
+                        data: payload.data,
+                        caps,
+                    },
+                    question: Some(q),
+                    resolver: Some(Resolver::Watch(tx)),
+                    pipeline_refs: 1,
+                };
+                match r.session.post(Command::Send { call, watched }) {
+                    Ok(()) => Ref::remote(r.session.clone(), LocalTarget::Answer(q), Some(rx)),
+                    Err(b) => Ref::broken(b),
+                }
+            }
+            RefInner::Broken(b) => Ref::broken(b.clone()),
+            RefInner::Local(..) | RefInner::Pending(_) => {
+                let (tx, rx) = watch::channel(None);
+                match self.forward(method, payload, Some(Resolver::Watch(tx))) {
+                    Ok(()) => Ref::pending(rx),
+                    Err(b) => Ref::broken(b),
+                }
+            }
+        }
+    }
+
+    /// A local promise that settles through `settled`; sends on it wait for that and
+    /// then go, in order, to what it resolved to.
+    pub(crate) fn pending(settled: Watch) -> Ref {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Forward>();
+        let watch = settled.clone();
+        let spawned = tokio::runtime::Handle::try_current().map(|rt| {
+            rt.spawn(async move {
+                let target = match self::settled(watch).await {
+                    Ok(payload) => resolved_target(&payload).unwrap_or_else(Ref::broken),
+                    Err(b) => Ref::broken(b),
+                };
+                while let Some(f) = rx.recv().await {
+                    if let Err(b) = target.forward(f.method, f.payload, f.resolver) {
+                        tracing::debug!(broken = %b, "forward from a promise failed");
+                    }
+                }
+            })
+        });
+        match spawned {
+            Ok(_) => Ref::wrap(RefInner::Pending(PendingRef { sends: tx, settled })),
+            Err(_) => Ref::broken(no_runtime()),
+        }
+    }
+
+    /// The watch that tells when this reference, as a promise, settles; `None` for
+    /// references that are settled already.
+    fn promise_watch(&self) -> Option<Watch> {
+        match &*self.inner {
+            RefInner::Remote(r) => r.promise.clone(),
+            RefInner::Pending(p) => Some(p.settled.clone()),
+            RefInner::Local(..) | RefInner::Broken(_) => None,
+        }
+    }
+
+    /// How this reference is named in a payload bound for `dest`'s peer. References
+    /// that are not the peer's own and not local objects travel as proxies: local
+    /// objects that forward calls to them. Promises travel as promise exports, whose
+    /// settlement the session must then watch for.
+    fn out_cap(&self, dest: &SessionHandle) -> (OutCap<ObjectHandle>, Option<Watched>) {
+        match &*self.inner {
+            RefInner::Local(o, _) => (OutCap::Local(o.clone()), None),
+            RefInner::Remote(r) if r.session.same(dest) => match r.target {
+                LocalTarget::Import(i) => (OutCap::Import(i), None),
+                LocalTarget::Answer(_) => self.promise_proxy(),
+            },
+            RefInner::Remote(r) if r.promise.is_none() => (OutCap::Local(proxy_for(self)), None),
+            RefInner::Remote(_) | RefInner::Pending(_) | RefInner::Broken(_) => {
+                self.promise_proxy()
+            }
+        }
+    }
+
+    fn promise_proxy(&self) -> (OutCap<ObjectHandle>, Option<Watched>) {
+        let proxy = proxy_for(self);
+        let source = match (&*self.inner, self.promise_watch()) {
+            (RefInner::Broken(b), _) => Source::Ready(Err(b.clone())),
+            (_, Some(w)) => Source::Watch(w),
+            (_, None) => Source::Ready(Ok(RefPayload::single(self.clone()))),
+        };
+        let watched = Watched {
+            proxy: proxy.downgrade(),
+            source,
+        };
+        (OutCap::Promise(proxy), Some(watched))
+    }
+
+    /// The key under which a proxy for this reference is shared, so that the same
+    /// reference passed twice is one export (and compares equal at the receiver).
+    fn proxy_key(&self) -> ProxyKey {
+        match &*self.inner {
+            RefInner::Remote(r) => ProxyKey::Remote(r.session.addr(), r.target),
+            _ => ProxyKey::Other(Arc::as_ptr(&self.inner).cast::<()>() as usize),
+        }
+    }
+}
+
+/// Encodes references for the session `dest`: the capability table of an outgoing
+/// payload, and the promise exports whose settlement must be watched.
+pub(crate) fn out_caps(
+    refs: &[Ref],
+    dest: &SessionHandle,
+) -> (Vec<OutCap<ObjectHandle>>, Vec<Watched>) {
+    let mut watched = Vec::new();
+    let caps = refs
+        .iter()
+        .map(|r| {
+            let (cap, w) = r.out_cap(dest);
+            watched.extend(w);
+            cap
+        })
+        .collect();
+    (caps, watched)
+}
+
+/// A promise export to watch: when `source` settles, the session sends `resolve`.
+pub(crate) struct Watched {
+    pub(crate) proxy: Weak<HandleInner>,
+    pub(crate) source: Source,
+}
+
+/// Where a promise export's settlement comes from.
+pub(crate) enum Source {
+    Watch(Watch),
+    Ready(Settled),
+}
+
+impl Source {
+    pub(crate) async fn settled(self) -> Settled {
+        match self {
+            Source::Ready(s) => s,
+            Source::Watch(w) => settled(w).await,
+        }
+    }
+}
+
+/// Waits for a promise watch to settle.
+pub(crate) async fn settled(mut w: Watch) -> Settled {
+    match w.wait_for(Option::is_some).await {
+        Ok(v) => v
+            .clone()
+            .unwrap_or_else(|| Err(Broken::disconnected("the promise was dropped unresolved"))),
+        Err(_) => Err(Broken::disconnected(
+            "the session ended before the promise settled",
+        )),
+    }
+}
+
+/// What a settled promise designates as an object: its single reference, or broken.
+fn resolved_target(payload: &RefPayload) -> Result<Ref, Broken> {
+    payload.as_single().cloned().ok_or_else(|| {
+        Broken::new(
+            BrokenKind::NotAnObject,
+            "the promise resolved to data, not an object",
+        )
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum ProxyKey {
+    Remote(usize, LocalTarget),
+    Other(usize),
+}
+
+/// Proxies by the reference they stand for, so each is exported once per session.
+static PROXIES: LazyLock<Mutex<HashMap<ProxyKey, Weak<HandleInner>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn proxy_for(r: &Ref) -> ObjectHandle {
+    let key = r.proxy_key();
+    let mut proxies = PROXIES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(existing) = proxies.get(&key).and_then(Weak::upgrade) {
+        return ObjectHandle::from_inner(existing);
+    }
+    if proxies.len() >= 64 && proxies.len().is_power_of_two() {
+        proxies.retain(|_, w| w.strong_count() > 0);
+    }
+    let proxy = ObjectHandle::proxy(r.clone());
+    proxies.insert(key, proxy.downgrade());
+    proxy
 }
 
 /// Two references are equal when they designate the same object by the same path: the
@@ -217,7 +517,7 @@ impl PartialEq for Ref {
         }
         match (&*self.inner, &*other.inner) {
             (RefInner::Remote(a), RefInner::Remote(b)) => {
-                a.session.id() == b.session.id() && a.target == b.target
+                a.session.same(&b.session) && a.target == b.target
             }
             (RefInner::Local(a, _), RefInner::Local(b, _)) => a == b,
             _ => false,
@@ -225,50 +525,60 @@ impl PartialEq for Ref {
     }
 }
 
+impl Eq for Ref {}
+
 impl std::fmt::Debug for Ref {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &*self.inner {
             RefInner::Remote(r) => write!(f, "Ref(vat {} {:?})", r.session.peer(), r.target),
             RefInner::Local(o, _) => write!(f, "Ref(local {o:?})"),
+            RefInner::Pending(_) => f.write_str("Ref(local promise)"),
             RefInner::Broken(b) => write!(f, "Ref(broken: {b})"),
         }
     }
 }
 
-/// Encodes arguments and checks them against the limits the receiver will apply, so a
-/// call the peer would refuse breaks here instead of aborting the session.
-fn encode_args<O>(args: &impl Serialize, cbor: &CborLimits) -> Result<OutPayload<O>, Broken> {
-    let data = wire::encode_value(args)
-        .map_err(|e| Broken::bad_arguments(format_args!("could not encode the arguments: {e}")))?;
-    wire::scan::check(&data, cbor).map_err(|e| {
+fn encode_error(e: &str) -> Broken {
+    Broken::bad_arguments(format_args!("could not encode the arguments: {e}"))
+}
+
+fn no_runtime() -> Broken {
+    Broken::new(
+        BrokenKind::Other,
+        "sends to local objects need a tokio runtime on the current thread",
+    )
+}
+
+/// Checks outgoing data against the limits the receiver will apply, so a call the peer
+/// would refuse breaks here instead of aborting the session.
+pub(crate) fn check_limits(data: &[u8], cbor: &CborLimits) -> Result<(), Broken> {
+    wire::scan::check(data, cbor).map_err(|e| {
         Broken::new(
             BrokenKind::TooLarge,
-            format!("the arguments exceed the CBOR limits: {e}"),
+            format!("the data exceeds the CBOR limits: {e}"),
         )
-    })?;
-    Ok(OutPayload::data(data))
+    })
 }
 
 /// The eventual result of [`Ref::send`]: await it for the value, decoded as `T`.
 ///
-/// Dropping a promise does not cancel the call; its result is discarded when it comes.
+/// Dropping a promise does not cancel the call; its result is discarded (and any
+/// references in it released) when it comes.
 #[must_use = "a promise does nothing unless awaited; use send_only for one-way sends"]
 pub struct Promise<T> {
     state: PromiseState,
-    cbor: CborLimits,
     _marker: PhantomData<fn() -> T>,
 }
 
 enum PromiseState {
-    Waiting(oneshot::Receiver<Result<Resolved, Broken>>),
+    Waiting(oneshot::Receiver<Settled>),
     Broken(Option<Broken>),
 }
 
 impl<T> Promise<T> {
-    fn waiting(rx: oneshot::Receiver<Result<Resolved, Broken>>, cbor: CborLimits) -> Promise<T> {
+    fn waiting(rx: oneshot::Receiver<Settled>) -> Promise<T> {
         Promise {
             state: PromiseState::Waiting(rx),
-            cbor,
             _marker: PhantomData,
         }
     }
@@ -276,7 +586,6 @@ impl<T> Promise<T> {
     fn broken(b: Broken) -> Promise<T> {
         Promise {
             state: PromiseState::Broken(Some(b)),
-            cbor: CborLimits::default(),
             _marker: PhantomData,
         }
     }
@@ -293,8 +602,8 @@ impl<T: DeserializeOwned> Future for Promise<T> {
             }))),
             PromiseState::Waiting(rx) => match Pin::new(rx).poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(Ok(resolved))) => {
-                    Poll::Ready(wire::decode_value(&resolved.data, &this.cbor).map_err(|e| {
+                Poll::Ready(Ok(Ok(payload))) => Poll::Ready(
+                    codec::decode_payload(&payload, &CborLimits::default()).map_err(|e| {
                         Broken::new(
                             BrokenKind::Decode,
                             format!(
@@ -302,8 +611,8 @@ impl<T: DeserializeOwned> Future for Promise<T> {
                                 std::any::type_name::<T>()
                             ),
                         )
-                    }))
-                }
+                    }),
+                ),
                 Poll::Ready(Ok(Err(b))) => Poll::Ready(Err(b)),
                 Poll::Ready(Err(_)) => Poll::Ready(Err(Broken::disconnected(
                     "the session ended before the call was answered",

@@ -6,6 +6,8 @@
 //! lock is ever held across an await and replies leave in the same write as the frames
 //! that caused them. Handles reach the task only through [`SessionHandle::post`].
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -15,22 +17,23 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::VatInner;
+use super::codec::RefPayload;
 use super::local::{guard, invoke};
 use super::object::{Args, ObjectHandle, Outcome, ReplyInner};
-use super::reference::{Ref, Resolved, Resolver};
+use super::reference::{Ref, Resolver, Settled, Watched, check_limits, out_caps};
 use crate::broken::{Broken, BrokenKind};
 use crate::identity::VatId;
 use crate::proto::{
-    AnswerId, Call, Event, ImportId, InCap, LocalTarget, OutCap, OutPayload, QuestionId, Session,
-    SessionStats,
+    AnswerId, Call, Event, ImportId, InCap, InPayload, LocalTarget, OutCap, OutPayload, QuestionId,
+    Session, SessionStats,
 };
 use crate::sturdy::SwissNumber;
 use crate::transport::{self, TlsStream, TransportError};
-use crate::wire::{self, CborLimits, frame};
+use crate::wire::{CborLimits, frame};
 
 /// Initial receive buffer, and how much to grow it by when it runs low.
 const READ_CHUNK: usize = 16 * 1024;
@@ -43,14 +46,23 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 /// A request from a handle to the session task.
 pub(crate) enum Command {
-    Send(Call<ObjectHandle, Resolver>),
+    /// A call, and the promise exports in its arguments whose settlement to watch.
+    Send {
+        call: Call<ObjectHandle, Resolver>,
+        watched: Vec<Watched>,
+    },
     Bootstrap {
         question: QuestionId,
         swiss: SwissNumber,
+        resolver: Resolver,
     },
+    /// A promise this session exported settled.
+    ResolveExport(ObjectHandle, Settled),
     DropImport(ImportId),
     DropQuestionRef(QuestionId),
     Stats(oneshot::Sender<SessionStats>),
+    /// A ping whose pong is reported: a round trip that orders everything before it.
+    Sync(oneshot::Sender<()>),
 }
 
 /// A cheap, thread-safe handle to a session task.
@@ -65,6 +77,8 @@ struct HandleInner {
     next_question: AtomicU64,
     cbor: CborLimits,
     closed: OnceLock<Broken>,
+    /// Mirrors `closed` for those who wait on it.
+    closed_watch: watch::Sender<Option<Broken>>,
 }
 
 impl SessionHandle {
@@ -83,6 +97,7 @@ impl SessionHandle {
             next_question: AtomicU64::new(1),
             cbor,
             closed: OnceLock::new(),
+            closed_watch: watch::Sender::new(None),
         }));
         (handle, rx)
     }
@@ -102,6 +117,29 @@ impl SessionHandle {
 
     pub(crate) fn id(&self) -> u64 {
         self.0.id
+    }
+
+    /// Whether two handles are for the same session.
+    pub(crate) fn same(&self, other: &SessionHandle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// An address unique to this session while any handle to it lives.
+    pub(crate) fn addr(&self) -> usize {
+        Arc::as_ptr(&self.0).cast::<()>() as usize
+    }
+
+    /// Waits until the session has ended, and says why.
+    pub(crate) fn when_closed(&self) -> impl Future<Output = Broken> + Send + 'static {
+        let mut rx = self.0.closed_watch.subscribe();
+        async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(reason) => reason
+                    .clone()
+                    .unwrap_or_else(|| Broken::disconnected("the session ended")),
+                Err(_) => Broken::disconnected("the session ended"),
+            }
+        }
     }
 
     pub(crate) fn peer(&self) -> VatId {
@@ -129,14 +167,20 @@ impl SessionHandle {
     /// promises with `reason`) and refuses later ones.
     fn close(&self, rx: &mut mpsc::UnboundedReceiver<Command>, reason: Broken) {
         let _ = self.0.closed.set(reason.clone());
+        self.0.closed_watch.send_replace(Some(reason.clone()));
         rx.close();
         while let Ok(cmd) = rx.try_recv() {
-            if let Command::Send(Call {
-                resolver: Some(resolver),
-                ..
-            }) = cmd
-            {
-                let _ = resolver.send(Err(reason.clone()));
+            match cmd {
+                Command::Send {
+                    call:
+                        Call {
+                            resolver: Some(resolver),
+                            ..
+                        },
+                    ..
+                }
+                | Command::Bootstrap { resolver, .. } => resolver.resolve(Err(reason.clone())),
+                _ => {}
             }
         }
     }
@@ -191,6 +235,9 @@ pub(crate) async fn run(
         handle: handle.clone(),
         vat: vat.clone(),
         calls: FuturesUnordered::new(),
+        one_way_running: 0,
+        promises: HashMap::new(),
+        syncs: HashMap::new(),
         wbuf: Vec::with_capacity(READ_CHUNK),
         wpos: 0,
     };
@@ -221,7 +268,7 @@ pub(crate) async fn run(
         tokio::select! {
             r = rd.read_buf(&mut rbuf),
                 if backlog < limits.max_outbound_buffer
-                    && d.calls.len() < limits.max_inbound_questions => match r {
+                    && d.one_way_running < limits.max_inbound_questions => match r {
                 Ok(0) => d.core.handle_connection_lost("the peer closed the connection"),
                 Ok(_) => {
                     last_rx = Instant::now();
@@ -255,8 +302,9 @@ pub(crate) async fn run(
                 Err(e) => d.core.handle_connection_lost(format!("write failed: {e}")),
             },
             Some((answer, outcome)) = d.calls.next(), if !d.calls.is_empty() => {
-                if let Some(answer) = answer {
-                    d.answer(answer, outcome);
+                match answer {
+                    Some(answer) => d.answer(answer, outcome),
+                    None => d.one_way_running -= 1,
                 }
             }
             _ = tick.tick() => {
@@ -316,8 +364,16 @@ struct Driver {
     cbor: CborLimits,
     handle: SessionHandle,
     vat: Arc<VatInner>,
-    /// Asynchronous methods still running, with the answer each one owes.
+    /// Asynchronous methods (and forwarded calls) still running, with the answer each
+    /// one owes.
     calls: FuturesUnordered<BoxFuture<'static, (Option<AnswerId>, Outcome)>>,
+    /// How many of `calls` owe no answer: one-way sends, which flow control does not
+    /// bound, so reading pauses while too many run.
+    one_way_running: usize,
+    /// Watches for the promises the peer gave us, by import.
+    promises: HashMap<ImportId, watch::Sender<Option<Settled>>>,
+    /// `Vat::sync` callers, by ping nonce.
+    syncs: HashMap<u64, oneshot::Sender<()>>,
     wbuf: Vec<u8>,
     wpos: usize,
 }
@@ -369,14 +425,37 @@ impl Driver {
 
     fn apply(&mut self, cmd: Command) {
         match cmd {
-            Command::Send(call) => self.core.send(call),
-            Command::Bootstrap { question, swiss } => {
-                self.core.bootstrap(question, swiss, None, 1);
+            Command::Send { call, watched } => {
+                self.core.send(call);
+                self.watch(watched);
+            }
+            Command::Bootstrap {
+                question,
+                swiss,
+                resolver,
+            } => {
+                self.core.bootstrap(question, swiss, Some(resolver), 1);
+            }
+            Command::ResolveExport(object, settled) => {
+                let (result, watched) = match settled {
+                    Ok(payload) => {
+                        let (payload, watched) = self.out_payload(payload);
+                        (Ok(payload), watched)
+                    }
+                    Err(b) => (Err(b), Vec::new()),
+                };
+                self.core.resolve_export(&object, result);
+                self.watch(watched);
             }
             Command::DropImport(i) => self.core.drop_import(i),
             Command::DropQuestionRef(q) => self.core.drop_question_ref(q),
             Command::Stats(tx) => {
                 let _ = tx.send(self.core.stats());
+            }
+            Command::Sync(tx) => {
+                if let Some(nonce) = self.core.ping() {
+                    self.syncs.insert(nonce, tx);
+                }
             }
         }
     }
@@ -390,15 +469,39 @@ impl Driver {
                 answer,
             } => {
                 let args = Args::new(payload.data, self.refs(payload.caps), self.cbor);
-                match invoke(&target, &method, args) {
+                let reply = match target {
+                    InCap::Local(object) => invoke(&object, &method, args),
+                    // An answer of ours resolved to the peer's own reference: the call
+                    // goes back to it, in order, and its result answers this one.
+                    forward => super::object::forward(&self.in_ref(forward), &method, args),
+                };
+                match reply {
                     ReplyInner::Ready(outcome) => {
                         if let Some(answer) = answer {
                             self.answer(answer, outcome);
                         }
                     }
                     ReplyInner::Later(future) => {
+                        if answer.is_none() {
+                            self.one_way_running += 1;
+                        }
                         self.calls
                             .push(guard(future).map(move |outcome| (answer, outcome)).boxed());
+                    }
+                }
+            }
+            Event::Resolved { import, result } => {
+                let settled = result.map(|p| self.payload(p));
+                if let Some(tx) = self.promises.remove(&import) {
+                    tx.send_replace(Some(settled));
+                }
+            }
+            Event::ExportsLost { objects } => {
+                let peer = self.handle.peer();
+                for object in objects {
+                    let lost = std::panic::AssertUnwindSafe(|| object.object().lost_client(peer));
+                    if std::panic::catch_unwind(lost).is_err() {
+                        tracing::error!(%peer, "an object's lost_client hook panicked");
                     }
                 }
             }
@@ -409,12 +512,14 @@ impl Driver {
                 };
                 self.core.answer(answer, outcome);
             }
+            Event::Pong { nonce } => {
+                if let Some(tx) = self.syncs.remove(&nonce) {
+                    let _ = tx.send(());
+                }
+            }
             Event::Return { resolver, result } => {
-                let result = result.map(|p| Resolved {
-                    data: p.data,
-                    refs: self.refs(p.caps),
-                });
-                let _ = resolver.send(result);
+                let settled = result.map(|p| self.payload(p));
+                resolver.resolve(settled);
             }
             Event::Closed { reason } => {
                 tracing::debug!(peer = %self.handle.peer(), %reason, "session closed");
@@ -424,22 +529,72 @@ impl Driver {
 
     /// Answers a call, first checking the result against the limits the caller applies.
     fn answer(&mut self, answer: AnswerId, outcome: Outcome) {
-        let outcome = outcome.and_then(|p| match wire::scan::check(&p.data, &self.cbor) {
-            Ok(()) => Ok(p),
-            Err(e) => Err(Broken::new(
-                BrokenKind::TooLarge,
-                format!("the result exceeds the CBOR limits: {e}"),
-            )),
-        });
+        let mut watched = Vec::new();
+        let outcome = outcome
+            .and_then(|p| check_limits(&p.data, &self.cbor).map(|()| p))
+            .map(|p| {
+                let (payload, w) = self.out_payload(p);
+                watched = w;
+                payload
+            });
         self.core.answer(answer, outcome);
+        self.watch(watched);
     }
 
-    fn refs(&self, caps: Vec<InCap<ObjectHandle>>) -> Vec<Ref> {
-        caps.into_iter()
-            .map(|cap| match cap {
-                InCap::Import(i) => Ref::remote(self.handle.clone(), LocalTarget::Import(i)),
-                InCap::Local(o) => Ref::local(o, self.vat.local.clone()),
-            })
-            .collect()
+    /// Names an outgoing payload's references for this session.
+    fn out_payload(&self, payload: RefPayload) -> (OutPayload<ObjectHandle>, Vec<Watched>) {
+        let (caps, watched) = out_caps(&payload.refs, &self.handle);
+        (
+            OutPayload {
+                data: payload.data,
+                caps,
+            },
+            watched,
+        )
+    }
+
+    /// Watches promise exports: when one settles, the session sends its `resolve`.
+    fn watch(&self, watched: Vec<Watched>) {
+        for w in watched {
+            let handle = self.handle.clone();
+            tokio::spawn(async move {
+                let settled = w.source.settled().await;
+                if let Some(proxy) = w.proxy.upgrade() {
+                    let proxy = ObjectHandle::from_inner(proxy);
+                    let _ = handle.post(Command::ResolveExport(proxy, settled));
+                }
+            });
+        }
+    }
+
+    /// An incoming payload, with live references.
+    fn payload(&mut self, payload: InPayload<ObjectHandle>) -> RefPayload {
+        RefPayload {
+            data: payload.data,
+            refs: self.refs(payload.caps),
+        }
+    }
+
+    fn refs(&mut self, caps: Vec<InCap<ObjectHandle>>) -> Vec<Ref> {
+        caps.into_iter().map(|cap| self.in_ref(cap)).collect()
+    }
+
+    /// A live reference for a descriptor the session resolved (it holds one handle).
+    fn in_ref(&mut self, cap: InCap<ObjectHandle>) -> Ref {
+        match cap {
+            InCap::Import(i) => Ref::remote(self.handle.clone(), LocalTarget::Import(i), None),
+            InCap::Promise(i) => {
+                if self.promises.len() >= 64 && self.promises.len().is_power_of_two() {
+                    self.promises.retain(|_, tx| tx.receiver_count() > 0);
+                }
+                let watch = self
+                    .promises
+                    .entry(i)
+                    .or_insert_with(|| watch::Sender::new(None))
+                    .subscribe();
+                Ref::remote(self.handle.clone(), LocalTarget::Import(i), Some(watch))
+            }
+            InCap::Local(o) => o.to_ref(),
+        }
     }
 }

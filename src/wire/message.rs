@@ -65,6 +65,15 @@ pub enum Message {
         /// The asker's question id.
         question: u64,
     },
+    /// A promise the sender exported (as `sender_promise`) has settled. Messages sent
+    /// to the promise still go to it; the sender forwards them to the resolution.
+    Resolve {
+        /// The sender's export id of the promise.
+        export: u64,
+        /// What it settled to: a payload (a single reference when it resolved to an
+        /// object) or an error.
+        result: ReturnResult,
+    },
     /// Drops references to one of the receiver's exports.
     Release {
         /// The receiver's export id.
@@ -120,6 +129,9 @@ pub enum CapDescriptor {
     /// An object the sender hosts, under the sender's export id. The receiver imports
     /// it and later releases it with `release`.
     SenderHosted(u64),
+    /// A promise the sender hosts, under the sender's export id. The receiver imports it
+    /// like `sender_hosted`; the sender later sends `resolve` for it (once).
+    SenderPromise(u64),
     /// An object the receiver hosts, under the receiver's export id: a reference coming
     /// home.
     ReceiverHosted(u64),
@@ -206,6 +218,7 @@ impl Message {
             Message::Deliver { .. } => "deliver",
             Message::Return { .. } => "return",
             Message::Finish { .. } => "finish",
+            Message::Resolve { .. } => "resolve",
             Message::Release { .. } => "release",
             Message::Abort { .. } => "abort",
             Message::Ping { .. } => "ping",
@@ -255,6 +268,7 @@ mod tests {
             caps: vec![
                 CapDescriptor::SenderHosted(4),
                 CapDescriptor::ReceiverHosted(9),
+                CapDescriptor::SenderPromise(2),
             ],
         };
         round_trip(Message::Hello {
@@ -287,6 +301,10 @@ mod tests {
             result: ReturnResult::Err(WireBroken::from(&Broken::failed("no"))),
         });
         round_trip(Message::Finish { question: 5 });
+        round_trip(Message::Resolve {
+            export: 2,
+            result: ReturnResult::Err(WireBroken::from(&Broken::failed("gone"))),
+        });
         round_trip(Message::Release {
             export: 5,
             count: 2,

@@ -1,0 +1,343 @@
+//! References between peers, over real TLS on 127.0.0.1: references inside arguments
+//! and results, coming home, three vats, passing promises, `when_broken`, the
+//! lost-client hook, equality, and distributed GC (every table drains).
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test objects lock mutexes no test poisons"
+)]
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use captp::{Args, Broken, BrokenKind, Object, Ref, Reply, Vat, VatId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn within<F: Future>(body: F) -> F::Output {
+    tokio::time::timeout(TEST_TIMEOUT, body)
+        .await
+        .expect("the test took longer than its time limit")
+}
+
+async fn server() -> Vat {
+    Vat::builder()
+        .listen("127.0.0.1:0")
+        .start()
+        .await
+        .expect("server vat")
+}
+
+async fn client() -> Vat {
+    Vat::builder().start().await.expect("client vat")
+}
+
+/// Lets the network settle (each round is one real round trip on every session of
+/// every vat: releases travel one hop per round) and checks that every table of every
+/// session of every vat is empty. Bounded: fails after 20 rounds.
+async fn drained(vats: &[&Vat]) {
+    for _ in 0..20 {
+        for vat in vats {
+            vat.sync().await;
+        }
+        let mut empty = true;
+        for vat in vats {
+            empty &= vat
+                .stats()
+                .await
+                .sessions
+                .iter()
+                .all(|s| s.tables == captp::proto::SessionStats::default());
+        }
+        if empty {
+            return;
+        }
+    }
+    for vat in vats {
+        eprintln!("{:?}", vat.stats().await);
+    }
+    panic!("tables did not drain");
+}
+
+/// A callback that records what it is called with.
+struct Recorder(mpsc::UnboundedSender<String>);
+
+impl Object for Recorder {
+    fn call(&self, method: &str, args: Args) -> Reply {
+        match (method, args.decode::<(String,)>()) {
+            ("hear", Ok((text,))) => {
+                let _ = self.0.send(text);
+                Reply::ok(())
+            }
+            (_, Err(e)) => Reply::err(e),
+            _ => Reply::unknown_method(method),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Subscription {
+    name: String,
+    listener: Ref,
+}
+
+/// A hub: `subscribe(Subscription)` keeps the listener, `say(text)` calls every listener,
+/// `echo(Ref)` hands a reference straight back, `hold(Ref)` keeps one, `call_held(text)`
+/// calls the held one, `make()` returns a new object, `twice()` returns the same object
+/// in a Vec twice.
+#[derive(Default)]
+struct Hub {
+    listeners: Mutex<Vec<Ref>>,
+    held: Mutex<Option<Ref>>,
+    made: Mutex<Option<Ref>>,
+    lost: Option<mpsc::UnboundedSender<VatId>>,
+}
+
+impl Object for Hub {
+    fn call(&self, method: &str, args: Args) -> Reply {
+        match method {
+            "subscribe" => match args.decode::<(Subscription,)>() {
+                Ok((sub,)) => {
+                    self.listeners.lock().unwrap().push(sub.listener);
+                    Reply::ok(sub.name)
+                }
+                Err(e) => Reply::err(e),
+            },
+            "say" => match args.decode::<(String,)>() {
+                Ok((text,)) => {
+                    let listeners = self.listeners.lock().unwrap().clone();
+                    Reply::later(async move {
+                        for l in listeners {
+                            l.send::<()>("hear", (text.clone(),)).await?;
+                        }
+                        Ok(())
+                    })
+                }
+                Err(e) => Reply::err(e),
+            },
+            "echo" => match args.decode::<(Ref,)>() {
+                Ok((r,)) => Reply::reference(r),
+                Err(e) => Reply::err(e),
+            },
+            "hold" => match args.decode::<(Ref,)>() {
+                Ok((r,)) => {
+                    *self.held.lock().unwrap() = Some(r);
+                    Reply::ok(())
+                }
+                Err(e) => Reply::err(e),
+            },
+            "drop_held" => {
+                self.held.lock().unwrap().take();
+                self.listeners.lock().unwrap().clear();
+                Reply::ok(())
+            }
+            "call_held" => match (
+                args.decode::<(String,)>(),
+                self.held.lock().unwrap().clone(),
+            ) {
+                (Ok((text,)), Some(r)) => {
+                    Reply::later(async move { r.send::<()>("hear", (text,)).await })
+                }
+                (Err(e), _) => Reply::err(e),
+                (_, None) => Reply::err(Broken::failed("nothing held")),
+            },
+            "make" => Reply::object(Counter::default()),
+            "same_twice" => {
+                let r = self
+                    .made
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(|| Ref::from_object(Counter::default()))
+                    .clone();
+                Reply::ok(vec![r.clone(), r])
+            }
+            _ => Reply::unknown_method(method),
+        }
+    }
+
+    fn lost_client(&self, peer: VatId) {
+        if let Some(lost) = &self.lost {
+            let _ = lost.send(peer);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counter(AtomicUsize);
+
+impl Object for Counter {
+    fn call(&self, method: &str, _args: Args) -> Reply {
+        match method {
+            "next" => Reply::ok(self.0.fetch_add(1, Ordering::SeqCst) + 1),
+            _ => Reply::unknown_method(method),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_in_a_struct_are_called_back_and_released() {
+    within(async {
+        let server = server().await;
+        let uri = server.export(Hub::default()).unwrap();
+        let client = client().await;
+        let hub = client.enliven(&uri);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let listener = Ref::from_object(Recorder(tx));
+        let name: String = hub
+            .send(
+                "subscribe",
+                (Subscription {
+                    name: "ada".into(),
+                    listener: listener.clone(),
+                },),
+            )
+            .await
+            .unwrap();
+        assert_eq!(name, "ada");
+        hub.send::<()>("say", ("hello",)).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), "hello");
+
+        // The server drops its reference: the client's export goes away.
+        hub.send::<()>("drop_held", ()).await.unwrap();
+        drop(hub);
+        drained(&[&client, &server]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_coming_home_is_the_local_object() {
+    within(async {
+        let server = server().await;
+        let uri = server.export(Hub::default()).unwrap();
+        let client = client().await;
+        let hub = client.enliven(&uri);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mine = Ref::from_object(Recorder(tx));
+        let back: Ref = hub.send("echo", (mine.clone(),)).await.unwrap();
+        assert_eq!(back, mine, "the same local object, not a proxy");
+        // Calling it does not touch the network: the server is not involved.
+        back.send::<()>("hear", ("local",)).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), "local");
+        drop((back, mine, hub));
+        drained(&[&client, &server]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_objects_pipeline_and_compare_equal() {
+    within(async {
+        let server = server().await;
+        let uri = server.export(Hub::default()).unwrap();
+        let client = client().await;
+        let hub = client.enliven(&uri);
+        // Pipelined: `next` goes to the counter before `make` has answered.
+        let counter = hub.send_ref("make", ());
+        assert_eq!(counter.send::<usize>("next", ()).await.unwrap(), 1);
+        assert_eq!(counter.send::<usize>("next", ()).await.unwrap(), 2);
+        // The same object, arrived twice in one message and again in another: equal.
+        let pair: Vec<Ref> = hub.send("same_twice", ()).await.unwrap();
+        let again: Vec<Ref> = hub.send("same_twice", ()).await.unwrap();
+        assert_eq!(pair[0], pair[1]);
+        assert_eq!(pair[0], again[0]);
+        assert_ne!(pair[0], counter);
+        drop((pair, again, counter, hub));
+        drained(&[&client, &server]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_vats_a_passes_bs_object_to_c() {
+    within(async {
+        // B hosts a recorder; A holds a reference to it and hands it to C's hub; C
+        // calls it (through A). Order is kept.
+        let b = server().await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let b_uri = b.export(Recorder(tx)).unwrap();
+        let c = server().await;
+        let c_uri = c.export(Hub::default()).unwrap();
+        let a = client().await;
+        let in_b = a.enliven(&b_uri);
+        let hub_at_c = a.enliven(&c_uri);
+        hub_at_c.send::<()>("hold", (in_b.clone(),)).await.unwrap();
+        for i in 0..20 {
+            hub_at_c.send_only("call_held", (format!("m{i}"),));
+        }
+        for i in 0..20 {
+            assert_eq!(rx.recv().await.unwrap(), format!("m{i}"));
+        }
+        hub_at_c.send::<()>("drop_held", ()).await.unwrap();
+        drop((in_b, hub_at_c));
+        drained(&[&a, &b, &c]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolved_promise_passed_as_an_argument_settles_at_the_receiver() {
+    within(async {
+        let server = server().await;
+        let uri = server.export(Hub::default()).unwrap();
+        let client = client().await;
+        let hub = client.enliven(&uri);
+        // A promise for an object the server has not made yet, passed back to it.
+        let promised = hub.send_ref("make", ());
+        let echoed = hub.send_ref("echo", (promised.clone(),));
+        assert_eq!(echoed.send::<usize>("next", ()).await.unwrap(), 1);
+        assert_eq!(promised.send::<usize>("next", ()).await.unwrap(), 2);
+        drop((echoed, promised, hub));
+        drained(&[&client, &server]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_promise_breaks_what_was_pipelined_on_it_the_same_way() {
+    within(async {
+        let server = server().await;
+        let uri = server.export(Hub::default()).unwrap();
+        let client = client().await;
+        let hub = client.enliven(&uri);
+        let nothing = hub.send_ref("call_held", ("x",));
+        let first = nothing.send::<usize>("next", ());
+        let second = nothing.send::<usize>("next", ());
+        let (first, second) = (first.await.unwrap_err(), second.await.unwrap_err());
+        assert_eq!(first, second);
+        assert_eq!(first.kind(), BrokenKind::Failed);
+        assert_eq!(nothing.when_broken().await, first);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_broken_fires_when_the_vat_goes_away_and_lost_client_is_told() {
+    within(async {
+        let server = server().await;
+        let (lost_tx, mut lost) = mpsc::unbounded_channel();
+        let hub = Hub {
+            lost: Some(lost_tx),
+            ..Hub::default()
+        };
+        let uri = server.export(hub).unwrap();
+        let client = client().await;
+        let remote = client.enliven(&uri);
+        remote.send::<()>("drop_held", ()).await.unwrap();
+        let watcher = tokio::spawn({
+            let remote = remote.clone();
+            async move { remote.when_broken().await }
+        });
+        client.shutdown().await;
+        let broken = watcher.await.unwrap();
+        assert_eq!(broken.kind(), BrokenKind::Disconnected);
+        // The server noticed the client is gone: told once, with the client's vat ID.
+        assert_eq!(lost.recv().await, Some(client.vat_id()));
+        server.shutdown().await;
+        assert!(lost.try_recv().is_err(), "told exactly once");
+    })
+    .await;
+}
