@@ -217,7 +217,7 @@ impl Args {
     ///
     /// # Errors
     ///
-    /// A [`Broken`] of kind [`BrokenKind::BadArguments`] when the data is not a `T`;
+    /// A [`Broken`] of kind [`crate::BrokenKind::BadArguments`] when the data is not a `T`;
     /// return it to the caller with [`Reply::err`].
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Broken> {
         codec::decode(&self.data, &self.refs, &self.cbor).map_err(|e| {
