@@ -73,6 +73,17 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits with the protocol's minimums applied (what a session announces and
+    /// enforces): a frame limit of at least 8 KiB and at most 4 GiB - 1, at least 64
+    /// outstanding questions.
+    pub(crate) fn normalized(mut self) -> Limits {
+        self.max_frame = self
+            .max_frame
+            .clamp(crate::proto::MIN_FRAME, u32::MAX as usize);
+        self.max_inbound_questions = self.max_inbound_questions.max(crate::proto::MIN_QUESTIONS);
+        self
+    }
+
     /// The CBOR part of the limits, as the scanner takes it.
     pub(crate) fn cbor(&self) -> CborLimits {
         CborLimits {

@@ -458,9 +458,8 @@ pub struct Session<O, R> {
 
 impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// A new session; its `hello` is already queued for transmission.
-    pub fn new(mut limits: Limits) -> Session<O, R> {
-        limits.max_frame = limits.max_frame.clamp(MIN_FRAME, u32::MAX as usize);
-        limits.max_inbound_questions = limits.max_inbound_questions.max(MIN_QUESTIONS);
+    pub fn new(limits: Limits) -> Session<O, R> {
+        let limits = limits.normalized();
         let mut outbox = VecDeque::new();
         outbox.push_back(Message::Hello {
             version: PROTOCOL_VERSION,

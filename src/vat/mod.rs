@@ -206,7 +206,7 @@ impl VatBuilder {
         let acceptor = TlsAcceptor::from(transport::server_config(&identity)?);
         let inner = Arc::new(VatInner {
             identity,
-            limits: self.limits,
+            limits: self.limits.normalized(),
             local_addr,
             advertise,
             registry: Mutex::new(Registry::new()),

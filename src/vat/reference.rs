@@ -220,7 +220,7 @@ impl Ref {
     pub fn send<T: DeserializeOwned>(&self, method: &str, args: impl Serialize) -> Promise<T> {
         let (tx, rx) = oneshot::channel();
         match self.encode_and_send(method, &args, Some(Resolver::Once(tx))) {
-            Ok(()) => Promise::waiting(rx),
+            Ok(()) => Promise::waiting(rx, self.cbor()),
             Err(b) => Promise::broken(b),
         }
     }
@@ -366,6 +366,14 @@ impl Ref {
         match spawned {
             Ok(_) => Ref::wrap(RefInner::Pending(PendingRef { sends: tx, settled })),
             Err(_) => Ref::broken(no_runtime()),
+        }
+    }
+
+    /// The CBOR limits results through this reference were checked against.
+    fn cbor(&self) -> CborLimits {
+        match &*self.inner {
+            RefInner::Remote(r) => r.session.cbor(),
+            _ => CborLimits::default(),
         }
     }
 
@@ -567,6 +575,7 @@ pub(crate) fn check_limits(data: &[u8], cbor: &CborLimits) -> Result<(), Broken>
 #[must_use = "a promise does nothing unless awaited; use send_only for one-way sends"]
 pub struct Promise<T> {
     state: PromiseState,
+    cbor: CborLimits,
     _marker: PhantomData<fn() -> T>,
 }
 
@@ -576,9 +585,10 @@ enum PromiseState {
 }
 
 impl<T> Promise<T> {
-    fn waiting(rx: oneshot::Receiver<Settled>) -> Promise<T> {
+    fn waiting(rx: oneshot::Receiver<Settled>, cbor: CborLimits) -> Promise<T> {
         Promise {
             state: PromiseState::Waiting(rx),
+            cbor,
             _marker: PhantomData,
         }
     }
@@ -586,6 +596,7 @@ impl<T> Promise<T> {
     fn broken(b: Broken) -> Promise<T> {
         Promise {
             state: PromiseState::Broken(Some(b)),
+            cbor: CborLimits::default(),
             _marker: PhantomData,
         }
     }
@@ -602,8 +613,8 @@ impl<T: DeserializeOwned> Future for Promise<T> {
             }))),
             PromiseState::Waiting(rx) => match Pin::new(rx).poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(Ok(payload))) => Poll::Ready(
-                    codec::decode_payload(&payload, &CborLimits::default()).map_err(|e| {
+                Poll::Ready(Ok(Ok(payload))) => {
+                    Poll::Ready(codec::decode_payload(&payload, &this.cbor).map_err(|e| {
                         Broken::new(
                             BrokenKind::Decode,
                             format!(
@@ -611,8 +622,8 @@ impl<T: DeserializeOwned> Future for Promise<T> {
                                 std::any::type_name::<T>()
                             ),
                         )
-                    }),
-                ),
+                    }))
+                }
                 Poll::Ready(Ok(Err(b))) => Poll::Ready(Err(b)),
                 Poll::Ready(Err(_)) => Poll::Ready(Err(Broken::disconnected(
                     "the session ended before the call was answered",
