@@ -145,6 +145,31 @@ impl Object for Hub {
                 (_, None) => Reply::err(Broken::failed("nothing held")),
             },
             "make" => Reply::object(Counter::default()),
+            // Waits for a promise passed in and answers with the number it settled to.
+            "await_value" => match args.decode::<(Ref,)>() {
+                Ok((p,)) => Reply::later(async move { p.when_settled::<usize>().await }),
+                Err(e) => Reply::err(e),
+            },
+            // Waits for a promise passed in to settle to an object, then calls it.
+            "await_next" => match args.decode::<(Ref,)>() {
+                Ok((p,)) => Reply::later(async move {
+                    let counter: Ref = p.when_settled().await?;
+                    counter.send::<usize>("next", ()).await
+                }),
+                Err(e) => Reply::err(e),
+            },
+            // Pipelines on a promise passed in, without waiting for it.
+            "next_on" => match args.decode::<(Ref,)>() {
+                Ok((p,)) => {
+                    let next = p.send::<usize>("next", ());
+                    Reply::later(next)
+                }
+                Err(e) => Reply::err(e),
+            },
+            "hold_many" => match args.decode::<(Vec<Ref>,)>() {
+                Ok((refs,)) => Reply::ok(refs.len()),
+                Err(e) => Reply::err(e),
+            },
             "same_twice" => {
                 let r = self
                     .made
@@ -338,6 +363,186 @@ async fn when_broken_fires_when_the_vat_goes_away_and_lost_client_is_told() {
         assert_eq!(lost.recv().await, Some(client.vat_id()));
         server.shutdown().await;
         assert!(lost.try_recv().is_err(), "told exactly once");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_promise_settles_to_data_an_object_or_broken_and_can_be_pipelined_on() {
+    within(async {
+        let server = server().await;
+        let uri = server.export(Hub::default()).unwrap();
+        let client = client().await;
+        let hub = client.enliven(&uri);
+        let counter = hub.send_ref("make", ());
+
+        // To data: a promise for `next()` (not yet answered when it is passed).
+        let number = counter.send_ref("next", ());
+        let got: usize = hub.send("await_value", (number,)).await.unwrap();
+        assert_eq!(got, 1);
+
+        // To an object: a promise for a new counter, awaited there, then called.
+        let fresh = hub.send_ref("make", ());
+        let got: usize = hub.send("await_next", (fresh.clone(),)).await.unwrap();
+        assert_eq!(got, 1);
+        // ... and pipelined on by the receiver before it settled.
+        let unsettled = hub.send_ref("make", ());
+        let got: usize = hub.send("next_on", (unsettled,)).await.unwrap();
+        assert_eq!(got, 1);
+
+        // Broken: the receiver sees the same error the promise broke with.
+        let broken = hub.send_ref("call_held", ("nobody",));
+        let err = hub
+            .send::<usize>("await_value", (broken.clone(),))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), BrokenKind::Failed);
+        assert_eq!(broken.when_settled::<Ref>().await.unwrap_err(), err);
+
+        // The sender's own view settles the same way.
+        assert_eq!(
+            fresh.when_settled::<Ref>().await.unwrap(),
+            fresh.when_settled::<Ref>().await.unwrap()
+        );
+        drop((counter, fresh, broken, hub));
+        drained(&[&client, &server]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_on_cancel_a_dropped_promise_releases_what_its_result_carried() {
+    within(async {
+        let server = server().await;
+        let uri = server.export(Hub::default()).unwrap();
+        let client = client().await;
+        let hub = client.enliven(&uri);
+        for _ in 0..10 {
+            drop(hub.send::<Ref>("make", ()));
+        }
+        // The answers still come and are dropped on arrival; then everything drains.
+        assert_eq!(
+            hub.send::<usize>("hold_many", (Vec::<Ref>::new(),))
+                .await
+                .unwrap(),
+            0
+        );
+        drop(hub);
+        drained(&[&client, &server]).await;
+    })
+    .await;
+}
+
+/// Past a per-session limit the peer's session is aborted with a reason; other
+/// sessions carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_references_abort_only_that_session() {
+    within(async {
+        let mut limits = captp::Limits::default();
+        limits.max_imports = 4;
+        limits.max_caps_per_message = 3;
+        let server = Vat::builder()
+            .listen("127.0.0.1:0")
+            .limits(limits)
+            .start()
+            .await
+            .unwrap();
+        let uri = server.export(Hub::default()).unwrap();
+        let bystander = client().await;
+        let calm = bystander.enliven(&uri);
+        assert_eq!(
+            calm.send::<usize>("hold_many", (Vec::<Ref>::new(),))
+                .await
+                .unwrap(),
+            0
+        );
+
+        // Four references in one message: over the per-message limit of 3.
+        let greedy = client().await;
+        let hub = greedy.enliven(&uri);
+        let four: Vec<Ref> = (0..4)
+            .map(|_| Ref::from_object(Counter::default()))
+            .collect();
+        let err = hub.send::<usize>("hold_many", (four,)).await.unwrap_err();
+        assert_eq!(err.kind(), BrokenKind::Disconnected, "{err}");
+        assert!(
+            err.message()
+                .contains("more than 3 capability-table entries"),
+            "{err}"
+        );
+
+        // Within the per-message limit, but past the import limit over two messages.
+        let greedy = client().await;
+        let hub = greedy.enliven(&uri);
+        let keep: Vec<Ref> = (0..3)
+            .map(|_| Ref::from_object(Counter::default()))
+            .collect();
+        hub.send::<()>("hold", (keep[0].clone(),)).await.unwrap();
+        hub.send::<String>(
+            "subscribe",
+            (Subscription {
+                name: "a".into(),
+                listener: keep[1].clone(),
+            },),
+        )
+        .await
+        .unwrap();
+        hub.send::<String>(
+            "subscribe",
+            (Subscription {
+                name: "b".into(),
+                listener: keep[2].clone(),
+            },),
+        )
+        .await
+        .unwrap();
+        let more: Vec<Ref> = (0..2)
+            .map(|_| Ref::from_object(Counter::default()))
+            .collect();
+        let err = hub.send::<usize>("hold_many", (more,)).await.unwrap_err();
+        assert!(
+            err.message().contains("more than 4 imported references"),
+            "{err}"
+        );
+
+        // The bystander never noticed.
+        assert_eq!(
+            calm.send::<usize>("hold_many", (Vec::<Ref>::new(),))
+                .await
+                .unwrap(),
+            0
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_past_the_limit_breaks_that_call_only() {
+    within(async {
+        let mut limits = captp::Limits::default();
+        limits.max_exports = 3;
+        let server = Vat::builder()
+            .listen("127.0.0.1:0")
+            .limits(limits)
+            .start()
+            .await
+            .unwrap();
+        let uri = server.export(Hub::default()).unwrap();
+        let client = client().await;
+        let hub = client.enliven(&uri);
+        // The hub itself is one export; two more counters fit, the third does not.
+        let a: Ref = hub.send("make", ()).await.unwrap();
+        let b: Ref = hub.send("make", ()).await.unwrap();
+        let err = hub.send::<Ref>("make", ()).await.unwrap_err();
+        assert_eq!(err.kind(), BrokenKind::TooLarge, "{err}");
+        // The session is fine, and releasing one makes room again.
+        assert_eq!(a.send::<usize>("next", ()).await.unwrap(), 1);
+        drop(a);
+        client.sync().await;
+        let c: Ref = hub.send("make", ()).await.unwrap();
+        assert_eq!(c.send::<usize>("next", ()).await.unwrap(), 1);
+        drop((b, c, hub));
+        drained(&[&client, &server]).await;
     })
     .await;
 }

@@ -211,6 +211,40 @@ impl Ref {
         }
     }
 
+    /// Waits until this reference settles and gives what it settled to, decoded as `T`:
+    /// E's `when`. For a promise (from [`Ref::send_ref`], [`crate::Vat::enliven`], or
+    /// received from a peer) that is its result: `T = Ref` for an object, any serde type
+    /// for data. A reference that is already an object settles at once to itself.
+    ///
+    /// # Errors
+    ///
+    /// The promise's [`Broken`] if it broke (including its session ending first), or
+    /// [`BrokenKind::Decode`] if the value is not a `T`.
+    pub async fn when_settled<T: DeserializeOwned>(&self) -> Result<T, Broken> {
+        let payload = match (&*self.inner, self.promise_watch()) {
+            (RefInner::Broken(b), _) => return Err(b.clone()),
+            (RefInner::Remote(r), Some(w)) => {
+                let closed = r.session.when_closed();
+                tokio::select! {
+                    biased;
+                    s = settled(w) => s?,
+                    b = closed => return Err(b),
+                }
+            }
+            (_, Some(w)) => settled(w).await?,
+            (_, None) => RefPayload::single(self.clone()),
+        };
+        codec::decode_payload(&payload, &self.cbor()).map_err(|e| {
+            Broken::new(
+                BrokenKind::Decode,
+                format!(
+                    "the settled value does not decode as {}: {e}",
+                    std::any::type_name::<T>()
+                ),
+            )
+        })
+    }
+
     /// Sends `method` with `args` and returns a promise for the result.
     ///
     /// Returns at once; the call goes out in order with every other send on this
