@@ -12,7 +12,25 @@
 //! **eventual sends**: [`Ref::send`] returns a [`Promise`] at once and never blocks.
 //! With [`Ref::send_ref`] a program can send to the result of a call before it exists
 //! (**promise pipelining**), so a chain of dependent calls costs one round trip.
-//! Arguments and results are any serde data, carried as CBOR.
+//! Arguments and results are any serde data, carried as CBOR, and may contain `Ref`s
+//! anywhere (a struct field, a `Vec`, a map): they arrive at the other side as live
+//! references. That is how authority moves between peers: callbacks, returned objects,
+//! introductions of a third vat, and promises not yet settled.
+//!
+//! # References between peers
+//!
+//! - A reference to one of your objects ([`Ref::from_object`]) that you pass to a peer
+//!   is exported to it; when it comes back, it is your object again, not a proxy.
+//! - A reference to a third vat's object, or a promise, is passed through a proxy that
+//!   forwards calls in order (three-party handoff is future work).
+//! - Messages sent on one reference arrive in the order sent (E-order), across promise
+//!   resolution too: a promise never shortens its path, so nothing can overtake.
+//! - [`Ref::when_settled`] waits for a promise; [`Ref::when_broken`] says when a
+//!   reference dies; [`Object::lost_client`] tells an exported object that a session
+//!   holding it ended.
+//! - Dropping the last handle to a remote reference releases it at the exporter; once
+//!   everything is dropped and the network settles ([`Vat::sync`]), every table is
+//!   empty ([`Vat::stats`]).
 //!
 //! # Layers
 //!
