@@ -6,11 +6,11 @@
 //! wait on a child is bounded, and every child is killed when its test ends, pass or
 //! fail. Everything listens on 127.0.0.1 only.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -62,12 +62,77 @@ fn collect(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
     rx
 }
 
+/// A child's stderr, drained line by line on a thread as it comes (so the child never
+/// blocks on a full pipe), which a test can read so far or wait on.
+#[derive(Clone, Default)]
+struct Log(Arc<(Mutex<LogText>, Condvar)>);
+
+#[derive(Default)]
+struct LogText {
+    text: String,
+    /// End of file: the child has exited (or closed its stderr).
+    ended: bool,
+}
+
+impl Log {
+    /// Starts draining `pipe`.
+    fn drain(pipe: impl Read + Send + 'static) -> Log {
+        let log = Log::default();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.update(|log| {
+                    log.text.push_str(&line);
+                    log.text.push('\n');
+                });
+            }
+            sink.update(|log| log.ended = true);
+        });
+        log
+    }
+
+    fn update(&self, change: impl FnOnce(&mut LogText)) {
+        let (text, changed) = &*self.0;
+        change(&mut text.lock().unwrap_or_else(|e| e.into_inner()));
+        changed.notify_all();
+    }
+
+    /// The text so far.
+    fn text(&self) -> String {
+        let (text, _) = &*self.0;
+        text.lock().unwrap_or_else(|e| e.into_inner()).text.clone()
+    }
+
+    /// Waits, within [`TIMEOUT`], until `done` holds for the log, and returns the text
+    /// then (whether or not `done` came to hold).
+    fn wait_until(&self, done: impl Fn(&LogText) -> bool) -> String {
+        let (text, changed) = &*self.0;
+        let guard = text.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = changed
+            .wait_timeout_while(guard, TIMEOUT, |log| !done(log))
+            .unwrap_or_else(|e| e.into_inner());
+        guard.text.clone()
+    }
+
+    /// Waits, within [`TIMEOUT`], until the text contains `needle` or the pipe ends,
+    /// and returns the text then.
+    fn wait_for(&self, needle: &str) -> String {
+        self.wait_until(|log| log.ended || log.text.contains(needle))
+    }
+
+    /// Waits, within [`TIMEOUT`], for the end of the pipe, and returns the text.
+    fn wait_for_end(&self) -> String {
+        self.wait_until(|log| log.ended)
+    }
+}
+
 /// A running server example.
 struct Server {
     /// The sturdy ref URI it printed.
     uri: String,
-    /// Its stderr so far, for failure messages.
-    log: Arc<Mutex<String>>,
+    /// Its stderr, for checks and failure messages.
+    log: Log,
     child: Killed,
 }
 
@@ -86,18 +151,8 @@ impl Server {
         let stdout = child.0.stdout.take().expect("piped stdout");
         let stderr = child.0.stderr.take().expect("piped stderr");
 
-        // Drain stderr as it comes, so the server never blocks on a full pipe and a
-        // failure can show what it said.
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        // Drain stderr as it comes, so a failure can show what the server said.
+        let log = Log::drain(stderr);
 
         // The first line of stdout is the URI; keep draining after it.
         let (tx, rx) = mpsc::channel();
@@ -135,7 +190,18 @@ impl Server {
     }
 
     fn stderr(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.log.text()
+    }
+
+    /// Waits (within [`TIMEOUT`]) until the server has logged `needle`, and returns its
+    /// log; fails the test if it does not.
+    fn expect_log(&self, needle: &str) -> String {
+        let log = self.log.wait_for(needle);
+        assert!(
+            log.contains(needle),
+            "the server never logged {needle:?}:\n{log}"
+        );
+        log
     }
 
     /// Fails the test with the server's log if it has exited.
@@ -238,8 +304,9 @@ fn log_client_logs_and_finds_foot() {
     );
     assert!(!run.stdout.contains("shoe"), "shoe matched foo: {run}");
     server.assert_running();
-    let log = server.stderr();
-    assert!(log.contains(r#"log("foot")"#), "server log:\n{log}");
+    // The server logs each call as it serves it, but its stderr reaches this process
+    // on its own schedule: wait for the line rather than race it.
+    let log = server.expect_log(r#"log("foot")"#);
     assert!(
         !log.contains(&server.sturdy().swiss().expose_base64()),
         "the server logged its swiss number:\n{log}"
@@ -352,6 +419,21 @@ fn bad_arguments_exit_with_code_2() {
         ("counter_server", &["--listen"]),
         ("tax_server", &["--identity"]),
         ("quickstart", &["extra"]),
+        ("chat", &[]),
+        ("chat", &["bogus"]),
+        ("chat", &["join", uri]),
+        ("chat", &["join", uri, "two words"]),
+        ("chat", &["join", uri, "alice", "extra"]),
+        ("chat", &["serve", "--bogus"]),
+        ("pipelining", &[]),
+        ("pipelining", &["call", uri]),
+        ("pipelining", &["call", uri, "ten"]),
+        ("pipelining", &["call", uri, "1001"]),
+        ("pipelining", &["serve", "--listen"]),
+        ("car_factory", &[]),
+        ("car_factory", &["call", uri, "red"]),
+        ("car_factory", &["demo", "extra"]),
+        ("car_factory", &["serve", "extra"]),
     ];
     for (name, args) in cases {
         let run = run(name, args);
@@ -378,4 +460,294 @@ fn quickstart_runs() {
     let run = run("quickstart", &[]);
     assert_eq!(run.code(), Some(0), "quickstart: {run}");
     assert!(run.stdout.lines().any(|l| l == "done"), "quickstart: {run}");
+}
+
+/// A running `chat join`: its stdin to type into, and its stdout read line by line.
+struct Member {
+    nick: String,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    /// Every stdout line read so far, for checks and failure messages.
+    seen: Vec<String>,
+    log: Log,
+    child: Killed,
+}
+
+impl Member {
+    /// Starts `chat join <uri> <nick>` and waits until it has joined.
+    fn join(uri: &str, nick: &str) -> Member {
+        let mut child = Killed(
+            Command::new(example("chat"))
+                .args(["join", uri, nick])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("could not start chat join {nick}: {e}")),
+        );
+        let stdin = child.0.stdin.take();
+        let stdout = child.0.stdout.take().expect("piped stdout");
+        let stderr = child.0.stderr.take().expect("piped stderr");
+        let log = Log::drain(stderr);
+        // The channel disconnects at end of file, when the member has exited.
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut member = Member {
+            nick: nick.to_owned(),
+            stdin,
+            lines,
+            seen: Vec::new(),
+            log,
+            child,
+        };
+        member.expect(&format!("* you joined as {nick}"), |l| {
+            l.starts_with(&format!("* you joined as {nick};"))
+        });
+        member
+    }
+
+    /// Types a line.
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        writeln!(stdin, "{line}").expect("could not write to the member's stdin");
+        stdin.flush().expect("could not flush the member's stdin");
+    }
+
+    /// Closes the member's stdin: end of input, as Ctrl-D at a terminal.
+    fn end_input(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits (within [`TIMEOUT`]) for a stdout line that `matches`, and returns it.
+    fn expect(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "{} never printed {what} ({e}); stdout:\n{}\nstderr:\n{}",
+                    self.nick,
+                    self.seen.join("\n"),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Waits (within [`TIMEOUT`]) for the member to exit, and says how it did.
+    fn exit_status(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("{} did not exit within {TIMEOUT:?}", self.nick)
+                }
+            }
+        }
+        // Stdout is at end of file: the member has exited, so these waits are short.
+        // Waiting for the end of stderr too makes `stderr()` complete from now on.
+        self.log.wait_for_end();
+        self.child.0.wait().expect("could not wait for the member")
+    }
+
+    fn stderr(&self) -> String {
+        self.log.text()
+    }
+}
+
+/// Whether `line` is `[HH:MM:SS] <nick>: <text>`.
+fn is_chat_line(line: &str, nick: &str, text: &str) -> bool {
+    let Some((clock, said)) = line
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("] "))
+    else {
+        return false;
+    };
+    let clock_ok = clock.len() == 8
+        && clock.bytes().enumerate().all(|(i, b)| match i {
+            2 | 5 => b == b':',
+            _ => b.is_ascii_digit(),
+        });
+    clock_ok && said == format!("{nick}: {text}")
+}
+
+#[test]
+fn chat_members_hear_each_other_rename_quit_and_die() {
+    let mut room = Server::start("chat", &["serve"]);
+    let mut alice = Member::join(&room.uri, "alice");
+    let mut bob = Member::join(&room.uri, "bob");
+    alice.expect("* bob joined", |l| l == "* bob joined");
+
+    // A line one member types reaches the other, stamped, and not its sender.
+    alice.type_line("hello");
+    bob.expect("[..:..:..] alice: hello", |l| {
+        is_chat_line(l, "alice", "hello")
+    });
+
+    // A rename is announced. The room tells alice in order, so by the time she sees it
+    // she would have seen an echo of her own line.
+    bob.type_line("/nick robert");
+    bob.expect("* you are now robert", |l| l == "* you are now robert");
+    alice.expect("* bob is now robert", |l| l == "* bob is now robert");
+    assert!(
+        !alice.seen.iter().any(|l| l.contains("alice: hello")),
+        "alice heard herself: {:?}",
+        alice.seen
+    );
+
+    // The new nick is used, and a taken one is refused without leaving the room.
+    bob.type_line("/nick alice");
+    bob.type_line("still here");
+    alice.expect("[..:..:..] robert: still here", |l| {
+        is_chat_line(l, "robert", "still here")
+    });
+
+    // /quit leaves, and the member exits 0.
+    bob.type_line("/quit");
+    alice.expect("* robert left", |l| l == "* robert left");
+    let status = bob.exit_status();
+    assert!(
+        status.success(),
+        "bob after /quit: {status}\n{}",
+        bob.stderr()
+    );
+    assert!(
+        bob.stderr().contains("the nick alice is taken"),
+        "{}",
+        bob.stderr()
+    );
+
+    // A member whose process dies is noticed (the room's lost-client hook) and the
+    // others are told it left.
+    let mut carol = Member::join(&room.uri, "carol");
+    alice.expect("* carol joined", |l| l == "* carol joined");
+    carol.child.0.kill().expect("could not kill carol");
+    alice.expect("* carol left", |l| l == "* carol left");
+
+    // End of input leaves too.
+    let mut dave = Member::join(&room.uri, "dave");
+    alice.expect("* dave joined", |l| l == "* dave joined");
+    dave.end_input();
+    alice.expect("* dave left", |l| l == "* dave left");
+    let status = dave.exit_status();
+    assert!(status.success(), "dave at end of input: {status}");
+
+    room.assert_running();
+    let log = room.expect_log("carol left (lost client");
+    assert!(
+        !log.contains("hello"),
+        "the room logged what was said:\n{log}"
+    );
+}
+
+#[test]
+fn chat_refuses_a_taken_nick() {
+    let room = Server::start("chat", &["serve"]);
+    let _alice = Member::join(&room.uri, "alice");
+    let run = run("chat", &["join", &room.uri, "alice"]);
+    assert_eq!(run.code(), Some(1), "second alice: {run}");
+    assert!(
+        run.stderr.contains("the nick alice is taken"),
+        "second alice: {run}"
+    );
+}
+
+#[test]
+fn chat_member_exits_1_when_the_room_goes_away() {
+    let mut room = Server::start("chat", &["serve"]);
+    let mut alice = Member::join(&room.uri, "alice");
+    room.child.0.kill().expect("could not kill the room");
+    let status = alice.exit_status();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "alice: {status}\n{}",
+        alice.stderr()
+    );
+    assert!(
+        alice
+            .stderr()
+            .contains("the connection to the server vat was lost"),
+        "alice:\n{}",
+        alice.stderr()
+    );
+}
+
+#[test]
+fn pipelining_chain_reaches_its_depth() {
+    let mut server = Server::start("pipelining", &["serve"]);
+    let run = run("pipelining", &["call", &server.uri, "100"]);
+    assert_eq!(run.code(), Some(0), "pipelining call: {run}");
+    assert!(
+        run.stdout.lines().any(|l| l == "value: 100"),
+        "pipelining call: {run}"
+    );
+    for label in ["one round trip: ", "pipelined: ", "awaited: "] {
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.starts_with(label) && l.contains(" ms (")),
+            "no {label:?} timing: {run}"
+        );
+    }
+    server.assert_running();
+}
+
+#[test]
+fn car_factory_drives_a_pipelined_car() {
+    let mut server = Server::start("car_factory", &["serve"]);
+    let made = run("car_factory", &["call", &server.uri, "red", "roadster"]);
+    assert_eq!(made.code(), Some(0), "car_factory call: {made}");
+    assert_eq!(
+        made.stdout, "Vroom! I'm a red roadster car!\n",
+        "car_factory call: {made}"
+    );
+    server.assert_running();
+
+    let wrong = run(
+        "car_factory",
+        &[
+            "call",
+            &with_other_swiss(&server.sturdy()),
+            "red",
+            "roadster",
+        ],
+    );
+    assert_eq!(
+        wrong.code(),
+        Some(1),
+        "car_factory call, wrong swiss: {wrong}"
+    );
+    assert!(
+        wrong.stdout.is_empty(),
+        "car_factory call, wrong swiss: {wrong}"
+    );
+}
+
+#[test]
+fn car_factory_demo_runs() {
+    let run = run("car_factory", &["demo"]);
+    assert_eq!(run.code(), Some(0), "car_factory demo: {run}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l == "Vroom! I'm a red roadster car!"),
+        "car_factory demo: {run}"
+    );
 }

@@ -24,6 +24,9 @@ struct Options {
 }
 
 /// Parses the server options, or prints usage to stderr and exits with code 2.
+///
+/// `name` is how the server is invoked: a program (`tax_server`), or a program and its
+/// subcommand (`chat serve`). The options are the arguments after those words.
 fn parse_options(name: &str) -> Options {
     let usage = |problem: &str| -> ! {
         eprintln!("{name}: {problem}");
@@ -35,7 +38,7 @@ fn parse_options(name: &str) -> Options {
         listen: "127.0.0.1:0".to_owned(),
         identity: None,
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(name.split_whitespace().count());
     while let Some(flag) = args.next() {
         let slot = match flag.as_str() {
             "--listen" => &mut options.listen,
@@ -52,6 +55,8 @@ fn parse_options(name: &str) -> Options {
 
 /// Runs a server example: starts a vat with the command-line options, exports `object`,
 /// prints its sturdy ref URI as the first line of stdout, and serves until Ctrl-C.
+/// `name` is the program, or the program and its subcommand (`"chat serve"`): the
+/// options are read after those words, and messages are prefixed with them.
 ///
 /// Exits with code 2 on bad arguments and code 1 when the vat cannot start.
 pub(crate) async fn serve(

@@ -1,0 +1,424 @@
+//! A chat room (the Tcl chat server of the classic tasks), done with capabilities.
+//!
+//! `chat serve` runs the room and prints its sturdy ref URI: that URI is the authority
+//! to join. `chat join <URI> <nick>` joins it. Joining passes the room a *listener*, an
+//! object of the member's own, inside the `join` arguments; the room calls it with
+//! what the others say. In return the member gets a *membership*, a new object that is
+//! its authority to speak under its nick, change the nick and leave. Nobody can speak
+//! as someone else: there is no nick argument to forge, only the membership one holds.
+//!
+//! Each line a member types goes to the room, and every *other* member prints it as
+//! `[HH:MM:SS] <nick>: <text>` (the time is the room's clock, in UTC). `/nick <new>`
+//! renames (the others see `* <old> is now <new>`) and `/quit` (or end of input)
+//! leaves (`* <nick> left`). The others also see `* <nick> joined`.
+//!
+//! A member that goes away without `/quit` (its process dies, its network fails) is
+//! noticed twice over: the session that ended held the member's membership, so the
+//! room's lost-client hook (`Object::lost_client`) fires on it; and the member's
+//! listener, a reference over that session, breaks (`Ref::when_broken`). Either one
+//! drops the member and tells the others `* <nick> left`, once. A listener that breaks
+//! for any reason drops its member the same way.
+//!
+//! Run the room in one terminal:
+//!
+//! ```text
+//! cargo run --example chat -- serve
+//! ```
+//!
+//! and, with the `captp://...` line it printed, one member per terminal:
+//!
+//! ```text
+//! cargo run --example chat -- join 'captp://<vat-id>@127.0.0.1:<port>/<swiss>' alice
+//! cargo run --example chat -- join 'captp://<vat-id>@127.0.0.1:<port>/<swiss>' bob
+//! ```
+//!
+//! Type a line in alice's terminal and bob's shows `[12:34:56] alice: hello`.
+//!
+//! `serve` takes `--listen <addr>` (default `127.0.0.1:0`, a free port) and
+//! `--identity <dir>` (keep the vat's key in `<dir>`, so the vat ID survives restarts)
+//! and serves until Ctrl-C. `join` exits 0 after `/quit` or end of input, and 1 if it
+//! cannot join or the room goes away.
+
+#[path = "common/client.rs"]
+mod client;
+#[path = "common/server.rs"]
+mod server;
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use captp::{Args, Broken, BrokenKind, Object, Ref, Reply, Vat, VatId};
+use tokio::sync::{mpsc, oneshot};
+
+const USAGE: &str = "chat serve [--listen <addr>] [--identity <dir>]
+       chat join <captp://URI> <nick>";
+
+/// The longest nick the room accepts, in characters.
+const MAX_NICK: usize = 32;
+/// The longest line the room accepts, in characters.
+const MAX_TEXT: usize = 2000;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => server::serve("chat serve", Room::default()).await,
+        Some("join") => {
+            let [_, uri, nick] = args.as_slice() else {
+                client::usage("chat join: expected a URI and a nick", USAGE);
+            };
+            if let Err(problem) = check_nick(nick) {
+                client::usage(&format!("chat join: {problem}"), USAGE);
+            }
+            join(uri, nick).await
+        }
+        Some(other) => client::usage(&format!("chat: unknown command {other:?}"), USAGE),
+        None => client::usage("chat: expected a command", USAGE),
+    }
+}
+
+// ---- The room ----
+
+/// The room: who is in it. Exported by sturdy ref; its one method is `join`.
+#[derive(Clone, Default)]
+struct Room(Arc<Mutex<Members>>);
+
+#[derive(Default)]
+struct Members {
+    next_id: u64,
+    by_id: BTreeMap<u64, Member>,
+}
+
+struct Member {
+    nick: String,
+    listener: Ref,
+    /// Dropping this (when the member is removed) stops the task that watches the
+    /// listener for breakage.
+    _watching: oneshot::Sender<()>,
+}
+
+impl Members {
+    fn nick_taken(&self, nick: &str) -> bool {
+        self.by_id.values().any(|m| m.nick == nick)
+    }
+
+    /// Sends `method(args)` to every listener but `except`'s. One-way: the room waits
+    /// for nobody, and a listener that breaks is noticed by its watcher. Called with
+    /// the lock held, so every member hears everything in the same order.
+    fn tell_others(&self, except: u64, method: &str, args: &impl serde::Serialize) {
+        for (_, member) in self.by_id.iter().filter(|(id, _)| **id != except) {
+            member.listener.send_only(method, args);
+        }
+    }
+
+    fn notice_others(&self, except: u64, text: &str) {
+        self.tell_others(except, "notice", &(text,));
+    }
+}
+
+impl Room {
+    fn members(&self) -> MutexGuard<'_, Members> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `join(nick, listener)`: adds a member and answers with its membership.
+    fn join(&self, nick: String, listener: Ref) -> Reply {
+        if let Err(problem) = check_nick(&nick) {
+            return Reply::err(Broken::bad_arguments(problem));
+        }
+        let (watching, stop) = oneshot::channel();
+        let mut members = self.members();
+        if members.nick_taken(&nick) {
+            return Reply::err(Broken::failed(format!("the nick {nick} is taken")));
+        }
+        let id = members.next_id;
+        members.next_id += 1;
+        members.notice_others(id, &format!("{nick} joined"));
+        members.by_id.insert(
+            id,
+            Member {
+                nick: nick.clone(),
+                listener: listener.clone(),
+                _watching: watching,
+            },
+        );
+        eprintln!("chat serve: {nick} joined ({} here)", members.by_id.len());
+        drop(members);
+
+        // A listener that breaks (its vat went away, say) takes its member with it.
+        let room = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                broken = listener.when_broken() => {
+                    room.remove(id, &format!("its listener broke: {broken}"));
+                }
+                _ = stop => {}
+            }
+        });
+
+        Reply::object(Membership {
+            room: self.clone(),
+            id,
+        })
+    }
+
+    /// Removes a member, if it is still here, and tells the others it left.
+    fn remove(&self, id: u64, why: &str) {
+        let mut members = self.members();
+        if let Some(member) = members.by_id.remove(&id) {
+            members.notice_others(id, &format!("{} left", member.nick));
+            eprintln!(
+                "chat serve: {} left ({why}; {} here)",
+                member.nick,
+                members.by_id.len()
+            );
+        }
+    }
+}
+
+impl Object for Room {
+    fn call(&self, method: &str, args: Args) -> Reply {
+        match method {
+            "join" => match args.decode::<(String, Ref)>() {
+                Ok((nick, listener)) => self.join(nick, listener),
+                Err(e) => Reply::err(e),
+            },
+            _ => Reply::unknown_method(method),
+        }
+    }
+}
+
+/// One member's authority in the room: to speak under its nick, rename, see who is
+/// here, and leave. Only the member that joined holds it.
+struct Membership {
+    room: Room,
+    id: u64,
+}
+
+impl Membership {
+    fn say(&self, text: &str) -> Result<(), Broken> {
+        if text.chars().count() > MAX_TEXT {
+            return Err(Broken::bad_arguments(format!(
+                "a line is at most {MAX_TEXT} characters"
+            )));
+        }
+        let members = self.room.members();
+        let me = members.by_id.get(&self.id).ok_or_else(not_here)?;
+        members.tell_others(self.id, "said", &(now(), me.nick.as_str(), text));
+        Ok(())
+    }
+
+    fn rename(&self, new: String) -> Result<(), Broken> {
+        check_nick(&new).map_err(Broken::bad_arguments)?;
+        let mut members = self.room.members();
+        let old = members
+            .by_id
+            .get(&self.id)
+            .ok_or_else(not_here)?
+            .nick
+            .clone();
+        if old == new {
+            return Ok(());
+        }
+        if members.nick_taken(&new) {
+            return Err(Broken::failed(format!("the nick {new} is taken")));
+        }
+        members.notice_others(self.id, &format!("{old} is now {new}"));
+        eprintln!("chat serve: {old} is now {new}");
+        if let Some(me) = members.by_id.get_mut(&self.id) {
+            me.nick = new;
+        }
+        Ok(())
+    }
+
+    /// Everyone else here, by nick.
+    fn who(&self) -> Result<Vec<String>, Broken> {
+        let members = self.room.members();
+        members.by_id.get(&self.id).ok_or_else(not_here)?;
+        Ok(members
+            .by_id
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, m)| m.nick.clone())
+            .collect())
+    }
+}
+
+impl Object for Membership {
+    fn call(&self, method: &str, args: Args) -> Reply {
+        match method {
+            "say" => args
+                .decode::<(String,)>()
+                .and_then(|(text,)| self.say(&text))
+                .into(),
+            "nick" => args
+                .decode::<(String,)>()
+                .and_then(|(new,)| self.rename(new))
+                .into(),
+            "who" => args.decode::<()>().and_then(|()| self.who()).into(),
+            "leave" => args
+                .decode::<()>()
+                .map(|()| self.room.remove(self.id, "called leave()"))
+                .into(),
+            _ => Reply::unknown_method(method),
+        }
+    }
+
+    /// The session that held this membership ended: the member's vat went away
+    /// without leaving. (Nothing happens if it left already.)
+    fn lost_client(&self, peer: VatId) {
+        self.room
+            .remove(self.id, &format!("lost client: vat {peer} disconnected"));
+    }
+}
+
+fn not_here() -> Broken {
+    Broken::failed("you are not in the room")
+}
+
+/// Whether `nick` is a nick the room accepts: 1 to 32 characters, none of them space
+/// or control characters.
+fn check_nick(nick: &str) -> Result<(), String> {
+    if nick.is_empty() || nick.chars().count() > MAX_NICK {
+        return Err(format!("a nick is 1 to {MAX_NICK} characters"));
+    }
+    if nick.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a nick has no spaces or control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+// ---- A member ----
+
+/// The object a member passes to the room: it prints what the room tells it.
+struct Listener;
+
+impl Object for Listener {
+    fn call(&self, method: &str, args: Args) -> Reply {
+        match method {
+            "said" => args
+                .decode::<(u64, String, String)>()
+                .map(|(time, nick, text)| {
+                    println!("[{}] {}: {}", clock(time), clean(&nick), clean(&text));
+                })
+                .into(),
+            "notice" => args
+                .decode::<(String,)>()
+                .map(|(text,)| println!("* {}", clean(&text)))
+                .into(),
+            _ => Reply::unknown_method(method),
+        }
+    }
+}
+
+/// `HH:MM:SS` in UTC for a time in seconds since the Unix epoch.
+fn clock(time: u64) -> String {
+    let secs = time % 86_400;
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// `text` with control characters replaced, so that what another member sends cannot
+/// drive this terminal (escape sequences) or fake lines (newlines).
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
+/// `chat join <URI> <nick>`: joins, then sends each line of stdin until `/quit` or
+/// end of input.
+async fn join(uri: &str, nick: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let sturdy = client::parse_uri(uri);
+    let vat = Vat::builder().start().await?;
+    let room = vat.enliven(&sturdy);
+
+    // The listener travels inside the arguments; the room gets a live reference to it.
+    // `who` is pipelined on the membership before it exists: joining, and learning who
+    // else is here, take one round trip (and a refused join breaks both).
+    let membership = room.send_ref("join", (nick, Ref::from_object(Listener)));
+    let others = match membership.send::<Vec<String>>("who", ()).await {
+        Ok(others) => others,
+        Err(broken) => {
+            vat.shutdown().await;
+            client::fail(&broken);
+        }
+    };
+    if others.is_empty() {
+        println!("* you joined as {nick}; nobody else is here");
+    } else {
+        println!("* you joined as {nick}; also here: {}", others.join(", "));
+    }
+
+    // Standard input is read on a thread of its own; end of input closes the channel.
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    // Holding `membership` keeps this member in the room; the room notices when the
+    // session that carries it ends.
+    let outcome = loop {
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            broken = membership.when_broken() => break Err(broken),
+        };
+        let Some(line) = line else {
+            break membership.send::<()>("leave", ()).await; // end of input
+        };
+        let line = line.trim();
+        let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let sent = match command {
+            "" => continue,
+            "/quit" => break membership.send::<()>("leave", ()).await,
+            "/nick" => {
+                let new = rest.trim();
+                match check_nick(new) {
+                    Err(_) if new.is_empty() => {
+                        eprintln!("chat: usage: /nick <new nick>");
+                        continue;
+                    }
+                    Err(problem) => {
+                        eprintln!("chat: {problem}");
+                        continue;
+                    }
+                    Ok(()) => membership
+                        .send::<()>("nick", (new,))
+                        .await
+                        .map(|()| println!("* you are now {new}")),
+                }
+            }
+            _ if command.starts_with('/') => {
+                eprintln!("chat: unknown command {command}; try /nick <new nick> or /quit");
+                continue;
+            }
+            _ => membership.send::<()>("say", (line,)).await,
+        };
+        match sent {
+            Ok(()) => {}
+            // The room refused this line or nick; the member stays.
+            Err(b) if matches!(b.kind(), BrokenKind::Failed | BrokenKind::BadArguments) => {
+                eprintln!("chat: {b}");
+            }
+            Err(b) => break Err(b),
+        }
+    };
+
+    vat.shutdown().await;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(broken) => client::fail(&broken),
+    }
+}
