@@ -546,3 +546,32 @@ async fn an_export_past_the_limit_breaks_that_call_only() {
     })
     .await;
 }
+
+/// Regression: after a promise resolved to the caller's own object and the peer had
+/// dropped its argument, calls on the promise broke with "released".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_a_promise_that_resolved_to_my_own_object_still_arrive() {
+    within(async {
+        let server = server().await;
+        let uri = server.export(Hub::default()).unwrap();
+        let client = client().await;
+        let hub = client.enliven(&uri);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mine = Ref::from_object(Recorder(tx));
+        let echoed = hub.send_ref("echo", (mine.clone(),));
+        let back: Ref = echoed.when_settled().await.unwrap();
+        assert_eq!(back, mine);
+        for _ in 0..3 {
+            client.sync().await;
+            server.sync().await;
+        }
+        // Still the promise's path (through the server), in order, to my object.
+        echoed.send::<()>("hear", ("one",)).await.unwrap();
+        echoed.send::<()>("hear", ("two",)).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), "one");
+        assert_eq!(rx.recv().await.unwrap(), "two");
+        drop((echoed, back, mine, hub));
+        drained(&[&client, &server]).await;
+    })
+    .await;
+}

@@ -445,6 +445,8 @@ pub struct Session<O, R> {
     awaiting_return: usize,
     /// Sends held back, in order, until the peer has room for more questions.
     held: VecDeque<Held<O, R>>,
+    /// Promises that settled while the send exporting them was held.
+    early: Vec<(O, Result<OutPayload<O>, Broken>)>,
     questions: HashMap<QuestionId, Question<O, R>>,
     answers: HashMap<AnswerId, Answer<O>>,
     exports: HashMap<ExportId, Export<O>>,
@@ -473,6 +475,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             peer_max_questions: MIN_QUESTIONS,
             awaiting_return: 0,
             held: VecDeque::new(),
+            early: Vec::new(),
             limits,
             state: State::AwaitingHello,
             closed: None,
@@ -744,10 +747,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     });
                     return;
                 }
-                Broken::new(
-                    BrokenKind::Other,
-                    format!("the reference {i} the promise resolved to was released"),
-                )
+                released(i)
             }
             Resolution::Data => Broken::new(
                 BrokenKind::NotAnObject,
@@ -770,7 +770,6 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             ReturnResult::Ok(payload) => Ok(self.take_payload(payload)?),
             ReturnResult::Err(w) => Err(Broken::from(w)),
         };
-        self.awaiting_return = self.awaiting_return.saturating_sub(1);
         let resolution = match &result {
             Err(b) => Resolution::Broken(b.clone()),
             Ok(p) if p.is_single_cap() => match &p.caps[0] {
@@ -790,6 +789,8 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         // could overtake messages still travelling the long way.
         let defer = keep && matches!(resolution, Resolution::Local(_));
         if !defer {
+            // The peer counts a question until its `finish`, and so do we.
+            self.awaiting_return = self.awaiting_return.saturating_sub(1);
             self.outbox.push_back(Message::Finish { question: id.0 });
         }
         if keep {
@@ -849,8 +850,8 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         let import = self.imports.get_mut(&id)?;
         import.local += 1;
         Some(match import.promise {
-            Some(_) => InCap::Promise(id),
-            None => InCap::Import(id),
+            Some(false) => InCap::Promise(id),
+            Some(true) | None => InCap::Import(id),
         })
     }
 
@@ -859,11 +860,22 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             return Err(Violation::UnknownAnswer(id));
         };
         if answer.resolution.is_some() {
-            self.answers.remove(&id);
+            self.remove_answer(id);
         } else {
             answer.finished = true;
         }
         Ok(())
+    }
+
+    /// Frees an answer, and the handle it held if it resolved to a peer's reference.
+    fn remove_answer(&mut self, id: AnswerId) {
+        if let Some(Answer {
+            resolution: Some(Resolution::Import(i)),
+            ..
+        }) = self.answers.remove(&id)
+        {
+            self.drop_import(i);
+        }
     }
 
     fn handle_release(&mut self, id: ExportId, count: u64) -> Result<(), Violation> {
@@ -955,7 +967,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// Gives back the local handles an incoming payload held.
     fn drop_in_payload(&mut self, payload: InPayload<O>) {
         for cap in payload.caps {
-            if let InCap::Import(i) = cap {
+            if let InCap::Import(i) | InCap::Promise(i) = cap {
                 self.drop_import(i);
             }
         }
@@ -1008,6 +1020,16 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     }
 
     fn send_held(&mut self, held: Held<O, R>) {
+        let was_call = matches!(held, Held::Call(_));
+        self.send_held_now(held);
+        if was_call && !self.early.is_empty() {
+            for (object, result) in std::mem::take(&mut self.early) {
+                self.resolve_export(&object, result);
+            }
+        }
+    }
+
+    fn send_held_now(&mut self, held: Held<O, R>) {
         match held {
             Held::Call(call) => self.send_now(call),
             Held::DropImport(i) => self.drop_import_now(i),
@@ -1177,6 +1199,16 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
 
     /// Turns local references into descriptors, exporting local objects.
     fn give_payload(&mut self, payload: OutPayload<O>) -> Result<Payload, Broken> {
+        if payload.caps.len() > self.limits.max_caps_per_message {
+            return Err(Broken::new(
+                BrokenKind::TooLarge,
+                format!(
+                    "{} references in one message exceed the limit of {}",
+                    payload.caps.len(),
+                    self.limits.max_caps_per_message
+                ),
+            ));
+        }
         // An object named twice in one payload is one new export, not two.
         let fresh = payload
             .caps
@@ -1264,25 +1296,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             Some(a) if a.resolution.is_none() => a.finished,
             _ => return,
         };
-        let result = match result {
-            Ok(p) => {
-                let too_big = MESSAGE_OVERHEAD + p.data.len() + p.caps.len() * DESCRIPTOR_OVERHEAD
-                    > self.peer_max_frame;
-                if too_big {
-                    Err(Broken::new(
-                        BrokenKind::TooLarge,
-                        format!(
-                            "the result ({} bytes) exceeds the caller's frame limit of {} bytes",
-                            p.data.len(),
-                            self.peer_max_frame
-                        ),
-                    ))
-                } else {
-                    Ok(p)
-                }
-            }
-            Err(b) => Err(b),
-        };
+        let result = result.and_then(|p| self.fits(p));
         // Export the result's references before deciding what the answer resolved to:
         // a result that cannot be exported breaks, and so must every message pipelined
         // on it. If the asker is gone (finished), nothing is sent and nothing exported.
@@ -1313,13 +1327,26 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 (Resolution::Broken(b), wire)
             }
         };
+        // An answer that resolved to the peer's own reference holds a handle on it, so
+        // calls pipelined on the answer can still be forwarded there after the runtime
+        // has dropped its own handles.
+        let resolution = match resolution {
+            Resolution::Import(i) => match self.imports.get_mut(&i) {
+                Some(import) => {
+                    import.local += 1;
+                    Resolution::Import(i)
+                }
+                None => Resolution::Broken(released(i)),
+            },
+            other => other,
+        };
         let Some(answer) = self.answers.get_mut(&id) else {
             return;
         };
         let queued = std::mem::take(&mut answer.queued);
         answer.resolution = Some(resolution.clone());
         if finished {
-            self.answers.remove(&id);
+            self.remove_answer(id);
         }
         if let Some(result) = wire {
             self.outbox.push_back(Message::Return {
@@ -1378,13 +1405,31 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             let Some(q) = self.questions.remove(&id) else {
                 return;
             };
-            if q.finish_deferred && !self.is_closed() {
-                self.outbox.push_back(Message::Finish { question: id.0 });
-            }
             if let Some(Resolution::Import(i)) = q.resolution {
                 self.drop_import_now(i);
             }
+            if q.finish_deferred && !self.is_closed() {
+                self.outbox.push_back(Message::Finish { question: id.0 });
+                self.awaiting_return = self.awaiting_return.saturating_sub(1);
+                self.release_held();
+            }
         }
+    }
+
+    /// Checks a result against the peer's frame limit.
+    fn fits(&self, p: OutPayload<O>) -> Result<OutPayload<O>, Broken> {
+        let size = MESSAGE_OVERHEAD + p.data.len() + p.caps.len() * DESCRIPTOR_OVERHEAD;
+        if size > self.peer_max_frame {
+            return Err(Broken::new(
+                BrokenKind::TooLarge,
+                format!(
+                    "the result ({} bytes) exceeds the peer's frame limit of {} bytes",
+                    p.data.len(),
+                    self.peer_max_frame
+                ),
+            ));
+        }
+        Ok(p)
     }
 
     /// Reports that a promise this side exported as [`OutCap::Promise`] settled: sends
@@ -1395,13 +1440,29 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             return;
         }
         let Some(&id) = self.export_ids.get(object) else {
+            // Settled before the send that exports it left the hold queue: resolve it
+            // right after that send goes out.
+            let held = self.held.iter().any(|h| match h {
+                Held::Call(c) => c
+                    .payload
+                    .caps
+                    .iter()
+                    .any(|cap| matches!(cap, OutCap::Promise(o) if o == object)),
+                _ => false,
+            });
+            if held {
+                self.early.push((object.clone(), result));
+            }
             return;
         };
         match self.exports.get_mut(&id) {
             Some(export) if export.promise == Some(false) => export.promise = Some(true),
             _ => return,
         }
-        let result = match result.and_then(|p| self.give_payload(p)) {
+        let result = match result
+            .and_then(|p| self.fits(p))
+            .and_then(|p| self.give_payload(p))
+        {
             Ok(p) => ReturnResult::Ok(p),
             Err(b) => ReturnResult::Err(WireBroken::from(&b)),
         };
@@ -1462,6 +1523,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             });
         }
         self.awaiting_return = 0;
+        self.early.clear();
         self.answers.clear();
         let mut lost = Vec::new();
         for (_, export) in self.exports.drain() {
@@ -1488,4 +1550,12 @@ fn truncate(mut reason: String) -> String {
         reason.truncate(end);
     }
     reason
+}
+
+/// The error for a reference used after it was released.
+fn released(i: ImportId) -> Broken {
+    Broken::new(
+        BrokenKind::Other,
+        format!("the reference {i} the promise resolved to was released"),
+    )
 }

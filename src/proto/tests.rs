@@ -2392,3 +2392,149 @@ fn same_new_object_twice_in_one_payload_counts_as_one_export() {
     );
     assert_eq!(pair.stats(), (stats(1, 0, 1, 1), stats(0, 1, 1, 1)));
 }
+
+// ---- regressions found while specifying references between peers ----
+
+#[test]
+fn regression_promise_import_in_an_unwanted_return_is_released() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    let call = Call {
+        target: LocalTarget::Import(obj),
+        method: "m".into(),
+        payload: no_args(),
+        question: Some(QuestionId(5)),
+        resolver: None,
+        pipeline_refs: 0,
+    };
+    pair.a.session.send(call);
+    pair.drive();
+    let evs = pair.b.take_events();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    pair.b.session.answer(
+        AnswerId(5),
+        Ok(OutPayload::single_cap(OutCap::Promise(300))),
+    );
+    pair.drive();
+    assert_eq!(
+        pair.stats(),
+        (stats(0, 0, 1, 0), stats(0, 0, 0, 1)),
+        "promise import leaked"
+    );
+}
+
+#[test]
+fn regression_resolve_of_a_promise_that_settled_while_held_is_sent() {
+    let lb = Limits {
+        max_inbound_questions: MIN_QUESTIONS,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    let n = MIN_QUESTIONS as u64;
+    for q in 2..3 + n {
+        pair.a
+            .session
+            .send(ask(LocalTarget::Import(obj), "fill", no_args(), q));
+    }
+    pair.a.session.send(tell(
+        LocalTarget::Import(obj),
+        "take_promise",
+        OutPayload::single_cap(OutCap::Promise(300)),
+    ));
+    pair.drive();
+    assert_eq!(pair.a.session.stats().held, 2);
+    // The promise settles while the send carrying it is held.
+    pair.a
+        .session
+        .resolve_export(&300, Ok(OutPayload::data(data(&7u8))));
+    pair.drive();
+    // One answer makes room: the held send goes out.
+    pair.b.take_events();
+    pair.b
+        .session
+        .answer(AnswerId(2), Ok(OutPayload::data(data(&()))));
+    pair.drive();
+    let sent = pair.a.take_sent();
+    let resolves = sent
+        .iter()
+        .filter(|m| matches!(m, Message::Resolve { .. }))
+        .count();
+    let promise_caps = sent.iter().filter(|m| matches!(m, Message::Deliver { payload, .. } if payload.caps == [CapDescriptor::SenderPromise(1)])).count();
+    assert_eq!((promise_caps, resolves), (1, 1), "resolve lost");
+}
+
+#[test]
+fn regression_deferred_finishes_count_against_the_peers_question_limit() {
+    let lb = Limits {
+        max_inbound_questions: MIN_QUESTIONS,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    // A passes its own object and pipelines on the answer; B returns it: deferred finish.
+    pair.a.session.send(Call {
+        target: LocalTarget::Import(obj),
+        method: "echo".into(),
+        payload: OutPayload::single_cap(OutCap::Local(A_OBJ)),
+        question: Some(QuestionId(2)),
+        resolver: None,
+        pipeline_refs: 1,
+    });
+    pair.drive();
+    let evs = pair.b.take_events();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    pair.b.session.answer(
+        AnswerId(2),
+        Ok(OutPayload::single_cap(OutCap::Import(ImportId(1)))),
+    );
+    pair.drive();
+    // Now MIN_QUESTIONS more questions: A thinks the peer has room for all.
+    for q in 3..3 + MIN_QUESTIONS as u64 {
+        pair.a
+            .session
+            .send(ask(LocalTarget::Import(obj), "fill", no_args(), q));
+    }
+    pair.drive();
+    assert!(
+        !pair.b.session.is_closed(),
+        "B aborted: {:?}",
+        pair.b.take_events().last()
+    );
+}
+
+#[test]
+fn regression_answer_resolved_to_the_askers_object_keeps_its_import() {
+    let mut pair = Pair::new();
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.send(Call {
+        target: LocalTarget::Import(obj),
+        method: "echo".into(),
+        payload: OutPayload::single_cap(OutCap::Local(A_OBJ)),
+        question: Some(QuestionId(2)),
+        resolver: None,
+        pipeline_refs: 1,
+    });
+    pair.drive();
+    pair.b.take_events();
+    pair.b.session.answer(
+        AnswerId(2),
+        Ok(OutPayload::single_cap(OutCap::Import(ImportId(1)))),
+    );
+    // B's runtime drops the arguments (its only handle on the import).
+    pair.b.session.drop_import(ImportId(1));
+    pair.drive();
+    pair.a.session.send(ask(
+        LocalTarget::Answer(QuestionId(2)),
+        "hear",
+        no_args(),
+        3,
+    ));
+    pair.drive();
+    let a_ev = pair.a.take_events();
+    let b_ev = pair.b.take_events();
+    assert!(
+        b_ev.iter().any(|e| matches!(e, Seen::Forward { .. })),
+        "not forwarded"
+    );
+}

@@ -411,6 +411,16 @@ impl Ref {
         }
     }
 
+    /// What this promise settled to, if it has settled to an object.
+    fn settled_target(&self) -> Option<Ref> {
+        let watch = self.promise_watch()?;
+        let settled = watch.borrow();
+        match &*settled {
+            Some(Ok(payload)) => payload.as_single().cloned(),
+            _ => None,
+        }
+    }
+
     /// The watch that tells when this reference, as a promise, settles; `None` for
     /// references that are settled already.
     fn promise_watch(&self) -> Option<Watch> {
@@ -426,6 +436,11 @@ impl Ref {
     /// objects that forward calls to them. Promises travel as promise exports, whose
     /// settlement the session must then watch for.
     fn out_cap(&self, dest: &SessionHandle) -> (OutCap<ObjectHandle>, Option<Watched>) {
+        // A promise that has settled to an object is passed as that object. (Passing is
+        // not sending: messages already sent on the promise keep their path.)
+        if let Some(target) = self.settled_target() {
+            return target.out_cap(dest);
+        }
         match &*self.inner {
             RefInner::Local(o, _) => (OutCap::Local(o.clone()), None),
             RefInner::Remote(r) if r.session.same(dest) => match r.target {

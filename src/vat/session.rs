@@ -558,7 +558,12 @@ impl Driver {
         for w in watched {
             let handle = self.handle.clone();
             tokio::spawn(async move {
-                let settled = w.source.settled().await;
+                // A watcher lives until the promise settles or the session ends.
+                let closed = handle.when_closed();
+                let settled = tokio::select! {
+                    s = w.source.settled() => s,
+                    _ = closed => return,
+                };
                 if let Some(proxy) = w.proxy.upgrade() {
                     let proxy = ObjectHandle::from_inner(proxy);
                     let _ = handle.post(Command::ResolveExport(proxy, settled));
