@@ -284,6 +284,11 @@ pub enum Event<O, R> {
     },
     /// A promise the peer gave us ([`InCap::Promise`]) settled. The payload's
     /// references hold local handles like any incoming payload.
+    ///
+    /// Reported only to a runtime that holds a handle on the import: a settlement that
+    /// arrives first (the promise is in a message still queued on an answer) follows
+    /// the event that hands the import out; one for an import the runtime has let go of
+    /// entirely is not reported, unless a handle is handed out again.
     Resolved {
         /// The import that settled.
         import: ImportId,
@@ -365,6 +370,15 @@ impl<O, R> Held<O, R> {
         }
     }
 
+    /// Whether sending it asks question `id` or targets its answer.
+    fn uses_question(&self, id: QuestionId) -> bool {
+        match self {
+            Held::Call(c) => c.question == Some(id) || c.target == LocalTarget::Answer(id),
+            Held::Bootstrap { question, .. } => *question == id,
+            Held::DropImport(_) | Held::DropQuestionRef(_) => false,
+        }
+    }
+
     fn into_resolver(self) -> Option<R> {
         match self {
             Held::Call(c) => c.resolver,
@@ -411,14 +425,32 @@ struct Export<O> {
     promise: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Import {
+#[derive(Debug)]
+struct Import<O> {
     /// How many times the peer sent it (what `release` must give back).
     remote: u64,
-    /// Handles given to the runtime and not yet dropped.
+    /// Handles held, by the runtime and by this session (questions, answers, messages
+    /// queued on answers).
     local: u64,
+    /// Of those, the handles the runtime holds (given in events, not yet dropped).
+    given: u64,
     /// Imported as a promise, and whether its `resolve` has arrived.
     promise: Option<bool>,
+    /// A settlement not yet reported: it arrived while the runtime held no handle, and
+    /// is reported right after the runtime is given one.
+    deferred: Option<Result<InPayload<O>, Broken>>,
+}
+
+impl<O> Import<O> {
+    fn new(promise: Option<bool>) -> Import<O> {
+        Import {
+            remote: 0,
+            local: 0,
+            given: 0,
+            promise,
+            deferred: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -452,7 +484,7 @@ pub struct Session<O, R> {
     exports: HashMap<ExportId, Export<O>>,
     export_ids: HashMap<O, ExportId>,
     next_export: u64,
-    imports: HashMap<ImportId, Import>,
+    imports: HashMap<ImportId, Import<O>>,
     next_ping: u64,
     outbox: VecDeque<Message>,
     events: VecDeque<Event<O, R>>,
@@ -697,7 +729,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         }
         let payload = self.take_payload(payload)?;
         match dest {
-            Dest::Object(target) => self.events.push_back(Event::Deliver {
+            Dest::Object(target) => self.push_event(Event::Deliver {
                 target: InCap::Local(target),
                 method,
                 payload,
@@ -727,7 +759,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     ) {
         let broken = match resolution {
             Resolution::Local(target) => {
-                self.events.push_back(Event::Deliver {
+                self.push_event(Event::Deliver {
                     target: InCap::Local(target),
                     method,
                     payload,
@@ -739,7 +771,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 // The answer resolved to something the peer gave us: the runtime
                 // forwards the call there, in order, and answers with its result.
                 if let Some(target) = self.new_import_handle(i) {
-                    self.events.push_back(Event::Deliver {
+                    self.push_event(Event::Deliver {
                         target,
                         method,
                         payload,
@@ -806,7 +838,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             self.questions.remove(&id);
         }
         match (resolver, result) {
-            (Some(resolver), result) => self.events.push_back(Event::Return { resolver, result }),
+            (Some(resolver), result) => self.push_event(Event::Return { resolver, result }),
             (None, Ok(payload)) => self.drop_in_payload(payload),
             (None, Err(_)) => {}
         }
@@ -839,10 +871,49 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         }
         if let Some(import) = self.imports.get_mut(&id) {
             import.promise = Some(true);
+            if import.given == 0 {
+                // The runtime holds no handle on it (one may still come, in a message
+                // queued on an answer): tell it once it has one.
+                import.deferred = Some(result);
+                return Ok(());
+            }
         }
-        self.events
-            .push_back(Event::Resolved { import: id, result });
+        self.push_event(Event::Resolved { import: id, result });
         Ok(())
+    }
+
+    /// Queues an event for the runtime. The references in it are the runtime's now; a
+    /// settlement held back for one of them (see `handle_resolve`) follows the event.
+    fn push_event(&mut self, event: Event<O, R>) {
+        let mut handed = Vec::new();
+        let caps: &[InCap<O>] = match &event {
+            Event::Deliver {
+                target, payload, ..
+            } => {
+                handed.extend(import_of(target));
+                &payload.caps
+            }
+            Event::Return {
+                result: Ok(payload),
+                ..
+            }
+            | Event::Resolved {
+                result: Ok(payload),
+                ..
+            } => &payload.caps,
+            _ => &[],
+        };
+        handed.extend(caps.iter().filter_map(import_of));
+        self.events.push_back(event);
+        for i in handed {
+            let Some(import) = self.imports.get_mut(&i) else {
+                continue;
+            };
+            import.given += 1;
+            if let Some(result) = import.deferred.take() {
+                self.push_event(Event::Resolved { import: i, result });
+            }
+        }
     }
 
     /// A new local handle on an import, for the runtime.
@@ -874,7 +945,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             ..
         }) = self.answers.remove(&id)
         {
-            self.drop_import(i);
+            self.drop_handle(i);
         }
     }
 
@@ -932,22 +1003,17 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             caps.push(match desc {
                 CapDescriptor::SenderHosted(i) => {
                     let id = ImportId(i);
-                    let import = self.imports.entry(id).or_insert(Import {
-                        remote: 0,
-                        local: 0,
-                        promise: None,
-                    });
+                    let import = self.imports.entry(id).or_insert_with(|| Import::new(None));
                     import.remote += 1;
                     import.local += 1;
                     InCap::Import(id)
                 }
                 CapDescriptor::SenderPromise(i) => {
                     let id = ImportId(i);
-                    let import = self.imports.entry(id).or_insert(Import {
-                        remote: 0,
-                        local: 0,
-                        promise: Some(false),
-                    });
+                    let import = self
+                        .imports
+                        .entry(id)
+                        .or_insert_with(|| Import::new(Some(false)));
                     import.remote += 1;
                     import.local += 1;
                     InCap::Promise(id)
@@ -968,7 +1034,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     fn drop_in_payload(&mut self, payload: InPayload<O>) {
         for cap in payload.caps {
             if let InCap::Import(i) | InCap::Promise(i) = cap {
-                self.drop_import(i);
+                self.drop_handle(i);
             }
         }
     }
@@ -1362,6 +1428,14 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// The runtime dropped one handle on an import. When the last goes, the import is
     /// released at the peer with the full count it sent.
     pub fn drop_import(&mut self, id: ImportId) {
+        if let Some(import) = self.imports.get_mut(&id) {
+            import.given = import.given.saturating_sub(1);
+        }
+        self.drop_handle(id);
+    }
+
+    /// Drops one handle (the runtime's or the session's own), after any held sends.
+    fn drop_handle(&mut self, id: ImportId) {
         if self.held.is_empty() {
             self.drop_import_now(id);
         } else {
@@ -1376,23 +1450,29 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         import.local = import.local.saturating_sub(1);
         if import.local == 0 {
             let remote = import.remote;
-            self.imports.remove(&id);
+            let deferred = self.imports.remove(&id).and_then(|i| i.deferred);
             if !self.is_closed() {
                 self.outbox.push_back(Message::Release {
                     export: id.0,
                     count: remote,
                 });
             }
+            // A settlement never reported: nobody will use what it brought.
+            if let Some(Ok(payload)) = deferred {
+                self.drop_in_payload(payload);
+            }
         }
     }
 
     /// The runtime dropped one pipelined handle on a question's answer.
     pub fn drop_question_ref(&mut self, id: QuestionId) {
-        if self.held.is_empty() {
-            self.drop_question_ref_now(id);
-        } else {
-            // Sends held before this drop may still target the question.
+        if self.held.iter().any(|h| h.uses_question(id)) {
+            // Sends held before this drop still ask or target the question.
             self.held.push_back(Held::DropQuestionRef(id));
+        } else {
+            // Nothing held needs it: apply it now, so that a deferred `finish` it sends
+            // makes room for the held sends instead of waiting behind them forever.
+            self.drop_question_ref_now(id);
         }
     }
 
@@ -1440,16 +1520,21 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             return;
         }
         let Some(&id) = self.export_ids.get(object) else {
-            // Settled before the send that exports it left the hold queue: resolve it
-            // right after that send goes out.
-            let held = self.held.iter().any(|h| match h {
-                Held::Call(c) => c
-                    .payload
-                    .caps
+            // Settled before the send that exports it left the hold queue (or before the
+            // settlement of another promise that carries it and waits for such a send):
+            // resolve it right after that send goes out.
+            let carries = |p: &OutPayload<O>| {
+                p.caps
                     .iter()
-                    .any(|cap| matches!(cap, OutCap::Promise(o) if o == object)),
+                    .any(|cap| matches!(cap, OutCap::Promise(o) if o == object))
+            };
+            let held = self.held.iter().any(|h| match h {
+                Held::Call(c) => carries(&c.payload),
                 _ => false,
-            });
+            }) || self
+                .early
+                .iter()
+                .any(|(_, r)| r.as_ref().is_ok_and(carries));
             if held {
                 self.early.push((object.clone(), result));
             }
@@ -1550,6 +1635,14 @@ fn truncate(mut reason: String) -> String {
         reason.truncate(end);
     }
     reason
+}
+
+/// The import a reference names, if it is one.
+fn import_of<O>(cap: &InCap<O>) -> Option<ImportId> {
+    match cap {
+        InCap::Import(i) | InCap::Promise(i) => Some(*i),
+        InCap::Local(_) => None,
+    }
 }
 
 /// The error for a reference used after it was released.
