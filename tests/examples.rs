@@ -434,6 +434,34 @@ fn bad_arguments_exit_with_code_2() {
         ("car_factory", &["call", uri, "red"]),
         ("car_factory", &["demo", "extra"]),
         ("car_factory", &["serve", "extra"]),
+        ("name_service", &[]),
+        ("name_service", &["bogus"]),
+        ("name_service", &["register", uri]),
+        ("name_service", &["register", uri, "two words"]),
+        ("name_service", &["lookup", uri, "greeter"]),
+        ("name_service", &["list"]),
+        ("name_service", &["demo", "extra"]),
+        ("name_service", &["serve", "--bogus"]),
+        ("group", &[]),
+        ("group", &["join", uri]),
+        ("group", &["join", uri, "two words"]),
+        ("group", &["demo", "extra"]),
+        ("group", &["serve", "--listen"]),
+        ("work_spread", &[]),
+        ("work_spread", &["coordinate"]),
+        ("work_spread", &["coordinate", "100"]),
+        ("work_spread", &["coordinate", "ten", uri]),
+        ("work_spread", &["coordinate", "99999999999", uri]),
+        ("work_spread", &["demo", "extra"]),
+        ("work_spread", &["worker", "--identity"]),
+        ("topic_store", &[]),
+        ("topic_store", &["client"]),
+        ("topic_store", &["client", uri]),
+        ("topic_store", &["client", uri, "set", "answer"]),
+        ("topic_store", &["client", uri, "get"]),
+        ("topic_store", &["client", uri, "dump", "extra"]),
+        ("topic_store", &["client", uri, "frob", "answer"]),
+        ("topic_store", &["serve", "extra"]),
     ];
     for (name, args) in cases {
         let run = run(name, args);
@@ -476,14 +504,24 @@ struct Member {
 impl Member {
     /// Starts `chat join <uri> <nick>` and waits until it has joined.
     fn join(uri: &str, nick: &str) -> Member {
+        let mut member = Member::start("chat", &["join", uri, nick], nick);
+        member.expect(&format!("* you joined as {nick}"), |l| {
+            l.starts_with(&format!("* you joined as {nick};"))
+        });
+        member
+    }
+
+    /// Starts the example `name` with `args`, with stdin to type into and stdout read
+    /// line by line; `nick` names it in failure messages.
+    fn start(name: &str, args: &[&str], nick: &str) -> Member {
         let mut child = Killed(
-            Command::new(example("chat"))
-                .args(["join", uri, nick])
+            Command::new(example(name))
+                .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
-                .unwrap_or_else(|e| panic!("could not start chat join {nick}: {e}")),
+                .unwrap_or_else(|e| panic!("could not start {name} {args:?}: {e}")),
         );
         let stdin = child.0.stdin.take();
         let stdout = child.0.stdout.take().expect("piped stdout");
@@ -499,18 +537,14 @@ impl Member {
                 }
             }
         });
-        let mut member = Member {
+        Member {
             nick: nick.to_owned(),
             stdin,
             lines,
             seen: Vec::new(),
             log,
             child,
-        };
-        member.expect(&format!("* you joined as {nick}"), |l| {
-            l.starts_with(&format!("* you joined as {nick};"))
-        });
-        member
+        }
     }
 
     /// Types a line.
@@ -750,4 +784,244 @@ fn car_factory_demo_runs() {
             .any(|l| l == "Vroom! I'm a red roadster car!"),
         "car_factory demo: {run}"
     );
+}
+
+#[test]
+fn name_service_registers_looks_up_and_forgets() {
+    let mut registry = Server::start("name_service", &["serve"]);
+    let mut greeter = Member::start(
+        "name_service",
+        &["register", &registry.uri, "greeter"],
+        "greeter",
+    );
+    greeter.expect("registered greeter", |l| l == "registered greeter");
+
+    let list = run("name_service", &["list", &registry.uri]);
+    assert_eq!(list.code(), Some(0), "name_service list: {list}");
+    assert_eq!(list.stdout, "greeter\n", "name_service list: {list}");
+    let hello = run("name_service", &["lookup", &registry.uri, "greeter", "ada"]);
+    assert_eq!(hello.code(), Some(0), "name_service lookup: {hello}");
+    assert_eq!(
+        hello.stdout, "Hello, ada! (from greeter)\n",
+        "name_service lookup: {hello}"
+    );
+    // The call reached the greeter's own process, through the registry.
+    let log = greeter.log.wait_for(r#"greet("ada")"#);
+    assert!(log.contains(r#"greet("ada")"#), "greeter:\n{log}");
+
+    let taken = run("name_service", &["register", &registry.uri, "greeter"]);
+    assert_eq!(taken.code(), Some(1), "second greeter: {taken}");
+    assert!(
+        taken.stderr.contains("failed: name_taken: greeter"),
+        "second greeter: {taken}"
+    );
+    let missing = run("name_service", &["lookup", &registry.uri, "printer", "ada"]);
+    assert_eq!(missing.code(), Some(1), "lookup printer: {missing}");
+    assert!(
+        missing.stderr.contains("failed: not_found: printer"),
+        "lookup printer: {missing}"
+    );
+    assert!(missing.stdout.is_empty(), "lookup printer: {missing}");
+
+    // The greeter's process dies: its reference breaks and the registry forgets it.
+    greeter.child.0.kill().expect("could not kill the greeter");
+    registry.expect_log("forgot greeter (its reference broke");
+    let gone = run("name_service", &["lookup", &registry.uri, "greeter", "ada"]);
+    assert_eq!(
+        gone.code(),
+        Some(1),
+        "lookup after the greeter died: {gone}"
+    );
+    assert!(
+        gone.stderr.contains("failed: not_found: greeter"),
+        "lookup after the greeter died: {gone}"
+    );
+    registry.assert_running();
+}
+
+#[test]
+fn name_service_demo_runs() {
+    let run = run("name_service", &["demo"]);
+    assert_eq!(run.code(), Some(0), "name_service demo: {run}");
+    for line in [
+        "Hello, ada! (from greeter)",
+        "after cancel: failed: not_found: greeter",
+    ] {
+        assert!(
+            run.stdout.lines().any(|l| l == line),
+            "no {line:?}: name_service demo: {run}"
+        );
+    }
+}
+
+#[test]
+fn group_members_hear_the_others_in_order() {
+    let mut group = Server::start("group", &["serve"]);
+    let joined = |name: &str| {
+        let mut member = Member::start("group", &["join", &group.uri, name], name);
+        member.expect("the joined line", |l| {
+            l == format!("* you joined as {name}")
+        });
+        member
+    };
+    let mut alice = joined("alice");
+    let mut bob = joined("bob");
+    alice.expect("* bob joined", |l| l == "* bob joined");
+
+    // Each message reaches every other member once, stamped with the group's order.
+    alice.type_line("hello");
+    alice.type_line("again");
+    bob.expect("[1] alice: hello", |l| l == "[1] alice: hello");
+    bob.expect("[2] alice: again", |l| l == "[2] alice: again");
+    bob.type_line("hi");
+    alice.expect("[3] bob: hi", |l| l == "[3] bob: hi");
+
+    // End of input leaves.
+    bob.end_input();
+    alice.expect("* bob left", |l| l == "* bob left");
+    let status = bob.exit_status();
+    assert!(status.success(), "bob at end of input: {status}");
+    assert_eq!(
+        bob.seen,
+        [
+            "* you joined as bob",
+            "[1] alice: hello",
+            "[2] alice: again"
+        ],
+        "bob heard himself, or something twice"
+    );
+
+    // A member whose process dies leaves too (the group's lost-client hook).
+    let mut carol = joined("carol");
+    alice.expect("* carol joined", |l| l == "* carol joined");
+    carol.child.0.kill().expect("could not kill carol");
+    alice.expect("* carol left", |l| l == "* carol left");
+    group.expect_log("carol left (lost client");
+
+    alice.end_input();
+    let status = alice.exit_status();
+    assert!(status.success(), "alice at end of input: {status}");
+    assert!(
+        !alice.seen.iter().any(|l| l.contains("alice:")),
+        "alice heard herself: {:?}",
+        alice.seen
+    );
+    group.assert_running();
+}
+
+#[test]
+fn group_demo_keeps_one_order() {
+    let run = run("group", &["demo"]);
+    assert_eq!(run.code(), Some(0), "group demo: {run}");
+    for name in ["alice", "bob", "carol"] {
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} heard: ["))),
+            "no line for {name}: group demo: {run}"
+        );
+    }
+    assert!(
+        run.stdout.lines().any(|l| l
+            == "every member heard the others' messages once each, in the group's order"),
+        "group demo: {run}"
+    );
+}
+
+#[test]
+fn work_spread_demo_combines_four_partials() {
+    let run = run("work_spread", &["demo"]);
+    assert_eq!(run.code(), Some(0), "work_spread demo: {run}");
+    let partials: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("worker ") && l.contains(" primes in "))
+        .collect();
+    assert_eq!(
+        partials,
+        [
+            "worker 1: 2762 primes in 0..25000",
+            "worker 2: 2371 primes in 25000..50000",
+            "worker 3: 2260 primes in 50000..75000",
+            "worker 4: 2199 primes in 75000..100000",
+        ],
+        "work_spread demo: {run}"
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("total: 9592 primes below 100000 (")),
+        "work_spread demo: {run}"
+    );
+}
+
+#[test]
+fn work_spread_coordinates_worker_processes() {
+    let mut first = Server::start("work_spread", &["worker"]);
+    let mut second = Server::start("work_spread", &["worker"]);
+    let run = run(
+        "work_spread",
+        &["coordinate", "20000", &first.uri, &second.uri],
+    );
+    assert_eq!(run.code(), Some(0), "work_spread coordinate: {run}");
+    assert_eq!(
+        run.stdout,
+        "worker 1: 1229 primes in 0..10000\n\
+         worker 2: 1033 primes in 10000..20000\n\
+         total: 2262 primes below 20000\n",
+        "work_spread coordinate: {run}"
+    );
+    first.expect_log("1229 primes in 0..10000");
+    second.expect_log("1033 primes in 10000..20000");
+    first.assert_running();
+    second.assert_running();
+}
+
+#[test]
+fn topic_store_sets_gets_deletes_and_dumps() {
+    let mut store = Server::start("topic_store", &["serve"]);
+    let client = |request: &[&str]| {
+        let mut args = vec!["client", store.uri.as_str()];
+        args.extend_from_slice(request);
+        run("topic_store", &args)
+    };
+    let expect = |request: &[&str], stdout: &str| {
+        let run = client(request);
+        assert_eq!(run.code(), Some(0), "topic_store client {request:?}: {run}");
+        assert_eq!(run.stdout, stdout, "topic_store client {request:?}: {run}");
+    };
+    expect(&["set", "answer", "41"], "answer = 41\n");
+    expect(&["set", "answer", "42"], "answer = 42 (was 41)\n");
+    expect(&["set", "pi", "3.25"], "pi = 3.25\n");
+    expect(
+        &["set", "motd", "hello, world"],
+        "motd = \"hello, world\"\n",
+    );
+    expect(&["set", "quoted", "\"42\""], "quoted = \"42\"\n");
+    expect(&["set", "flag", "true"], "flag = true\n");
+    expect(&["set", "nothing", "null"], "nothing = null\n");
+    expect(&["get", "answer"], "42\n");
+    expect(&["get", "quoted"], "\"42\"\n");
+    expect(&["delete", "flag"], "deleted flag\n");
+    expect(
+        &["dump"],
+        "answer = 42\n\
+         motd = \"hello, world\"\n\
+         nothing = null\n\
+         pi = 3.25\n\
+         quoted = \"42\"\n",
+    );
+    for request in [&["get", "flag"][..], &["delete", "flag"][..]] {
+        let run = client(request);
+        assert_eq!(run.code(), Some(1), "topic_store client {request:?}: {run}");
+        assert!(
+            run.stderr.contains("failed: no_such_topic: flag"),
+            "topic_store client {request:?}: {run}"
+        );
+        assert!(
+            run.stdout.is_empty(),
+            "topic_store client {request:?}: {run}"
+        );
+    }
+    store.assert_running();
 }

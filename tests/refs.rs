@@ -575,3 +575,41 @@ async fn calls_on_a_promise_that_resolved_to_my_own_object_still_arrive() {
     })
     .await;
 }
+
+/// Regression: a callback a method sent before answering could arrive after the answer
+/// (the answer was written straight away while the callback waited in the session's
+/// command queue: 70-80 times in 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_sent_before_answering_arrives_before_the_answer() {
+    within(async {
+        let server = server().await;
+        let uri = server
+            .export(
+                |method: &str, args: Args| match (method, args.decode::<(Ref,)>()) {
+                    ("poke", Ok((listener,))) => {
+                        listener.send_only("hear", ("before the answer",));
+                        Reply::ok(())
+                    }
+                    (_, Err(e)) => Reply::err(e),
+                    _ => Reply::unknown_method(method),
+                },
+            )
+            .unwrap();
+        let client = client().await;
+        let hub = client.enliven(&uri);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let listener = Ref::from_object(Recorder(tx));
+        for i in 0..100 {
+            hub.send::<()>("poke", (listener.clone(),)).await.unwrap();
+            // Incoming calls run on the session task in frame order, so if the callback
+            // came first it has already been recorded when the answer resolves.
+            assert_eq!(
+                rx.try_recv().ok().as_deref(),
+                Some("before the answer"),
+                "the answer overtook the callback on round {i}"
+            );
+        }
+        assert!(rx.try_recv().is_err());
+    })
+    .await;
+}

@@ -224,7 +224,7 @@ pub(crate) async fn connect_and_run(
 pub(crate) async fn run(
     vat: Arc<VatInner>,
     handle: SessionHandle,
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    rx: mpsc::UnboundedReceiver<Command>,
     stream: TlsStream,
 ) {
     let limits = vat.limits.clone();
@@ -234,6 +234,7 @@ pub(crate) async fn run(
         cbor: limits.cbor(),
         handle: handle.clone(),
         vat: vat.clone(),
+        rx,
         calls: FuturesUnordered::new(),
         one_way_running: 0,
         promises: HashMap::new(),
@@ -244,7 +245,7 @@ pub(crate) async fn run(
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut shutdown = vat.shutdown.subscribe();
     if *shutdown.borrow_and_update() {
-        d.shut_down(&mut rx);
+        d.shut_down();
     }
     let started = Instant::now();
     let mut last_rx = started;
@@ -277,11 +278,11 @@ pub(crate) async fn run(
                 }
                 Err(e) => d.core.handle_connection_lost(format!("read failed: {e}")),
             },
-            cmd = rx.recv(), if rx_open => match cmd {
+            cmd = d.rx.recv(), if rx_open => match cmd {
                 Some(cmd) => {
                     d.apply(cmd);
                     for _ in 0..COMMAND_BATCH {
-                        match rx.try_recv() {
+                        match d.rx.try_recv() {
                             Ok(cmd) => d.apply(cmd),
                             Err(_) => break,
                         }
@@ -324,7 +325,7 @@ pub(crate) async fn run(
                     pinged = true;
                 }
             }
-            _ = shutdown.changed() => d.shut_down(&mut rx),
+            _ = shutdown.changed() => d.shut_down(),
         }
     }
 
@@ -333,7 +334,7 @@ pub(crate) async fn run(
         .core
         .closed_reason()
         .unwrap_or_else(|| Broken::disconnected("the session closed"));
-    handle.close(&mut rx, reason);
+    handle.close(&mut d.rx, reason);
     d.pump();
     let tail = &d.wbuf[d.wpos..];
     let _ = tokio::time::timeout(CLOSE_FLUSH, async {
@@ -361,6 +362,8 @@ async fn write_or_flush(wr: &mut WriteHalf<TlsStream>, buf: &[u8]) -> std::io::R
 /// The session task's state apart from the stream halves.
 struct Driver {
     core: Session<ObjectHandle, Resolver>,
+    /// Commands from handles (this session's own sends, drops, ...).
+    rx: mpsc::UnboundedReceiver<Command>,
     cbor: CborLimits,
     handle: SessionHandle,
     vat: Arc<VatInner>,
@@ -416,11 +419,16 @@ impl Driver {
 
     /// Sends what handles queued before the shutdown (one-way sends included), then
     /// aborts: the abort follows them on the wire, so the peer still delivers them.
-    fn shut_down(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) {
-        while let Ok(cmd) = rx.try_recv() {
+    fn shut_down(&mut self) {
+        self.apply_queued();
+        self.core.abort("the vat is shutting down");
+    }
+
+    /// Applies every command handles have queued so far.
+    fn apply_queued(&mut self) {
+        while let Ok(cmd) = self.rx.try_recv() {
             self.apply(cmd);
         }
-        self.core.abort("the vat is shutting down");
     }
 
     fn apply(&mut self, cmd: Command) {
@@ -528,7 +536,11 @@ impl Driver {
     }
 
     /// Answers a call, first checking the result against the limits the caller applies.
+    ///
+    /// Sends the method made before it answered (a callback, say) are still in the
+    /// command queue: they go first, so the caller never sees the answer overtake them.
     fn answer(&mut self, answer: AnswerId, outcome: Outcome) {
+        self.apply_queued();
         let mut watched = Vec::new();
         let outcome = outcome
             .and_then(|p| check_limits(&p.data, &self.cbor).map(|()| p))

@@ -1,0 +1,183 @@
+//! Work spread over several vats (Racket's places, Julia's `@spawn`, Mathematica's
+//! parallel kernels), done with capabilities: a coordinator sends one job to each
+//! worker without waiting, gathers the promises, and combines the results.
+//!
+//! A worker is an object with one method, `count_primes(from, to)`, which counts the
+//! primes in `from..to` (on a blocking thread, so the worker's connections stay
+//! responsive) and answers `(from, to, count)`. The coordinator splits `0..limit` into
+//! one range per worker, sends every job at once (each send returns a promise
+//! immediately), and only then awaits the promises, so the workers run in parallel.
+//!
+//! The demo runs four worker vats and the coordinator in one process, over real TLS
+//! on 127.0.0.1, and prints each worker's partial count and the total:
+//!
+//! ```text
+//! cargo run --example work_spread -- demo
+//! ```
+//!
+//! It prints the vat IDs of the workers and the coordinator, then
+//!
+//! ```text
+//! worker 1: 2762 primes in 0..25000
+//! worker 2: 2371 primes in 25000..50000
+//! worker 3: 2260 primes in 50000..75000
+//! worker 4: 2199 primes in 75000..100000
+//! total: 9592 primes below 100000 (59 ms)
+//! ```
+//!
+//! Or spread over processes. Run a worker in each of several terminals:
+//!
+//! ```text
+//! cargo run --example work_spread -- worker
+//! ```
+//!
+//! and, with the `captp://...` lines they printed, the coordinator in another:
+//!
+//! ```text
+//! cargo run --example work_spread -- coordinate 100000 'captp://<vat-id>@127.0.0.1:<port>/<swiss>' 'captp://...'
+//! ```
+//!
+//! `worker` takes `--listen <addr>` (default `127.0.0.1:0`, a free port) and
+//! `--identity <dir>` (keep the vat's key in `<dir>`, so the vat ID survives restarts)
+//! and serves until Ctrl-C. The limit is at most 10,000,000.
+
+#[path = "common/client.rs"]
+mod client;
+#[path = "common/server.rs"]
+mod server;
+
+use captp::{Args, Broken, Object, Ref, Reply, Vat};
+
+const USAGE: &str = "work_spread worker [--listen <addr>] [--identity <dir>]
+       work_spread coordinate <limit> <captp://URI>...
+       work_spread demo";
+
+/// The largest limit `coordinate` takes, so a typo cannot keep the workers busy for
+/// hours.
+const MAX_LIMIT: u64 = 10_000_000;
+/// The most workers `coordinate` takes.
+const MAX_WORKERS: usize = 64;
+/// What the demo counts up to, and over how many workers.
+const DEMO_LIMIT: u64 = 100_000;
+const DEMO_WORKERS: usize = 4;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("worker") => server::serve("work_spread worker", Worker).await,
+        Some("coordinate") => {
+            let Some((limit, uris)) = args[1..].split_first() else {
+                client::usage("work_spread coordinate: expected a limit and URIs", USAGE);
+            };
+            let limit = match limit.parse::<u64>() {
+                Ok(limit) if limit <= MAX_LIMIT => limit,
+                _ => client::usage(
+                    &format!("work_spread coordinate: the limit is a number up to {MAX_LIMIT}"),
+                    USAGE,
+                ),
+            };
+            if uris.is_empty() || uris.len() > MAX_WORKERS {
+                client::usage(
+                    &format!("work_spread coordinate: expected 1 to {MAX_WORKERS} worker URIs"),
+                    USAGE,
+                );
+            }
+            let sturdies: Vec<_> = uris.iter().map(|uri| client::parse_uri(uri)).collect();
+            let vat = Vat::builder().start().await?;
+            let workers: Vec<Ref> = sturdies.iter().map(|s| vat.enliven(s)).collect();
+            let total = spread(&workers, limit).await;
+            vat.shutdown().await;
+            match total {
+                Ok(total) => {
+                    println!("total: {total} primes below {limit}");
+                    Ok(())
+                }
+                Err(broken) => client::fail(&broken),
+            }
+        }
+        Some("demo") if args.len() == 1 => demo().await,
+        Some("demo") => client::usage("work_spread demo: expected no arguments", USAGE),
+        Some(other) => client::usage(&format!("work_spread: unknown command {other:?}"), USAGE),
+        None => client::usage("work_spread: expected a command", USAGE),
+    }
+}
+
+/// Counts the primes in `from..to`, by trial division: slow on purpose, so there is
+/// work worth spreading.
+fn count_primes(from: u64, to: u64) -> u64 {
+    let is_prime = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    (from..to).filter(|&n| is_prime(n)).count() as u64
+}
+
+/// A worker: `count_primes(from, to)` answers `(from, to, count)`.
+struct Worker;
+
+impl Object for Worker {
+    fn call(&self, method: &str, args: Args) -> Reply {
+        match method {
+            "count_primes" => match args.decode::<(u64, u64)>() {
+                Ok((from, to)) if from > to || to > MAX_LIMIT => Reply::err(Broken::bad_arguments(
+                    format!("expected from <= to <= {MAX_LIMIT}"),
+                )),
+                Ok((from, to)) => Reply::later(async move {
+                    let count = tokio::task::spawn_blocking(move || count_primes(from, to))
+                        .await
+                        .map_err(|e| Broken::failed(format!("worker_failed: {e}")))?;
+                    eprintln!("work_spread worker: {count} primes in {from}..{to}");
+                    Ok((from, to, count))
+                }),
+                Err(e) => Reply::err(e),
+            },
+            _ => Reply::unknown_method(method),
+        }
+    }
+}
+
+/// Splits `0..limit` over the workers, sends every job at once, then gathers the
+/// promises: prints each worker's partial count and answers the total.
+async fn spread(workers: &[Ref], limit: u64) -> Result<u64, Broken> {
+    let n = workers.len() as u64;
+    let jobs: Vec<_> = workers
+        .iter()
+        .zip(0..)
+        .map(|(worker, i)| {
+            let (from, to) = (limit * i / n, limit * (i + 1) / n);
+            worker.send::<(u64, u64, u64)>("count_primes", (from, to))
+        })
+        .collect();
+    // Every job is on its way; now wait for them, in any order of finishing.
+    let mut total = 0;
+    for (i, job) in jobs.into_iter().enumerate() {
+        let (from, to, count) = job.await?;
+        println!("worker {}: {count} primes in {from}..{to}", i + 1);
+        total += count;
+    }
+    Ok(total)
+}
+
+/// Four worker vats and a coordinator in one process.
+async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    let mut worker_vats = Vec::new();
+    let mut uris = Vec::new();
+    for i in 1..=DEMO_WORKERS {
+        let vat = Vat::builder().listen("127.0.0.1:0").start().await?;
+        uris.push(vat.export(Worker)?);
+        println!("worker {i} is vat {}", vat.vat_id());
+        worker_vats.push(vat);
+    }
+    let coordinator = Vat::builder().start().await?;
+    println!("coordinator is vat {}", coordinator.vat_id());
+    let workers: Vec<Ref> = uris.iter().map(|uri| coordinator.enliven(uri)).collect();
+    let started = std::time::Instant::now();
+    let total = spread(&workers, DEMO_LIMIT).await?;
+    println!(
+        "total: {total} primes below {DEMO_LIMIT} ({} ms)",
+        started.elapsed().as_millis()
+    );
+    coordinator.shutdown().await;
+    for vat in worker_vats {
+        vat.shutdown().await;
+    }
+    Ok(())
+}
