@@ -37,8 +37,11 @@ use crate::wire::{CborLimits, frame};
 
 /// Initial receive buffer, and how much to grow it by when it runs low.
 const READ_CHUNK: usize = 16 * 1024;
+/// What an idle session keeps of its buffers: they start this small and shrink back to it
+/// when the session is quiet, so a thousand idle sessions cost little.
+const IDLE_BUFFER: usize = 2 * 1024;
 /// Spare receive capacity below which the buffer grows before the next read.
-const MIN_READ: usize = 4 * 1024;
+const MIN_READ: usize = 1024;
 /// Commands taken from the channel per wake-up, so one busy handle cannot starve reads.
 const COMMAND_BATCH: usize = 256;
 /// Time allowed to flush the last frames (an `abort`, say) when a session closes.
@@ -239,10 +242,10 @@ pub(crate) async fn run(
         one_way_running: 0,
         promises: HashMap::new(),
         syncs: HashMap::new(),
-        wbuf: Vec::with_capacity(READ_CHUNK),
+        wbuf: Vec::new(),
         wpos: 0,
     };
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
     let mut shutdown = vat.shutdown.subscribe();
     if *shutdown.borrow_and_update() {
         d.shut_down();
@@ -310,6 +313,15 @@ pub(crate) async fn run(
             }
             _ = tick.tick() => {
                 let now = Instant::now();
+                // Quiet since the last tick: give back buffer space a burst left behind.
+                if now - last_rx >= period {
+                    if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
+                        rbuf = BytesMut::with_capacity(IDLE_BUFFER);
+                    }
+                    if d.wbuf.is_empty() && d.wbuf.capacity() > IDLE_BUFFER {
+                        d.wbuf = Vec::new();
+                    }
+                }
                 if !d.core.is_established() && now - started >= limits.handshake_timeout {
                     d.core.abort(format!(
                         "no hello within the handshake timeout of {:?}",
