@@ -645,3 +645,383 @@ async fn many_calls_pipelined_on_a_fetch_in_one_write_are_served() {
     })
     .await;
 }
+
+// ---- bad bytes inside a frame: claimed sizes, indefinite lengths, trailing bytes ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_cbor_array_header_is_refused_without_allocating() {
+    // An array claiming 2^60 elements in a 9-byte frame: refused from the header, as
+    // more items than the bytes could hold, before anything is sized by the count.
+    within(aborted_with(
+        Limits::default(),
+        &["undecodable message", "truncated"],
+        async |raw, _| {
+            raw.handshake().await;
+            raw.send_frame(&[0x9b, 0x10, 0, 0, 0, 0, 0, 0, 0]).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_cbor_map_inside_a_valid_message_is_refused() {
+    // The same claim one level down: a map of 2^60 pairs as the fields of a `ping`.
+    within(aborted_with(
+        Limits::default(),
+        &["undecodable message", "truncated"],
+        async |raw, _| {
+            raw.handshake().await;
+            let mut body = vec![0xa1, 0x64];
+            body.extend_from_slice(b"ping");
+            body.extend_from_slice(&[0xbb, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+            raw.send_frame(&body).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indefinite_length_item_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &[
+            "undecodable message",
+            "indefinite-length",
+            "definite lengths",
+        ],
+        async |raw, _| {
+            raw.handshake().await;
+            // {_ "ping": {_ "nonce": 1}}: the encoding of a valid ping, with
+            // indefinite-length maps.
+            let mut body = vec![0xbf, 0x64];
+            body.extend_from_slice(b"ping");
+            body.extend_from_slice(&[0xbf, 0x65]);
+            body.extend_from_slice(b"nonce");
+            body.extend_from_slice(&[0x01, 0xff, 0xff]);
+            raw.send_frame(&body).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailing_bytes_after_a_valid_message_are_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &[
+            "undecodable message",
+            "1 unexpected byte(s) after the CBOR item",
+        ],
+        async |raw, _| {
+            raw.handshake().await;
+            // A valid ping first: the session works.
+            raw.ping(1).await;
+            let mut body = encode(&Message::Ping { nonce: 2 })[4..].to_vec();
+            body.push(0x00);
+            raw.send_frame(&body).await;
+        },
+    ))
+    .await;
+}
+
+// ---- ids already freed ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_to_an_answer_after_its_finish_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["no answer with id", "a1"],
+        async |raw, server| {
+            raw.handshake().await;
+            // Bootstrap as question 1, then finish it (the helper does both).
+            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            // The export itself still works; the finished answer is gone.
+            raw.add(export, 2, 5).await;
+            raw.send(&deliver(Target::Answer(1), "add", &(1, 2), Some(3)))
+                .await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_of_an_export_already_fully_released_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["no export with id", "e1"],
+        async |raw, server| {
+            raw.handshake().await;
+            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            assert_eq!(export, 1);
+            // The one reference given, given back: valid, and the export is freed.
+            raw.send(&Message::Release { export, count: 1 }).await;
+            raw.ping(1).await;
+            raw.send(&Message::Release { export, count: 1 }).await;
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_to_a_released_export_is_refused() {
+    within(aborted_with(
+        Limits::default(),
+        &["no export with id", "e1"],
+        async |raw, server| {
+            raw.handshake().await;
+            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            raw.send(&Message::Release { export, count: 1 }).await;
+            raw.ping(1).await;
+            raw.send(&deliver(Target::Export(export), "add", &(1, 2), Some(2)))
+                .await;
+        },
+    ))
+    .await;
+}
+
+// ---- pipelining floods ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_calls_pipelined_on_an_unresolved_promise_are_refused() {
+    // 3,000 one-way calls queued on a `slow` answer that never resolves: the vat keeps
+    // at most `max_queued_per_promise` (256) of them and aborts the session at the
+    // 257th, so the memory a peer can pin on one promise is bounded. The session and
+    // everything it held are gone afterwards (`check_survived` sees only the client).
+    within(async {
+        let arena = Arena::start(Limits::default()).await;
+        arena.check(1).await;
+        let mut raw = arena.raw().await;
+        raw.handshake().await;
+        let export = raw.bootstrap(1, arena.server.uri.swiss()).await;
+        raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
+            .await;
+        let mut flood = Vec::new();
+        for i in 0..3_000u32 {
+            flood.extend(encode(&deliver(Target::Answer(2), "p", &(i,), None)));
+        }
+        // The vat aborts part-way through, so the end of the write may fail.
+        let _ = raw.try_write_raw(&flood).await;
+        let reason = raw.expect_abort().await;
+        assert!(
+            reason.contains("more than 256 messages queued on one unresolved promise"),
+            "{reason}"
+        );
+        arena.check_survived().await;
+        arena.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_pipelined_chain_on_a_promise_that_resolves_to_data_is_answered() {
+    // Regression: each call pipelined on the answer of the one before it (1,023 deep,
+    // the most the default question limit allows), all waiting on a `gated` call. When
+    // the gate opens, the first answer is data, so every call in the chain breaks with
+    // `not_an_object`. Breaking them was a recursion as deep as the chain, which
+    // overflowed a 2 MiB worker stack in a debug build and aborted the whole process.
+    within(async {
+        let arena = Arena::start(Limits::default()).await;
+        arena.check(1).await;
+        let mut raw = arena.raw().await;
+        raw.handshake().await;
+        let export = raw.bootstrap(1, arena.server.uri.swiss()).await;
+        let last = 1_025u64;
+        let mut chain = encode(&deliver(Target::Export(export), "gated", &(), Some(2)));
+        for q in 3..=last {
+            chain.extend(encode(&deliver(
+                Target::Answer(q - 1),
+                "add",
+                &(1, 2),
+                Some(q),
+            )));
+        }
+        raw.write_raw(&chain).await;
+        // The pong says the vat has read (and queued) the whole chain.
+        raw.ping(1).await;
+        arena.server.gate.add_permits(1);
+        match raw.expect_message().await {
+            Message::Return {
+                question: 2,
+                result: ReturnResult::Ok(payload),
+            } => assert_eq!(decode_data::<String>(&payload), "opened"),
+            other => panic!("expected the gated call's return, got {other:?}"),
+        }
+        for q in 3..=last {
+            match raw.expect_message().await {
+                Message::Return {
+                    question,
+                    result: ReturnResult::Err(e),
+                } if question == q => assert_eq!(e.kind, "not_an_object"),
+                other => panic!("expected call {q} to break, got {other:?}"),
+            }
+        }
+        // The session is healthy: finish everything, and it still answers.
+        let mut finishes = Vec::new();
+        for q in 2..=last {
+            finishes.extend(encode(&Message::Finish { question: q }));
+        }
+        raw.write_raw(&finishes).await;
+        raw.add(export, last + 1, 7).await;
+        arena.check(2).await;
+        arena.stop().await;
+    })
+    .await;
+}
+
+// ---- connection floods ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_before_tls() {
+    within(async {
+        let server = start_server_with(limits(|l| l.max_connections = 4)).await;
+        let addr = server.addr();
+        let id = server.vat.vat_id();
+        // The first of four raw sessions is the well-behaved client: it fetches the
+        // root and calls it before, during and after the flood.
+        let mut client = RawConn::connect(&server.vat).await;
+        client.handshake().await;
+        let export = client.bootstrap(1, server.uri.swiss()).await;
+        client.add(export, 2, 1).await;
+        let mut others = Vec::new();
+        for _ in 0..3 {
+            let mut raw = RawConn::connect_to(addr, id).await;
+            raw.handshake().await;
+            others.push(raw);
+        }
+        assert_eq!(server.vat.stats().await.sessions.len(), 4);
+
+        // A fifth connection is closed at once, before any TLS: the first read ends.
+        let started = Instant::now();
+        let mut tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("TCP connects (the kernel accepts before the vat refuses)");
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(common::IO_TIMEOUT, tcp.read(&mut buf))
+            .await
+            .expect("the refused connection was kept open");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refused only after {:?} (the handshake timeout is 10 s)",
+            started.elapsed()
+        );
+        // A TLS client past the limit fails too.
+        assert!(RawConn::try_connect_to(addr, id).await.is_err());
+
+        // The four are still served.
+        client.add(export, 3, 2).await;
+        for (i, raw) in (10..).zip(&mut others) {
+            raw.ping(i).await;
+        }
+
+        // One leaves; once the vat has let it go, a new connection is accepted.
+        drop(others.pop());
+        let mut freed = false;
+        for _ in 0..10_000 {
+            if server.vat.stats().await.sessions.len() == 3 {
+                freed = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(freed, "the closed session was never let go");
+        // Its slot is given back right after its session leaves the stats; retry a
+        // few times in case the new connection arrives in between.
+        let mut newcomer = None;
+        for _ in 0..50 {
+            if let Ok(raw) = RawConn::try_connect_to(addr, id).await {
+                newcomer = Some(raw);
+                break;
+            }
+        }
+        let mut newcomer = newcomer.expect("a connection under the limit is accepted");
+        newcomer.handshake().await;
+        newcomer.ping(99).await;
+        client.add(export, 4, 3).await;
+        assert_eq!(server.vat.stats().await.sessions.len(), 4);
+        server.vat.shutdown().await;
+    })
+    .await;
+}
+
+// ---- a peer that stops reading ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_that_never_reads_is_not_buffered_without_bound_and_is_dropped() {
+    // The raw peer sends 500 calls whose results are 60 KiB each (30 MB of replies)
+    // and never reads. The vat stops reading from it once 256 KiB of replies wait to
+    // be sent, so it answers only as many calls as the socket buffers and that backlog
+    // hold; then the peer is silent (the vat no longer reads it) and the keepalive
+    // drops it after `keepalive_dead`. The well-behaved client is served throughout.
+    const CALLS: u64 = 500;
+    within(async {
+        let arena = Arena::start(limits(|l| {
+            l.max_outbound_buffer = 256 * 1024;
+            l.keepalive_idle = Duration::from_millis(300);
+            l.keepalive_dead = Duration::from_secs(1);
+        }))
+        .await;
+        arena.check(1).await;
+        let mut raw = arena.raw().await;
+        raw.handshake().await;
+        let export = raw.bootstrap(1, arena.server.uri.swiss()).await;
+        let call = move |q: u64| {
+            encode(&deliver(
+                Target::Export(export),
+                "echo_bytes",
+                &(serde_bytes::ByteBuf::from(vec![0x5a; 60 * 1024]),),
+                Some(q),
+            ))
+        };
+        // Write from a task (the writes block once the vat stops reading); count
+        // what got through.
+        let writer = tokio::spawn(async move {
+            let mut written = 0u64;
+            for q in 2..2 + CALLS {
+                if raw.try_write_raw(&call(q)).await.is_err() {
+                    break;
+                }
+                written += 1;
+            }
+            (written, raw)
+        });
+
+        // Until the vat drops the raw session, keep checking the client and watch how
+        // many of the raw peer's calls the vat has taken in (each is an answer it
+        // holds, since the peer never finishes).
+        let client_id = arena.client.vat_id();
+        let mut most_answers = 0;
+        let mut round = 10;
+        let mut dropped = false;
+        for _ in 0..100_000 {
+            round += 1;
+            arena.check(round).await;
+            let stats = arena.server.vat.stats().await;
+            match stats.sessions.iter().find(|s| s.peer != client_id) {
+                Some(s) => most_answers = most_answers.max(s.tables.answers),
+                None => {
+                    dropped = true;
+                    break;
+                }
+            }
+        }
+        assert!(dropped, "the peer that never reads was never dropped");
+        assert!(
+            most_answers > 0 && (most_answers as u64) < CALLS,
+            "the vat took in {most_answers} of {CALLS} calls: it must stop reading once \
+             its outbound buffer is full"
+        );
+        let (written, raw) = tokio::time::timeout(common::IO_TIMEOUT, writer)
+            .await
+            .expect("the writer ends once the vat drops the connection")
+            .expect("the writer task");
+        drop(raw);
+        assert!(
+            written < CALLS,
+            "all {written} calls were written: nothing pushed back"
+        );
+        arena.check_survived().await;
+        arena.stop().await;
+    })
+    .await;
+}

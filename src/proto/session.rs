@@ -479,6 +479,8 @@ pub struct Session<O, R> {
     held: VecDeque<Held<O, R>>,
     /// Promises that settled while the send exporting them was held.
     early: Vec<(O, Result<OutPayload<O>, Broken>)>,
+    /// Answers to give because what their calls were pipelined on broke.
+    broken_answers: VecDeque<(AnswerId, Broken)>,
     questions: HashMap<QuestionId, Question<O, R>>,
     answers: HashMap<AnswerId, Answer<O>>,
     exports: HashMap<ExportId, Export<O>>,
@@ -508,6 +510,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             awaiting_return: 0,
             held: VecDeque::new(),
             early: Vec::new(),
+            broken_answers: VecDeque::new(),
             limits,
             state: State::AwaitingHello,
             closed: None,
@@ -585,6 +588,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         if let Err(v) = self.dispatch(msg) {
             self.violate(v);
         }
+        self.answer_broken();
     }
 
     /// A bad frame seen before decoding (for example a length over the limit).
@@ -789,7 +793,9 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         };
         self.drop_in_payload(payload);
         if let Some(q) = question {
-            self.answer(q, Err(broken));
+            // Answered by the caller's loop, not here: a chain of calls pipelined on
+            // broken answers would otherwise recurse as deep as the peer likes.
+            self.broken_answers.push_back((q, broken));
         }
     }
 
@@ -1355,6 +1361,19 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// to, in the order they arrived. Answering an answer that is unknown or already
     /// answered does nothing.
     pub fn answer(&mut self, id: AnswerId, result: Result<OutPayload<O>, Broken>) {
+        self.answer_one(id, result);
+        self.answer_broken();
+    }
+
+    /// Answers the calls that broke because what they were pipelined on broke, one at
+    /// a time (each may break more).
+    fn answer_broken(&mut self) {
+        while let Some((id, broken)) = self.broken_answers.pop_front() {
+            self.answer_one(id, Err(broken));
+        }
+    }
+
+    fn answer_one(&mut self, id: AnswerId, result: Result<OutPayload<O>, Broken>) {
         if self.is_closed() {
             return;
         }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use captp::sturdy::Host;
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -133,12 +133,15 @@ pub(crate) enum Note {
 ///   push onto a list / read the list;
 /// - `sub(String)`: a new [`Sub`] object with that name;
 /// - `whoami()`: this object's name;
-/// - `notify(u64)`: sends [`Note::Notify`].
+/// - `notify(u64)`: sends [`Note::Notify`];
+/// - `gated()`: answers `"opened"` once the test opens the gate (one call per permit
+///   added to [`TestObject::gate`]).
 pub(crate) struct TestObject {
     name: String,
     counter: AtomicU64,
     pushed: Mutex<Vec<u32>>,
     notes: mpsc::UnboundedSender<Note>,
+    gate: Arc<Semaphore>,
 }
 
 impl TestObject {
@@ -149,8 +152,14 @@ impl TestObject {
             counter: AtomicU64::new(0),
             pushed: Mutex::new(Vec::new()),
             notes,
+            gate: Arc::new(Semaphore::new(0)),
         };
         (object, rx)
+    }
+
+    /// The gate `gated()` waits on: add one permit to let one call answer.
+    pub(crate) fn gate(&self) -> Arc<Semaphore> {
+        self.gate.clone()
     }
 }
 
@@ -207,6 +216,18 @@ impl Object for TestObject {
                 let _ = self.notes.send(Note::Notify(k));
                 Ok(())
             }),
+            "gated" => {
+                let gate = self.gate.clone();
+                Reply::later(async move {
+                    match gate.acquire().await {
+                        Ok(permit) => {
+                            permit.forget();
+                            Ok("opened".to_owned())
+                        }
+                        Err(_) => Err(Broken::failed("the gate was closed")),
+                    }
+                })
+            }
             _ => Reply::unknown_method(method),
         }
     }
@@ -237,6 +258,8 @@ pub(crate) struct Server {
     pub(crate) vat: Vat,
     pub(crate) uri: SturdyRef,
     pub(crate) notes: mpsc::UnboundedReceiver<Note>,
+    /// The root object's gate (see `gated()`).
+    pub(crate) gate: Arc<Semaphore>,
 }
 
 impl Server {
@@ -275,8 +298,14 @@ pub(crate) async fn start_server_with(limits: Limits) -> Server {
         .await
         .expect("the server vat starts");
     let (object, notes) = TestObject::new("root");
+    let gate = object.gate();
     let uri = vat.export(object).expect("the server exports");
-    Server { vat, uri, notes }
+    Server {
+        vat,
+        uri,
+        notes,
+        gate,
+    }
 }
 
 /// A non-listening vat with a fresh identity.
@@ -374,6 +403,17 @@ impl RawConn {
 
     /// Connects to the vat `server_id` at `addr` over mutual TLS with a fresh identity.
     pub(crate) async fn connect_to(addr: SocketAddr, server_id: VatId) -> RawConn {
+        RawConn::try_connect_to(addr, server_id)
+            .await
+            .expect("the raw client connects")
+    }
+
+    /// Like [`RawConn::connect_to`], but a refused or failed connection is an error
+    /// (with the reason) instead of a panic.
+    pub(crate) async fn try_connect_to(
+        addr: SocketAddr,
+        server_id: VatId,
+    ) -> Result<RawConn, String> {
         let identity = Identity::generate().expect("an identity");
         let config = transport::tls::client_config(&identity, server_id).expect("a client config");
         let (stream, presented) = tokio::time::timeout(
@@ -381,10 +421,10 @@ impl RawConn {
             transport::connect(&addr.to_string(), config, server_id, IO_TIMEOUT),
         )
         .await
-        .expect("connect did not finish within 10 s")
-        .expect("the raw client connects");
+        .map_err(|_| "connect did not finish within 10 s".to_owned())?
+        .map_err(|e| e.to_string())?;
         assert_eq!(presented, server_id);
-        RawConn::new(stream)
+        Ok(RawConn::new(stream))
     }
 
     /// Writes `bytes` and flushes them (one TLS record per call).
@@ -396,6 +436,46 @@ impl RawConn {
         .await
         .expect("write did not finish within 10 s")
         .expect("the raw write succeeds");
+    }
+
+    /// Writes `bytes` and flushes them; an error (the vat closed the connection, say)
+    /// or [`IO_TIMEOUT`] passing is returned, not a panic.
+    pub(crate) async fn try_write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        tokio::time::timeout(IO_TIMEOUT, async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        })
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Sends a ping and expects its pong as the next message.
+    pub(crate) async fn ping(&mut self, nonce: u64) {
+        self.send(&Message::Ping { nonce }).await;
+        match self.expect_message().await {
+            Message::Pong { nonce: n } if n == nonce => {}
+            other => panic!("expected the pong {nonce}, got {other:?}"),
+        }
+    }
+
+    /// Calls `add(round, 1000)` on `export` as `question`, expects the sum, and finishes
+    /// the question: a well-behaved client's round trip over a raw connection.
+    pub(crate) async fn add(&mut self, export: u64, question: u64, round: i64) {
+        self.send(&deliver(
+            Target::Export(export),
+            "add",
+            &(round, 1_000i64),
+            Some(question),
+        ))
+        .await;
+        match self.expect_message().await {
+            Message::Return {
+                question: q,
+                result: ReturnResult::Ok(payload),
+            } if q == question => assert_eq!(decode_data::<i64>(&payload), round + 1_000),
+            other => panic!("expected the return of add {question}, got {other:?}"),
+        }
+        self.send(&Message::Finish { question }).await;
     }
 
     /// Sends one message as a frame.
