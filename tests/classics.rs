@@ -16,6 +16,8 @@
     reason = "helpers outside the test functions (BeatClient) unwrap where a failure is the test failing"
 )]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -23,63 +25,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use captp::{Args, Broken, BrokenKind, Object, Ref, Reply, Vat, VatId};
 use ciborium::Value;
+use common::{client, drained, server, within};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 
-/// The bound on every test body.
-const TEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn within<F: Future>(body: F) -> F::Output {
-    tokio::time::timeout(TEST_TIMEOUT, body)
-        .await
-        .expect("the test took longer than its time limit")
-}
-
-/// A vat that listens on a free loopback port, so it can export sturdy refs.
-async fn server() -> Vat {
-    Vat::builder()
-        .listen("127.0.0.1:0")
-        .start()
-        .await
-        .expect("server vat")
-}
-
-/// A vat that only calls out (it can still pass its own objects by reference).
-async fn client() -> Vat {
-    Vat::builder().start().await.expect("client vat")
-}
-
 /// Locks a mutex, ignoring poisoning (no test object panics while holding one).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Lets the network settle and checks that every table of every session of every vat
-/// is empty: everything was released. Bounded: fails after 20 rounds.
-async fn drained(vats: &[&Vat]) {
-    for _ in 0..20 {
-        for vat in vats {
-            vat.sync().await;
-        }
-        let mut empty = true;
-        for vat in vats {
-            empty &= vat
-                .stats()
-                .await
-                .sessions
-                .iter()
-                .all(|s| s.tables == captp::proto::SessionStats::default());
-        }
-        if empty {
-            return;
-        }
-    }
-    for vat in vats {
-        eprintln!("{:?}", vat.stats().await);
-    }
-    panic!("tables did not drain");
 }
 
 /// A local object whose one method, `method`, decodes its arguments as `T`, hands them

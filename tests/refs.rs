@@ -7,60 +7,15 @@
     reason = "test objects lock mutexes no test poisons"
 )]
 
+mod common;
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use captp::{Args, Broken, BrokenKind, Object, Ref, Reply, Vat, VatId};
+use common::{client, drained, server, within};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-
-const TEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn within<F: Future>(body: F) -> F::Output {
-    tokio::time::timeout(TEST_TIMEOUT, body)
-        .await
-        .expect("the test took longer than its time limit")
-}
-
-async fn server() -> Vat {
-    Vat::builder()
-        .listen("127.0.0.1:0")
-        .start()
-        .await
-        .expect("server vat")
-}
-
-async fn client() -> Vat {
-    Vat::builder().start().await.expect("client vat")
-}
-
-/// Lets the network settle (each round is one real round trip on every session of
-/// every vat: releases travel one hop per round) and checks that every table of every
-/// session of every vat is empty. Bounded: fails after 20 rounds.
-async fn drained(vats: &[&Vat]) {
-    for _ in 0..20 {
-        for vat in vats {
-            vat.sync().await;
-        }
-        let mut empty = true;
-        for vat in vats {
-            empty &= vat
-                .stats()
-                .await
-                .sessions
-                .iter()
-                .all(|s| s.tables == captp::proto::SessionStats::default());
-        }
-        if empty {
-            return;
-        }
-    }
-    for vat in vats {
-        eprintln!("{:?}", vat.stats().await);
-    }
-    panic!("tables did not drain");
-}
 
 /// A callback that records what it is called with.
 struct Recorder(mpsc::UnboundedSender<String>);
