@@ -4919,3 +4919,295 @@ mod props {
         }
     }
 }
+
+// ---- regressions: bugs found by the fuzzers and property tests ----
+
+/// A pair where A has `MIN_QUESTIONS` questions outstanding at B (calls B never
+/// answers), so A's next question is held back; returns A's import of B's object.
+fn pair_with_a_full_question_window() -> (Pair, ImportId) {
+    let lb = Limits {
+        max_inbound_questions: MIN_QUESTIONS,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    for q in 2..2 + MIN_QUESTIONS as u64 {
+        pair.a
+            .session
+            .send(ask(LocalTarget::Import(obj), "wait", no_args(), q));
+    }
+    pair.drive();
+    assert_eq!(pair.b.take_events().len(), MIN_QUESTIONS);
+    pair.a.take_sent();
+    (pair, obj)
+}
+
+/// Answers every question A asked in `qs` with plain data.
+fn b_answers(pair: &mut Pair, qs: std::ops::Range<u64>) {
+    for q in qs {
+        pair.b
+            .session
+            .answer(AnswerId(q), Ok(OutPayload::data(data(&()))));
+    }
+    pair.drive();
+}
+
+#[test]
+fn call_held_by_flow_control_survives_the_drop_of_its_reference() {
+    // Found by the session fuzzer and the property tests (on the code before drops
+    // were queued behind held sends). The runtime sends on a reference and then drops
+    // it (`obj.send(..)` then `drop(obj)`). While the peer's question limit held the
+    // send back, the drop released the import at once, so the held call later broke
+    // with "reference i1 was released" instead of going out. The drop must wait its
+    // turn.
+    let (mut pair, obj) = pair_with_a_full_question_window();
+    let held_q = 2 + MIN_QUESTIONS as u64;
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "late", no_args(), held_q));
+    // A one-way send passing the same reference home, then the runtime's drop.
+    pair.a.session.send(tell(
+        LocalTarget::Import(obj),
+        "home",
+        OutPayload {
+            data: data(&()),
+            caps: vec![OutCap::Import(obj)],
+        },
+    ));
+    pair.a.session.drop_import(obj);
+    pair.drive();
+    assert_eq!(pair.a.take_events(), []);
+    assert_eq!(
+        pair.a.take_sent(),
+        [],
+        "the release must not overtake the sends"
+    );
+    assert_eq!(pair.a.session.stats().held, 3);
+
+    b_answers(&mut pair, 2..3);
+    assert_eq!(
+        pair.b.take_events(),
+        [
+            delivered(B_OBJ, "late", in_data(data(&())), Some(held_q)),
+            delivered(
+                B_OBJ,
+                "home",
+                InPayload {
+                    data: data(&()),
+                    caps: vec![InCap::Local(B_OBJ)]
+                },
+                None
+            ),
+        ]
+    );
+    // The release followed the sends, with the count B gave.
+    let sent = pair.a.take_sent();
+    assert_eq!(
+        sent.last(),
+        Some(&Message::Release {
+            export: obj.0,
+            count: 1
+        }),
+        "{sent:?}"
+    );
+    assert_eq!(pair.a.session.stats().held, 0);
+    b_answers(&mut pair, 3..held_q + 1);
+    let returns = pair.a.take_events();
+    assert_eq!(returns.len(), MIN_QUESTIONS + 1, "{returns:?}");
+    assert!(
+        returns
+            .iter()
+            .all(|e| matches!(e, Seen::Return { result: Ok(_), .. })),
+        "{returns:?}"
+    );
+    assert_eq!(pair.stats(), (zero(), zero()));
+}
+
+#[test]
+fn pipelined_call_held_by_flow_control_survives_the_drop_of_its_promise() {
+    // Found by the session fuzzer: the same for a pipelined reference. The promise's
+    // question resolved and its last pipelined handle was dropped while a call on it
+    // was held, so the question was forgotten and the call broke with "promise q was
+    // released".
+    let (mut pair, _) = pair_with_a_full_question_window();
+    let boot = 2 + MIN_QUESTIONS as u64;
+    let held_q = boot + 1;
+    pair.a
+        .session
+        .bootstrap(QuestionId(boot), swiss(1), None, 1);
+    pair.a.session.send(ask(
+        LocalTarget::Answer(QuestionId(boot)),
+        "late",
+        no_args(),
+        held_q,
+    ));
+    pair.a.session.drop_question_ref(QuestionId(boot));
+    pair.drive();
+    assert_eq!(pair.a.session.stats().held, 3);
+
+    // Room for the bootstrap, then for the call.
+    b_answers(&mut pair, 2..3);
+    assert_eq!(pair.b.serve_bootstraps(), [AnswerId(boot)]);
+    pair.drive();
+    b_answers(&mut pair, 3..4);
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(B_OBJ, "late", in_data(data(&())), Some(held_q))]
+    );
+    assert_eq!(pair.a.session.stats().held, 0);
+    b_answers(&mut pair, 4..boot);
+    b_answers(&mut pair, held_q..held_q + 1);
+    let events = pair.a.take_events();
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, Seen::Return { result: Ok(_), .. })),
+        "{events:?}"
+    );
+    // Everything A held on the bootstrap's result went with the dropped promise.
+    let (a, b) = pair.stats();
+    assert_eq!((a.questions, a.held, b.answers), (0, 0, 0));
+    assert_eq!(
+        (a.imports, b.exports),
+        (1, 1),
+        "only the first bootstrap's import"
+    );
+}
+
+#[test]
+fn long_chain_of_calls_pipelined_on_a_broken_answer_does_not_overflow_the_stack() {
+    // Found while writing the hostile-peer tests. A peer pipelines a call on a pending
+    // answer, another on that call's answer, and so on. When the first answer breaks
+    // (or resolves to data), each call in the chain breaks in turn; that was a
+    // recursion as deep as the chain, and a chain of the default 1,024 questions
+    // overflowed a 2 MiB thread stack in a debug build (tokio's worker threads have
+    // 2 MiB), aborting the whole process. Run it on a small stack to keep it honest.
+    let chain = 20_000u64;
+    let done = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let limits = Limits {
+                max_inbound_questions: chain as usize + 1,
+                ..Limits::default()
+            };
+            let mut s: S = Session::new(limits);
+            s.handle_message(Message::Hello {
+                version: PROTOCOL_VERSION,
+                max_frame: 1 << 20,
+                max_questions: 1024,
+            });
+            s.handle_message(Message::Bootstrap {
+                question: 1,
+                swiss: swiss(1),
+            });
+            for q in 2..=chain {
+                s.handle_message(Message::Deliver {
+                    target: Target::Answer(q - 1),
+                    method: "next".into(),
+                    payload: Payload {
+                        data: data(&()),
+                        caps: Vec::new(),
+                    },
+                    question: Some(q),
+                });
+            }
+            assert!(!s.is_closed());
+            drain(&mut s);
+            s.answer(AnswerId(1), Ok(OutPayload::data(data(&"not an object"))));
+            let (sent, events) = drain(&mut s);
+            assert_eq!(events, []);
+            // Every call broke, in chain order, with not_an_object.
+            assert_eq!(sent.len(), chain as usize);
+            for (q, msg) in (1..).zip(&sent) {
+                match msg {
+                    Message::Return {
+                        question,
+                        result: ReturnResult::Ok(_),
+                    } if q == 1 => assert_eq!(*question, 1),
+                    Message::Return {
+                        question,
+                        result: ReturnResult::Err(e),
+                    } => {
+                        assert_eq!(*question, q);
+                        assert_eq!(e.kind, "not_an_object");
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            s.stats()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(done.answers, chain as usize);
+}
+
+/// A lone session whose peer has returned `promises` (its exports 1, 2, ...) as
+/// `sender_promise` results of bootstraps 1, 2, ...; the runtime has dropped every handle
+/// it was given, and only the questions' pipelined handles keep the imports.
+fn session_holding_unheld_promises(promises: u64) -> S {
+    let mut s: S = Session::new(Limits::default());
+    s.handle_message(Message::Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: 1 << 20,
+        max_questions: 1024,
+    });
+    for p in 1..=promises {
+        s.bootstrap(QuestionId(p), swiss(1), Some(u32::try_from(p).unwrap()), 1);
+        s.handle_message(Message::Return {
+            question: p,
+            result: ReturnResult::Ok(wire_single(CapDescriptor::SenderPromise(p))),
+        });
+    }
+    let (_, events) = drain(&mut s);
+    assert_eq!(events.len(), promises as usize, "{events:?}");
+    for p in 1..=promises {
+        s.drop_import(ImportId(p));
+    }
+    drain(&mut s);
+    assert_eq!(s.stats().imports, promises as usize);
+    s
+}
+
+#[test]
+#[ignore = "known leak (session fuzzer): a settlement deferred for an import the runtime \
+            let go of holds a handle on that same import, so it is never released"]
+fn promise_resolved_to_itself_while_unheld_is_released_at_the_end() {
+    // Found by the session fuzzer (clean-up invariant). The peer resolves its promise
+    // to itself while the runtime holds no handle on it: the settlement is deferred
+    // (`Import::deferred`), and its payload's handle on the import keeps the import
+    // alive after every other holder lets go. Nothing can ever use or release it.
+    let mut s = session_holding_unheld_promises(1);
+    s.handle_message(Message::Resolve {
+        export: 1,
+        result: ReturnResult::Ok(wire_single(CapDescriptor::SenderPromise(1))),
+    });
+    assert!(!s.is_closed());
+    s.drop_question_ref(QuestionId(1));
+    let (sent, _) = drain(&mut s);
+    assert_eq!(s.stats(), zero(), "{sent:?}");
+    assert!(sent.contains(&Message::Release {
+        export: 1,
+        count: 2
+    }));
+}
+
+#[test]
+#[ignore = "known leak (session fuzzer): two deferred settlements that hold handles on \
+            each other's imports keep both imports forever"]
+fn promises_resolved_to_each_other_while_unheld_are_released_at_the_end() {
+    // The same through a cycle of two: promise 1 resolves to promise 2 and promise 2 to
+    // promise 1, both while the runtime holds no handle on either.
+    let mut s = session_holding_unheld_promises(2);
+    for (p, to) in [(1, 2), (2, 1)] {
+        s.handle_message(Message::Resolve {
+            export: p,
+            result: ReturnResult::Ok(wire_single(CapDescriptor::SenderPromise(to))),
+        });
+    }
+    assert!(!s.is_closed());
+    s.drop_question_ref(QuestionId(1));
+    s.drop_question_ref(QuestionId(2));
+    let (sent, _) = drain(&mut s);
+    assert_eq!(s.stats(), zero(), "{sent:?}");
+}
