@@ -4,6 +4,7 @@
 //! cargo bench --bench captp              # the full run (about 30 s on two cores)
 //! cargo bench --bench captp -- --quick   # every count shrunk: a smoke run of seconds
 //! cargo bench --bench captp -- rtt       # only the phases whose name contains "rtt"
+//! cargo bench --bench captp -- --awake   # keep idle CPUs polling (needs root; see below)
 //! ```
 //!
 //! Two peers answer the same calls on 127.0.0.1:
@@ -49,7 +50,10 @@
 //! On a virtual machine, an idle vCPU halts, and waking it for the other side of a round
 //! trip costs tens of microseconds: on an otherwise idle VM the latency figures (`rtt`,
 //! awaited `chain`, one connection) mostly measure that, for both peers alike. When the
-//! vCPUs are kept busy they measure the protocol's own cost.
+//! vCPUs are kept busy they measure the protocol's own cost. `--awake` does that the
+//! standard way: it writes a latency of 0 to Linux's `/dev/cpu_dma_latency` (PM QoS) and
+//! holds the file open for the run, so idle CPUs poll instead of halting; the request
+//! ends when the process does. It needs root, and says so if it cannot.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -979,7 +983,7 @@ impl Report {
     }
 
     /// The table: each figure, what it is compared with, the ratio, the target.
-    fn table(&self, counts: &Counts, quick: bool, (others, steal): (f64, f64)) {
+    fn table(&self, counts: &Counts, quick: bool, awake: bool, (others, steal): (f64, f64)) {
         let c = Captp::NAME;
         let f = Floor::NAME;
         let [w_small, w_large] = counts.inflight_windows.map(|w| format!("window={w}"));
@@ -1070,6 +1074,14 @@ impl Report {
                 ": the machine was not quiet, figures are disturbed"
             } else {
                 ""
+            }
+        );
+        println!(
+            "{}",
+            if awake {
+                "idle CPUs polled (--awake): latencies show the protocols' own cost"
+            } else {
+                "idle CPUs could halt (no --awake): on a VM, latencies include wake-ups"
             }
         );
         println!(
@@ -1242,8 +1254,28 @@ impl Bench<'_> {
     }
 }
 
-fn run(quick: bool, filter: Option<&str>) -> BenchResult<()> {
+/// Asks Linux to keep idle CPUs polling (a PM QoS latency request of 0 µs) for as long
+/// as the returned file stays open.
+fn keep_cpus_awake() -> BenchResult<std::fs::File> {
+    use std::io::Write as _;
+    const PM_QOS: &str = "/dev/cpu_dma_latency";
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(PM_QOS)
+        .map_err(|e| format!("--awake needs write access to {PM_QOS} (root): {e}"))?;
+    file.write_all(&0i32.to_ne_bytes())?;
+    Ok(file)
+}
+
+fn run(quick: bool, awake: bool, filter: Option<&str>) -> BenchResult<()> {
     let counts = if quick { Counts::QUICK } else { Counts::FULL };
+    let _awake = if awake {
+        let file = keep_cpus_awake()?;
+        eprintln!("--awake: idle CPUs poll for this run (PM QoS latency 0)");
+        Some(file)
+    } else {
+        None
+    };
     let started = Instant::now();
     let cpu_at_start = CpuTimes::now()?;
     let server_rt = runtime("bench-server")?;
@@ -1297,7 +1329,7 @@ fn run(quick: bool, filter: Option<&str>) -> BenchResult<()> {
             ),
     ]);
     let others = CpuTimes::now()?.others_since(&cpu_at_start);
-    report.table(&counts, quick, others);
+    report.table(&counts, quick, awake, others);
 
     server_rt.block_on(server_vat.shutdown());
     client_rt.shutdown_timeout(Duration::from_secs(2));
@@ -1308,20 +1340,24 @@ fn run(quick: bool, filter: Option<&str>) -> BenchResult<()> {
 
 fn main() -> ExitCode {
     let mut quick = false;
+    let mut awake = false;
     let mut filter = None;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--awake" => awake = true,
             // `cargo bench` passes `--bench` to every bench binary.
             "--bench" => {}
             flag if flag.starts_with('-') => {
-                eprintln!("ignoring unknown option {flag:?} (known: --quick, and a phase filter)");
+                eprintln!(
+                    "ignoring unknown option {flag:?} (known: --quick, --awake, and a phase filter)"
+                );
             }
             // A phase filter, as with other benches: `cargo bench --bench captp -- rtt`.
             name => filter = Some(name.to_owned()),
         }
     }
-    match run(quick, filter.as_deref()) {
+    match run(quick, awake, filter.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("captp bench failed: {e}");

@@ -244,6 +244,7 @@ pub(crate) async fn run(
         syncs: HashMap::new(),
         wbuf: Vec::new(),
         wpos: 0,
+        urgent: false,
     };
     let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
     let mut shutdown = vat.shutdown.subscribe();
@@ -255,17 +256,30 @@ pub(crate) async fn run(
     let mut pinged = false;
     let mut flush_pending = false;
     let mut rx_open = true;
+    // Bookkeeping messages (`finish`, `release`, and our `hello`) wait for the next
+    // message that needs an answer, so they ride in its write instead of waking the
+    // peer on their own. They wait at most one turn of the scheduler (`lazy_due`), and
+    // a listening side's `hello` waits for the peer's first bytes: the connecting side
+    // always speaks first, and the `hello` then leaves with the first answer.
+    let mut lazy_due = false;
+    let mut heard = !handle.inbound();
     let period =
         (limits.keepalive_idle.min(limits.handshake_timeout) / 4).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    // Commands queued before the connection was up (a fetch and the calls pipelined
+    // on it, say) leave with the `hello`.
+    d.apply_queued();
     loop {
+        d.apply_batch();
         d.pump();
         if d.core.is_closed() {
             break;
         }
         let backlog = d.wbuf.len() - d.wpos;
+        let write_now = backlog > 0 && (d.urgent || lazy_due);
+        let lazy_waiting = backlog > 0 && !write_now && heard;
         if rbuf.capacity() - rbuf.len() < MIN_READ {
             rbuf.reserve(READ_CHUNK);
         }
@@ -277,29 +291,24 @@ pub(crate) async fn run(
                 Ok(_) => {
                     last_rx = Instant::now();
                     pinged = false;
+                    heard = true;
                     d.read_frames(&mut rbuf, limits.max_frame);
                 }
                 Err(e) => d.core.handle_connection_lost(format!("read failed: {e}")),
             },
             cmd = d.rx.recv(), if rx_open => match cmd {
-                Some(cmd) => {
-                    d.apply(cmd);
-                    for _ in 0..COMMAND_BATCH {
-                        match d.rx.try_recv() {
-                            Ok(cmd) => d.apply(cmd),
-                            Err(_) => break,
-                        }
-                    }
-                }
+                Some(cmd) => d.apply(cmd),
                 None => rx_open = false,
             },
-            r = write_or_flush(&mut wr, &d.wbuf[d.wpos..]), if backlog > 0 || flush_pending => match r {
+            r = write_or_flush(&mut wr, &d.wbuf[d.wpos..]), if write_now || flush_pending => match r {
                 Ok(0) => flush_pending = false,
                 Ok(n) => {
                     d.wpos += n;
                     if d.wpos == d.wbuf.len() {
                         d.wbuf.clear();
                         d.wpos = 0;
+                        d.urgent = false;
+                        lazy_due = false;
                         flush_pending = true;
                     }
                 }
@@ -311,6 +320,9 @@ pub(crate) async fn run(
                     None => d.one_way_running -= 1,
                 }
             }
+            // Only bookkeeping is waiting: give the tasks this session just woke one
+            // turn to queue their next calls, then send it all together.
+            () = tokio::task::yield_now(), if lazy_waiting => lazy_due = true,
             _ = tick.tick() => {
                 let now = Instant::now();
                 // Quiet since the last tick: give back buffer space a burst left behind.
@@ -391,6 +403,8 @@ struct Driver {
     syncs: HashMap<u64, oneshot::Sender<()>>,
     wbuf: Vec<u8>,
     wpos: usize,
+    /// Whether `wbuf` holds a message the peer is waiting for (see `is_bookkeeping`).
+    urgent: bool,
 }
 
 impl Driver {
@@ -400,8 +414,11 @@ impl Driver {
             self.handle_event(event);
         }
         while let Some(msg) = self.core.poll_transmit() {
-            if let Err(e) = msg.encode_frame(&mut self.wbuf) {
-                tracing::error!(kind = msg.kind(), error = %e, "could not encode a message");
+            match msg.encode_frame(&mut self.wbuf) {
+                Ok(_) => self.urgent |= !msg.is_bookkeeping(),
+                Err(e) => {
+                    tracing::error!(kind = msg.kind(), error = %e, "could not encode a message");
+                }
             }
         }
     }
@@ -434,6 +451,17 @@ impl Driver {
     fn shut_down(&mut self) {
         self.apply_queued();
         self.core.abort("the vat is shutting down");
+    }
+
+    /// Applies up to [`COMMAND_BATCH`] queued commands, so one busy handle cannot starve
+    /// reads.
+    fn apply_batch(&mut self) {
+        for _ in 0..COMMAND_BATCH {
+            match self.rx.try_recv() {
+                Ok(cmd) => self.apply(cmd),
+                Err(_) => break,
+            }
+        }
     }
 
     /// Applies every command handles have queued so far.

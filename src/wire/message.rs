@@ -210,6 +210,16 @@ impl Message {
         })
     }
 
+    /// Whether this message only keeps the peer's tables tidy (`hello`, `finish`,
+    /// `release`): nothing waits for it, so a sender may hold it back briefly and send
+    /// it with the next message that matters.
+    pub fn is_bookkeeping(&self) -> bool {
+        matches!(
+            self,
+            Message::Hello { .. } | Message::Finish { .. } | Message::Release { .. }
+        )
+    }
+
     /// The message kind's wire name, for logs and errors.
     pub fn kind(&self) -> &'static str {
         match self {

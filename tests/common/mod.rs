@@ -536,10 +536,11 @@ impl RawConn {
             .expect("the connection closed where a message was expected")
     }
 
-    /// Reads the vat's `hello` and answers with ours; returns the frame limit the vat
-    /// announced.
+    /// Sends our `hello` and reads the vat's; returns the frame limit the vat announced.
+    /// (The connecting side speaks first: a listening vat holds its `hello` until then.)
     pub(crate) async fn handshake(&mut self) -> u64 {
-        let max_frame = match self.expect_message().await {
+        self.send(&hello()).await;
+        match self.expect_message().await {
             Message::Hello {
                 version, max_frame, ..
             } => {
@@ -547,9 +548,7 @@ impl RawConn {
                 max_frame
             }
             other => panic!("expected hello first, got {other:?}"),
-        };
-        self.send(&hello()).await;
-        max_frame
+        }
     }
 
     /// Fetches the object under `swiss` as `question`, finishes the question, and
