@@ -166,11 +166,18 @@ impl SessionHandle {
         self.0.closed.get().is_some() || self.0.tx.is_closed()
     }
 
+    /// Records why the session ended (the first reason given wins), for
+    /// [`closed_reason`](Self::closed_reason) and [`when_closed`](Self::when_closed).
+    fn mark_closed(&self, reason: &Broken) {
+        if self.0.closed.set(reason.clone()).is_ok() {
+            self.0.closed_watch.send_replace(Some(reason.clone()));
+        }
+    }
+
     /// Marks the session ended, drains the commands still queued (breaking their
     /// promises with `reason`) and refuses later ones.
     fn close(&self, rx: &mut mpsc::UnboundedReceiver<Command>, reason: Broken) {
-        let _ = self.0.closed.set(reason.clone());
-        self.0.closed_watch.send_replace(Some(reason.clone()));
+        self.mark_closed(&reason);
         rx.close();
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
@@ -410,6 +417,10 @@ struct Driver {
 impl Driver {
     /// Handles every pending event, then encodes every pending message.
     fn pump(&mut self) {
+        // A closed session's handles say so before any promise breaks because of it.
+        if let Some(reason) = self.core.closed_reason() {
+            self.handle.mark_closed(&reason);
+        }
         while let Some(event) = self.core.poll_event() {
             self.handle_event(event);
         }

@@ -190,10 +190,7 @@ impl Message {
     /// Only if serialization itself fails, which the types here do not do.
     pub fn encode_frame(&self, out: &mut Vec<u8>) -> Result<usize, String> {
         let at = frame::begin(out);
-        if let Err(e) = ciborium::into_writer(self, &mut *out) {
-            out.truncate(at);
-            return Err(e.to_string());
-        }
+        super::codec::encode(self, out);
         Ok(frame::finish(out, at))
     }
 
@@ -204,10 +201,9 @@ impl Message {
     /// [`DecodeError::Cbor`] when the bytes fail the bounded check; [`DecodeError::Schema`]
     /// for an unknown message kind or a wrong shape.
     pub fn decode(body: &[u8], limits: &CborLimits) -> Result<Message, DecodeError> {
-        super::decode_value(body, limits).map_err(|e| match e {
-            DecodeError::Schema(s) => DecodeError::Schema(format!("not a captp message: {s}")),
-            other => other,
-        })
+        super::scan::check(body, limits)?;
+        super::codec::decode(body)
+            .map_err(|s| DecodeError::Schema(format!("not a captp message: {s}")))
     }
 
     /// Whether this message only keeps the peer's tables tidy (`hello`, `finish`,

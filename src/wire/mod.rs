@@ -6,8 +6,10 @@
 //! Every frame from a peer goes through three steps, each bounded: the length prefix is
 //! checked against the frame limit before anything is allocated ([`frame`]); the CBOR is
 //! walked once without allocation to check nesting depth, item count, definite lengths
-//! and trailing bytes ([`scan`]); only then does serde decode it ([`message`]).
+//! and trailing bytes ([`scan`]); only then is it decoded into a [`Message`], by a
+//! hand-written reader of the fixed layout (serde decodes only application data).
 
+mod codec;
 pub mod frame;
 pub mod message;
 pub mod scan;
