@@ -198,6 +198,8 @@ type Shape = String;
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Data items read so far (every head is one), for the item limit.
+    items: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -214,6 +216,7 @@ impl<'a> Reader<'a> {
     fn head(&mut self) -> Result<(u8, u64), Shape> {
         let at = self.pos;
         let initial = self.take(1)?[0];
+        self.items += 1;
         let (major, info) = (initial >> 5, initial & 0x1f);
         let n = match info {
             0..=23 => u64::from(info),
@@ -257,10 +260,17 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(n)?).map_err(|_| format!("{what}: invalid UTF-8"))
     }
 
+    /// A text-string key, as raw bytes: keys are only compared with known ASCII names,
+    /// so they need no UTF-8 check of their own (one that matches is valid UTF-8).
+    fn key(&mut self, what: &str) -> Result<&'a [u8], Shape> {
+        let n = self.len(TEXT, what)?;
+        self.take(n)
+    }
+
     /// A map with exactly one entry; returns its key.
-    fn union(&mut self, what: &str) -> Result<&'a str, Shape> {
+    fn union(&mut self, what: &str) -> Result<&'a [u8], Shape> {
         match self.len(MAP, what)? {
-            1 => self.text(what),
+            1 => self.key(what),
             n => Err(format!("{what}: expected a map with one entry, found {n}")),
         }
     }
@@ -276,19 +286,24 @@ impl<'a> Reader<'a> {
         let n = self.len(MAP, what)?;
         let mut seen = 0u8;
         for _ in 0..n {
-            let key = self.text(what)?;
-            let Some(i) = names.iter().position(|&name| name == key) else {
-                return Err(format!("unknown field `{key}` in {what}"));
+            let key = self.key(what)?;
+            let Some(i) = names.iter().position(|name| name.as_bytes() == key) else {
+                return Err(format!("unknown field `{}` in {what}", lossy(key)));
             };
             let bit = 1u8 << i;
             if seen & bit != 0 {
-                return Err(format!("duplicate field `{key}` in {what}"));
+                return Err(format!("duplicate field `{}` in {what}", names[i]));
             }
             seen |= bit;
             field(self, i)?;
         }
         Ok(seen)
     }
+}
+
+/// A key for an error message.
+fn lossy(key: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(key)
 }
 
 fn array<const N: usize>(b: &[u8]) -> [u8; N] {
@@ -338,12 +353,14 @@ fn read_payload(r: &mut Reader<'_>) -> Result<Payload, Shape> {
             p.caps.reserve(n.min(r.bytes.len() / 3));
             for _ in 0..n {
                 let kind = r.union("capability descriptor")?;
-                let id = r.uint(kind)?;
+                let id = r.uint("capability descriptor")?;
                 p.caps.push(match kind {
-                    "sender_hosted" => CapDescriptor::SenderHosted(id),
-                    "sender_promise" => CapDescriptor::SenderPromise(id),
-                    "receiver_hosted" => CapDescriptor::ReceiverHosted(id),
-                    other => return Err(format!("unknown capability descriptor `{other}`")),
+                    b"sender_hosted" => CapDescriptor::SenderHosted(id),
+                    b"sender_promise" => CapDescriptor::SenderPromise(id),
+                    b"receiver_hosted" => CapDescriptor::ReceiverHosted(id),
+                    other => {
+                        return Err(format!("unknown capability descriptor `{}`", lossy(other)));
+                    }
                 });
             }
         }
@@ -355,8 +372,8 @@ fn read_payload(r: &mut Reader<'_>) -> Result<Payload, Shape> {
 
 fn read_result(r: &mut Reader<'_>) -> Result<ReturnResult, Shape> {
     match r.union("result")? {
-        "ok" => Ok(ReturnResult::Ok(read_payload(r)?)),
-        "err" => {
+        b"ok" => Ok(ReturnResult::Ok(read_payload(r)?)),
+        b"err" => {
             const NAMES: [&str; 2] = ["kind", "message"];
             let (mut kind, mut message) = ("", "");
             let seen = r.fields("err", &NAMES, |r, i| {
@@ -373,7 +390,7 @@ fn read_result(r: &mut Reader<'_>) -> Result<ReturnResult, Shape> {
                 message: message.to_owned(),
             }))
         }
-        other => Err(format!("unknown result `{other}`")),
+        other => Err(format!("unknown result `{}`", lossy(other))),
     }
 }
 
@@ -392,13 +409,23 @@ fn uints<const N: usize>(
     Ok(values)
 }
 
-/// Decodes one message body that passed the bounded check.
-pub(super) fn decode(body: &[u8]) -> Result<Message, Shape> {
+/// The deepest nesting a message has: message, fields, result, payload, caps, descriptor.
+pub(super) const MESSAGE_DEPTH: usize = 6;
+
+/// Decodes one message body; returns it with the number of data items it holds.
+///
+/// Success means the body is a well-formed message of at most [`MESSAGE_DEPTH`] levels
+/// with definite lengths, valid UTF-8 text and no trailing bytes: everything the bounded
+/// check verifies, except the item limit, which the caller compares with the count.
+pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
     let mut r = Reader {
         bytes: body,
         pos: 0,
+        items: 0,
     };
     let kind = r.union("message")?;
+    let kind_name = lossy(kind);
+    let kind: &str = &kind_name;
     let msg = match kind {
         "hello" => {
             let [version, max_frame, max_questions] =
@@ -438,11 +465,11 @@ pub(super) fn decode(body: &[u8]) -> Result<Message, Shape> {
                 match i {
                     0 => {
                         let which = r.union("target")?;
-                        let id = r.uint(which)?;
+                        let id = r.uint("target")?;
                         target = match which {
-                            "export" => Target::Export(id),
-                            "answer" => Target::Answer(id),
-                            other => return Err(format!("unknown target `{other}`")),
+                            b"export" => Target::Export(id),
+                            b"answer" => Target::Answer(id),
+                            other => return Err(format!("unknown target `{}`", lossy(other))),
                         };
                     }
                     1 => method = r.text("method")?,
@@ -451,6 +478,7 @@ pub(super) fn decode(body: &[u8]) -> Result<Message, Shape> {
                         // `null` stands for an absent question (see PROTOCOL.md 6).
                         if r.bytes.get(r.pos) == Some(&NULL) {
                             r.pos += 1;
+                            r.items += 1;
                         } else {
                             question = Some(r.uint("question")?);
                         }
@@ -526,7 +554,7 @@ pub(super) fn decode(body: &[u8]) -> Result<Message, Shape> {
     if r.pos != body.len() {
         return Err(format!("{} bytes after the message", body.len() - r.pos));
     }
-    Ok(msg)
+    Ok((msg, r.items))
 }
 
 #[cfg(test)]
@@ -619,7 +647,8 @@ mod tests {
             let mut ours = Vec::new();
             encode(&msg, &mut ours);
             prop_assert_eq!(&ours, &serde_bytes_of(&msg));
-            prop_assert_eq!(decode(&ours), Ok(msg));
+            let items = decode(&ours).map(|(m, _)| m);
+            prop_assert_eq!(items, Ok(msg));
         }
 
         /// On damaged encodings, the decoder accepts only what the serde derives accept,
@@ -634,12 +663,64 @@ mod tests {
                 body[i] = byte;
             }
             if crate::wire::scan::check(&body, &CborLimits::DEFAULT).is_ok()
-                && let Ok(ours) = decode(&body)
+                && let Ok((ours, _)) = decode(&body)
             {
                 let theirs: Message = ciborium::from_reader(&body[..]).unwrap();
                 prop_assert_eq!(ours, theirs);
             }
         }
+    }
+
+    #[test]
+    fn the_one_pass_decode_keeps_the_bounded_checks_errors() {
+        use crate::wire::{DecodeError, ScanError};
+        let msg = Message::Deliver {
+            target: Target::Answer(3),
+            method: "m".into(),
+            payload: Payload {
+                data: vec![0xf6],
+                caps: vec![CapDescriptor::SenderHosted(1); 4],
+            },
+            question: Some(9),
+        };
+        let mut body = Vec::new();
+        encode(&msg, &mut body);
+        let (_, items) = decode(&body).unwrap();
+        // Every head counts, keys included: 3 for the envelope, 4 for the target, 2 for
+        // the method, 6 plus 3 per descriptor for the payload, 2 for the question.
+        assert_eq!(items, 29);
+        let at = |max_depth, max_items| {
+            Message::decode(
+                &body,
+                &CborLimits {
+                    max_depth,
+                    max_items,
+                },
+            )
+        };
+        assert_eq!(at(32, 29), Ok(msg.clone()));
+        assert_eq!(
+            at(32, 28),
+            Err(DecodeError::Cbor(ScanError::TooManyItems { max: 28 }))
+        );
+        // A deliver nests five deep (message, fields, payload, caps, descriptor); below
+        // MESSAGE_DEPTH the bounded check runs first and decides.
+        assert_eq!(at(5, 29), Ok(msg));
+        assert_eq!(
+            at(4, 29),
+            Err(DecodeError::Cbor(ScanError::TooDeep { max: 4 }))
+        );
+        // Trailing bytes and indefinite lengths get the bounded check's errors too.
+        body.push(0);
+        assert_eq!(
+            Message::decode(&body, &CborLimits::DEFAULT),
+            Err(DecodeError::Cbor(ScanError::TrailingBytes { count: 1 }))
+        );
+        let indefinite = [0xbf, 0xff];
+        assert!(matches!(
+            Message::decode(&indefinite, &CborLimits::DEFAULT),
+            Err(DecodeError::Cbor(ScanError::IndefiniteLength { .. }))
+        ));
     }
 
     #[test]
@@ -655,7 +736,7 @@ mod tests {
         let release =
             |fields: Vec<(Value, Value)>| enc(Value::Map(vec![(t("release"), Value::Map(fields))]));
         assert_eq!(
-            decode(&release(vec![(t("count"), u(2)), (t("export"), u(5))])),
+            decode(&release(vec![(t("count"), u(2)), (t("export"), u(5))])).map(|(m, _)| m),
             Ok(Message::Release {
                 export: 5,
                 count: 2

@@ -201,9 +201,21 @@ impl Message {
     /// [`DecodeError::Cbor`] when the bytes fail the bounded check; [`DecodeError::Schema`]
     /// for an unknown message kind or a wrong shape.
     pub fn decode(body: &[u8], limits: &CborLimits) -> Result<Message, DecodeError> {
+        use super::codec;
+        // One pass for the usual case: a body that decodes is one the bounded check
+        // accepts, once its item count is within the limit. Anything else goes through
+        // the bounded check first, so that bad CBOR gets the check's own error.
+        if limits.max_depth >= codec::MESSAGE_DEPTH
+            && let Ok((msg, items)) = codec::decode(body)
+            && items <= limits.max_items
+        {
+            return Ok(msg);
+        }
         super::scan::check(body, limits)?;
-        super::codec::decode(body)
-            .map_err(|s| DecodeError::Schema(format!("not a captp message: {s}")))
+        match codec::decode(body) {
+            Ok((msg, _)) => Ok(msg),
+            Err(s) => Err(DecodeError::Schema(format!("not a captp message: {s}"))),
+        }
     }
 
     /// Whether this message only keeps the peer's tables tidy (`hello`, `finish`,
