@@ -358,6 +358,11 @@ impl Vat {
     /// to finish (at most about two seconds before they are stopped).
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+        // Sessions registered from now on see the flag when they start.
+        let handles: Vec<SessionHandle> = lock(&self.inner.sessions).values().cloned().collect();
+        for handle in handles {
+            let _ = handle.post(Command::Shutdown);
+        }
         let mut tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}

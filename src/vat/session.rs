@@ -66,6 +66,8 @@ pub(crate) enum Command {
     Stats(oneshot::Sender<SessionStats>),
     /// A ping whose pong is reported: a round trip that orders everything before it.
     Sync(oneshot::Sender<()>),
+    /// The vat is shutting down: what was queued before this goes out, then `abort`.
+    Shutdown,
 }
 
 /// A cheap, thread-safe handle to a session task.
@@ -254,8 +256,9 @@ pub(crate) async fn run(
         urgent: false,
     };
     let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
-    let mut shutdown = vat.shutdown.subscribe();
-    if *shutdown.borrow_and_update() {
+    // A vat that shuts down posts `Command::Shutdown` to every session it has; this
+    // catches a shutdown that came before the session was registered.
+    if *vat.shutdown.borrow() {
         d.shut_down();
     }
     let started = Instant::now();
@@ -316,7 +319,15 @@ pub(crate) async fn run(
                         d.wpos = 0;
                         d.urgent = false;
                         lazy_due = false;
-                        flush_pending = true;
+                        // Flush now if that can finish at once (it usually can: the TLS
+                        // layer already passed the records on); otherwise in the loop.
+                        match wr.flush().now_or_never() {
+                            Some(Ok(())) => flush_pending = false,
+                            Some(Err(e)) => {
+                                d.core.handle_connection_lost(format!("write failed: {e}"));
+                            }
+                            None => flush_pending = true,
+                        }
                     }
                 }
                 Err(e) => d.core.handle_connection_lost(format!("write failed: {e}")),
@@ -356,7 +367,6 @@ pub(crate) async fn run(
                     pinged = true;
                 }
             }
-            _ = shutdown.changed() => d.shut_down(),
         }
     }
 
@@ -516,6 +526,8 @@ impl Driver {
                     self.syncs.insert(nonce, tx);
                 }
             }
+            // Commands queued before it were applied before it.
+            Command::Shutdown => self.core.abort("the vat is shutting down"),
         }
     }
 
