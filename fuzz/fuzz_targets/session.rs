@@ -1009,6 +1009,9 @@ impl Harness {
             }
             Message::Release { export, count } => {
                 self.import_promise.remove(&export);
+                // A settlement the session never reported (deferred, then dropped with
+                // the import) is not owed any more.
+                self.resolved_owed.remove(&export);
                 let held = self.given.remove(&export).unwrap_or(0);
                 assert!(count >= 1, "release with count 0");
                 assert_eq!(
@@ -1652,18 +1655,7 @@ impl Harness {
         self.events();
         self.check_invariants();
         if !self.s.is_closed() {
-            let mut st = self.s.stats();
-            // KNOWN LEAK, tolerated here until it is fixed: a settlement the session
-            // defers for an import the runtime let go of can hold a handle on that same
-            // import (directly, or through another deferred settlement), and then the
-            // import is never released. See the ignored tests
-            // `promise_resolved_to_itself_while_unheld_is_released_at_the_end` and
-            // `promises_resolved_to_each_other_while_unheld_are_released_at_the_end` in
-            // src/proto/tests.rs; remove this allowance with the fix.
-            let unreported = self.resolved_owed.values().any(|&n| n > 0);
-            if unreported && st.imports > 0 {
-                st.imports = 0;
-            }
+            let st = self.s.stats();
             // Answers the peer finished early and the session answered internally may
             // still be counted by the model; the session's own count must be zero.
             assert_eq!(st, SessionStats::default(), "left after clean-up: {st:?}");

@@ -31,6 +31,10 @@ const MESSAGE_OVERHEAD: usize = 96;
 /// Bytes one capability descriptor may take on the wire, counted generously.
 const DESCRIPTOR_OVERHEAD: usize = 32;
 
+/// Work the cycle collector may do per operation, on average (see `Session::collect`):
+/// about what taking one message with 256 references costs anyway.
+const COLLECT_WORK_PER_OPERATION: usize = 256;
+
 /// The smallest frame limit a peer may announce: every error return and abort fits.
 pub const MIN_FRAME: usize = 8192;
 
@@ -439,6 +443,12 @@ struct Import<O> {
     /// A settlement not yet reported: it arrived while the runtime held no handle, and
     /// is reported right after the runtime is given one.
     deferred: Option<Result<InPayload<O>, Broken>>,
+    /// Of `local`, the handles held by the payloads of deferred settlements (this
+    /// import's own included). When these are all that is left, only the cycle
+    /// collector can tell whether anything can still reach it (`Session::collect`).
+    held_by_deferred: u64,
+    /// In `Session::suspects` (so it is recorded there once).
+    suspected: bool,
 }
 
 impl<O> Import<O> {
@@ -449,7 +459,15 @@ impl<O> Import<O> {
             given: 0,
             promise,
             deferred: None,
+            held_by_deferred: 0,
+            suspected: false,
         }
+    }
+
+    /// Whether it holds a deferred settlement and nothing but deferred settlements
+    /// hold it: whether it is alive may depend on a cycle of them.
+    fn held_only_by_deferred(&self) -> bool {
+        self.deferred.is_some() && self.local == self.held_by_deferred
     }
 }
 
@@ -487,6 +505,13 @@ pub struct Session<O, R> {
     export_ids: HashMap<O, ExportId>,
     next_export: u64,
     imports: HashMap<ImportId, Import<O>>,
+    /// Imports with a deferred settlement that lost their last handle other than those
+    /// of deferred settlements: where the cycle collector starts, at the end of the
+    /// operation (`collect`), or later if earlier collections are not paid for yet.
+    suspects: Vec<ImportId>,
+    /// Work done by the cycle collector and not yet paid for by operations (each pays
+    /// [`COLLECT_WORK_PER_OPERATION`]); it runs only when this is zero.
+    collect_debt: usize,
     next_ping: u64,
     outbox: VecDeque<Message>,
     events: VecDeque<Event<O, R>>,
@@ -520,6 +545,8 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             export_ids: HashMap::new(),
             next_export: 1,
             imports: HashMap::new(),
+            suspects: Vec::new(),
+            collect_debt: 0,
             next_ping: 1,
             outbox,
             events: VecDeque::new(),
@@ -589,6 +616,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             self.violate(v);
         }
         self.answer_broken();
+        self.collect();
     }
 
     /// A bad frame seen before decoding (for example a length over the limit).
@@ -748,18 +776,20 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     });
                 }
             }
-            Dest::Resolved(r) => self.deliver_to(r, method, payload, question),
+            Dest::Resolved(r) => self.deliver_to(r, method, payload, question, true),
         }
         Ok(())
     }
 
-    /// Delivers a message to what an answer resolved to.
+    /// Delivers a message to what an answer resolved to. `fresh`: the payload was taken
+    /// from the message being handled (not queued earlier).
     fn deliver_to(
         &mut self,
         resolution: Resolution<O>,
         method: String,
         payload: InPayload<O>,
         question: Option<AnswerId>,
+        fresh: bool,
     ) {
         let broken = match resolution {
             Resolution::Local(target) => {
@@ -791,7 +821,11 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             ),
             Resolution::Broken(b) => b,
         };
-        self.drop_in_payload(payload);
+        if fresh {
+            self.drop_fresh_payload(payload);
+        } else {
+            self.drop_in_payload(payload);
+        }
         if let Some(q) = question {
             // Answered by the caller's loop, not here: a chain of calls pipelined on
             // broken answers would otherwise recurse as deep as the peer likes.
@@ -845,7 +879,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         }
         match (resolver, result) {
             (Some(resolver), result) => self.push_event(Event::Return { resolver, result }),
-            (None, Ok(payload)) => self.drop_in_payload(payload),
+            (None, Ok(payload)) => self.drop_fresh_payload(payload),
             (None, Err(_)) => {}
         }
         // The `finish` above goes out before anything released here, so the peer never
@@ -871,7 +905,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             // We released the promise while its resolution was on the way: give back
             // whatever the resolution brought.
             if let Ok(payload) = result {
-                self.drop_in_payload(payload);
+                self.drop_fresh_payload(payload);
             }
             return Ok(());
         }
@@ -880,7 +914,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             if import.given == 0 {
                 // The runtime holds no handle on it (one may still come, in a message
                 // queued on an answer): tell it once it has one.
-                import.deferred = Some(result);
+                self.defer(id, result);
                 return Ok(());
             }
         }
@@ -888,36 +922,75 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         Ok(())
     }
 
+    /// Keeps a settlement of `id` until the runtime is given a handle on it.
+    fn defer(&mut self, id: ImportId, result: Result<InPayload<O>, Broken>) {
+        if let Ok(payload) = &result {
+            for i in payload.caps.iter().filter_map(import_of) {
+                if let Some(import) = self.imports.get_mut(&i) {
+                    import.held_by_deferred += 1;
+                }
+            }
+        }
+        if let Some(import) = self.imports.get_mut(&id) {
+            import.deferred = Some(result);
+        }
+    }
+
+    /// Takes the deferred settlement of `id`, if any: its handles are no longer held by
+    /// a deferred settlement, but by whoever takes it.
+    fn take_deferred(&mut self, id: ImportId) -> Option<Result<InPayload<O>, Broken>> {
+        let deferred = self.imports.get_mut(&id)?.deferred.take();
+        if let Some(Ok(payload)) = &deferred {
+            for i in payload.caps.iter().filter_map(import_of) {
+                if let Some(import) = self.imports.get_mut(&i) {
+                    import.held_by_deferred = import.held_by_deferred.saturating_sub(1);
+                }
+            }
+        }
+        deferred
+    }
+
     /// Queues an event for the runtime. The references in it are the runtime's now; a
-    /// settlement held back for one of them (see `handle_resolve`) follows the event.
+    /// settlement held back for one of them (see `handle_resolve`) follows the event,
+    /// and so on depth-first: a loop, not a recursion, because a peer can chain deferred
+    /// settlements as long as its import limit.
     fn push_event(&mut self, event: Event<O, R>) {
-        let mut handed = Vec::new();
-        let caps: &[InCap<O>] = match &event {
-            Event::Deliver {
-                target, payload, ..
-            } => {
-                handed.extend(import_of(target));
-                &payload.caps
+        // Imports handed out and not yet counted, the next on top.
+        let mut handed: Vec<ImportId> = Vec::new();
+        let mut next = Some(event);
+        loop {
+            if let Some(event) = next.take() {
+                let start = handed.len();
+                let caps: &[InCap<O>] = match &event {
+                    Event::Deliver {
+                        target, payload, ..
+                    } => {
+                        handed.extend(import_of(target));
+                        &payload.caps
+                    }
+                    Event::Return {
+                        result: Ok(payload),
+                        ..
+                    }
+                    | Event::Resolved {
+                        result: Ok(payload),
+                        ..
+                    } => &payload.caps,
+                    _ => &[],
+                };
+                handed.extend(caps.iter().filter_map(import_of));
+                handed[start..].reverse();
+                self.events.push_back(event);
             }
-            Event::Return {
-                result: Ok(payload),
-                ..
-            }
-            | Event::Resolved {
-                result: Ok(payload),
-                ..
-            } => &payload.caps,
-            _ => &[],
-        };
-        handed.extend(caps.iter().filter_map(import_of));
-        self.events.push_back(event);
-        for i in handed {
+            let Some(i) = handed.pop() else {
+                break;
+            };
             let Some(import) = self.imports.get_mut(&i) else {
                 continue;
             };
             import.given += 1;
-            if let Some(result) = import.deferred.take() {
-                self.push_event(Event::Resolved { import: i, result });
+            if let Some(result) = self.take_deferred(i) {
+                next = Some(Event::Resolved { import: i, result });
             }
         }
     }
@@ -1042,6 +1115,18 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             if let InCap::Import(i) | InCap::Promise(i) = cap {
                 self.drop_handle(i);
             }
+        }
+    }
+
+    /// Gives back the handles of a payload taken from the message being handled and
+    /// handed to no one: every import it named is left as it was before the message,
+    /// and those it created are released. No held send can name what only this payload
+    /// held, so the drops need not wait behind held sends; and since nothing else
+    /// changed in between, no import can have lost its last holder that matters to the
+    /// cycle collector (so a peer cannot make it run with messages alone).
+    fn drop_fresh_payload(&mut self, payload: InPayload<O>) {
+        for i in payload.caps.iter().filter_map(import_of) {
+            self.drop_now(i, false);
         }
     }
 
@@ -1363,6 +1448,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     pub fn answer(&mut self, id: AnswerId, result: Result<OutPayload<O>, Broken>) {
         self.answer_one(id, result);
         self.answer_broken();
+        self.collect();
     }
 
     /// Answers the calls that broke because what they were pipelined on broke, one at
@@ -1440,7 +1526,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             });
         }
         for q in queued {
-            self.deliver_to(resolution.clone(), q.method, q.payload, q.question);
+            self.deliver_to(resolution.clone(), q.method, q.payload, q.question, false);
         }
     }
 
@@ -1451,6 +1537,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             import.given = import.given.saturating_sub(1);
         }
         self.drop_handle(id);
+        self.collect();
     }
 
     /// Drops one handle (the runtime's or the session's own), after any held sends.
@@ -1463,13 +1550,37 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     }
 
     fn drop_import_now(&mut self, id: ImportId) {
-        let Some(import) = self.imports.get_mut(&id) else {
-            return;
-        };
-        import.local = import.local.saturating_sub(1);
-        if import.local == 0 {
+        self.drop_now(id, true);
+    }
+
+    /// Drops one handle on `id` at once. When it was the last, the import is released
+    /// at the peer with the full count it sent, and the handles its unreported
+    /// settlement held are dropped in turn (after any held sends, as `drop_handle`
+    /// does): depth-first, in a loop rather than a recursion, because a peer can chain
+    /// settlements as long as its import limit.
+    ///
+    /// With `suspect`, an import that survives held by deferred settlements alone is
+    /// recorded for the cycle collector (`collect`); handles dropped in turn always are.
+    fn drop_now(&mut self, id: ImportId, suspect: bool) {
+        let mut suspect = suspect;
+        // Handles still to drop, the next on top.
+        let mut pending = vec![id];
+        while let Some(id) = pending.pop() {
+            let record = std::mem::replace(&mut suspect, true);
+            let Some(import) = self.imports.get_mut(&id) else {
+                continue;
+            };
+            import.local = import.local.saturating_sub(1);
+            if import.local > 0 {
+                if record && !import.suspected && import.held_only_by_deferred() {
+                    import.suspected = true;
+                    self.suspects.push(id);
+                }
+                continue;
+            }
             let remote = import.remote;
-            let deferred = self.imports.remove(&id).and_then(|i| i.deferred);
+            let deferred = self.take_deferred(id);
+            self.imports.remove(&id);
             if !self.is_closed() {
                 self.outbox.push_back(Message::Release {
                     export: id.0,
@@ -1478,9 +1589,120 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             }
             // A settlement never reported: nobody will use what it brought.
             if let Some(Ok(payload)) = deferred {
-                self.drop_in_payload(payload);
+                let caps = payload.caps.iter().filter_map(import_of);
+                if self.held.is_empty() {
+                    let start = pending.len();
+                    pending.extend(caps);
+                    pending[start..].reverse();
+                } else {
+                    self.held.extend(caps.map(Held::DropImport));
+                }
             }
         }
+    }
+
+    /// The cycle collector: releases the imports that only deferred settlements keep,
+    /// where no chain of them leads back to anything else. Called at the end of each
+    /// operation that can drop a handle (peer messages, answers, drops).
+    ///
+    /// A deferred settlement (see `handle_resolve`) holds handles on the imports its
+    /// payload names, to hand them to the runtime with the settlement. A promise that
+    /// settles to itself, or promises that settle to each other, while the runtime holds
+    /// none of them, would otherwise keep each other forever: never reported (nothing
+    /// can hand them out any more but the peer, sending them again), never released.
+    ///
+    /// Each operation pays [`COLLECT_WORK_PER_OPERATION`] off the collector's debt, and
+    /// the collector runs only when it owes nothing; what it does is added to the debt.
+    /// So a collection within that budget runs at the end of the operation that made
+    /// the garbage, and a larger one (a peer can chain kept settlements up to
+    /// `max_imports`, and make the program walk the chain again and again) delays the
+    /// next until enough operations have passed: the work stays within the budget per
+    /// operation on average, and the suspects wait, none lost.
+    fn collect(&mut self) {
+        self.collect_debt = self.collect_debt.saturating_sub(COLLECT_WORK_PER_OPERATION);
+        if self.collect_debt > 0 || self.suspects.is_empty() || self.is_closed() {
+            return;
+        }
+        self.collect_debt = self.collect_once();
+    }
+
+    /// One collection from the current suspects; returns the work done (entries visited
+    /// and handles dropped).
+    ///
+    /// Trial deletion: the candidates are the imports with a deferred settlement that
+    /// only deferred settlements hold, reachable from the suspects through such imports.
+    /// A candidate is alive if something besides the candidates' settlements holds it (a
+    /// handle of the runtime or of the session, or the settlement of an import that is
+    /// not a candidate, which is alive: it is held otherwise, or its liveness did not
+    /// change since the last collection), or if an alive candidate's settlement names
+    /// it. The rest is garbage: its settlements are dropped, which releases it and
+    /// whatever only it held.
+    fn collect_once(&mut self) -> usize {
+        let mut stack = std::mem::take(&mut self.suspects);
+        for id in &stack {
+            if let Some(import) = self.imports.get_mut(id) {
+                import.suspected = false;
+            }
+        }
+        let mut work = 0;
+        // The candidates, in the order found, and the handles their settlements hold
+        // on each import.
+        let mut candidates = Vec::new();
+        let mut seen = HashSet::new();
+        let mut inner: HashMap<ImportId, u64> = HashMap::new();
+        while let Some(id) = stack.pop() {
+            work += 1;
+            let Some(import) = self.imports.get(&id) else {
+                continue;
+            };
+            if !import.held_only_by_deferred() || !seen.insert(id) {
+                continue;
+            }
+            candidates.push(id);
+            if let Some(Ok(payload)) = &import.deferred {
+                for i in payload.caps.iter().filter_map(import_of) {
+                    *inner.entry(i).or_default() += 1;
+                    stack.push(i);
+                }
+            }
+        }
+        // Alive: held from outside the candidates, or named by an alive one.
+        let mut stack: Vec<ImportId> = candidates
+            .iter()
+            .copied()
+            .filter(|id| {
+                let local = self.imports.get(id).map_or(0, |i| i.local);
+                local > inner.get(id).copied().unwrap_or(0)
+            })
+            .collect();
+        let mut alive = HashSet::new();
+        while let Some(id) = stack.pop() {
+            work += 1;
+            if !seen.contains(&id) || !alive.insert(id) {
+                continue;
+            }
+            if let Some(Ok(payload)) = self.imports.get(&id).and_then(|i| i.deferred.as_ref()) {
+                stack.extend(payload.caps.iter().filter_map(import_of));
+            }
+        }
+        // Garbage: take every settlement first, so that no drop below sees a handle of
+        // another garbage settlement still counted.
+        let garbage: Vec<InPayload<O>> = candidates
+            .into_iter()
+            .filter(|id| !alive.contains(id))
+            .filter_map(|id| self.take_deferred(id)?.ok())
+            .collect();
+        // Nothing held sends still name can be garbage (a held send's reference holds a
+        // handle of the runtime, or its queued drop does), so the drops need not wait
+        // behind them. What stays alive keeps its holders but these, so they record no
+        // suspects; and nothing dropped here still has a settlement to drop in turn.
+        for payload in garbage {
+            for i in payload.caps.iter().filter_map(import_of) {
+                work += 1;
+                self.drop_now(i, false);
+            }
+        }
+        work
     }
 
     /// The runtime dropped one pipelined handle on a question's answer.
@@ -1493,6 +1715,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             // makes room for the held sends instead of waiting behind them forever.
             self.drop_question_ref_now(id);
         }
+        self.collect();
     }
 
     fn drop_question_ref_now(&mut self, id: QuestionId) {
@@ -1638,6 +1861,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         }
         self.export_ids.clear();
         self.imports.clear();
+        self.suspects.clear();
         self.events.push_back(Event::Closed { reason });
     }
 }
