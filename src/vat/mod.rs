@@ -203,7 +203,11 @@ impl VatBuilder {
             })?),
             None => None,
         };
-        let acceptor = TlsAcceptor::from(transport::server_config(&identity)?);
+        // Only a listening vat needs a server configuration (parsing the key is not free).
+        let acceptor = match listener {
+            Some(_) => Some(TlsAcceptor::from(transport::server_config(&identity)?)),
+            None => None,
+        };
         let inner = Arc::new(VatInner {
             identity,
             limits: self.limits.normalized(),
@@ -218,7 +222,7 @@ impl VatBuilder {
             tasks: Mutex::new(JoinSet::new()),
             runtime: tokio::runtime::Handle::current(),
         });
-        if let Some(listener) = listener {
+        if let (Some(listener), Some(acceptor)) = (listener, acceptor) {
             inner.spawn(listen(inner.clone(), listener, acceptor));
         }
         tracing::info!(vat = %inner.identity.vat_id(), addr = ?local_addr, "vat started");
