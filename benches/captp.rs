@@ -5,6 +5,7 @@
 //! cargo bench --bench captp -- --quick   # every count shrunk: a smoke run of seconds
 //! cargo bench --bench captp -- rtt       # only the phases whose name contains "rtt"
 //! cargo bench --bench captp -- --awake   # keep idle CPUs polling (needs root; see below)
+//! cargo bench --bench captp -- --rounds 5  # rounds per phase (full run: 3, quick: 1)
 //! ```
 //!
 //! Two peers answer the same calls on 127.0.0.1:
@@ -42,6 +43,11 @@
 //!   captp is measured first, on a heap earlier phases have not churned), and calls/s
 //!   with 1, 10 and 100 connections each doing sequential calls.
 //! - `process`: the peak RSS of the whole process (captp and floor runs together).
+//!
+//! A full run measures each phase (but memory) in three rounds, captp and floor
+//! alternating which goes first, each round with a third of the counts; every figure
+//! printed is the median of its rounds (the JSON lines carry `"rounds":3`). A virtual
+//! machine's speed drifts over seconds, and this keeps both peers under the same drift.
 //!
 //! Progress goes to stderr; stdout holds only the JSON lines and the table, which also
 //! says how much CPU other processes took during the run. Every loop is bounded by a
@@ -151,6 +157,23 @@ impl Counts {
         connection_time: Duration::from_millis(300),
         ..Counts::FULL
     };
+}
+
+impl Counts {
+    /// One round's share of the timed counts, when a phase runs in `rounds` rounds.
+    /// Warm-ups and shapes (chain length, windows, sizes) stay whole.
+    fn per_round(self, rounds: usize) -> Counts {
+        let share = |n: usize| n.div_ceil(rounds.max(1));
+        Counts {
+            rtt_calls: share(self.rtt_calls),
+            inflight_calls: share(self.inflight_calls),
+            chains: share(self.chains),
+            setups: share(self.setups),
+            blob_calls: share(self.blob_calls),
+            connection_time: self.connection_time / u32::try_from(rounds.max(1)).unwrap_or(1),
+            ..self
+        }
+    }
 }
 
 // ---- the payloads ----------------------------------------------------------------
@@ -918,29 +941,34 @@ fn idle_session_count(wanted: usize) -> BenchResult<usize> {
 /// values are the figures.
 struct Line {
     peer: &'static str,
-    json: String,
+    /// The JSON fields before the values (peer, metric, tags).
+    head: String,
     key: String,
-    values: Vec<(String, f64)>,
+    /// Name, value and decimals printed.
+    values: Vec<(String, f64, usize)>,
+    /// How many rounds the values are the median of.
+    rounds: usize,
 }
 
 impl Line {
     fn new(peer: &'static str, metric: &str) -> Line {
         Line {
             peer,
-            json: format!("{{\"peer\":\"{peer}\",\"metric\":\"{metric}\""),
+            head: format!("{{\"peer\":\"{peer}\",\"metric\":\"{metric}\""),
             key: metric.to_owned(),
             values: Vec::new(),
+            rounds: 1,
         }
     }
 
     fn tag(mut self, name: &str, value: usize) -> Line {
-        let _ = write!(self.json, ",\"{name}\":{value}");
+        let _ = write!(self.head, ",\"{name}\":{value}");
         let _ = write!(self.key, " {name}={value}");
         self
     }
 
     fn text(mut self, name: &str, value: &str) -> Line {
-        let _ = write!(self.json, ",\"{name}\":\"{value}\"");
+        let _ = write!(self.head, ",\"{name}\":\"{value}\"");
         let _ = write!(self.key, " {name}={value}");
         self
     }
@@ -956,10 +984,49 @@ impl Line {
     }
 
     fn value(mut self, name: &str, value: f64, decimals: usize) -> Line {
-        let _ = write!(self.json, ",\"{name}\":{value:.decimals$}");
-        self.values.push((format!("{} {name}", self.key), value));
+        self.values.push((name.to_owned(), value, decimals));
         self
     }
+
+    fn json(&self) -> String {
+        let mut json = self.head.clone();
+        for (name, value, decimals) in &self.values {
+            let _ = write!(json, ",\"{name}\":{value:.decimals$}");
+        }
+        if self.rounds > 1 {
+            let _ = write!(json, ",\"rounds\":{}", self.rounds);
+        }
+        json.push('}');
+        json
+    }
+}
+
+/// Merges the same lines from several rounds: each value becomes the median of its
+/// rounds (the upper one of an even count).
+fn median_lines(mut rounds: Vec<Vec<Line>>) -> BenchResult<Vec<Line>> {
+    let n = rounds.len();
+    let Some(mut merged) = rounds.pop() else {
+        return Ok(Vec::new());
+    };
+    for (i, line) in merged.iter_mut().enumerate() {
+        for (j, (name, value, _)) in line.values.iter_mut().enumerate() {
+            let mut all = vec![*value];
+            for other in &rounds {
+                let (other_name, v, _) = other
+                    .get(i)
+                    .and_then(|l| l.values.get(j))
+                    .ok_or("rounds produced different lines")?;
+                if other_name != name {
+                    return Err("rounds produced different lines".into());
+                }
+                all.push(*v);
+            }
+            all.sort_by(f64::total_cmp);
+            *value = all[all.len() / 2];
+        }
+        line.rounds = n;
+    }
+    Ok(merged)
 }
 
 /// Every figure printed, by peer and key, for the table.
@@ -971,9 +1038,10 @@ struct Report {
 impl Report {
     fn emit(&mut self, lines: Vec<Line>) {
         for line in lines {
-            println!("{}}}", line.json);
-            for (key, value) in line.values {
-                self.figures.insert((line.peer, key), value);
+            println!("{}", line.json());
+            for (name, value, _) in &line.values {
+                self.figures
+                    .insert((line.peer, format!("{} {name}", line.key)), *value);
             }
         }
     }
@@ -983,7 +1051,14 @@ impl Report {
     }
 
     /// The table: each figure, what it is compared with, the ratio, the target.
-    fn table(&self, counts: &Counts, quick: bool, awake: bool, (others, steal): (f64, f64)) {
+    fn table(
+        &self,
+        counts: &Counts,
+        quick: bool,
+        awake: bool,
+        rounds: usize,
+        (others, steal): (f64, f64),
+    ) {
         let c = Captp::NAME;
         let f = Floor::NAME;
         let [w_small, w_large] = counts.inflight_windows.map(|w| format!("window={w}"));
@@ -1076,6 +1151,12 @@ impl Report {
                 ""
             }
         );
+        if rounds > 1 {
+            println!(
+                "each figure is the median of {rounds} rounds, captp and floor alternating \
+                 (memory: one round)"
+            );
+        }
         println!(
             "{}",
             if awake {
@@ -1227,30 +1308,55 @@ where
 struct Bench<'a> {
     client_rt: &'a Runtime,
     filter: Option<&'a str>,
+    /// Rounds per phase (see [`Bench::both`]).
+    rounds: usize,
     report: Report,
 }
 
 impl Bench<'_> {
-    /// Runs the captp and then the floor variant of a phase, each unless the filter
-    /// leaves it out. (Futures are lazy: nothing of a phase runs before it is spawned.)
-    fn both<C, F>(&mut self, name: &str, captp: C, floor: F) -> BenchResult<()>
+    /// Runs the captp and the floor variant of a phase, each unless the filter leaves it
+    /// out, `rounds` times, alternating which goes first; each figure printed is the
+    /// median of its rounds. A virtual machine's speed drifts over seconds: alternating
+    /// short rounds exposes both peers to the same drift, so their ratio holds still.
+    fn both<C, CF, F, FF>(&mut self, name: &str, captp: C, floor: F) -> BenchResult<()>
     where
-        C: Future<Output = BenchResult<Vec<Line>>> + Send + 'static,
-        F: Future<Output = BenchResult<Vec<Line>>> + Send + 'static,
+        C: Fn() -> CF,
+        CF: Future<Output = BenchResult<Vec<Line>>> + Send + 'static,
+        F: Fn() -> FF,
+        FF: Future<Output = BenchResult<Vec<Line>>> + Send + 'static,
     {
-        self.phase(&format!("{} {name}", Captp::NAME), captp)?;
-        self.phase(&format!("{} {name}", Floor::NAME), floor)
+        let c_label = format!("{} {name}", Captp::NAME);
+        let f_label = format!("{} {name}", Floor::NAME);
+        let (mut c_rounds, mut f_rounds) = (Vec::new(), Vec::new());
+        for round in 0..self.rounds {
+            let captp_first = round % 2 == 0;
+            if captp_first {
+                c_rounds.extend(self.phase(&c_label, captp())?);
+            }
+            f_rounds.extend(self.phase(&f_label, floor())?);
+            if !captp_first {
+                c_rounds.extend(self.phase(&c_label, captp())?);
+            }
+        }
+        for rounds in [c_rounds, f_rounds] {
+            if !rounds.is_empty() {
+                let lines = median_lines(rounds)?;
+                self.report.emit(lines);
+            }
+        }
+        Ok(())
     }
 
-    fn phase<F>(&mut self, label: &str, phase: F) -> BenchResult<()>
+    /// Runs one phase unless the filter leaves it out.
+    fn phase<F>(&self, label: &str, phase: F) -> BenchResult<Option<Vec<Line>>>
     where
         F: Future<Output = BenchResult<Vec<Line>>> + Send + 'static,
     {
         if self.filter.is_none_or(|f| label.contains(f)) {
-            let lines = on_client(self.client_rt, label, phase)?;
-            self.report.emit(lines);
+            Ok(Some(on_client(self.client_rt, label, phase)?))
+        } else {
+            Ok(None)
         }
-        Ok(())
     }
 }
 
@@ -1267,7 +1373,7 @@ fn keep_cpus_awake() -> BenchResult<std::fs::File> {
     Ok(file)
 }
 
-fn run(quick: bool, awake: bool, filter: Option<&str>) -> BenchResult<()> {
+fn run(quick: bool, awake: bool, rounds: usize, filter: Option<&str>) -> BenchResult<()> {
     let counts = if quick { Counts::QUICK } else { Counts::FULL };
     let _awake = if awake {
         let file = keep_cpus_awake()?;
@@ -1290,35 +1396,45 @@ fn run(quick: bool, awake: bool, filter: Option<&str>) -> BenchResult<()> {
     let mut bench = Bench {
         client_rt: &client_rt,
         filter,
+        rounds,
         report: Report::default(),
     };
-    // Memory first, on a heap that earlier phases have not churned (captp first).
+    // Memory first, once, on a heap that other phases have not churned (captp first).
     let idle = idle_session_count(counts.idle_sessions)?;
+    let rounds = std::mem::replace(&mut bench.rounds, 1);
     bench.both(
         "idle sessions",
-        idle_sessions(c.clone(), idle),
-        idle_sessions(f.clone(), idle),
+        || idle_sessions(c.clone(), idle),
+        || idle_sessions(f.clone(), idle),
     )?;
-    bench.both("rtt", rtt(c.clone(), counts), rtt(f.clone(), counts))?;
+    bench.rounds = rounds;
+    // Every other phase: `rounds` rounds, each with a share of the issue's counts.
+    let share = counts.per_round(rounds);
+    bench.both("rtt", || rtt(c.clone(), share), || rtt(f.clone(), share))?;
     bench.both(
         "inflight",
-        inflight(c.clone(), counts),
-        inflight(f.clone(), counts),
+        || inflight(c.clone(), share),
+        || inflight(f.clone(), share),
     )?;
     bench.both(
         "chain",
-        captp_chain(c.clone(), counts),
-        sequential_chain(f.clone(), counts),
+        || captp_chain(c.clone(), share),
+        || sequential_chain(f.clone(), share),
     )?;
-    bench.both("setup", setup(c.clone(), counts), setup(f.clone(), counts))?;
-    bench.both("blob", blob(c.clone(), counts), blob(f.clone(), counts))?;
+    bench.both(
+        "setup",
+        || setup(c.clone(), share),
+        || setup(f.clone(), share),
+    )?;
+    bench.both("blob", || blob(c.clone(), share), || blob(f.clone(), share))?;
     for n in counts.connection_levels {
         bench.both(
             &format!("{n} connections"),
-            connections(c.clone(), n, counts),
-            connections(f.clone(), n, counts),
+            || connections(c.clone(), n, share),
+            || connections(f.clone(), n, share),
         )?;
     }
+    let rounds_note = bench.rounds;
     let mut report = bench.report;
     report.emit(vec![
         Line::new(Captp::NAME, "process")
@@ -1329,7 +1445,7 @@ fn run(quick: bool, awake: bool, filter: Option<&str>) -> BenchResult<()> {
             ),
     ]);
     let others = CpuTimes::now()?.others_since(&cpu_at_start);
-    report.table(&counts, quick, awake, others);
+    report.table(&counts, quick, awake, rounds_note, others);
 
     server_rt.block_on(server_vat.shutdown());
     client_rt.shutdown_timeout(Duration::from_secs(2));
@@ -1341,23 +1457,34 @@ fn run(quick: bool, awake: bool, filter: Option<&str>) -> BenchResult<()> {
 fn main() -> ExitCode {
     let mut quick = false;
     let mut awake = false;
+    let mut rounds = None;
     let mut filter = None;
-    for arg in std::env::args().skip(1) {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--rounds" => match args.next().and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if n > 0 => rounds = Some(n),
+                _ => {
+                    eprintln!("--rounds needs a positive number");
+                    return ExitCode::FAILURE;
+                }
+            },
             "--quick" => quick = true,
             "--awake" => awake = true,
             // `cargo bench` passes `--bench` to every bench binary.
             "--bench" => {}
             flag if flag.starts_with('-') => {
                 eprintln!(
-                    "ignoring unknown option {flag:?} (known: --quick, --awake, and a phase filter)"
+                    "ignoring unknown option {flag:?} (known: --quick, --awake, --rounds N, and a phase filter)"
                 );
             }
             // A phase filter, as with other benches: `cargo bench --bench captp -- rtt`.
             name => filter = Some(name.to_owned()),
         }
     }
-    match run(quick, awake, filter.as_deref()) {
+    // Full runs alternate three rounds per phase; quick runs do one.
+    let rounds = rounds.unwrap_or(if quick { 1 } else { 3 });
+    match run(quick, awake, rounds, filter.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("captp bench failed: {e}");
