@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Smoke-runs every captp fuzz target for a short time (30 s each by default), one at a
-# time, starting from the committed seeds. `.ci/run` may call it; it needs the nightly
-# toolchain and cargo-fuzz and installs neither: without them it prints "skipped: ..."
-# and exits 0. A crash, a timeout or an out-of-memory fails the script; the input that
-# caused it is left in fuzz/artifacts/<target>/.
+# time, starting from the committed seeds. `.ci/run` ends with it (20 s per target). It
+# needs the nightly toolchain and cargo-fuzz and installs neither: without them it
+# prints "skipped: ..." and exits 0. A crash, a timeout or an out-of-memory fails the
+# script; the input that caused it is left in fuzz/artifacts/<target>/.
 #
 #   fuzz/smoke.sh                 every target, 30 s each
 #   FUZZ_SECONDS=600 fuzz/smoke.sh session message
@@ -48,7 +48,7 @@ for target in "${TARGETS[@]}"; do
     cargo +nightly fuzz run -a "$target" "fuzz/corpus/$target" -- \
         -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -timeout=10 \
         -print_final_stats=1 2>&1 | tee "$log" |
-        grep -E '^(INFO: seed|#[0-9]+ +(INITED|DONE)|Done [0-9]+ runs|==[0-9]+==|SUMMARY|stat::number_of_executed_units|thread .* panicked)'
+        grep -E '^(INFO: seed|#[0-9]+[[:space:]]+(INITED|DONE)|Done [0-9]+ runs|==[0-9]+==|SUMMARY|stat::number_of_executed_units|thread .* panicked)'
     rc="${PIPESTATUS[0]}"
     set -e
     runs="$(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$log" | grep -Eo '[0-9]+$' || true)"
