@@ -254,6 +254,8 @@ pub(crate) async fn run(
         wbuf: Vec::new(),
         wpos: 0,
         urgent: false,
+        lazy_due: false,
+        flush_pending: false,
     };
     let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
     // A vat that shuts down posts `Command::Shutdown` to every session it has; this
@@ -264,15 +266,14 @@ pub(crate) async fn run(
     let started = Instant::now();
     let mut last_rx = started;
     let mut pinged = false;
-    let mut flush_pending = false;
     let mut rx_open = true;
     // Bookkeeping messages (`finish`, `release`, and our `hello`) wait for the next
     // message that needs an answer, so they ride in its write instead of waking the
     // peer on their own. They wait at most one turn of the scheduler (`lazy_due`), and
     // a listening side's `hello` waits for the peer's first bytes: the connecting side
     // always speaks first, and the `hello` then leaves with the first answer.
-    let mut lazy_due = false;
     let mut heard = !handle.inbound();
+    let mut inline_write = true;
     let period =
         (limits.keepalive_idle.min(limits.handshake_timeout) / 4).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(period);
@@ -288,8 +289,20 @@ pub(crate) async fn run(
             break;
         }
         let backlog = d.wbuf.len() - d.wpos;
-        let write_now = backlog > 0 && (d.urgent || lazy_due);
+        let write_now = backlog > 0 && (d.urgent || d.lazy_due);
         let lazy_waiting = backlog > 0 && !write_now && heard;
+        // Write at once when the socket takes it, without a turn of the select below
+        // (which would poll every other branch first); at most once between turns, so
+        // a handle that keeps sending cannot starve reads.
+        if write_now
+            && inline_write
+            && let Some(r) = write_or_flush(&mut wr, &d.wbuf[d.wpos..]).now_or_never()
+        {
+            d.wrote(r, &mut wr);
+            inline_write = false;
+            continue;
+        }
+        inline_write = true;
         if rbuf.capacity() - rbuf.len() < MIN_READ {
             rbuf.reserve(READ_CHUNK);
         }
@@ -310,28 +323,9 @@ pub(crate) async fn run(
                 Some(cmd) => d.apply(cmd),
                 None => rx_open = false,
             },
-            r = write_or_flush(&mut wr, &d.wbuf[d.wpos..]), if write_now || flush_pending => match r {
-                Ok(0) => flush_pending = false,
-                Ok(n) => {
-                    d.wpos += n;
-                    if d.wpos == d.wbuf.len() {
-                        d.wbuf.clear();
-                        d.wpos = 0;
-                        d.urgent = false;
-                        lazy_due = false;
-                        // Flush now if that can finish at once (it usually can: the TLS
-                        // layer already passed the records on); otherwise in the loop.
-                        match wr.flush().now_or_never() {
-                            Some(Ok(())) => flush_pending = false,
-                            Some(Err(e)) => {
-                                d.core.handle_connection_lost(format!("write failed: {e}"));
-                            }
-                            None => flush_pending = true,
-                        }
-                    }
-                }
-                Err(e) => d.core.handle_connection_lost(format!("write failed: {e}")),
-            },
+            r = write_or_flush(&mut wr, &d.wbuf[d.wpos..]), if write_now || d.flush_pending => {
+                d.wrote(r, &mut wr);
+            }
             Some((answer, outcome)) = d.calls.next(), if !d.calls.is_empty() => {
                 match answer {
                     Some(answer) => d.answer(answer, outcome),
@@ -340,7 +334,7 @@ pub(crate) async fn run(
             }
             // Only bookkeeping is waiting: give the tasks this session just woke one
             // turn to queue their next calls, then send it all together.
-            () = tokio::task::yield_now(), if lazy_waiting => lazy_due = true,
+            () = tokio::task::yield_now(), if lazy_waiting => d.lazy_due = true,
             _ = tick.tick() => {
                 let now = Instant::now();
                 // Quiet since the last tick: give back buffer space a burst left behind.
@@ -422,9 +416,42 @@ struct Driver {
     wpos: usize,
     /// Whether `wbuf` holds a message the peer is waiting for (see `is_bookkeeping`).
     urgent: bool,
+    /// Bookkeeping alone in `wbuf` has waited its turn and goes out now.
+    lazy_due: bool,
+    /// Everything was written but the flush has not completed.
+    flush_pending: bool,
 }
 
 impl Driver {
+    /// Accounts for a write (or, for `Ok(0)`, a flush) of the buffer's unwritten part.
+    fn wrote(&mut self, r: std::io::Result<usize>, wr: &mut WriteHalf<TlsStream>) {
+        match r {
+            Ok(0) => self.flush_pending = false,
+            Ok(n) => {
+                self.wpos += n;
+                if self.wpos == self.wbuf.len() {
+                    self.wbuf.clear();
+                    self.wpos = 0;
+                    self.urgent = false;
+                    self.lazy_due = false;
+                    // Flush now if that can finish at once (it usually can: the TLS
+                    // layer already passed the records on); otherwise in the loop.
+                    match wr.flush().now_or_never() {
+                        Some(Ok(())) => self.flush_pending = false,
+                        Some(Err(e)) => {
+                            self.core
+                                .handle_connection_lost(format!("write failed: {e}"));
+                        }
+                        None => self.flush_pending = true,
+                    }
+                }
+            }
+            Err(e) => self
+                .core
+                .handle_connection_lost(format!("write failed: {e}")),
+        }
+    }
+
     /// Handles every pending event, then encodes every pending message.
     fn pump(&mut self) {
         // A closed session's handles say so before any promise breaks because of it.
