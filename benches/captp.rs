@@ -944,8 +944,9 @@ struct Line {
     /// The JSON fields before the values (peer, metric, tags).
     head: String,
     key: String,
-    /// Name, value and decimals printed.
-    values: Vec<(String, f64, usize)>,
+    /// Name, the figure's key for the table (the key so far, then the name), value
+    /// and decimals printed.
+    values: Vec<(String, String, f64, usize)>,
     /// How many rounds the values are the median of.
     rounds: usize,
 }
@@ -984,13 +985,14 @@ impl Line {
     }
 
     fn value(mut self, name: &str, value: f64, decimals: usize) -> Line {
-        self.values.push((name.to_owned(), value, decimals));
+        let key = format!("{} {name}", self.key);
+        self.values.push((name.to_owned(), key, value, decimals));
         self
     }
 
     fn json(&self) -> String {
         let mut json = self.head.clone();
-        for (name, value, decimals) in &self.values {
+        for (name, _, value, decimals) in &self.values {
             let _ = write!(json, ",\"{name}\":{value:.decimals$}");
         }
         if self.rounds > 1 {
@@ -1009,10 +1011,10 @@ fn median_lines(mut rounds: Vec<Vec<Line>>) -> BenchResult<Vec<Line>> {
         return Ok(Vec::new());
     };
     for (i, line) in merged.iter_mut().enumerate() {
-        for (j, (name, value, _)) in line.values.iter_mut().enumerate() {
+        for (j, (name, _, value, _)) in line.values.iter_mut().enumerate() {
             let mut all = vec![*value];
             for other in &rounds {
-                let (other_name, v, _) = other
+                let (other_name, _, v, _) = other
                     .get(i)
                     .and_then(|l| l.values.get(j))
                     .ok_or("rounds produced different lines")?;
@@ -1039,9 +1041,8 @@ impl Report {
     fn emit(&mut self, lines: Vec<Line>) {
         for line in lines {
             println!("{}", line.json());
-            for (name, value, _) in &line.values {
-                self.figures
-                    .insert((line.peer, format!("{} {name}", line.key)), *value);
+            for (_, key, value, _) in &line.values {
+                self.figures.insert((line.peer, key.clone()), *value);
             }
         }
     }
