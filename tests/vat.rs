@@ -689,6 +689,55 @@ async fn more_sends_than_the_queue_limit_pipelined_on_a_fetch_are_served() {
     .await;
 }
 
+// ---- writes ----
+
+/// One call after another: each call's `finish` rides in the next call's write, and a
+/// listening vat's `hello` in its first answer, so each side makes about one write per
+/// call although the caller sends two messages per call. (A single-threaded runtime
+/// makes the order of tasks fixed: the caller runs before the session sends alone.)
+#[tokio::test(flavor = "current_thread")]
+async fn sequential_calls_make_one_write_per_call_each_way() {
+    within(async {
+        let server = start_server().await;
+        let client = start_client().await;
+        let obj = client.enliven(&server.uri);
+        let sum: i64 = obj.send("add", (1, 2)).await.expect("add");
+        assert_eq!(sum, 3);
+        let traffic = |stats: captp::VatStats| {
+            let [session] = &stats.sessions[..] else {
+                panic!("expected one session, got {stats:?}");
+            };
+            (session.frames_sent, session.writes)
+        };
+        let (c_frames, c_writes) = traffic(client.stats().await);
+        let (s_frames, s_writes) = traffic(server.vat.stats().await);
+        // Setup: the client's hello, fetch and call left in one write (their two
+        // finishes wait for the next one), and the server's hello and two answers in one.
+        assert_eq!((c_frames, c_writes), (5, 1), "client during setup");
+        assert_eq!((s_frames, s_writes), (3, 1), "server during setup");
+
+        const CALLS: u64 = 100;
+        for i in 0..CALLS {
+            let i = i64::try_from(i).expect("small");
+            let sum: i64 = obj.send("add", (i, 1)).await.expect("add");
+            assert_eq!(sum, i + 1);
+        }
+        let (c_frames2, c_writes2) = traffic(client.stats().await);
+        let (s_frames2, s_writes2) = traffic(server.vat.stats().await);
+        // The client sent a deliver and a finish per call, the server a return.
+        assert_eq!(c_frames2 - c_frames, 2 * CALLS, "client frames");
+        assert_eq!(s_frames2 - s_frames, CALLS, "server frames");
+        // One write per call, plus at most one for the last finish.
+        assert!(
+            c_writes2 - c_writes <= CALLS + 1,
+            "client made {} writes for {CALLS} calls",
+            c_writes2 - c_writes
+        );
+        assert_eq!(s_writes2 - s_writes, CALLS, "server writes");
+    })
+    .await;
+}
+
 // ---- losing the peer ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

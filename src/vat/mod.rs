@@ -322,11 +322,13 @@ impl Vat {
         for handle in handles {
             let (tx, rx) = oneshot::channel();
             if handle.post(Command::Stats(tx)).is_ok() {
-                if let Ok(tables) = rx.await {
+                if let Ok((tables, traffic)) = rx.await {
                     sessions.push(SessionInfo {
                         peer: handle.peer(),
                         inbound: handle.inbound(),
                         tables,
+                        frames_sent: traffic.frames,
+                        writes: traffic.writes,
                     });
                 }
             }
@@ -407,6 +409,13 @@ pub struct SessionInfo {
     pub inbound: bool,
     /// The sizes of the session's four tables.
     pub tables: SessionStats,
+    /// Messages (frames) this vat has queued for the peer so far: written, or waiting
+    /// in the session's write buffer.
+    pub frames_sent: u64,
+    /// Writes to the connection so far. Bookkeeping messages (`finish`, `release`) ride
+    /// in the write of the next message, so a caller making one call after another
+    /// makes about one write per call.
+    pub writes: u64,
 }
 
 impl VatInner {

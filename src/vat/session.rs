@@ -63,11 +63,20 @@ pub(crate) enum Command {
     ResolveExport(ObjectHandle, Settled),
     DropImport(ImportId),
     DropQuestionRef(QuestionId),
-    Stats(oneshot::Sender<SessionStats>),
+    Stats(oneshot::Sender<(SessionStats, Traffic)>),
     /// A ping whose pong is reported: a round trip that orders everything before it.
     Sync(oneshot::Sender<()>),
     /// The vat is shutting down: what was queued before this goes out, then `abort`.
     Shutdown,
+}
+
+/// What a session has written to its connection so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Traffic {
+    /// Frames (messages) encoded for the peer.
+    pub(crate) frames: u64,
+    /// Writes to the connection that moved bytes (each carries one or more frames).
+    pub(crate) writes: u64,
 }
 
 /// A cheap, thread-safe handle to a session task.
@@ -256,6 +265,7 @@ pub(crate) async fn run(
         urgent: false,
         lazy_due: false,
         flush_pending: false,
+        traffic: Traffic::default(),
     };
     let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
     // A vat that shuts down posts `Command::Shutdown` to every session it has; this
@@ -420,6 +430,7 @@ struct Driver {
     lazy_due: bool,
     /// Everything was written but the flush has not completed.
     flush_pending: bool,
+    traffic: Traffic,
 }
 
 impl Driver {
@@ -429,6 +440,7 @@ impl Driver {
             Ok(0) => self.flush_pending = false,
             Ok(n) => {
                 self.wpos += n;
+                self.traffic.writes += 1;
                 if self.wpos == self.wbuf.len() {
                     self.wbuf.clear();
                     self.wpos = 0;
@@ -463,7 +475,10 @@ impl Driver {
         }
         while let Some(msg) = self.core.poll_transmit() {
             match msg.encode_frame(&mut self.wbuf) {
-                Ok(_) => self.urgent |= !msg.is_bookkeeping(),
+                Ok(_) => {
+                    self.urgent |= !msg.is_bookkeeping();
+                    self.traffic.frames += 1;
+                }
                 Err(e) => {
                     tracing::error!(kind = msg.kind(), error = %e, "could not encode a message");
                 }
@@ -546,7 +561,7 @@ impl Driver {
             Command::DropImport(i) => self.core.drop_import(i),
             Command::DropQuestionRef(q) => self.core.drop_question_ref(q),
             Command::Stats(tx) => {
-                let _ = tx.send(self.core.stats());
+                let _ = tx.send((self.core.stats(), self.traffic));
             }
             Command::Sync(tx) => {
                 if let Some(nonce) = self.core.ping() {
