@@ -738,6 +738,37 @@ async fn sequential_calls_make_one_write_per_call_each_way() {
     .await;
 }
 
+/// Large payloads are written from their own buffers between the bytes of their frames;
+/// sizes around that threshold (16 KiB), several in flight at once, arrive intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_in_flight_together_arrive_intact() {
+    within(async {
+        let server = start_server().await;
+        let client = start_client().await;
+        let obj = client.enliven(&server.uri);
+        let sizes = [0, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 100, 300_000];
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| ((i * 31 + j) % 251) as u8).collect())
+            .collect();
+        let pending: Vec<_> = payloads
+            .iter()
+            .map(|p| obj.send::<ByteBuf>("echo_bytes", (ByteBuf::from(p.clone()),)))
+            .collect();
+        for (promise, sent) in pending.into_iter().zip(&payloads) {
+            let back = promise.await.expect("echo_bytes");
+            assert_eq!(back.len(), sent.len());
+            assert!(
+                back.into_vec() == *sent,
+                "payload of {} bytes changed",
+                sent.len()
+            );
+        }
+    })
+    .await;
+}
+
 // ---- losing the peer ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 mod codec;
 mod local;
 mod object;
+mod outbox;
 mod reference;
 mod session;
 

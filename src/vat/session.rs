@@ -24,6 +24,7 @@ use super::VatInner;
 use super::codec::RefPayload;
 use super::local::{guard, invoke};
 use super::object::{Args, ObjectHandle, Outcome, ReplyInner};
+use super::outbox::Outbox;
 use super::reference::{Ref, Resolver, Settled, Watched, check_limits, out_caps};
 use crate::broken::{Broken, BrokenKind};
 use crate::identity::VatId;
@@ -42,6 +43,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const IDLE_BUFFER: usize = 2 * 1024;
 /// Spare receive capacity below which the buffer grows before the next read.
 const MIN_READ: usize = 1024;
+/// Payload data of at least this many bytes is written from its own buffer rather than
+/// copied into the write buffer.
+const DETACH: usize = 16 * 1024;
 /// Commands taken from the channel per wake-up, so one busy handle cannot starve reads.
 const COMMAND_BATCH: usize = 256;
 /// Time allowed to flush the last frames (an `abort`, say) when a session closes.
@@ -260,8 +264,7 @@ pub(crate) async fn run(
         one_way_running: 0,
         promises: HashMap::new(),
         syncs: HashMap::new(),
-        wbuf: Vec::new(),
-        wpos: 0,
+        out: Outbox::default(),
         urgent: false,
         lazy_due: false,
         flush_pending: false,
@@ -298,7 +301,7 @@ pub(crate) async fn run(
         if d.core.is_closed() {
             break;
         }
-        let backlog = d.wbuf.len() - d.wpos;
+        let backlog = d.out.len();
         let write_now = backlog > 0 && (d.urgent || d.lazy_due);
         let lazy_waiting = backlog > 0 && !write_now && heard;
         // Write at once when the socket takes it, without a turn of the select below
@@ -306,7 +309,7 @@ pub(crate) async fn run(
         // a handle that keeps sending cannot starve reads.
         if write_now
             && inline_write
-            && let Some(r) = write_or_flush(&mut wr, &d.wbuf[d.wpos..]).now_or_never()
+            && let Some(r) = write_or_flush(&mut wr, &d.out).now_or_never()
         {
             d.wrote(r, &mut wr);
             inline_write = false;
@@ -333,7 +336,7 @@ pub(crate) async fn run(
                 Some(cmd) => d.apply(cmd),
                 None => rx_open = false,
             },
-            r = write_or_flush(&mut wr, &d.wbuf[d.wpos..]), if write_now || d.flush_pending => {
+            r = write_or_flush(&mut wr, &d.out), if write_now || d.flush_pending => {
                 d.wrote(r, &mut wr);
             }
             Some((answer, outcome)) = d.calls.next(), if !d.calls.is_empty() => {
@@ -352,9 +355,7 @@ pub(crate) async fn run(
                     if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
                         rbuf = BytesMut::with_capacity(IDLE_BUFFER);
                     }
-                    if d.wbuf.is_empty() && d.wbuf.capacity() > IDLE_BUFFER {
-                        d.wbuf = Vec::new();
-                    }
+                    d.out.shrink(IDLE_BUFFER);
                 }
                 if !d.core.is_established() && now - started >= limits.handshake_timeout {
                     d.core.abort(format!(
@@ -381,23 +382,25 @@ pub(crate) async fn run(
         .unwrap_or_else(|| Broken::disconnected("the session closed"));
     handle.close(&mut d.rx, reason);
     d.pump();
-    let tail = &d.wbuf[d.wpos..];
     let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-        if wr.write_all(tail).await.is_ok() {
-            let _ = wr.shutdown().await;
+        for piece in d.out.pieces() {
+            if wr.write_all(piece).await.is_err() {
+                return;
+            }
         }
+        let _ = wr.shutdown().await;
     })
     .await;
     vat.forget_session(&handle);
 }
 
-/// Writes some of `buf`, or flushes when it is empty. Returns the bytes written (0 for a
-/// flush).
-async fn write_or_flush(wr: &mut WriteHalf<TlsStream>, buf: &[u8]) -> std::io::Result<usize> {
-    if buf.is_empty() {
+/// Writes some of what `out` holds (one vectored write), or flushes when it is empty.
+/// Returns the bytes written (0 for a flush).
+async fn write_or_flush(wr: &mut WriteHalf<TlsStream>, out: &Outbox) -> std::io::Result<usize> {
+    if out.is_empty() {
         wr.flush().await.map(|()| 0)
     } else {
-        match wr.write(buf).await? {
+        match wr.write_vectored(&out.slices()).await? {
             0 => Err(std::io::ErrorKind::WriteZero.into()),
             n => Ok(n),
         }
@@ -422,11 +425,11 @@ struct Driver {
     promises: HashMap<ImportId, watch::Sender<Option<Settled>>>,
     /// `Vat::sync` callers, by ping nonce.
     syncs: HashMap<u64, oneshot::Sender<()>>,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    /// Whether `wbuf` holds a message the peer is waiting for (see `is_bookkeeping`).
+    /// What is still to be written.
+    out: Outbox,
+    /// Whether `out` holds a message the peer is waiting for (see `is_bookkeeping`).
     urgent: bool,
-    /// Bookkeeping alone in `wbuf` has waited its turn and goes out now.
+    /// Bookkeeping alone in `out` has waited its turn and goes out now.
     lazy_due: bool,
     /// Everything was written but the flush has not completed.
     flush_pending: bool,
@@ -439,11 +442,9 @@ impl Driver {
         match r {
             Ok(0) => self.flush_pending = false,
             Ok(n) => {
-                self.wpos += n;
+                self.out.advance(n);
                 self.traffic.writes += 1;
-                if self.wpos == self.wbuf.len() {
-                    self.wbuf.clear();
-                    self.wpos = 0;
+                if self.out.is_empty() {
                     self.urgent = false;
                     self.lazy_due = false;
                     // Flush now if that can finish at once (it usually can: the TLS
@@ -473,16 +474,17 @@ impl Driver {
         while let Some(event) = self.core.poll_event() {
             self.handle_event(event);
         }
-        while let Some(msg) = self.core.poll_transmit() {
-            match msg.encode_frame(&mut self.wbuf) {
-                Ok(_) => {
-                    self.urgent |= !msg.is_bookkeeping();
-                    self.traffic.frames += 1;
-                }
-                Err(e) => {
-                    tracing::error!(kind = msg.kind(), error = %e, "could not encode a message");
-                }
+        while let Some(mut msg) = self.core.poll_transmit() {
+            // A large payload is written from its own buffer, not copied in.
+            if let Some(at) = self
+                .out
+                .append(|buf| msg.encode_frame_detached(buf, DETACH))
+                && let Some(data) = msg.payload_data_mut()
+            {
+                self.out.insert_at(at, std::mem::take(data));
             }
+            self.urgent |= !msg.is_bookkeeping();
+            self.traffic.frames += 1;
         }
     }
 

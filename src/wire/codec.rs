@@ -71,10 +71,18 @@ fn open(out: &mut Vec<u8>, kind: &str, fields: u64) {
     head(out, MAP, fields);
 }
 
-fn payload(out: &mut Vec<u8>, p: &Payload) {
+/// Where a payload's data was left out of an encoding (see [`encode`]).
+type Detached = Option<usize>;
+
+fn payload(out: &mut Vec<u8>, p: &Payload, detach: usize, detached: &mut Detached) {
     head(out, MAP, if p.caps.is_empty() { 1 } else { 2 });
     text(out, "data");
-    bytes(out, &p.data);
+    if p.data.len() >= detach {
+        head(out, BYTES, p.data.len() as u64);
+        *detached = Some(out.len());
+    } else {
+        bytes(out, &p.data);
+    }
     if !p.caps.is_empty() {
         text(out, "caps");
         head(out, ARRAY, p.caps.len() as u64);
@@ -90,12 +98,12 @@ fn payload(out: &mut Vec<u8>, p: &Payload) {
     }
 }
 
-fn result(out: &mut Vec<u8>, r: &ReturnResult) {
+fn result(out: &mut Vec<u8>, r: &ReturnResult, detach: usize, detached: &mut Detached) {
     head(out, MAP, 1);
     match r {
         ReturnResult::Ok(p) => {
             text(out, "ok");
-            payload(out, p);
+            payload(out, p, detach, detached);
         }
         ReturnResult::Err(w) => {
             text(out, "err");
@@ -109,7 +117,12 @@ fn result(out: &mut Vec<u8>, r: &ReturnResult) {
 }
 
 /// Appends the CBOR encoding of `msg` (no frame header).
-pub(super) fn encode(msg: &Message, out: &mut Vec<u8>) {
+///
+/// Payload data of `detach` bytes or more is left out: only its byte-string head is
+/// written, and the position in `out` where the data belongs is returned, so that a
+/// caller can send a large payload from its own buffer instead of copying it.
+pub(super) fn encode(msg: &Message, out: &mut Vec<u8>, detach: usize) -> Detached {
+    let mut detached = None;
     match msg {
         Message::Hello {
             version,
@@ -143,7 +156,7 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>) {
             text(out, "method");
             text(out, method);
             text(out, "payload");
-            payload(out, p);
+            payload(out, p, detach, &mut detached);
             if let Some(q) = question {
                 uint_field(out, "question", *q);
             }
@@ -155,7 +168,7 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>) {
             open(out, "return", 2);
             uint_field(out, "question", *question);
             text(out, "result");
-            result(out, r);
+            result(out, r, detach, &mut detached);
         }
         Message::Finish { question } => {
             open(out, "finish", 1);
@@ -165,7 +178,7 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>) {
             open(out, "resolve", 2);
             uint_field(out, "export", *export);
             text(out, "result");
-            result(out, r);
+            result(out, r, detach, &mut detached);
         }
         Message::Release { export, count } => {
             open(out, "release", 2);
@@ -186,6 +199,7 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>) {
             uint_field(out, "nonce", *nonce);
         }
     }
+    detached
 }
 
 // ---- decoding ----------------------------------------------------------------------
@@ -645,7 +659,7 @@ mod tests {
         #[test]
         fn matches_the_serde_layout(msg in message()) {
             let mut ours = Vec::new();
-            encode(&msg, &mut ours);
+            prop_assert_eq!(encode(&msg, &mut ours, usize::MAX), None);
             prop_assert_eq!(&ours, &serde_bytes_of(&msg));
             let items = decode(&ours).map(|(m, _)| m);
             prop_assert_eq!(items, Ok(msg));
@@ -684,7 +698,7 @@ mod tests {
             question: Some(9),
         };
         let mut body = Vec::new();
-        encode(&msg, &mut body);
+        encode(&msg, &mut body, usize::MAX);
         let (_, items) = decode(&body).unwrap();
         // Every head counts, keys included: 3 for the envelope, 4 for the target, 2 for
         // the method, 6 plus 3 per descriptor for the payload, 2 for the question.

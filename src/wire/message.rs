@@ -190,8 +190,60 @@ impl Message {
     /// Only if serialization itself fails, which the types here do not do.
     pub fn encode_frame(&self, out: &mut Vec<u8>) -> Result<usize, String> {
         let at = frame::begin(out);
-        super::codec::encode(self, out);
+        super::codec::encode(self, out, usize::MAX);
         Ok(frame::finish(out, at))
+    }
+
+    /// Appends this message to `out` as one frame, except that payload data of at
+    /// least `detach` bytes is left out of `out`: the frame's length counts it, and the
+    /// position in `out` where it belongs is returned. The caller sends `out` up to
+    /// that position, then the data (see [`Message::payload_data_mut`]), then the rest.
+    pub fn encode_frame_detached(&self, out: &mut Vec<u8>, detach: usize) -> Option<usize> {
+        let at = frame::begin(out);
+        let detached = super::codec::encode(self, out, detach);
+        let data = match (detached, self.payload_data()) {
+            (Some(_), Some(data)) => data.len(),
+            _ => 0,
+        };
+        let len = out.len() - at - frame::HEADER_LEN + data;
+        // Callers check sizes against the peer's frame limit, which is below u32::MAX.
+        let prefix = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+        out[at..at + frame::HEADER_LEN].copy_from_slice(&prefix);
+        detached
+    }
+
+    /// The payload data this message carries (`deliver`, and `return` or `resolve`
+    /// with a result), if any.
+    pub fn payload_data(&self) -> Option<&Vec<u8>> {
+        match self {
+            Message::Deliver { payload, .. }
+            | Message::Return {
+                result: ReturnResult::Ok(payload),
+                ..
+            }
+            | Message::Resolve {
+                result: ReturnResult::Ok(payload),
+                ..
+            } => Some(&payload.data),
+            _ => None,
+        }
+    }
+
+    /// The payload data this message carries, to take it out after
+    /// [`Message::encode_frame_detached`].
+    pub fn payload_data_mut(&mut self) -> Option<&mut Vec<u8>> {
+        match self {
+            Message::Deliver { payload, .. }
+            | Message::Return {
+                result: ReturnResult::Ok(payload),
+                ..
+            }
+            | Message::Resolve {
+                result: ReturnResult::Ok(payload),
+                ..
+            } => Some(&mut payload.data),
+            _ => None,
+        }
     }
 
     /// Decodes one message body (a frame without its length prefix).
@@ -332,6 +384,31 @@ mod tests {
         });
         round_trip(Message::Ping { nonce: 1 });
         round_trip(Message::Pong { nonce: 1 });
+    }
+
+    #[test]
+    fn a_detached_payload_frames_like_an_inline_one() {
+        let mut msg = Message::Return {
+            question: 7,
+            result: ReturnResult::Ok(Payload {
+                data: (0..=255).collect(),
+                caps: vec![CapDescriptor::SenderHosted(1)],
+            }),
+        };
+        let mut whole = vec![9];
+        msg.encode_frame(&mut whole).unwrap();
+        let mut parts = vec![9];
+        let at = msg
+            .encode_frame_detached(&mut parts, 256)
+            .expect("detached");
+        let data = std::mem::take(msg.payload_data_mut().unwrap());
+        let rest = parts.split_off(at);
+        parts.extend_from_slice(&data);
+        parts.extend_from_slice(&rest);
+        assert_eq!(parts, whole);
+        // Below the threshold nothing is detached.
+        let mut small = Vec::new();
+        assert_eq!(msg.encode_frame_detached(&mut small, 1024), None);
     }
 
     #[test]
