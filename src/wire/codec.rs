@@ -423,6 +423,20 @@ fn uints<const N: usize>(
     Ok(values)
 }
 
+/// The message kinds, as their keys read on the wire.
+const KINDS: [&str; 10] = [
+    "hello",
+    "bootstrap",
+    "deliver",
+    "return",
+    "finish",
+    "resolve",
+    "release",
+    "abort",
+    "ping",
+    "pong",
+];
+
 /// The deepest nesting a message has: message, fields, result, payload, caps, descriptor.
 pub(super) const MESSAGE_DEPTH: usize = 6;
 
@@ -437,9 +451,10 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
         pos: 0,
         items: 0,
     };
-    let kind = r.union("message")?;
-    let kind_name = lossy(kind);
-    let kind: &str = &kind_name;
+    let key = r.union("message")?;
+    let Some(&kind) = KINDS.iter().find(|k| k.as_bytes() == key) else {
+        return Err(format!("unknown message kind `{}`", lossy(key)));
+    };
     let msg = match kind {
         "hello" => {
             let [version, max_frame, max_questions] =
