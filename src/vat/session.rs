@@ -307,10 +307,12 @@ pub(crate) async fn run(
         // Write at once when the socket takes it, without a turn of the select below
         // (which would poll every other branch first); at most once between turns, so
         // a handle that keeps sending cannot starve reads.
-        if write_now
-            && inline_write
-            && let Some(r) = write_or_flush(&mut wr, &d.out).now_or_never()
-        {
+        let inline = if write_now && inline_write {
+            write_or_flush(&mut wr, &d.out).now_or_never()
+        } else {
+            None
+        };
+        if let Some(r) = inline {
             d.wrote(r, &mut wr);
             inline_write = false;
             continue;
@@ -476,11 +478,10 @@ impl Driver {
         }
         while let Some(mut msg) = self.core.poll_transmit() {
             // A large payload is written from its own buffer, not copied in.
-            if let Some(at) = self
+            let detached = self
                 .out
-                .append(|buf| msg.encode_frame_detached(buf, DETACH))
-                && let Some(data) = msg.payload_data_mut()
-            {
+                .append(|buf| msg.encode_frame_detached(buf, DETACH));
+            if let (Some(at), Some(data)) = (detached, msg.payload_data_mut()) {
                 self.out.insert_at(at, std::mem::take(data));
             }
             self.urgent |= !msg.is_bookkeeping();

@@ -691,9 +691,8 @@ mod tests {
             } else {
                 body[i] = byte;
             }
-            if crate::wire::scan::check(&body, &CborLimits::DEFAULT).is_ok()
-                && let Ok((ours, _)) = decode(&body)
-            {
+            let scanned = crate::wire::scan::check(&body, &CborLimits::DEFAULT).is_ok();
+            if let (true, Ok((ours, _))) = (scanned, decode(&body)) {
                 let theirs: Message = ciborium::from_reader(&body[..]).unwrap();
                 prop_assert_eq!(ours, theirs);
             }

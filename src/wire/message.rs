@@ -257,11 +257,12 @@ impl Message {
         // One pass for the usual case: a body that decodes is one the bounded check
         // accepts, once its item count is within the limit. Anything else goes through
         // the bounded check first, so that bad CBOR gets the check's own error.
-        if limits.max_depth >= codec::MESSAGE_DEPTH
-            && let Ok((msg, items)) = codec::decode(body)
-            && items <= limits.max_items
-        {
-            return Ok(msg);
+        if limits.max_depth >= codec::MESSAGE_DEPTH {
+            if let Ok((msg, items)) = codec::decode(body) {
+                if items <= limits.max_items {
+                    return Ok(msg);
+                }
+            }
         }
         super::scan::check(body, limits)?;
         match codec::decode(body) {
