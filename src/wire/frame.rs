@@ -57,7 +57,13 @@ pub fn begin(out: &mut Vec<u8>) -> usize {
 
 /// Writes the body length into the prefix reserved at `at`; returns the body length.
 pub fn finish(out: &mut [u8], at: usize) -> usize {
-    let len = out.len() - at - HEADER_LEN;
+    finish_with(out, at, 0)
+}
+
+/// As [`finish`], for a body of which `elsewhere` bytes are sent from another buffer
+/// (see `Message::encode_frame_detached`).
+pub fn finish_with(out: &mut [u8], at: usize, elsewhere: usize) -> usize {
+    let len = out.len() - at - HEADER_LEN + elsewhere;
     // Callers check `len` against the peer's frame limit, which is below u32::MAX.
     let prefix = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
     out[at..at + HEADER_LEN].copy_from_slice(&prefix);

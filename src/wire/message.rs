@@ -205,10 +205,7 @@ impl Message {
             (Some(_), Some(data)) => data.len(),
             _ => 0,
         };
-        let len = out.len() - at - frame::HEADER_LEN + data;
-        // Callers check sizes against the peer's frame limit, which is below u32::MAX.
-        let prefix = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
-        out[at..at + frame::HEADER_LEN].copy_from_slice(&prefix);
+        frame::finish_with(out, at, data);
         detached
     }
 
