@@ -39,7 +39,7 @@ struct Counter {
 impl Object for Counter {
     fn call(&self, method: &str, args: Args) -> Reply {
         if let Err(e) = args.decode::<()>() {
-            eprintln!("counter_server: {method}() with unexpected arguments");
+            eprintln!("counter_server: {method:?}() with unexpected arguments");
             return Reply::err(e);
         }
         match method {
@@ -54,7 +54,7 @@ impl Object for Counter {
                 Reply::ok(count)
             }
             _ => {
-                eprintln!("counter_server: {method}(): no such method");
+                eprintln!("counter_server: {method:?}(): no such method");
                 Reply::unknown_method(method)
             }
         }

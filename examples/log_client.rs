@@ -53,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match found {
         Ok(hits) => {
             for (time, line) in hits {
-                println!("At {time}: {line}");
+                println!("At {time}: {}", line.escape_debug());
             }
             Ok(())
         }

@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("log", Ok((line,))) => eprintln!("log_service: log({line:?})"),
             ("search", Ok((needle,))) => eprintln!("log_service: search({needle:?})"),
             ("topic", Ok((name,))) => eprintln!("log_service: topic({name:?})"),
-            _ => eprintln!("log_service: {method}(..)"),
+            _ => eprintln!("log_service: {method:?}(..)"),
         }
         service.call(method, args)
     };

@@ -59,7 +59,7 @@ fn tax_computer(method: &str, args: Args) -> Reply {
             }
         },
         _ => {
-            eprintln!("tax_server: {method}(): no such method");
+            eprintln!("tax_server: {method:?}(): no such method");
             Reply::unknown_method(method)
         }
     }
