@@ -12,114 +12,24 @@
 //! [`SturdyRef`]'s `Display` and [`SwissNumber::expose_base64`] print the
 //! secret, deliberately. The registry is keyed by the SHA-256 of swiss
 //! numbers so that lookups do not branch on the secret's bytes.
+//!
+//! [`SwissNumber`] itself, and the 43-character text form it shares with vat
+//! IDs, live in [`crate::wire::id`], since messages carry swiss numbers too.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use subtle::ConstantTimeEq;
+use crate::identity::VatId;
+use crate::wire::id::{self, IdKind, IdTextError};
 
-use crate::identity::{VatId, VatIdParseError};
+pub use crate::wire::id::{SwissHash, SwissNumber};
 
 /// The expected shape of a sturdy ref, quoted in error messages.
 const FORM: &str = "captp://<vat-id>@<host>:<port>/<swiss>";
 /// The scheme prefix of a sturdy ref.
 const SCHEME: &str = "captp://";
-/// Length of a swiss number in unpadded base64url.
-const SWISS_TEXT_LEN: usize = 43;
-
-/// An unguessable 256-bit secret designating one object within a vat.
-///
-/// Equality is constant time. There is deliberately no `Display`; `Debug`
-/// is redacted. Use [`SwissNumber::expose_base64`] to put it in a sturdy
-/// ref.
-#[derive(Clone)]
-pub struct SwissNumber([u8; 32]);
-
-impl SwissNumber {
-    /// Generates a fresh swiss number from the operating system's RNG.
-    ///
-    /// # Panics
-    ///
-    /// Panics if the operating system's random number generator fails. That
-    /// is a broken environment in which no secret can be made safely, so
-    /// there is nothing sensible to continue with.
-    pub fn generate() -> SwissNumber {
-        let mut bytes = [0u8; 32];
-        if let Err(e) = rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes) {
-            panic!("the operating system's random number generator failed: {e}");
-        }
-        SwissNumber(bytes)
-    }
-
-    /// A swiss number from raw bytes (for example read from storage).
-    pub fn from_bytes(bytes: [u8; 32]) -> SwissNumber {
-        SwissNumber(bytes)
-    }
-
-    /// The raw secret bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// The secret as 43 characters of unpadded base64url, for putting in a
-    /// sturdy ref only.
-    ///
-    /// # Authority
-    ///
-    /// Whoever sees the returned text holds the capability. Do not log it.
-    pub fn expose_base64(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0)
-    }
-
-    /// The SHA-256 of this swiss number, under which a [`Registry`] stores
-    /// it.
-    pub fn hash(&self) -> SwissHash {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.0);
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        SwissHash(bytes)
-    }
-}
-
-impl PartialEq for SwissNumber {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
-    }
-}
-
-impl Eq for SwissNumber {}
-
-impl fmt::Debug for SwissNumber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SwissNumber(<redacted>)")
-    }
-}
-
-/// The SHA-256 of a [`SwissNumber`]. Not itself a secret that grants
-/// authority: a registry key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SwissHash([u8; 32]);
-
-impl SwissHash {
-    /// The raw 32 bytes of the hash.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SwissHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SwissHash(")?;
-        for b in &self.0[..4] {
-            write!(f, "{b:02x}")?;
-        }
-        f.write_str("…)")
-    }
-}
 
 /// Where a vat listens: an IP address or a domain name.
 ///
@@ -308,50 +218,10 @@ fn parse_port(s: &str) -> Result<u16, PortError> {
     u16::try_from(port).map_err(|_| PortError::OutOfRange)
 }
 
-/// Why the swiss-number part of a sturdy ref is malformed. Never contains
-/// the swiss text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SwissError {
-    /// Not 43 characters.
-    #[error("the swiss number must be 43 base64url characters, got {len}")]
-    Length {
-        /// Number of characters found.
-        len: usize,
-    },
-    /// A character outside the base64url alphabet.
-    #[error(
-        "character {position} of the swiss number is not in the base64url alphabet (A-Z a-z 0-9 - _)"
-    )]
-    Alphabet {
-        /// Zero-based character position of the first bad character.
-        position: usize,
-    },
-    /// The last character carries stray bits.
-    #[error("the swiss number is not canonical base64url (its last character has stray low bits)")]
-    NonCanonical,
-}
-
-fn parse_swiss(s: &str) -> Result<SwissNumber, SwissError> {
-    let len = s.chars().count();
-    if len != SWISS_TEXT_LEN {
-        return Err(SwissError::Length { len });
-    }
-    if let Some(position) = s
-        .chars()
-        .position(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-    {
-        return Err(SwissError::Alphabet { position });
-    }
-    let decoded = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| SwissError::NonCanonical)?;
-    let bytes: [u8; 32] = decoded.try_into().map_err(|_| SwissError::NonCanonical)?;
-    let swiss = SwissNumber(bytes);
-    if swiss.expose_base64() != s {
-        return Err(SwissError::NonCanonical);
-    }
-    Ok(swiss)
+/// The swiss number of a sturdy ref from its text; the error names the
+/// swiss number ([`IdKind::SwissNumber`]).
+fn parse_swiss(s: &str) -> Result<SwissNumber, IdTextError> {
+    id::parse_id(s, IdKind::SwissNumber).map(SwissNumber::from_bytes)
 }
 
 /// Why a string is not a sturdy ref.
@@ -376,9 +246,9 @@ pub enum ParseError {
     /// No `@`, or nothing before it.
     #[error("sturdy ref has no vat ID before an '@'; expected {FORM}")]
     MissingVatId,
-    /// The vat ID is malformed.
+    /// The vat ID is malformed (an [`IdTextError`] about [`IdKind::VatId`]).
     #[error("sturdy ref has a bad vat ID: {0}; expected {FORM}")]
-    BadVatId(#[source] VatIdParseError),
+    BadVatId(#[source] IdTextError),
     /// Nothing between `@` and `:`.
     #[error("sturdy ref has no host after the '@'; expected {FORM}")]
     MissingHost,
@@ -394,9 +264,10 @@ pub enum ParseError {
     /// No `/swiss` after the port, or nothing after the `/`.
     #[error("sturdy ref has no swiss number after the port; expected {FORM}")]
     MissingSwiss,
-    /// The swiss number is malformed.
+    /// The swiss number is malformed (an [`IdTextError`] about
+    /// [`IdKind::SwissNumber`]).
     #[error("sturdy ref has a bad swiss number: {0}; expected {FORM}")]
-    BadSwiss(#[source] SwissError),
+    BadSwiss(#[source] IdTextError),
     /// Something (a query, fragment or further path segment) follows the
     /// swiss number.
     #[error(
@@ -716,7 +587,10 @@ mod tests {
             ),
             (
                 format!("captp://{}@h.example:1/{sw}", &v[..40]),
-                ParseError::BadVatId(VatIdParseError::Length { len: 40 }),
+                ParseError::BadVatId(IdTextError::Length {
+                    id: IdKind::VatId,
+                    len: 40,
+                }),
             ),
             (uri(":1", &sw), ParseError::MissingHost),
             (uri("", &sw), ParseError::MissingHost),
@@ -809,15 +683,23 @@ mod tests {
             ),
             (
                 uri("h.example:1", &sw[..12]),
-                ParseError::BadSwiss(SwissError::Length { len: 12 }),
+                ParseError::BadSwiss(IdTextError::Length {
+                    id: IdKind::SwissNumber,
+                    len: 12,
+                }),
             ),
             (
                 uri("h.example:1", &format!("{}%", &sw[..42])),
-                ParseError::BadSwiss(SwissError::Alphabet { position: 42 }),
+                ParseError::BadSwiss(IdTextError::Alphabet {
+                    id: IdKind::SwissNumber,
+                    position: 42,
+                }),
             ),
             (
                 uri("h.example:1", &format!("{}B", "A".repeat(42))),
-                ParseError::BadSwiss(SwissError::NonCanonical),
+                ParseError::BadSwiss(IdTextError::NonCanonical {
+                    id: IdKind::SwissNumber,
+                }),
             ),
             (
                 uri("h.example:1", &format!("{sw}?x=1")),
@@ -884,18 +766,6 @@ mod tests {
         assert!(r.to_string().contains(&text));
         let hash_debug = format!("{:?}", sw.hash());
         assert!(!hash_debug.contains(&text));
-    }
-
-    #[test]
-    fn swiss_numbers_differ_and_compare() {
-        let a = SwissNumber::generate();
-        let b = SwissNumber::generate();
-        assert_ne!(a, b);
-        assert_eq!(a, a.clone());
-        assert_eq!(a, SwissNumber::from_bytes(*a.as_bytes()));
-        assert_ne!(a.hash(), b.hash());
-        assert_eq!(a.hash(), a.clone().hash());
-        assert_eq!(a.expose_base64().len(), 43);
     }
 
     #[test]
