@@ -515,6 +515,36 @@ mod tests {
     }
 
     #[test]
+    fn each_kind_has_one_wire_name() {
+        let names: Vec<&str> = Kind::ALL.iter().map(|kind| kind.as_str()).collect();
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(Kind::from_bytes(kind.as_str().as_bytes()), Some(kind));
+            assert!(!names[..i].contains(&kind.as_str()), "{kind:?}");
+        }
+        assert_eq!(Kind::from_bytes(b"Hello"), None);
+        assert_eq!(Kind::from_bytes(b"hello "), None);
+        assert_eq!(Kind::from_bytes(b""), None);
+        assert_eq!(Message::Finish { question: 1 }.kind(), "finish");
+        assert_eq!(Message::Pong { nonce: 1 }.kind(), "pong");
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate_at_char_boundary("abc", 5), "abc");
+        assert_eq!(truncate_at_char_boundary("abc", 2), "ab");
+        // "é" is two bytes: a cut inside it keeps the character out.
+        assert_eq!(truncate_at_char_boundary("aé", 2), "a");
+        assert_eq!(truncate_at_char_boundary("é", 0), "");
+        let long = format!("x{}", "é".repeat(MAX_ERROR_MESSAGE));
+        let wire = WireBroken::from(&Broken::failed(long.clone()));
+        assert_eq!(wire.message.len(), MAX_ERROR_MESSAGE - 1);
+        assert!(long.starts_with(&wire.message));
+        let short = WireBroken::from(&Broken::failed("short"));
+        assert_eq!(short.message, "short");
+        assert_eq!(short.kind, BrokenKind::Failed.as_str());
+    }
+
+    #[test]
     fn debug_never_shows_the_swiss() {
         let msg = Message::Bootstrap {
             question: 1,
