@@ -1,7 +1,7 @@
 //! 32-byte ids: the [`SwissNumber`] a `bootstrap` carries, and the one text form that
 //! vat IDs and swiss numbers share (43 characters of unpadded base64url).
 //!
-//! [`parse_id`] and [`encode_id`] are the only base64url code for ids in the crate: the
+//! `parse_id` and `encode_id` are the only base64url code for ids in the crate: the
 //! identity module prints and parses vat IDs with them, the sturdy-ref parser swiss
 //! numbers. A leaf: this module uses nothing else from the crate, so the message types
 //! can carry a swiss number without the wire layer depending on keys or URIs.
