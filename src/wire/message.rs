@@ -199,6 +199,8 @@ impl From<WireBroken> for Broken {
 
 /// The payload a message carries (`deliver`, and `return` or `resolve` with a result),
 /// borrowed as the message is: shared from `&Message`, mutable from `&mut Message`.
+/// (A macro because one function cannot return both kinds of borrow; it keeps the list
+/// of payload-carrying messages in one place.)
 macro_rules! carried_payload {
     ($msg:expr) => {
         match $msg {
