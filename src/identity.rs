@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use subtle::ConstantTimeEq;
+
+use crate::wire::id::{self, IdKind, IdTextError};
 
 /// File name of the private key inside an identity directory.
 const KEY_FILE: &str = "vat.key";
@@ -28,8 +29,6 @@ const KEY_FILE: &str = "vat.key";
 const CERT_FILE: &str = "vat.crt";
 /// Common name put in the self-signed certificate. Nothing checks it.
 const CERT_COMMON_NAME: &str = "captp vat";
-/// Length of a vat ID in base64url without padding.
-const VAT_ID_TEXT_LEN: usize = 43;
 
 /// The identity of a vat: SHA-256 of its certificate's DER
 /// `SubjectPublicKeyInfo`.
@@ -66,7 +65,7 @@ impl VatId {
 
 impl fmt::Display for VatId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&URL_SAFE_NO_PAD.encode(self.0))
+        f.write_str(&id::encode_id(&self.0))
     }
 }
 
@@ -76,62 +75,13 @@ impl fmt::Debug for VatId {
     }
 }
 
-/// Why a string is not a vat ID.
-///
-/// The messages never echo the input.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum VatIdParseError {
-    /// The string does not have exactly 43 characters.
-    #[error("a vat ID is 43 base64url characters, got {len} characters")]
-    Length {
-        /// Number of characters in the input.
-        len: usize,
-    },
-    /// A character is outside the URL-safe base64 alphabet.
-    #[error(
-        "character {position} of the vat ID is not in the base64url alphabet \
-         (A-Z a-z 0-9 - _); a vat ID is 43 base64url characters"
-    )]
-    Alphabet {
-        /// Zero-based character position of the first bad character.
-        position: usize,
-    },
-    /// The last character carries stray bits, so the text is not the
-    /// canonical encoding of any vat ID.
-    #[error(
-        "the vat ID is not canonical base64url (its last character has stray low bits); \
-         a vat ID is 43 base64url characters"
-    )]
-    NonCanonical,
-}
-
-fn is_base64url_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '-' || c == '_'
-}
-
 impl FromStr for VatId {
-    type Err = VatIdParseError;
+    type Err = IdTextError;
 
+    /// Parses exactly 43 characters of unpadded base64url, the canonical encoding of
+    /// 32 bytes; the error names the vat ID ([`IdKind::VatId`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let len = s.chars().count();
-        if len != VAT_ID_TEXT_LEN {
-            return Err(VatIdParseError::Length { len });
-        }
-        if let Some(position) = s.chars().position(|c| !is_base64url_char(c)) {
-            return Err(VatIdParseError::Alphabet { position });
-        }
-        let decoded = URL_SAFE_NO_PAD
-            .decode(s)
-            .map_err(|_| VatIdParseError::NonCanonical)?;
-        let bytes: [u8; 32] = decoded
-            .try_into()
-            .map_err(|_| VatIdParseError::NonCanonical)?;
-        let id = VatId(bytes);
-        if id.to_string() != s {
-            return Err(VatIdParseError::NonCanonical);
-        }
-        Ok(id)
+        id::parse_id(s, IdKind::VatId).map(VatId)
     }
 }
 
@@ -493,24 +443,25 @@ mod tests {
     #[test]
     fn bad_vat_ids_rejected() {
         let good = VatId::from_bytes([7; 32]).to_string();
-        assert_eq!("".parse::<VatId>(), Err(VatIdParseError::Length { len: 0 }));
+        let id = IdKind::VatId;
+        assert_eq!("".parse::<VatId>(), Err(IdTextError::Length { id, len: 0 }));
         assert_eq!(
             good[..42].parse::<VatId>(),
-            Err(VatIdParseError::Length { len: 42 })
+            Err(IdTextError::Length { id, len: 42 })
         );
         assert_eq!(
             format!("{good}A").parse::<VatId>(),
-            Err(VatIdParseError::Length { len: 44 })
+            Err(IdTextError::Length { id, len: 44 })
         );
         let bad_alpha = format!("+{}", &good[1..]);
         assert_eq!(
             bad_alpha.parse::<VatId>(),
-            Err(VatIdParseError::Alphabet { position: 0 })
+            Err(IdTextError::Alphabet { id, position: 0 })
         );
         let padded = format!("{}=", &good[..42]);
         assert_eq!(
             padded.parse::<VatId>(),
-            Err(VatIdParseError::Alphabet { position: 42 })
+            Err(IdTextError::Alphabet { id, position: 42 })
         );
         let non_ascii = format!("é{}", &good[2..]);
         assert!(non_ascii.parse::<VatId>().is_err());
@@ -521,10 +472,11 @@ mod tests {
         let non_canonical = format!("{}B", &zero[..42]);
         assert_eq!(
             non_canonical.parse::<VatId>(),
-            Err(VatIdParseError::NonCanonical)
+            Err(IdTextError::NonCanonical { id })
         );
-        let msg = VatIdParseError::Length { len: 3 }.to_string();
+        let msg = IdTextError::Length { id, len: 3 }.to_string();
         assert!(msg.contains("43 base64url characters"), "{msg}");
+        assert!(msg.contains("vat ID"), "{msg}");
     }
 
     #[test]
@@ -609,7 +561,8 @@ mod tests {
         }
         assert!(!debug.contains(&body));
         assert!(!debug.contains("PRIVATE KEY"));
-        let key_b64 = URL_SAFE_NO_PAD.encode(identity.private_key().secret_der());
+        let key_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(identity.private_key().secret_der());
         assert!(!debug.contains(&key_b64[..16]));
     }
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::wire::scan::CborLimits;
+use crate::wire::{self, CborLimits};
 
 /// The limits a vat enforces on its peers (and announces where the peer must respect them).
 ///
@@ -77,10 +77,8 @@ impl Limits {
     /// enforces): a frame limit of at least 8 KiB and at most 4 GiB - 1, at least 64
     /// outstanding questions.
     pub(crate) fn normalized(mut self) -> Limits {
-        self.max_frame = self
-            .max_frame
-            .clamp(crate::proto::MIN_FRAME, u32::MAX as usize);
-        self.max_inbound_questions = self.max_inbound_questions.max(crate::proto::MIN_QUESTIONS);
+        self.max_frame = self.max_frame.clamp(wire::MIN_FRAME, u32::MAX as usize);
+        self.max_inbound_questions = self.max_inbound_questions.max(wire::MIN_QUESTIONS);
         self
     }
 

@@ -12,265 +12,27 @@
 //! [`SturdyRef`]'s `Display` and [`SwissNumber::expose_base64`] print the
 //! secret, deliberately. The registry is keyed by the SHA-256 of swiss
 //! numbers so that lookups do not branch on the secret's bytes.
+//!
+//! [`SwissNumber`] itself, and the 43-character text form it shares with vat
+//! IDs, live in [`crate::wire::id`], since messages carry swiss numbers too.
+
+mod host;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::str::FromStr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use subtle::ConstantTimeEq;
+use crate::identity::VatId;
+use crate::wire::id::{self, IdKind, IdTextError};
 
-use crate::identity::{VatId, VatIdParseError};
+pub use crate::wire::id::{SwissHash, SwissNumber};
+pub use host::{Host, HostError};
 
 /// The expected shape of a sturdy ref, quoted in error messages.
 const FORM: &str = "captp://<vat-id>@<host>:<port>/<swiss>";
 /// The scheme prefix of a sturdy ref.
 const SCHEME: &str = "captp://";
-/// Length of a swiss number in unpadded base64url.
-const SWISS_TEXT_LEN: usize = 43;
-
-/// An unguessable 256-bit secret designating one object within a vat.
-///
-/// Equality is constant time. There is deliberately no `Display`; `Debug`
-/// is redacted. Use [`SwissNumber::expose_base64`] to put it in a sturdy
-/// ref.
-#[derive(Clone)]
-pub struct SwissNumber([u8; 32]);
-
-impl SwissNumber {
-    /// Generates a fresh swiss number from the operating system's RNG.
-    ///
-    /// # Panics
-    ///
-    /// Panics if the operating system's random number generator fails. That
-    /// is a broken environment in which no secret can be made safely, so
-    /// there is nothing sensible to continue with.
-    pub fn generate() -> SwissNumber {
-        let mut bytes = [0u8; 32];
-        if let Err(e) = rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes) {
-            panic!("the operating system's random number generator failed: {e}");
-        }
-        SwissNumber(bytes)
-    }
-
-    /// A swiss number from raw bytes (for example read from storage).
-    pub fn from_bytes(bytes: [u8; 32]) -> SwissNumber {
-        SwissNumber(bytes)
-    }
-
-    /// The raw secret bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// The secret as 43 characters of unpadded base64url, for putting in a
-    /// sturdy ref only.
-    ///
-    /// # Authority
-    ///
-    /// Whoever sees the returned text holds the capability. Do not log it.
-    pub fn expose_base64(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0)
-    }
-
-    /// The SHA-256 of this swiss number, under which a [`Registry`] stores
-    /// it.
-    pub fn hash(&self) -> SwissHash {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.0);
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        SwissHash(bytes)
-    }
-}
-
-impl PartialEq for SwissNumber {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
-    }
-}
-
-impl Eq for SwissNumber {}
-
-impl fmt::Debug for SwissNumber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SwissNumber(<redacted>)")
-    }
-}
-
-/// The SHA-256 of a [`SwissNumber`]. Not itself a secret that grants
-/// authority: a registry key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SwissHash([u8; 32]);
-
-impl SwissHash {
-    /// The raw 32 bytes of the hash.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SwissHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SwissHash(")?;
-        for b in &self.0[..4] {
-            write!(f, "{b:02x}")?;
-        }
-        f.write_str("…)")
-    }
-}
-
-/// Where a vat listens: an IP address or a domain name.
-///
-/// Construct domains through [`Host::from_str`] to have them validated; a
-/// `Host::Domain` built directly is printed as is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Host {
-    /// An IPv4 address, printed in dotted form.
-    Ipv4(Ipv4Addr),
-    /// An IPv6 address, printed in brackets (`[::1]`).
-    Ipv6(Ipv6Addr),
-    /// A DNS name: ASCII letters, digits, `-` and `.`.
-    Domain(String),
-}
-
-impl fmt::Display for Host {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Host::Ipv4(a) => write!(f, "{a}"),
-            Host::Ipv6(a) => write!(f, "[{a}]"),
-            Host::Domain(d) => f.write_str(d),
-        }
-    }
-}
-
-/// Why the host part of a sturdy ref is malformed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum HostError {
-    /// A `[` without a matching `]`.
-    #[error("an IPv6 address opened with '[' is not closed with ']'")]
-    UnclosedBracket,
-    /// Something other than `:port` follows `]`.
-    #[error("only ':<port>' may follow the ']' of an IPv6 address")]
-    AfterBracket,
-    /// The text in brackets is not an IPv6 address.
-    #[error("the text in brackets is not an IPv6 address (zone IDs are not allowed)")]
-    BadIpv6,
-    /// The IPv6 address is not in canonical (RFC 5952) form.
-    #[error(
-        "the IPv6 address must be written in canonical RFC 5952 form \
-         (lowercase, longest zero run as '::'), e.g. [::1]"
-    )]
-    NonCanonicalIpv6,
-    /// An IPv6 address written without brackets.
-    #[error("an IPv6 address must be written in brackets, e.g. [::1]")]
-    UnbracketedIpv6,
-    /// The domain name contains a character other than ASCII letters,
-    /// digits, `-` and `.`.
-    #[error(
-        "character {position} of the host name is not allowed (only ASCII letters, digits, '-' and '.')"
-    )]
-    DomainCharacter {
-        /// Zero-based character position of the first bad character.
-        position: usize,
-    },
-    /// The domain name is longer than 253 characters.
-    #[error("the host name is {len} characters long; at most 253 are allowed")]
-    DomainTooLong {
-        /// Length of the host name.
-        len: usize,
-    },
-    /// A label (part between dots) is empty.
-    #[error("the host name has an empty label (leading, trailing or doubled '.')")]
-    EmptyLabel,
-    /// A label is longer than 63 characters.
-    #[error("a label of the host name is {len} characters long; at most 63 are allowed")]
-    LabelTooLong {
-        /// Length of the label.
-        len: usize,
-    },
-    /// A label starts or ends with `-`.
-    #[error("a label of the host name starts or ends with '-'")]
-    LabelHyphen,
-    /// The name ends in a numeric label but is not a dotted IPv4 address.
-    #[error(
-        "the host name ends in a number but is not a dotted-decimal IPv4 address \
-         (write IPv4 as four decimal numbers without leading zeros, e.g. 127.0.0.1)"
-    )]
-    NumericDomain,
-}
-
-impl FromStr for Host {
-    type Err = HostError;
-
-    /// Parses `1.2.3.4`, `[::1]` or a domain name.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(inner) = s.strip_prefix('[') {
-            let Some(inner) = inner.strip_suffix(']') else {
-                return Err(if inner.contains(']') {
-                    HostError::AfterBracket
-                } else {
-                    HostError::UnclosedBracket
-                });
-            };
-            return parse_ipv6(inner).map(Host::Ipv6);
-        }
-        if s.contains(':') {
-            return Err(HostError::UnbracketedIpv6);
-        }
-        if let Ok(a) = s.parse::<Ipv4Addr>() {
-            return Ok(Host::Ipv4(a));
-        }
-        validate_domain(s)?;
-        Ok(Host::Domain(s.to_owned()))
-    }
-}
-
-fn parse_ipv6(s: &str) -> Result<Ipv6Addr, HostError> {
-    let addr: Ipv6Addr = s.parse().map_err(|_| HostError::BadIpv6)?;
-    if addr.to_string() != s {
-        return Err(HostError::NonCanonicalIpv6);
-    }
-    Ok(addr)
-}
-
-fn validate_domain(s: &str) -> Result<(), HostError> {
-    if let Some(position) = s
-        .chars()
-        .position(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'))
-    {
-        return Err(HostError::DomainCharacter { position });
-    }
-    // All ASCII from here on, so bytes are characters.
-    if s.len() > 253 {
-        return Err(HostError::DomainTooLong { len: s.len() });
-    }
-    let mut last = "";
-    for label in s.split('.') {
-        if label.is_empty() {
-            return Err(HostError::EmptyLabel);
-        }
-        if label.len() > 63 {
-            return Err(HostError::LabelTooLong { len: label.len() });
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(HostError::LabelHyphen);
-        }
-        last = label;
-    }
-    // Resolvers read names like `127.1` or `0x7f.1` as IPv4 addresses; top
-    // level domains are never numeric, so refuse the ambiguity.
-    let hex = last
-        .strip_prefix("0x")
-        .or_else(|| last.strip_prefix("0X"))
-        .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()));
-    if hex || last.chars().all(|c| c.is_ascii_digit()) {
-        return Err(HostError::NumericDomain);
-    }
-    Ok(())
-}
 
 /// Why the port part of a sturdy ref is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -308,50 +70,10 @@ fn parse_port(s: &str) -> Result<u16, PortError> {
     u16::try_from(port).map_err(|_| PortError::OutOfRange)
 }
 
-/// Why the swiss-number part of a sturdy ref is malformed. Never contains
-/// the swiss text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SwissError {
-    /// Not 43 characters.
-    #[error("the swiss number must be 43 base64url characters, got {len}")]
-    Length {
-        /// Number of characters found.
-        len: usize,
-    },
-    /// A character outside the base64url alphabet.
-    #[error(
-        "character {position} of the swiss number is not in the base64url alphabet (A-Z a-z 0-9 - _)"
-    )]
-    Alphabet {
-        /// Zero-based character position of the first bad character.
-        position: usize,
-    },
-    /// The last character carries stray bits.
-    #[error("the swiss number is not canonical base64url (its last character has stray low bits)")]
-    NonCanonical,
-}
-
-fn parse_swiss(s: &str) -> Result<SwissNumber, SwissError> {
-    let len = s.chars().count();
-    if len != SWISS_TEXT_LEN {
-        return Err(SwissError::Length { len });
-    }
-    if let Some(position) = s
-        .chars()
-        .position(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-    {
-        return Err(SwissError::Alphabet { position });
-    }
-    let decoded = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| SwissError::NonCanonical)?;
-    let bytes: [u8; 32] = decoded.try_into().map_err(|_| SwissError::NonCanonical)?;
-    let swiss = SwissNumber(bytes);
-    if swiss.expose_base64() != s {
-        return Err(SwissError::NonCanonical);
-    }
-    Ok(swiss)
+/// The swiss number of a sturdy ref from its text; the error names the
+/// swiss number ([`IdKind::SwissNumber`]).
+fn parse_swiss(s: &str) -> Result<SwissNumber, IdTextError> {
+    id::parse_id(s, IdKind::SwissNumber).map(SwissNumber::from_bytes)
 }
 
 /// Why a string is not a sturdy ref.
@@ -376,9 +98,9 @@ pub enum ParseError {
     /// No `@`, or nothing before it.
     #[error("sturdy ref has no vat ID before an '@'; expected {FORM}")]
     MissingVatId,
-    /// The vat ID is malformed.
+    /// The vat ID is malformed (an [`IdTextError`] about [`IdKind::VatId`]).
     #[error("sturdy ref has a bad vat ID: {0}; expected {FORM}")]
-    BadVatId(#[source] VatIdParseError),
+    BadVatId(#[source] IdTextError),
     /// Nothing between `@` and `:`.
     #[error("sturdy ref has no host after the '@'; expected {FORM}")]
     MissingHost,
@@ -394,9 +116,10 @@ pub enum ParseError {
     /// No `/swiss` after the port, or nothing after the `/`.
     #[error("sturdy ref has no swiss number after the port; expected {FORM}")]
     MissingSwiss,
-    /// The swiss number is malformed.
+    /// The swiss number is malformed (an [`IdTextError`] about
+    /// [`IdKind::SwissNumber`]).
     #[error("sturdy ref has a bad swiss number: {0}; expected {FORM}")]
-    BadSwiss(#[source] SwissError),
+    BadSwiss(#[source] IdTextError),
     /// Something (a query, fragment or further path segment) follows the
     /// swiss number.
     #[error(
@@ -625,6 +348,8 @@ impl<T> fmt::Debug for Registry<T> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
 
     fn vat() -> VatId {
@@ -716,7 +441,10 @@ mod tests {
             ),
             (
                 format!("captp://{}@h.example:1/{sw}", &v[..40]),
-                ParseError::BadVatId(VatIdParseError::Length { len: 40 }),
+                ParseError::BadVatId(IdTextError::Length {
+                    id: IdKind::VatId,
+                    len: 40,
+                }),
             ),
             (uri(":1", &sw), ParseError::MissingHost),
             (uri("", &sw), ParseError::MissingHost),
@@ -809,15 +537,23 @@ mod tests {
             ),
             (
                 uri("h.example:1", &sw[..12]),
-                ParseError::BadSwiss(SwissError::Length { len: 12 }),
+                ParseError::BadSwiss(IdTextError::Length {
+                    id: IdKind::SwissNumber,
+                    len: 12,
+                }),
             ),
             (
                 uri("h.example:1", &format!("{}%", &sw[..42])),
-                ParseError::BadSwiss(SwissError::Alphabet { position: 42 }),
+                ParseError::BadSwiss(IdTextError::Alphabet {
+                    id: IdKind::SwissNumber,
+                    position: 42,
+                }),
             ),
             (
                 uri("h.example:1", &format!("{}B", "A".repeat(42))),
-                ParseError::BadSwiss(SwissError::NonCanonical),
+                ParseError::BadSwiss(IdTextError::NonCanonical {
+                    id: IdKind::SwissNumber,
+                }),
             ),
             (
                 uri("h.example:1", &format!("{sw}?x=1")),
@@ -887,18 +623,6 @@ mod tests {
     }
 
     #[test]
-    fn swiss_numbers_differ_and_compare() {
-        let a = SwissNumber::generate();
-        let b = SwissNumber::generate();
-        assert_ne!(a, b);
-        assert_eq!(a, a.clone());
-        assert_eq!(a, SwissNumber::from_bytes(*a.as_bytes()));
-        assert_ne!(a.hash(), b.hash());
-        assert_eq!(a.hash(), a.clone().hash());
-        assert_eq!(a.expose_base64().len(), 43);
-    }
-
-    #[test]
     fn registry_insert_get_remove() {
         let mut reg: Registry<&str> = Registry::default();
         assert!(reg.is_empty());
@@ -918,23 +642,5 @@ mod tests {
         assert_eq!(reg.remove(&a), None);
         assert!(reg.is_empty());
         assert!(!format!("{reg:?}").contains(&a.expose_base64()));
-    }
-
-    #[test]
-    fn host_parsing() {
-        assert_eq!(
-            "1.2.3.4".parse::<Host>(),
-            Ok(Host::Ipv4(Ipv4Addr::new(1, 2, 3, 4)))
-        );
-        assert_eq!("[::1]".parse::<Host>(), Ok(Host::Ipv6(Ipv6Addr::LOCALHOST)));
-        assert_eq!(Host::Ipv6(Ipv6Addr::LOCALHOST).to_string(), "[::1]");
-        assert_eq!("".parse::<Host>(), Err(HostError::EmptyLabel));
-        assert_eq!("a.".parse::<Host>(), Err(HostError::EmptyLabel));
-        assert_eq!("0x7f.0x1".parse::<Host>(), Err(HostError::NumericDomain));
-        assert_eq!("a-".parse::<Host>(), Err(HostError::LabelHyphen));
-        assert!("xn--bcher-kva.example".parse::<Host>().is_ok());
-        assert!("é.example".parse::<Host>().is_err());
-        let max_label = "a".repeat(63);
-        assert!(format!("{max_label}.example").parse::<Host>().is_ok());
     }
 }

@@ -4,8 +4,8 @@
 //! Messages are small and frequent, and a generic serde pass over them (externally
 //! tagged enums, string-keyed maps) cost more than all the rest of a call. This module
 //! writes and reads the layout PROTOCOL.md section 7 fixes, byte for byte what the serde
-//! derives on the message types produce (the tests compare the two on random messages),
-//! in one pass with no intermediate values.
+//! derives on the message types produce (derived in test builds only, for the tests here
+//! to compare the two on random messages), in one pass with no intermediate values.
 //!
 //! The decoder runs only on bytes that passed [`scan::check`](super::scan::check), so
 //! lengths are definite and within the body, nesting is bounded and text is UTF-8; it
@@ -14,8 +14,8 @@
 //! calls a violation; it is stricter than the serde derives in a few places (no tags, no
 //! byte-string keys, no arrays in place of byte strings or field maps).
 
-use super::message::{CapDescriptor, Message, Payload, ReturnResult, Target, WireBroken};
-use crate::sturdy::SwissNumber;
+use super::id::SwissNumber;
+use super::message::{CapDescriptor, Kind, Message, Payload, ReturnResult, Target, WireBroken};
 
 const UINT: u8 = 0;
 const BYTES: u8 = 2;
@@ -65,9 +65,9 @@ fn uint_field(out: &mut Vec<u8>, name: &str, n: u64) {
 }
 
 /// Opens `{kind: {` with `fields` fields.
-fn open(out: &mut Vec<u8>, kind: &str, fields: u64) {
+fn open(out: &mut Vec<u8>, kind: Kind, fields: u64) {
     head(out, MAP, 1);
-    text(out, kind);
+    text(out, kind.as_str());
     head(out, MAP, fields);
 }
 
@@ -123,19 +123,20 @@ fn result(out: &mut Vec<u8>, r: &ReturnResult, detach: usize, detached: &mut Det
 /// caller can send a large payload from its own buffer instead of copying it.
 pub(super) fn encode(msg: &Message, out: &mut Vec<u8>, detach: usize) -> Detached {
     let mut detached = None;
+    let kind = Kind::of(msg);
     match msg {
         Message::Hello {
             version,
             max_frame,
             max_questions,
         } => {
-            open(out, "hello", 3);
+            open(out, kind, 3);
             uint_field(out, "version", u64::from(*version));
             uint_field(out, "max_frame", *max_frame);
             uint_field(out, "max_questions", *max_questions);
         }
         Message::Bootstrap { question, swiss } => {
-            open(out, "bootstrap", 2);
+            open(out, kind, 2);
             uint_field(out, "question", *question);
             text(out, "swiss");
             bytes(out, swiss.as_bytes());
@@ -146,7 +147,7 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>, detach: usize) -> Detache
             payload: p,
             question,
         } => {
-            open(out, "deliver", if question.is_some() { 4 } else { 3 });
+            open(out, kind, if question.is_some() { 4 } else { 3 });
             text(out, "target");
             head(out, MAP, 1);
             match *target {
@@ -165,37 +166,37 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>, detach: usize) -> Detache
             question,
             result: r,
         } => {
-            open(out, "return", 2);
+            open(out, kind, 2);
             uint_field(out, "question", *question);
             text(out, "result");
             result(out, r, detach, &mut detached);
         }
         Message::Finish { question } => {
-            open(out, "finish", 1);
+            open(out, kind, 1);
             uint_field(out, "question", *question);
         }
         Message::Resolve { export, result: r } => {
-            open(out, "resolve", 2);
+            open(out, kind, 2);
             uint_field(out, "export", *export);
             text(out, "result");
             result(out, r, detach, &mut detached);
         }
         Message::Release { export, count } => {
-            open(out, "release", 2);
+            open(out, kind, 2);
             uint_field(out, "export", *export);
             uint_field(out, "count", *count);
         }
         Message::Abort { reason } => {
-            open(out, "abort", 1);
+            open(out, kind, 1);
             text(out, "reason");
             text(out, reason);
         }
         Message::Ping { nonce } => {
-            open(out, "ping", 1);
+            open(out, kind, 1);
             uint_field(out, "nonce", *nonce);
         }
         Message::Pong { nonce } => {
-            open(out, "pong", 1);
+            open(out, kind, 1);
             uint_field(out, "nonce", *nonce);
         }
     }
@@ -408,6 +409,14 @@ fn read_result(r: &mut Reader<'_>) -> Result<ReturnResult, Shape> {
     }
 }
 
+/// A swiss number from the bytes of a `bootstrap` (exactly 32 of them).
+pub(super) fn swiss_from_slice(bytes: &[u8]) -> Result<SwissNumber, Shape> {
+    let array: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| format!("swiss number must be 32 bytes, got {}", bytes.len()))?;
+    Ok(SwissNumber::from_bytes(array))
+}
+
 /// Reads a message made only of unsigned integer fields.
 fn uints<const N: usize>(
     r: &mut Reader<'_>,
@@ -422,20 +431,6 @@ fn uints<const N: usize>(
     require(seen, all(&names), &names, kind)?;
     Ok(values)
 }
-
-/// The message kinds, as their keys read on the wire.
-const KINDS: [&str; 10] = [
-    "hello",
-    "bootstrap",
-    "deliver",
-    "return",
-    "finish",
-    "resolve",
-    "release",
-    "abort",
-    "ping",
-    "pong",
-];
 
 /// The deepest nesting a message has: message, fields, result, payload, caps, descriptor.
 pub(super) const MESSAGE_DEPTH: usize = 6;
@@ -452,13 +447,15 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
         items: 0,
     };
     let key = r.union("message")?;
-    let Some(&kind) = KINDS.iter().find(|k| k.as_bytes() == key) else {
+    let Some(kind) = Kind::from_bytes(key) else {
         return Err(format!("unknown message kind `{}`", lossy(key)));
     };
+    // The kind's name, for errors about its fields.
+    let name = kind.as_str();
     let msg = match kind {
-        "hello" => {
+        Kind::Hello => {
             let [version, max_frame, max_questions] =
-                uints(&mut r, kind, ["version", "max_frame", "max_questions"])?;
+                uints(&mut r, name, ["version", "max_frame", "max_questions"])?;
             let version = u32::try_from(version)
                 .map_err(|_| format!("version {version} does not fit in 32 bits"))?;
             Message::Hello {
@@ -467,30 +464,26 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
                 max_questions,
             }
         }
-        "bootstrap" => {
+        Kind::Bootstrap => {
             const NAMES: [&str; 2] = ["question", "swiss"];
             let (mut question, mut swiss) = (0, None);
-            let seen = r.fields(kind, &NAMES, |r, i| {
+            let seen = r.fields(name, &NAMES, |r, i| {
                 if i == 0 {
                     question = r.uint("question")?;
                 } else {
-                    let b = r.bytes("swiss")?;
-                    let a: [u8; 32] = b
-                        .try_into()
-                        .map_err(|_| format!("swiss number must be 32 bytes, got {}", b.len()))?;
-                    swiss = Some(SwissNumber::from_bytes(a));
+                    swiss = Some(swiss_from_slice(r.bytes("swiss")?)?);
                 }
                 Ok(())
             })?;
-            require(seen, all(&NAMES), &NAMES, kind)?;
+            require(seen, all(&NAMES), &NAMES, name)?;
             let swiss = swiss.ok_or("missing field `swiss` in bootstrap")?;
             Message::Bootstrap { question, swiss }
         }
-        "deliver" => {
+        Kind::Deliver => {
             const NAMES: [&str; 4] = ["target", "method", "payload", "question"];
             let (mut target, mut method, mut payload, mut question) =
                 (Target::Export(0), "", Payload::default(), None);
-            let seen = r.fields(kind, &NAMES, |r, i| {
+            let seen = r.fields(name, &NAMES, |r, i| {
                 match i {
                     0 => {
                         let which = r.union("target")?;
@@ -515,7 +508,7 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
                 }
                 Ok(())
             })?;
-            require(seen, 0b0111, &NAMES, kind)?;
+            require(seen, 0b0111, &NAMES, name)?;
             Message::Deliver {
                 target,
                 method: method.to_owned(),
@@ -523,15 +516,15 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
                 question,
             }
         }
-        "return" | "resolve" => {
-            let id_name = if kind == "return" {
+        Kind::Return | Kind::Resolve => {
+            let id_name = if kind == Kind::Return {
                 "question"
             } else {
                 "export"
             };
             let names = [id_name, "result"];
             let (mut id, mut result) = (0, None);
-            let seen = r.fields(kind, &names, |r, i| {
+            let seen = r.fields(name, &names, |r, i| {
                 if i == 0 {
                     id = r.uint(id_name)?;
                 } else {
@@ -539,9 +532,9 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
                 }
                 Ok(())
             })?;
-            require(seen, all(&names), &names, kind)?;
+            require(seen, all(&names), &names, name)?;
             let result = result.ok_or("missing field `result`")?;
-            if kind == "return" {
+            if kind == Kind::Return {
                 Message::Return {
                     question: id,
                     result,
@@ -550,35 +543,34 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
                 Message::Resolve { export: id, result }
             }
         }
-        "finish" => {
-            let [question] = uints(&mut r, kind, ["question"])?;
+        Kind::Finish => {
+            let [question] = uints(&mut r, name, ["question"])?;
             Message::Finish { question }
         }
-        "release" => {
-            let [export, count] = uints(&mut r, kind, ["export", "count"])?;
+        Kind::Release => {
+            let [export, count] = uints(&mut r, name, ["export", "count"])?;
             Message::Release { export, count }
         }
-        "abort" => {
+        Kind::Abort => {
             const NAMES: [&str; 1] = ["reason"];
             let mut reason = "";
-            let seen = r.fields(kind, &NAMES, |r, _| {
+            let seen = r.fields(name, &NAMES, |r, _| {
                 reason = r.text("reason")?;
                 Ok(())
             })?;
-            require(seen, 1, &NAMES, kind)?;
+            require(seen, 1, &NAMES, name)?;
             Message::Abort {
                 reason: reason.to_owned(),
             }
         }
-        "ping" => {
-            let [nonce] = uints(&mut r, kind, ["nonce"])?;
+        Kind::Ping => {
+            let [nonce] = uints(&mut r, name, ["nonce"])?;
             Message::Ping { nonce }
         }
-        "pong" => {
-            let [nonce] = uints(&mut r, kind, ["nonce"])?;
+        Kind::Pong => {
+            let [nonce] = uints(&mut r, name, ["nonce"])?;
             Message::Pong { nonce }
         }
-        other => return Err(format!("unknown message kind `{other}`")),
     };
     if r.pos != body.len() {
         return Err(format!("{} bytes after the message", body.len() - r.pos));

@@ -4,21 +4,27 @@
 //! fields. Ids on the wire are plain unsigned integers whose meaning is fixed by the
 //! message, from its *sender's* point of view: a `question` is always an id the asker
 //! chose; an `export` target is an id the receiver of that message exported. The session
-//! layer ([`crate::proto`]) turns them into the typed ids of its four tables. Nothing here
-//! checks that an id exists: that is the session's job.
+//! layer (`proto`) turns them into the typed ids of its four tables. Nothing here checks
+//! that an id exists: that is the session's job.
+//!
+//! The hand-written codec (`codec.rs`) is what encodes and decodes these types. In test
+//! builds they also derive serde, as an independent statement of the same layout: the
+//! codec's tests compare the two. Nothing outside tests may rely on those derives.
 
+#[cfg(test)]
 use serde::{Deserialize, Serialize};
 
+use super::id::SwissNumber;
 use super::{CborLimits, DecodeError, frame};
 use crate::broken::{Broken, BrokenKind};
-use crate::sturdy::SwissNumber;
 
 /// The protocol version this crate speaks, sent in [`Message::Hello`].
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// One captp message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(test, derive(Serialize, Deserialize))]
+#[cfg_attr(test, serde(rename_all = "snake_case", deny_unknown_fields))]
 #[non_exhaustive]
 pub enum Message {
     /// The first message each side sends: its protocol version and the largest frame it
@@ -38,7 +44,7 @@ pub enum Message {
         /// The asker's new question id.
         question: u64,
         /// The swiss number (32 bytes).
-        #[serde(with = "swiss_bytes")]
+        #[cfg_attr(test, serde(with = "swiss_bytes"))]
         swiss: SwissNumber,
     },
     /// Delivers a method call to a target at the receiver.
@@ -50,7 +56,7 @@ pub enum Message {
         /// The arguments.
         payload: Payload,
         /// The asker's new question id, or absent for a one-way send (`send_only`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
         question: Option<u64>,
     },
     /// Answers a question.
@@ -99,8 +105,9 @@ pub enum Message {
 }
 
 /// The target of a `deliver`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize, Deserialize))]
+#[cfg_attr(test, serde(rename_all = "snake_case"))]
 pub enum Target {
     /// An object the receiver exported, by its export id.
     Export(u64),
@@ -110,21 +117,23 @@ pub enum Target {
 }
 
 /// Data plus the capability table its references index into.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(test, derive(Serialize, Deserialize))]
+#[cfg_attr(test, serde(deny_unknown_fields))]
 pub struct Payload {
     /// One CBOR data item, carried as a byte string. A reference inside it is the tag
     /// [`super::CAP_TAG`] holding an index into `caps`.
-    #[serde(with = "serde_bytes")]
+    #[cfg_attr(test, serde(with = "serde_bytes"))]
     pub data: Vec<u8>,
     /// The capability table; absent when empty.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(test, serde(default, skip_serializing_if = "Vec::is_empty"))]
     pub caps: Vec<CapDescriptor>,
 }
 
 /// How one reference in a payload is named, relative to the message's sender.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize, Deserialize))]
+#[cfg_attr(test, serde(rename_all = "snake_case"))]
 pub enum CapDescriptor {
     /// An object the sender hosts, under the sender's export id. The receiver imports
     /// it and later releases it with `release`.
@@ -138,8 +147,9 @@ pub enum CapDescriptor {
 }
 
 /// The result in a `return`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize, Deserialize))]
+#[cfg_attr(test, serde(rename_all = "snake_case"))]
 pub enum ReturnResult {
     /// The method's result.
     Ok(Payload),
@@ -148,8 +158,9 @@ pub enum ReturnResult {
 }
 
 /// A [`Broken`] as it crosses the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize, Deserialize))]
+#[cfg_attr(test, serde(deny_unknown_fields))]
 pub struct WireBroken {
     /// The kind's wire name, as [`BrokenKind::as_str`] gives it.
     pub kind: String,
@@ -161,16 +172,21 @@ pub struct WireBroken {
 /// boundary) so that an error can never exceed the peer's frame limit.
 pub const MAX_ERROR_MESSAGE: usize = 4096;
 
+/// The longest prefix of `text` that has at most `max` bytes and ends at a character
+/// boundary: how a text is cut to fit a limit in bytes without splitting a character.
+pub(crate) fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 impl From<&Broken> for WireBroken {
     fn from(b: &Broken) -> WireBroken {
-        let message = b.message();
-        let mut end = message.len().min(MAX_ERROR_MESSAGE);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
         WireBroken {
             kind: b.kind().as_str().to_owned(),
-            message: message[..end].to_owned(),
+            message: truncate_at_char_boundary(b.message(), MAX_ERROR_MESSAGE).to_owned(),
         }
     }
 }
@@ -179,6 +195,27 @@ impl From<WireBroken> for Broken {
     fn from(w: WireBroken) -> Broken {
         Broken::new(BrokenKind::from_wire(&w.kind), w.message)
     }
+}
+
+/// The payload a message carries (`deliver`, and `return` or `resolve` with a result),
+/// borrowed as the message is: shared from `&Message`, mutable from `&mut Message`.
+/// (A macro because one function cannot return both kinds of borrow; it keeps the list
+/// of payload-carrying messages in one place.)
+macro_rules! carried_payload {
+    ($msg:expr) => {
+        match $msg {
+            Message::Deliver { payload, .. }
+            | Message::Return {
+                result: ReturnResult::Ok(payload),
+                ..
+            }
+            | Message::Resolve {
+                result: ReturnResult::Ok(payload),
+                ..
+            } => Some(payload),
+            _ => None,
+        }
+    };
 }
 
 impl Message {
@@ -212,35 +249,13 @@ impl Message {
     /// The payload data this message carries (`deliver`, and `return` or `resolve`
     /// with a result), if any.
     pub fn payload_data(&self) -> Option<&Vec<u8>> {
-        match self {
-            Message::Deliver { payload, .. }
-            | Message::Return {
-                result: ReturnResult::Ok(payload),
-                ..
-            }
-            | Message::Resolve {
-                result: ReturnResult::Ok(payload),
-                ..
-            } => Some(&payload.data),
-            _ => None,
-        }
+        carried_payload!(self).map(|payload| &payload.data)
     }
 
     /// The payload data this message carries, to take it out after
     /// [`Message::encode_frame_detached`].
     pub fn payload_data_mut(&mut self) -> Option<&mut Vec<u8>> {
-        match self {
-            Message::Deliver { payload, .. }
-            | Message::Return {
-                result: ReturnResult::Ok(payload),
-                ..
-            }
-            | Message::Resolve {
-                result: ReturnResult::Ok(payload),
-                ..
-            } => Some(&mut payload.data),
-            _ => None,
-        }
+        carried_payload!(self).map(|payload| &mut payload.data)
     }
 
     /// Decodes one message body (a frame without its length prefix).
@@ -280,26 +295,90 @@ impl Message {
 
     /// The message kind's wire name, for logs and errors.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Message::Hello { .. } => "hello",
-            Message::Bootstrap { .. } => "bootstrap",
-            Message::Deliver { .. } => "deliver",
-            Message::Return { .. } => "return",
-            Message::Finish { .. } => "finish",
-            Message::Resolve { .. } => "resolve",
-            Message::Release { .. } => "release",
-            Message::Abort { .. } => "abort",
-            Message::Ping { .. } => "ping",
-            Message::Pong { .. } => "pong",
-        }
+        Kind::of(self).as_str()
     }
 }
 
-/// Serde for a swiss number as a 32-byte CBOR byte string.
+/// The kind of a message: the key of its one-entry CBOR map.
+///
+/// [`Kind::as_str`] is the one place the kinds' wire names are written; the codec and
+/// [`Message::kind`] both go through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Hello,
+    Bootstrap,
+    Deliver,
+    Return,
+    Finish,
+    Resolve,
+    Release,
+    Abort,
+    Ping,
+    Pong,
+}
+
+impl Kind {
+    /// Every kind, for looking a wire name up.
+    const ALL: [Kind; 10] = [
+        Kind::Hello,
+        Kind::Bootstrap,
+        Kind::Deliver,
+        Kind::Return,
+        Kind::Finish,
+        Kind::Resolve,
+        Kind::Release,
+        Kind::Abort,
+        Kind::Ping,
+        Kind::Pong,
+    ];
+
+    /// The kind of `msg`.
+    pub(super) fn of(msg: &Message) -> Kind {
+        match msg {
+            Message::Hello { .. } => Kind::Hello,
+            Message::Bootstrap { .. } => Kind::Bootstrap,
+            Message::Deliver { .. } => Kind::Deliver,
+            Message::Return { .. } => Kind::Return,
+            Message::Finish { .. } => Kind::Finish,
+            Message::Resolve { .. } => Kind::Resolve,
+            Message::Release { .. } => Kind::Release,
+            Message::Abort { .. } => Kind::Abort,
+            Message::Ping { .. } => Kind::Ping,
+            Message::Pong { .. } => Kind::Pong,
+        }
+    }
+
+    /// The wire name: the map key on the wire, and the name in logs and errors.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Hello => "hello",
+            Kind::Bootstrap => "bootstrap",
+            Kind::Deliver => "deliver",
+            Kind::Return => "return",
+            Kind::Finish => "finish",
+            Kind::Resolve => "resolve",
+            Kind::Release => "release",
+            Kind::Abort => "abort",
+            Kind::Ping => "ping",
+            Kind::Pong => "pong",
+        }
+    }
+
+    /// The kind whose wire name is `key` (compared as bytes: a key that matches is
+    /// ASCII, so it needs no UTF-8 check of its own), if any.
+    pub(super) fn from_bytes(key: &[u8]) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str().as_bytes() == key)
+    }
+}
+
+/// Serde for a swiss number as a 32-byte CBOR byte string (the test-only derives).
+#[cfg(test)]
 mod swiss_bytes {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    use crate::sturdy::SwissNumber;
+    use crate::wire::id::SwissNumber;
 
     pub(super) fn serialize<S: Serializer>(swiss: &SwissNumber, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(swiss.as_bytes())
@@ -307,13 +386,7 @@ mod swiss_bytes {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SwissNumber, D::Error> {
         let bytes = serde_bytes::ByteBuf::deserialize(d)?;
-        let array: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-            D::Error::custom(format!(
-                "swiss number must be 32 bytes, got {}",
-                bytes.len()
-            ))
-        })?;
-        Ok(SwissNumber::from_bytes(array))
+        crate::wire::codec::swiss_from_slice(&bytes).map_err(D::Error::custom)
     }
 }
 
@@ -441,6 +514,36 @@ mod tests {
         .unwrap();
         let err = Message::decode(&body, &CborLimits::default()).unwrap_err();
         assert!(err.to_string().contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn each_kind_has_one_wire_name() {
+        let names: Vec<&str> = Kind::ALL.iter().map(|kind| kind.as_str()).collect();
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(Kind::from_bytes(kind.as_str().as_bytes()), Some(kind));
+            assert!(!names[..i].contains(&kind.as_str()), "{kind:?}");
+        }
+        assert_eq!(Kind::from_bytes(b"Hello"), None);
+        assert_eq!(Kind::from_bytes(b"hello "), None);
+        assert_eq!(Kind::from_bytes(b""), None);
+        assert_eq!(Message::Finish { question: 1 }.kind(), "finish");
+        assert_eq!(Message::Pong { nonce: 1 }.kind(), "pong");
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate_at_char_boundary("abc", 5), "abc");
+        assert_eq!(truncate_at_char_boundary("abc", 2), "ab");
+        // "é" is two bytes: a cut inside it keeps the character out.
+        assert_eq!(truncate_at_char_boundary("aé", 2), "a");
+        assert_eq!(truncate_at_char_boundary("é", 0), "");
+        let long = format!("x{}", "é".repeat(MAX_ERROR_MESSAGE));
+        let wire = WireBroken::from(&Broken::failed(long.clone()));
+        assert_eq!(wire.message.len(), MAX_ERROR_MESSAGE - 1);
+        assert!(long.starts_with(&wire.message));
+        let short = WireBroken::from(&Broken::failed("short"));
+        assert_eq!(short.message, "short");
+        assert_eq!(short.kind, BrokenKind::Failed.as_str());
     }
 
     #[test]

@@ -1,16 +1,24 @@
 //! The wire layer: frames, the bounded CBOR check, and the typed messages.
 //!
 //! Pure functions from bytes to typed messages and back. No I/O, no tokio, no session
-//! state: what a message *means* for a session is decided in [`crate::proto`].
+//! state: what a message *means* for a session is decided by the session layer above
+//! (`proto`). The wire layer is the bottom of the crate: it uses nothing from the
+//! modules above it (only the leaf [`crate::broken`], for errors that cross the wire).
 //!
 //! Every frame from a peer goes through three steps, each bounded: the length prefix is
 //! checked against the frame limit before anything is allocated ([`frame`]); the CBOR is
 //! walked once without allocation to check nesting depth, item count, definite lengths
 //! and trailing bytes ([`scan`]); only then is it decoded into a [`Message`], by a
 //! hand-written reader of the fixed layout (serde decodes only application data).
+//!
+//! [`id`] holds the text form of 32-byte ids and the [`SwissNumber`](id::SwissNumber)
+//! that a `bootstrap` carries; its `SwissNumber::generate`, which reads the operating
+//! system's random number generator, is the one thing in this layer that is not a pure
+//! function.
 
 mod codec;
 pub mod frame;
+pub mod id;
 pub mod message;
 pub mod scan;
 
@@ -24,6 +32,19 @@ pub use scan::{CborLimits, ScanError};
 /// index into the payload's capability table. (Unregistered; chosen from the
 /// first-come-first-served range: 0x6361 is "ca".)
 pub const CAP_TAG: u64 = 0x6361;
+
+/// The smallest frame limit a peer may announce: every error return and abort fits.
+pub const MIN_FRAME: usize = 8192;
+
+/// The fewest outstanding questions a peer may announce it accepts. Until the peer's
+/// `hello` arrives, a session sends at most this many.
+pub const MIN_QUESTIONS: usize = 64;
+
+/// The encoding of a payload whose data is exactly one reference: `CAP_TAG(0)`.
+///
+/// A promise whose result has this shape resolves to that reference, so messages
+/// pipelined on it go to the referenced object.
+pub const SINGLE_CAP_DATA: [u8; 4] = [0xd9, 0x63, 0x61, 0x00];
 
 /// Bad bytes: input that is not a well-formed captp frame or message.
 ///
