@@ -20,21 +20,16 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use captp::{Args, Broken, BrokenKind, Object, Ref, Reply, Vat, VatId};
 use ciborium::Value;
-use common::{client, drained, server, within};
+use common::{Fixture, drained, lock, start_client, within};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
-
-/// Locks a mutex, ignoring poisoning (no test object panics while holding one).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// A local object whose one method, `method`, decodes its arguments as `T`, hands them
 /// to the returned channel and answers `()`: a callback a test can watch.
@@ -100,18 +95,18 @@ impl Object for AdaCounter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ada_counter_keeps_its_state_across_client_runs() {
     within(async {
-        let server = server().await;
-        let uri = server.export(AdaCounter::default()).unwrap();
+        let server = Fixture::new().object(AdaCounter::default()).serve().await;
+        let uri = &server.uri;
         // Two successive client runs, each its own vat, as two runs of a client program.
         for expected in 1..=2u64 {
-            let run = client().await;
-            let counter = run.enliven(&uri);
+            let run = start_client().await;
+            let counter = run.enliven(uri);
             counter.send_only("foo", ()); // one-way; E-order delivers it before `bar`
             assert_eq!(counter.send::<u64>("bar", ()).await.unwrap(), expected);
             run.shutdown().await;
         }
-        assert_eq!(server.stats().await.sturdy_refs, 1);
-        server.shutdown().await;
+        assert_eq!(server.vat.stats().await.sturdy_refs, 1);
+        server.vat.shutdown().await;
     })
     .await;
 }
@@ -168,10 +163,8 @@ fn tax_computer(method: &str, args: Args) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tax_computer_rejects_negative_amounts_with_an_error_to_match_on() {
     within(async {
-        let server = server().await;
-        let uri = server.export(tax_computer).unwrap();
-        let client = client().await;
-        let taxman = client.enliven(&uri);
+        let c = Fixture::new().object(tax_computer).connect().await;
+        let taxman = &c.obj;
 
         assert_eq!(taxman.send::<i64>("tax", (300,)).await.unwrap(), 15);
         assert_eq!(taxman.send::<i64>("tax", (29,)).await.unwrap(), 1);
@@ -202,8 +195,7 @@ async fn tax_computer_rejects_negative_amounts_with_an_error_to_match_on() {
 
         // A refusal is one answer, not a broken connection.
         assert_eq!(taxman.send::<i64>("tax", (10,)).await.unwrap(), 1);
-        client.shutdown().await;
-        server.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -250,10 +242,8 @@ fn d_rpc(method: &str, args: Args) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d_rpc_structs_in_structs_out_and_an_exception() {
     within(async {
-        let server = server().await;
-        let uri = server.export(d_rpc).unwrap();
-        let client = client().await;
-        let rpc = client.enliven(&uri);
+        let c = Fixture::new().object(d_rpc).connect().await;
+        let rpc = &c.obj;
 
         let hello: String = rpc.send("say_hello", ("ada",)).await.unwrap();
         assert_eq!(hello, "Hello, ada!");
@@ -288,8 +278,7 @@ async fn d_rpc_structs_in_structs_out_and_an_exception() {
 
         // And the server lives on.
         assert_eq!(rpc.send::<i32>("add", (1, 1)).await.unwrap(), 2);
-        client.shutdown().await;
-        server.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -329,10 +318,8 @@ struct Order {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arbitrary_data_structures_round_trip_through_a_logger() {
     within(async {
-        let server = server().await;
-        let uri = server.export(AnyLogger::default()).unwrap();
-        let client = client().await;
-        let logger = client.enliven(&uri);
+        let c = Fixture::new().object(AnyLogger::default()).connect().await;
+        let logger = &c.obj;
 
         let text = "héllo, wörld ✓".to_owned();
         let integer = i64::MIN;
@@ -407,8 +394,7 @@ async fn arbitrary_data_structures_round_trip_through_a_logger() {
         assert_eq!(values, expected);
         assert!(matches!(values[4], Value::Bytes(ref b) if b.len() == 256));
         assert_eq!(values[5], Value::Float(std::f64::consts::PI));
-        client.shutdown().await;
-        server.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -537,14 +523,14 @@ fn greeter(method: &str, args: Args) -> Reply {
 async fn name_service_registers_looks_up_and_forgets() {
     within(async {
         // The registry's vat exports it by sturdy ref: that URI is the name service.
-        let registry_vat = server().await;
         let (registry, mut forgotten) = Registry::new();
-        let uri = registry_vat.export(registry).unwrap();
+        let registry_vat = Fixture::new().object(registry).serve().await;
+        let uri = &registry_vat.uri;
 
         // A third vat registers a greeter of its own, by reference: it needs no URI
         // (nor a listening socket) of its own.
-        let greeter_vat = client().await;
-        let at_greeter = greeter_vat.enliven(&uri);
+        let greeter_vat = start_client().await;
+        let at_greeter = greeter_vat.enliven(uri);
         let _greeting: Ref = at_greeter
             .send("register", ("greeter", Ref::from_object(greeter)))
             .await
@@ -556,18 +542,18 @@ async fn name_service_registers_looks_up_and_forgets() {
         assert_eq!(error_code(&taken), Some("name_taken"));
 
         // Another registers a counter.
-        let counter_vat = client().await;
+        let counter_vat = start_client().await;
         let counter = Ref::from_object(AdaCounter::default());
         let counting: Ref = counter_vat
-            .enliven(&uri)
+            .enliven(uri)
             .send("register", ("counter", counter))
             .await
             .unwrap();
 
         // A fourth vat looks them up and calls them. The lookup and the call are
         // pipelined: both leave at once.
-        let user = client().await;
-        let names = user.enliven(&uri);
+        let user = start_client().await;
+        let names = user.enliven(uri);
         let listed: Vec<String> = names.send("names", ()).await.unwrap();
         assert_eq!(listed, ["counter", "greeter"]);
         let hello: String = names
@@ -610,7 +596,7 @@ async fn name_service_registers_looks_up_and_forgets() {
         assert!(listed.is_empty(), "{listed:?}");
         assert!(forgotten.try_recv().is_err(), "forgot something twice");
 
-        for vat in [user, counter_vat, registry_vat] {
+        for vat in [&user, &counter_vat, &registry_vat.vat] {
             vat.shutdown().await;
         }
     })
@@ -699,17 +685,17 @@ async fn group_messages_reach_every_other_member_once_in_one_order() {
     const SENDERS: usize = 3;
     const PER_SENDER: usize = 40;
     within(async {
-        let group_vat = server().await;
-        let uri = group_vat.export(Group::default()).unwrap();
+        let group_vat = Fixture::new().object(Group::default()).serve().await;
+        let uri = &group_vat.uri;
 
         // Every member in a vat of its own, joined before anyone speaks.
         let mut members = Vec::new();
         for i in 0..MEMBERS {
-            let vat = client().await;
+            let vat = start_client().await;
             let name = format!("m{i}");
             let (listener, inbox) = inbox::<(u64, String, String)>("deliver");
             let membership: Ref = vat
-                .enliven(&uri)
+                .enliven(uri)
                 .send("join", (&name, listener))
                 .await
                 .unwrap();
@@ -757,7 +743,7 @@ async fn group_messages_reach_every_other_member_once_in_one_order() {
             }
             heard_by.push(heard);
         }
-        group_vat.sync().await;
+        group_vat.vat.sync().await;
         for (_, name, _, inbox) in &mut members {
             assert_eq!(take_all(inbox), [], "{name} heard a message twice");
         }
@@ -796,7 +782,7 @@ async fn group_messages_reach_every_other_member_once_in_one_order() {
         for (vat, ..) in members {
             vat.shutdown().await;
         }
-        group_vat.shutdown().await;
+        group_vat.vat.shutdown().await;
     })
     .await;
 }
@@ -951,7 +937,7 @@ struct BeatClient {
 
 impl BeatClient {
     async fn subscribe(uri: &captp::SturdyRef, name: &str) -> BeatClient {
-        let vat = client().await;
+        let vat = start_client().await;
         let (listener, inbox) = inbox::<(u64, u64)>("beat");
         let heartbeat = vat.enliven(uri);
         let subscription = heartbeat.send_ref("subscribe", (name, listener));
@@ -981,13 +967,13 @@ impl BeatClient {
 async fn heartbeat_reaches_subscribers_and_forgets_the_gone() {
     const INTERVAL: Duration = Duration::from_millis(50);
     within(async {
-        let server = server().await;
         let (heartbeat, mut forgotten) = Heartbeat::start(INTERVAL);
-        let uri = server.export(heartbeat).unwrap();
+        let server = Fixture::new().object(heartbeat).serve().await;
+        let uri = &server.uri;
 
-        let mut a = BeatClient::subscribe(&uri, "a").await;
-        let mut b = BeatClient::subscribe(&uri, "b").await;
-        let mut c = BeatClient::subscribe(&uri, "c").await;
+        let mut a = BeatClient::subscribe(uri, "a").await;
+        let mut b = BeatClient::subscribe(uri, "b").await;
+        let mut c = BeatClient::subscribe(uri, "c").await;
         for client in [&mut a, &mut b, &mut c] {
             client.hear(3).await;
         }
@@ -1013,7 +999,7 @@ async fn heartbeat_reaches_subscribers_and_forgets_the_gone() {
         let heard_up_to = b.heard.last().unwrap().0;
         b.hear(usize::try_from((last + 3).saturating_sub(heard_up_to)).unwrap())
             .await;
-        server.sync().await;
+        server.vat.sync().await;
         // ... and a heard every tick from its first to `last`, and nothing after.
         a.heard.extend(take_all(&mut a.inbox));
         assert!(a.consecutive(), "{:?}", a.heard);
@@ -1042,7 +1028,7 @@ async fn heartbeat_reaches_subscribers_and_forgets_the_gone() {
 
         a.vat.shutdown().await;
         b.vat.shutdown().await;
-        server.shutdown().await;
+        server.vat.shutdown().await;
     })
     .await;
 }
@@ -1104,29 +1090,24 @@ async fn work_spreads_over_four_worker_vats_and_combines() {
     within(async {
         let all_started = Arc::new(tokio::sync::Barrier::new(4));
         let mut workers = Vec::new();
-        let mut uris = Vec::new();
         for i in 0..4 {
-            let vat = server().await;
-            uris.push(
-                vat.export(Worker {
-                    name: format!("worker{i}"),
-                    all_started: all_started.clone(),
-                })
-                .unwrap(),
-            );
-            workers.push(vat);
+            let worker = Worker {
+                name: format!("worker{i}"),
+                all_started: all_started.clone(),
+            };
+            workers.push(Fixture::new().object(worker).serve().await);
         }
 
         // The coordinator sends one job to each worker without waiting, then gathers
         // the four promises.
-        let coordinator = client().await;
-        let jobs: Vec<_> = uris
+        let coordinator = start_client().await;
+        let jobs: Vec<_> = workers
             .iter()
             .enumerate()
-            .map(|(i, uri)| {
+            .map(|(i, worker)| {
                 let from = i as u64 * 5000;
                 coordinator
-                    .enliven(uri)
+                    .enliven(&worker.uri)
                     .send::<Partial>("count_primes", (from, from + 5000))
             })
             .collect();
@@ -1151,8 +1132,8 @@ async fn work_spreads_over_four_worker_vats_and_combines() {
         assert_eq!(total, count_primes(0, 20_000));
 
         coordinator.shutdown().await;
-        for vat in workers {
-            vat.shutdown().await;
+        for worker in workers {
+            worker.vat.shutdown().await;
         }
     })
     .await;
@@ -1189,12 +1170,10 @@ fn time_server(method: &str, args: Args) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_service_answers_and_calls_back() {
     within(async {
-        let server = server().await;
-        let uri = server.export(time_server).unwrap();
         // The client does not listen: the callback reaches it over the session it
         // opened.
-        let client = client().await;
-        let clock = client.enliven(&uri);
+        let c = Fixture::new().object(time_server).connect().await;
+        let clock = &c.obj;
 
         let before = millis_now();
         let now: u64 = clock.send("now", ()).await.unwrap();
@@ -1228,8 +1207,7 @@ async fn time_service_answers_and_calls_back() {
         let expected: Vec<String> = heard.iter().map(|t| format!("thanks for {t}")).collect();
         assert_eq!(answers, expected);
 
-        client.shutdown().await;
-        server.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -1272,12 +1250,12 @@ impl Object for TopicStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_store_sets_gets_deletes_and_dumps() {
     within(async {
-        let server = server().await;
-        let uri = server.export(TopicStore::default()).unwrap();
-        let writer_vat = client().await;
-        let reader_vat = client().await;
-        let writer = writer_vat.enliven(&uri);
-        let reader = reader_vat.enliven(&uri);
+        let server = Fixture::new().object(TopicStore::default()).serve().await;
+        let uri = &server.uri;
+        let writer_vat = start_client().await;
+        let reader_vat = start_client().await;
+        let writer = writer_vat.enliven(uri);
+        let reader = reader_vat.enliven(uri);
 
         let weather = Value::Map(vec![
             (Value::Text("city".into()), Value::Text("Oslo".into())),
@@ -1322,7 +1300,7 @@ async fn topic_store_sets_gets_deletes_and_dumps() {
 
         writer_vat.shutdown().await;
         reader_vat.shutdown().await;
-        server.shutdown().await;
+        server.vat.shutdown().await;
     })
     .await;
 }
@@ -1367,10 +1345,8 @@ impl Object for EchoSession {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_session_echoes_until_bye_then_refuses() {
     within(async {
-        let server = server().await;
-        let uri = server.export(echo_server).unwrap();
-        let client = client().await;
-        let echo = client.enliven(&uri);
+        let c = Fixture::new().object(echo_server).connect().await;
+        let echo = c.obj;
 
         // Connecting and the first line go together (pipelined).
         let session = echo.send_ref("connect", ());
@@ -1408,9 +1384,9 @@ async fn echo_session_echoes_until_bye_then_refuses() {
 
         // Closed sessions are garbage like any other object once dropped.
         drop((session, other, echo));
-        drained(&[&client, &server]).await;
-        client.shutdown().await;
-        server.shutdown().await;
+        drained(&[&c.client, &c.server.vat]).await;
+        c.client.shutdown().await;
+        c.server.vat.shutdown().await;
     })
     .await;
 }
@@ -1457,8 +1433,8 @@ async fn two_hundred_clients_at_once_each_get_their_own_total() {
     const CLIENTS: u64 = 200;
     const ADDS: u64 = 10;
     within(async {
-        let server = server().await;
-        let uri = server.export(Adder::default()).unwrap();
+        let server = Fixture::new().object(Adder::default()).serve().await;
+        let uri = &server.uri;
 
         // Every client a vat of its own, all at once, no turn-taking: nothing is held
         // up by another client (the server runs one task per session, not a thread).
@@ -1466,7 +1442,7 @@ async fn two_hundred_clients_at_once_each_get_their_own_total() {
         for i in 0..CLIENTS {
             let uri = uri.clone();
             running.push(tokio::spawn(async move {
-                let vat = client().await;
+                let vat = start_client().await;
                 let total = vat.enliven(&uri).send_ref("open", ());
                 for k in 0..ADDS {
                     total.send_only("add", (i * 100 + k,));
@@ -1487,10 +1463,10 @@ async fn two_hundred_clients_at_once_each_get_their_own_total() {
         }
 
         // They are all connected at once, each in a session of its own.
-        let stats = server.stats().await;
+        let stats = server.vat.stats().await;
         assert_eq!(stats.sessions.len(), CLIENTS as usize);
         assert!(stats.sessions.iter().all(|s| s.inbound));
-        let probe = vats[0].enliven(&uri);
+        let probe = vats[0].enliven(uri);
         assert_eq!(
             probe.send::<usize>("opened", ()).await.unwrap(),
             CLIENTS as usize
@@ -1503,7 +1479,7 @@ async fn two_hundred_clients_at_once_each_get_their_own_total() {
         for task in closing {
             task.await.unwrap();
         }
-        server.shutdown().await;
+        server.vat.shutdown().await;
     })
     .await;
 }
@@ -1533,10 +1509,8 @@ fn mapper(method: &str, args: Args) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_map_calls_back_a_function_object() {
     within(async {
-        let server = server().await;
-        let uri = server.export(mapper).unwrap();
-        let client = client().await;
-        let remote = client.enliven(&uri);
+        let c = Fixture::new().object(mapper).connect().await;
+        let remote = &c.obj;
 
         let calls = Arc::new(AtomicUsize::new(0));
         let square_plus_one = Ref::from_object({
@@ -1584,8 +1558,7 @@ async fn remote_map_calls_back_a_function_object() {
             .unwrap_err();
         assert_eq!(refused.kind(), BrokenKind::UnknownMethod);
 
-        client.shutdown().await;
-        server.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
