@@ -225,8 +225,7 @@ async fn release_of_more_than_was_given_is_refused() {
         Limits::default(),
         &["release of export", "count 2", "holds 1"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             raw.send(&Message::Release { export, count: 2 }).await;
         },
     ))
@@ -239,8 +238,7 @@ async fn reused_question_id_is_refused() {
         Limits::default(),
         &["question id", "already in use"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
                 .await;
             raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
@@ -298,8 +296,7 @@ async fn more_outstanding_questions_than_the_limit_is_refused() {
         limits(|l| l.max_inbound_questions = 64),
         &["more than 64 outstanding questions"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             // 63 calls that never answer: under the limit, the session carries on.
             for q in 2..=64 {
                 raw.send(&deliver(Target::Export(export), "slow", &(), Some(q)))
@@ -327,8 +324,7 @@ async fn too_many_messages_queued_on_one_promise_is_refused() {
         limits(|l| l.max_queued_per_promise = 4),
         &["more than 4 messages queued on one unresolved promise"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
                 .await;
             for _ in 0..5 {
@@ -622,8 +618,7 @@ async fn release_of_an_export_already_fully_released_is_refused() {
         Limits::default(),
         &["no export with id", "e1"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             assert_eq!(export, 1);
             // The one reference given, given back: valid, and the export is freed.
             raw.send(&Message::Release { export, count: 1 }).await;
@@ -640,8 +635,7 @@ async fn deliver_to_a_released_export_is_refused() {
         Limits::default(),
         &["no export with id", "e1"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             raw.send(&Message::Release { export, count: 1 }).await;
             raw.ping(1).await;
             raw.send(&deliver(Target::Export(export), "add", &(1, 2), Some(2)))
@@ -658,13 +652,12 @@ async fn thousands_of_calls_pipelined_on_an_unresolved_promise_are_refused() {
     // 3,000 one-way calls queued on a `slow` answer that never resolves: the vat keeps
     // at most `max_queued_per_promise` (256) of them and aborts the session at the
     // 257th, so the memory a peer can pin on one promise is bounded. The session and
-    // everything it held are gone afterwards (`check_survived` sees only the client).
+    // everything it held are gone afterwards (`assert_only_client_left` checks).
     within(async {
         let arena = connected().await;
         arena.assert_served(1).await;
         let mut raw = arena.raw().await;
-        raw.handshake().await;
-        let export = raw.bootstrap(1, arena.server.uri.swiss()).await;
+        let export = raw.hello_and_fetch(arena.server.uri.swiss()).await;
         raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
             .await;
         let mut flood = Vec::new();
@@ -695,8 +688,7 @@ async fn long_pipelined_chain_on_a_promise_that_resolves_to_data_is_answered() {
         let arena = connected().await;
         arena.assert_served(1).await;
         let mut raw = arena.raw().await;
-        raw.handshake().await;
-        let export = raw.bootstrap(1, arena.server.uri.swiss()).await;
+        let export = raw.hello_and_fetch(arena.server.uri.swiss()).await;
         let last = 1_025u64;
         let mut chain = encode(&deliver(Target::Export(export), "gated", &(), Some(2)));
         for q in 3..=last {
@@ -742,8 +734,7 @@ async fn connections_past_the_limit_are_closed_before_tls() {
         // The first of four raw sessions is the well-behaved client: it fetches the
         // root and calls it before, during and after the flood.
         let mut client = RawConn::connect(&server.vat).await;
-        client.handshake().await;
-        let export = client.bootstrap(1, server.uri.swiss()).await;
+        let export = client.hello_and_fetch(server.uri.swiss()).await;
         client.add(export, 2, 1).await;
         let mut others = Vec::new();
         for _ in 0..3 {
@@ -828,8 +819,7 @@ async fn peer_that_never_reads_is_not_buffered_without_bound_and_is_dropped() {
             .await;
         arena.assert_served(1).await;
         let mut raw = arena.raw().await;
-        raw.handshake().await;
-        let export = raw.bootstrap(1, arena.server.uri.swiss()).await;
+        let export = raw.hello_and_fetch(arena.server.uri.swiss()).await;
         let call = move |q: u64| {
             encode(&deliver(
                 Target::Export(export),

@@ -717,6 +717,13 @@ impl RawConn {
         export
     }
 
+    /// A well-behaved start: [`RawConn::handshake`], then [`RawConn::bootstrap`] of the
+    /// object under `swiss` as question 1. Returns the export id the vat gave it.
+    pub(crate) async fn hello_and_fetch(&mut self, swiss: &SwissNumber) -> u64 {
+        self.handshake().await;
+        self.bootstrap(1, swiss).await
+    }
+
     /// Reads until an `abort` arrives (its reason) or the connection closes (`None`).
     pub(crate) async fn read_abort(&mut self) -> Option<String> {
         for _ in 0..MAX_FRAMES_BEFORE_ABORT {
