@@ -1,8 +1,10 @@
-//! Shared harness for the integration tests: a test object, server and client vats on
-//! 127.0.0.1, and a raw TLS peer that writes and reads captp frames by hand.
+//! Shared harness for the integration tests: a test object; the fixture that starts a
+//! listening server vat on 127.0.0.1 exporting it (or an object of the test's own) and a
+//! client vat holding a reference to it ([`Fixture`], [`connected`]); and a raw TLS
+//! peer that writes and reads captp frames by hand.
 //!
-//! Every helper that waits does so on a bounded timeout, so a hang fails the test
-//! instead of wedging the run.
+//! It uses only the crate's public API and never sleeps: every helper that waits does
+//! so on a bounded timeout, so a hang fails the test instead of wedging the run.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -270,6 +272,7 @@ struct Probe {
 }
 
 impl Server {
+    /// The loopback address the server listens on.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.vat.local_addr().expect("the server listens")
     }
@@ -381,6 +384,7 @@ impl Fixture {
 }
 
 impl<O: Object> Fixture<O> {
+    /// Limits for the server vat (a test of a limit usually sets it here).
     pub(crate) fn server_limits(self, server_limits: Limits) -> Fixture<O> {
         Fixture {
             server_limits,
@@ -446,6 +450,7 @@ pub(crate) async fn start_client() -> Vat {
     start_client_with(Limits::default()).await
 }
 
+/// Like [`start_client`], with `limits`.
 pub(crate) async fn start_client_with(limits: Limits) -> Vat {
     Vat::builder()
         .limits(limits)
