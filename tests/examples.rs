@@ -51,6 +51,20 @@ impl Drop for Killed {
     }
 }
 
+/// Starts the example `name` with `args`, its stdout and stderr piped and its stdin
+/// as given.
+fn spawn(name: &str, args: &[&str], stdin: Stdio) -> Killed {
+    Killed(
+        Command::new(example(name))
+            .args(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {name} {args:?}: {e}")),
+    )
+}
+
 /// Reads all of `pipe` on a thread; the receiver gets the text at end of file.
 fn collect(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -139,15 +153,7 @@ struct Server {
 impl Server {
     /// Starts the server example `name` with `args` and waits for its URI.
     fn start(name: &str, args: &[&str]) -> Server {
-        let mut child = Killed(
-            Command::new(example(name))
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("could not start {name}: {e}")),
-        );
+        let mut child = spawn(name, args, Stdio::null());
         let stdout = child.0.stdout.take().expect("piped stdout");
         let stderr = child.0.stderr.take().expect("piped stderr");
 
@@ -237,15 +243,7 @@ impl Run {
 
 /// Runs the example `name` with `args` to completion, within [`TIMEOUT`].
 fn run(name: &str, args: &[&str]) -> Run {
-    let mut child = Killed(
-        Command::new(example(name))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start {name}: {e}")),
-    );
+    let mut child = spawn(name, args, Stdio::null());
     let stdout = collect(child.0.stdout.take().expect("piped stdout"));
     let stderr = collect(child.0.stderr.take().expect("piped stderr"));
     let deadline = Instant::now() + TIMEOUT;
@@ -514,15 +512,7 @@ impl Member {
     /// Starts the example `name` with `args`, with stdin to type into and stdout read
     /// line by line; `nick` names it in failure messages.
     fn start(name: &str, args: &[&str], nick: &str) -> Member {
-        let mut child = Killed(
-            Command::new(example(name))
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("could not start {name} {args:?}: {e}")),
-        );
+        let mut child = spawn(name, args, Stdio::piped());
         let stdin = child.0.stdin.take();
         let stdout = child.0.stdout.take().expect("piped stdout");
         let stderr = child.0.stderr.take().expect("piped stderr");

@@ -9,63 +9,12 @@ use std::time::Duration;
 
 use captp::wire::message::PROTOCOL_VERSION;
 use captp::wire::{Message, Payload, ReturnResult, Target};
-use captp::{Limits, Ref, SwissNumber, Vat};
+use captp::{Limits, SwissNumber};
 use common::{
-    RawConn, Server, cbor, decode_data, deliver, encode, hello, limits, start_client,
-    start_server_with, within,
+    Fixture, RawConn, Server, cbor, connected, decode_data, deliver, encode, hello, limits, within,
 };
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
-
-/// A server vat, a well-behaved client of it, and raw connections for the attacks.
-struct Arena {
-    server: Server,
-    client: Vat,
-    obj: Ref,
-}
-
-impl Arena {
-    async fn start(limits: Limits) -> Arena {
-        let server = start_server_with(limits).await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
-        Arena {
-            server,
-            client,
-            obj,
-        }
-    }
-
-    /// The well-behaved client gets a correct answer.
-    async fn check(&self, round: i64) {
-        let sum: i64 = self
-            .obj
-            .send("add", (round, 1_000))
-            .await
-            .expect("the well-behaved client is served");
-        assert_eq!(sum, round + 1_000);
-    }
-
-    /// A raw connection with a fresh identity (no hello exchanged yet).
-    async fn raw(&self) -> RawConn {
-        RawConn::connect(&self.server.vat).await
-    }
-
-    /// After a hostile session ended: the well-behaved client still gets answers, and
-    /// its session is the only one the server still serves.
-    async fn check_survived(&self) {
-        self.check(2).await;
-        self.check(3).await;
-        let stats = self.server.vat.stats().await;
-        assert_eq!(stats.sessions.len(), 1, "{stats:?}");
-        assert_eq!(stats.sessions[0].peer, self.client.vat_id());
-    }
-
-    async fn stop(self) {
-        self.client.shutdown().await;
-        self.server.vat.shutdown().await;
-    }
-}
 
 /// Runs one attack: the well-behaved client is served before, the attack's session
 /// is aborted with a reason containing every one of `words`, and the client is served
@@ -75,8 +24,8 @@ async fn aborted_with(
     words: &[&str],
     attack: impl AsyncFnOnce(&mut RawConn, &Server),
 ) {
-    let arena = Arena::start(limits).await;
-    arena.check(1).await;
+    let arena = Fixture::new().server_limits(limits).connect().await;
+    arena.assert_served(1).await;
     let mut raw = arena.raw().await;
     attack(&mut raw, &arena.server).await;
     let reason = raw.expect_abort().await;
@@ -86,8 +35,26 @@ async fn aborted_with(
             "abort reason {reason:?} lacks {word:?}"
         );
     }
-    arena.check_survived().await;
+    arena.assert_only_client_left().await;
     arena.stop().await;
+}
+
+/// An attack of one message right after a proper hello, with default limits.
+async fn message_after_hello_aborts(words: &[&str], msg: Message) {
+    aborted_with(Limits::default(), words, async |raw, _| {
+        raw.handshake().await;
+        raw.send(&msg).await;
+    })
+    .await;
+}
+
+/// An attack of one frame `body` right after a proper hello, with default limits.
+async fn frame_after_hello_aborts(words: &[&str], body: &[u8]) {
+    aborted_with(Limits::default(), words, async |raw, _| {
+        raw.handshake().await;
+        raw.send_frame(body).await;
+    })
+    .await;
 }
 
 fn small_frames() -> Limits {
@@ -125,16 +92,8 @@ async fn frame_one_byte_over_the_limit_is_refused_before_its_body() {
             let call = at_limit(pad);
             assert_eq!(encode(&call).len(), 4 + 65_536);
             raw.send(&call).await;
-            match raw.expect_message().await {
-                Message::Return {
-                    question: 2,
-                    result: ReturnResult::Ok(payload),
-                } => {
-                    let back: serde_bytes::ByteBuf = decode_data(&payload);
-                    assert_eq!(back.len(), pad);
-                }
-                other => panic!("expected the echo's return, got {other:?}"),
-            }
+            let back: serde_bytes::ByteBuf = decode_data(&raw.expect_return(2).await);
+            assert_eq!(back.len(), pad);
 
             // One byte more is refused from the length prefix alone: no body follows.
             raw.write_raw(&(64 * 1024 + 1u32).to_be_bytes()).await;
@@ -172,107 +131,68 @@ async fn length_over_the_limit_before_hello_is_refused_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_cbor_is_refused() {
-    within(aborted_with(
-        Limits::default(),
-        &["nested", "32"],
-        async |raw, _| {
-            raw.handshake().await;
-            let mut body = vec![0x81; 100];
-            body.push(0x00);
-            raw.send_frame(&body).await;
-        },
-    ))
-    .await;
+    let mut body = vec![0x81; 100];
+    body.push(0x00);
+    within(frame_after_hello_aborts(&["nested", "32"], &body)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_bytes_are_refused() {
-    within(aborted_with(
-        Limits::default(),
+    within(frame_after_hello_aborts(
         &["undecodable message", "malformed CBOR"],
-        async |raw, _| {
-            raw.handshake().await;
-            raw.send_frame(&[0x1c, 0xde, 0xad, 0xbe, 0xef]).await;
-        },
+        &[0x1c, 0xde, 0xad, 0xbe, 0xef],
     ))
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_frame_is_refused() {
-    within(aborted_with(
-        Limits::default(),
+    within(frame_after_hello_aborts(
         &["undecodable message", "truncated"],
-        async |raw, _| {
-            raw.handshake().await;
-            raw.send_frame(&[]).await;
-        },
+        &[],
     ))
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_message_kind_is_refused() {
-    within(aborted_with(
-        Limits::default(),
-        &["not a captp message"],
-        async |raw, _| {
-            raw.handshake().await;
-            let body = cbor(&BTreeMap::from([(
-                "teleport",
-                BTreeMap::from([("to", 1u8)]),
-            )]));
-            raw.send_frame(&body).await;
-        },
-    ))
-    .await;
+    let body = cbor(&BTreeMap::from([(
+        "teleport",
+        BTreeMap::from([("to", 1u8)]),
+    )]));
+    within(frame_after_hello_aborts(&["not a captp message"], &body)).await;
 }
 
 // ---- bad ids ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliver_to_an_answer_never_allocated_is_refused() {
-    within(aborted_with(
-        Limits::default(),
+    within(message_after_hello_aborts(
         &["no answer with id", "77"],
-        async |raw, _| {
-            raw.handshake().await;
-            raw.send(&deliver(Target::Answer(77), "add", &(1, 2), Some(1)))
-                .await;
-        },
+        deliver(Target::Answer(77), "add", &(1, 2), Some(1)),
     ))
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliver_to_an_export_never_made_is_refused() {
-    within(aborted_with(
-        Limits::default(),
+    within(message_after_hello_aborts(
         &["no export with id", "5"],
-        async |raw, _| {
-            raw.handshake().await;
-            raw.send(&deliver(Target::Export(5), "add", &(1, 2), None))
-                .await;
-        },
+        deliver(Target::Export(5), "add", &(1, 2), None),
     ))
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn return_for_a_question_never_asked_is_refused() {
-    within(aborted_with(
-        Limits::default(),
+    within(message_after_hello_aborts(
         &["return for question", "42", "never asked"],
-        async |raw, _| {
-            raw.handshake().await;
-            raw.send(&Message::Return {
-                question: 42,
-                result: ReturnResult::Ok(Payload {
-                    data: cbor(&7),
-                    caps: Vec::new(),
-                }),
-            })
-            .await;
+        Message::Return {
+            question: 42,
+            result: ReturnResult::Ok(Payload {
+                data: cbor(&7),
+                caps: Vec::new(),
+            }),
         },
     ))
     .await;
@@ -280,29 +200,20 @@ async fn return_for_a_question_never_asked_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finish_for_an_unknown_answer_is_refused() {
-    within(aborted_with(
-        Limits::default(),
+    within(message_after_hello_aborts(
         &["no answer with id", "9"],
-        async |raw, _| {
-            raw.handshake().await;
-            raw.send(&Message::Finish { question: 9 }).await;
-        },
+        Message::Finish { question: 9 },
     ))
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_of_an_unknown_export_is_refused() {
-    within(aborted_with(
-        Limits::default(),
+    within(message_after_hello_aborts(
         &["no export with id", "99"],
-        async |raw, _| {
-            raw.handshake().await;
-            raw.send(&Message::Release {
-                export: 99,
-                count: 1,
-            })
-            .await;
+        Message::Release {
+            export: 99,
+            count: 1,
         },
     ))
     .await;
@@ -314,8 +225,7 @@ async fn release_of_more_than_was_given_is_refused() {
         Limits::default(),
         &["release of export", "count 2", "holds 1"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             raw.send(&Message::Release { export, count: 2 }).await;
         },
     ))
@@ -328,8 +238,7 @@ async fn reused_question_id_is_refused() {
         Limits::default(),
         &["question id", "already in use"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
                 .await;
             raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
@@ -359,15 +268,7 @@ async fn first_message_other_than_hello_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_hello_is_refused() {
-    within(aborted_with(
-        Limits::default(),
-        &["hello sent twice"],
-        async |raw, _| {
-            raw.handshake().await;
-            raw.send(&hello()).await;
-        },
-    ))
-    .await;
+    within(message_after_hello_aborts(&["hello sent twice"], hello())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,18 +296,13 @@ async fn more_outstanding_questions_than_the_limit_is_refused() {
         limits(|l| l.max_inbound_questions = 64),
         &["more than 64 outstanding questions"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             // 63 calls that never answer: under the limit, the session carries on.
             for q in 2..=64 {
                 raw.send(&deliver(Target::Export(export), "slow", &(), Some(q)))
                     .await;
             }
-            raw.send(&Message::Ping { nonce: 77 }).await;
-            match raw.expect_message().await {
-                Message::Pong { nonce: 77 } => {}
-                other => panic!("expected the pong, got {other:?}"),
-            }
+            raw.ping(77).await;
             // The 64th reaches the limit and the 65th is one too many. Both go in one
             // write: a vat may stop reading once the limit's worth of calls is running.
             let mut both = encode(&deliver(Target::Export(export), "slow", &(), Some(65)));
@@ -428,8 +324,7 @@ async fn too_many_messages_queued_on_one_promise_is_refused() {
         limits(|l| l.max_queued_per_promise = 4),
         &["more than 4 messages queued on one unresolved promise"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
                 .await;
             for _ in 0..5 {
@@ -446,8 +341,8 @@ async fn too_many_messages_queued_on_one_promise_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_byte_writes_still_make_a_valid_session() {
     within(async {
-        let arena = Arena::start(Limits::default()).await;
-        arena.check(1).await;
+        let arena = connected().await;
+        arena.assert_served(1).await;
         let mut raw = arena.raw().await;
 
         // hello, a fetch, and a call pipelined on the fetch, one byte per TLS record.
@@ -473,20 +368,9 @@ async fn one_byte_writes_still_make_a_valid_session() {
                 ..
             }
         ));
-        match raw.expect_message().await {
-            Message::Return {
-                question: 1,
-                result: ReturnResult::Ok(payload),
-            } => assert_eq!(payload.caps.len(), 1, "{payload:?}"),
-            other => panic!("expected the fetch's return, got {other:?}"),
-        }
-        match raw.expect_message().await {
-            Message::Return {
-                question: 2,
-                result: ReturnResult::Ok(payload),
-            } => assert_eq!(decode_data::<i64>(&payload), 42),
-            other => panic!("expected the call's return, got {other:?}"),
-        }
+        let fetched = raw.expect_return(1).await;
+        assert_eq!(fetched.caps.len(), 1, "{fetched:?}");
+        assert_eq!(decode_data::<i64>(&raw.expect_return(2).await), 42);
 
         // Still a healthy session: finish both, and it answers a ping.
         for byte in encode(&Message::Finish { question: 1 })
@@ -511,7 +395,7 @@ async fn one_byte_writes_still_make_a_valid_session() {
             .expect("the raw session");
         assert_eq!(raw_session.tables.answers, 0, "{raw_session:?}");
         assert_eq!(raw_session.tables.exports, 1, "{raw_session:?}");
-        arena.check(2).await;
+        arena.assert_served(2).await;
         arena.stop().await;
     })
     .await;
@@ -521,8 +405,11 @@ async fn one_byte_writes_still_make_a_valid_session() {
 async fn peer_silent_after_tls_is_dropped_at_the_handshake_timeout() {
     within(async {
         let timeout = Duration::from_millis(300);
-        let arena = Arena::start(limits(|l| l.handshake_timeout = timeout)).await;
-        arena.check(1).await;
+        let arena = Fixture::new()
+            .server_limits(limits(|l| l.handshake_timeout = timeout))
+            .connect()
+            .await;
+        arena.assert_served(1).await;
 
         let started = Instant::now();
         let mut raw = arena.raw().await;
@@ -536,7 +423,7 @@ async fn peer_silent_after_tls_is_dropped_at_the_handshake_timeout() {
         );
         assert!(elapsed >= timeout, "dropped after only {elapsed:?}");
 
-        arena.check_survived().await;
+        arena.assert_only_client_left().await;
         arena.stop().await;
     })
     .await;
@@ -546,8 +433,11 @@ async fn peer_silent_after_tls_is_dropped_at_the_handshake_timeout() {
 async fn peer_silent_before_tls_is_dropped_at_the_handshake_timeout() {
     within(async {
         let timeout = Duration::from_millis(300);
-        let arena = Arena::start(limits(|l| l.handshake_timeout = timeout)).await;
-        arena.check(1).await;
+        let arena = Fixture::new()
+            .server_limits(limits(|l| l.handshake_timeout = timeout))
+            .connect()
+            .await;
+        arena.assert_served(1).await;
 
         let started = Instant::now();
         let mut tcp = tokio::net::TcpStream::connect(arena.server.addr())
@@ -561,7 +451,7 @@ async fn peer_silent_before_tls_is_dropped_at_the_handshake_timeout() {
         let elapsed = started.elapsed();
         assert!(elapsed >= timeout, "dropped after only {elapsed:?}");
 
-        arena.check_survived().await;
+        arena.assert_only_client_left().await;
         arena.stop().await;
     })
     .await;
@@ -570,7 +460,7 @@ async fn peer_silent_before_tls_is_dropped_at_the_handshake_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_swiss_over_raw_tls_is_an_error_not_an_abort() {
     within(async {
-        let arena = Arena::start(Limits::default()).await;
+        let arena = connected().await;
         let mut raw = arena.raw().await;
         raw.handshake().await;
         raw.send(&Message::Bootstrap {
@@ -578,16 +468,9 @@ async fn unknown_swiss_over_raw_tls_is_an_error_not_an_abort() {
             swiss: SwissNumber::generate(),
         })
         .await;
-        match raw.expect_message().await {
-            Message::Return {
-                question: 1,
-                result: ReturnResult::Err(e),
-            } => assert_eq!(e.kind, "unknown_object"),
-            other => panic!("expected an error return, got {other:?}"),
-        }
-        raw.send(&Message::Ping { nonce: 1 }).await;
-        assert_eq!(raw.expect_message().await, Message::Pong { nonce: 1 });
-        arena.check(1).await;
+        assert_eq!(raw.expect_broken(1).await.kind, "unknown_object");
+        raw.ping(1).await;
+        arena.assert_served(1).await;
         arena.stop().await;
     })
     .await;
@@ -600,8 +483,8 @@ async fn many_calls_pipelined_on_a_fetch_in_one_write_are_served() {
     // queued on an unresolved answer, and more than `max_queued_per_promise` of them
     // aborted a well-behaved peer's session.
     within(async {
-        let arena = Arena::start(Limits::default()).await;
-        arena.check(1).await;
+        let arena = connected().await;
+        arena.assert_served(1).await;
         let mut raw = arena.raw().await;
         raw.handshake().await;
 
@@ -640,7 +523,7 @@ async fn many_calls_pipelined_on_a_fetch_in_one_write_are_served() {
                 other => panic!("expected the two returns, got {other:?}"),
             }
         }
-        arena.check(2).await;
+        arena.assert_served(2).await;
         arena.stop().await;
     })
     .await;
@@ -652,13 +535,9 @@ async fn many_calls_pipelined_on_a_fetch_in_one_write_are_served() {
 async fn huge_cbor_array_header_is_refused_without_allocating() {
     // An array claiming 2^60 elements in a 9-byte frame: refused from the header, as
     // more items than the bytes could hold, before anything is sized by the count.
-    within(aborted_with(
-        Limits::default(),
+    within(frame_after_hello_aborts(
         &["undecodable message", "truncated"],
-        async |raw, _| {
-            raw.handshake().await;
-            raw.send_frame(&[0x9b, 0x10, 0, 0, 0, 0, 0, 0, 0]).await;
-        },
+        &[0x9b, 0x10, 0, 0, 0, 0, 0, 0, 0],
     ))
     .await;
 }
@@ -666,42 +545,31 @@ async fn huge_cbor_array_header_is_refused_without_allocating() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_cbor_map_inside_a_valid_message_is_refused() {
     // The same claim one level down: a map of 2^60 pairs as the fields of a `ping`.
-    within(aborted_with(
-        Limits::default(),
+    let mut body = vec![0xa1, 0x64];
+    body.extend_from_slice(b"ping");
+    body.extend_from_slice(&[0xbb, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+    within(frame_after_hello_aborts(
         &["undecodable message", "truncated"],
-        async |raw, _| {
-            raw.handshake().await;
-            let mut body = vec![0xa1, 0x64];
-            body.extend_from_slice(b"ping");
-            body.extend_from_slice(&[0xbb, 0x10, 0, 0, 0, 0, 0, 0, 0]);
-            raw.send_frame(&body).await;
-        },
+        &body,
     ))
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indefinite_length_item_is_refused() {
-    within(aborted_with(
-        Limits::default(),
-        &[
-            "undecodable message",
-            "indefinite-length",
-            "definite lengths",
-        ],
-        async |raw, _| {
-            raw.handshake().await;
-            // {_ "ping": {_ "nonce": 1}}: the encoding of a valid ping, with
-            // indefinite-length maps.
-            let mut body = vec![0xbf, 0x64];
-            body.extend_from_slice(b"ping");
-            body.extend_from_slice(&[0xbf, 0x65]);
-            body.extend_from_slice(b"nonce");
-            body.extend_from_slice(&[0x01, 0xff, 0xff]);
-            raw.send_frame(&body).await;
-        },
-    ))
-    .await;
+    // {_ "ping": {_ "nonce": 1}}: the encoding of a valid ping, with indefinite-length
+    // maps.
+    let mut body = vec![0xbf, 0x64];
+    body.extend_from_slice(b"ping");
+    body.extend_from_slice(&[0xbf, 0x65]);
+    body.extend_from_slice(b"nonce");
+    body.extend_from_slice(&[0x01, 0xff, 0xff]);
+    let words = [
+        "undecodable message",
+        "indefinite-length",
+        "definite lengths",
+    ];
+    within(frame_after_hello_aborts(&words, &body)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -750,8 +618,7 @@ async fn release_of_an_export_already_fully_released_is_refused() {
         Limits::default(),
         &["no export with id", "e1"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             assert_eq!(export, 1);
             // The one reference given, given back: valid, and the export is freed.
             raw.send(&Message::Release { export, count: 1 }).await;
@@ -768,8 +635,7 @@ async fn deliver_to_a_released_export_is_refused() {
         Limits::default(),
         &["no export with id", "e1"],
         async |raw, server| {
-            raw.handshake().await;
-            let export = raw.bootstrap(1, server.uri.swiss()).await;
+            let export = raw.hello_and_fetch(server.uri.swiss()).await;
             raw.send(&Message::Release { export, count: 1 }).await;
             raw.ping(1).await;
             raw.send(&deliver(Target::Export(export), "add", &(1, 2), Some(2)))
@@ -786,13 +652,12 @@ async fn thousands_of_calls_pipelined_on_an_unresolved_promise_are_refused() {
     // 3,000 one-way calls queued on a `slow` answer that never resolves: the vat keeps
     // at most `max_queued_per_promise` (256) of them and aborts the session at the
     // 257th, so the memory a peer can pin on one promise is bounded. The session and
-    // everything it held are gone afterwards (`check_survived` sees only the client).
+    // everything it held are gone afterwards (`assert_only_client_left` checks).
     within(async {
-        let arena = Arena::start(Limits::default()).await;
-        arena.check(1).await;
+        let arena = connected().await;
+        arena.assert_served(1).await;
         let mut raw = arena.raw().await;
-        raw.handshake().await;
-        let export = raw.bootstrap(1, arena.server.uri.swiss()).await;
+        let export = raw.hello_and_fetch(arena.server.uri.swiss()).await;
         raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
             .await;
         let mut flood = Vec::new();
@@ -806,7 +671,7 @@ async fn thousands_of_calls_pipelined_on_an_unresolved_promise_are_refused() {
             reason.contains("more than 256 messages queued on one unresolved promise"),
             "{reason}"
         );
-        arena.check_survived().await;
+        arena.assert_only_client_left().await;
         arena.stop().await;
     })
     .await;
@@ -820,11 +685,10 @@ async fn long_pipelined_chain_on_a_promise_that_resolves_to_data_is_answered() {
     // `not_an_object`. Breaking them was a recursion as deep as the chain, which
     // overflowed a 2 MiB worker stack in a debug build and aborted the whole process.
     within(async {
-        let arena = Arena::start(Limits::default()).await;
-        arena.check(1).await;
+        let arena = connected().await;
+        arena.assert_served(1).await;
         let mut raw = arena.raw().await;
-        raw.handshake().await;
-        let export = raw.bootstrap(1, arena.server.uri.swiss()).await;
+        let export = raw.hello_and_fetch(arena.server.uri.swiss()).await;
         let last = 1_025u64;
         let mut chain = encode(&deliver(Target::Export(export), "gated", &(), Some(2)));
         for q in 3..=last {
@@ -838,22 +702,10 @@ async fn long_pipelined_chain_on_a_promise_that_resolves_to_data_is_answered() {
         raw.write_raw(&chain).await;
         // The pong says the vat has read (and queued) the whole chain.
         raw.ping(1).await;
-        arena.server.gate.add_permits(1);
-        match raw.expect_message().await {
-            Message::Return {
-                question: 2,
-                result: ReturnResult::Ok(payload),
-            } => assert_eq!(decode_data::<String>(&payload), "opened"),
-            other => panic!("expected the gated call's return, got {other:?}"),
-        }
+        arena.server.open_gate(1);
+        assert_eq!(decode_data::<String>(&raw.expect_return(2).await), "opened");
         for q in 3..=last {
-            match raw.expect_message().await {
-                Message::Return {
-                    question,
-                    result: ReturnResult::Err(e),
-                } if question == q => assert_eq!(e.kind, "not_an_object"),
-                other => panic!("expected call {q} to break, got {other:?}"),
-            }
+            assert_eq!(raw.expect_broken(q).await.kind, "not_an_object");
         }
         // The session is healthy: finish everything, and it still answers.
         let mut finishes = Vec::new();
@@ -862,7 +714,7 @@ async fn long_pipelined_chain_on_a_promise_that_resolves_to_data_is_answered() {
         }
         raw.write_raw(&finishes).await;
         raw.add(export, last + 1, 7).await;
-        arena.check(2).await;
+        arena.assert_served(2).await;
         arena.stop().await;
     })
     .await;
@@ -873,14 +725,16 @@ async fn long_pipelined_chain_on_a_promise_that_resolves_to_data_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_closed_before_tls() {
     within(async {
-        let server = start_server_with(limits(|l| l.max_connections = 4)).await;
+        let server = Fixture::new()
+            .server_limits(limits(|l| l.max_connections = 4))
+            .serve()
+            .await;
         let addr = server.addr();
         let id = server.vat.vat_id();
         // The first of four raw sessions is the well-behaved client: it fetches the
         // root and calls it before, during and after the flood.
         let mut client = RawConn::connect(&server.vat).await;
-        client.handshake().await;
-        let export = client.bootstrap(1, server.uri.swiss()).await;
+        let export = client.hello_and_fetch(server.uri.swiss()).await;
         client.add(export, 2, 1).await;
         let mut others = Vec::new();
         for _ in 0..3 {
@@ -955,16 +809,17 @@ async fn peer_that_never_reads_is_not_buffered_without_bound_and_is_dropped() {
     // drops it after `keepalive_dead`. The well-behaved client is served throughout.
     const CALLS: u64 = 500;
     within(async {
-        let arena = Arena::start(limits(|l| {
-            l.max_outbound_buffer = 256 * 1024;
-            l.keepalive_idle = Duration::from_millis(300);
-            l.keepalive_dead = Duration::from_secs(1);
-        }))
-        .await;
-        arena.check(1).await;
+        let arena = Fixture::new()
+            .server_limits(limits(|l| {
+                l.max_outbound_buffer = 256 * 1024;
+                l.keepalive_idle = Duration::from_millis(300);
+                l.keepalive_dead = Duration::from_secs(1);
+            }))
+            .connect()
+            .await;
+        arena.assert_served(1).await;
         let mut raw = arena.raw().await;
-        raw.handshake().await;
-        let export = raw.bootstrap(1, arena.server.uri.swiss()).await;
+        let export = raw.hello_and_fetch(arena.server.uri.swiss()).await;
         let call = move |q: u64| {
             encode(&deliver(
                 Target::Export(export),
@@ -995,7 +850,7 @@ async fn peer_that_never_reads_is_not_buffered_without_bound_and_is_dropped() {
         let mut dropped = false;
         for _ in 0..100_000 {
             round += 1;
-            arena.check(round).await;
+            arena.assert_served(round).await;
             let stats = arena.server.vat.stats().await;
             match stats.sessions.iter().find(|s| s.peer != client_id) {
                 Some(s) => most_answers = most_answers.max(s.tables.answers),
@@ -1020,7 +875,7 @@ async fn peer_that_never_reads_is_not_buffered_without_bound_and_is_dropped() {
             written < CALLS,
             "all {written} calls were written: nothing pushed back"
         );
-        arena.check_survived().await;
+        arena.assert_only_client_left().await;
         arena.stop().await;
     })
     .await;

@@ -2,18 +2,13 @@
 //! and results, coming home, three vats, passing promises, `when_broken`, the
 //! lost-client hook, equality, and distributed GC (every table drains).
 
-#![allow(
-    clippy::unwrap_used,
-    reason = "test objects lock mutexes no test poisons"
-)]
-
 mod common;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use captp::{Args, Broken, BrokenKind, Object, Ref, Reply, Vat, VatId};
-use common::{client, drained, server, within};
+use captp::{Args, Broken, BrokenKind, Object, Ref, Reply, VatId};
+use common::{Fixture, drained, limits, lock, start_client, within};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -56,14 +51,14 @@ impl Object for Hub {
         match method {
             "subscribe" => match args.decode::<(Subscription,)>() {
                 Ok((sub,)) => {
-                    self.listeners.lock().unwrap().push(sub.listener);
+                    lock(&self.listeners).push(sub.listener);
                     Reply::ok(sub.name)
                 }
                 Err(e) => Reply::err(e),
             },
             "say" => match args.decode::<(String,)>() {
                 Ok((text,)) => {
-                    let listeners = self.listeners.lock().unwrap().clone();
+                    let listeners = lock(&self.listeners).clone();
                     Reply::later(async move {
                         for l in listeners {
                             l.send::<()>("hear", (text.clone(),)).await?;
@@ -79,20 +74,17 @@ impl Object for Hub {
             },
             "hold" => match args.decode::<(Ref,)>() {
                 Ok((r,)) => {
-                    *self.held.lock().unwrap() = Some(r);
+                    *lock(&self.held) = Some(r);
                     Reply::ok(())
                 }
                 Err(e) => Reply::err(e),
             },
             "drop_held" => {
-                self.held.lock().unwrap().take();
-                self.listeners.lock().unwrap().clear();
+                lock(&self.held).take();
+                lock(&self.listeners).clear();
                 Reply::ok(())
             }
-            "call_held" => match (
-                args.decode::<(String,)>(),
-                self.held.lock().unwrap().clone(),
-            ) {
+            "call_held" => match (args.decode::<(String,)>(), lock(&self.held).clone()) {
                 (Ok((text,)), Some(r)) => {
                     Reply::later(async move { r.send::<()>("hear", (text,)).await })
                 }
@@ -126,10 +118,7 @@ impl Object for Hub {
                 Err(e) => Reply::err(e),
             },
             "same_twice" => {
-                let r = self
-                    .made
-                    .lock()
-                    .unwrap()
+                let r = lock(&self.made)
                     .get_or_insert_with(|| Ref::from_object(Counter::default()))
                     .clone();
                 Reply::ok(vec![r.clone(), r])
@@ -160,10 +149,8 @@ impl Object for Counter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_in_a_struct_are_called_back_and_released() {
     within(async {
-        let server = server().await;
-        let uri = server.export(Hub::default()).unwrap();
-        let client = client().await;
-        let hub = client.enliven(&uri);
+        let c = Fixture::new().object(Hub::default()).connect().await;
+        let hub = c.obj;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let listener = Ref::from_object(Recorder(tx));
         let name: String = hub
@@ -183,7 +170,7 @@ async fn callbacks_in_a_struct_are_called_back_and_released() {
         // The server drops its reference: the client's export goes away.
         hub.send::<()>("drop_held", ()).await.unwrap();
         drop(hub);
-        drained(&[&client, &server]).await;
+        drained(&[&c.client, &c.server.vat]).await;
     })
     .await;
 }
@@ -191,10 +178,8 @@ async fn callbacks_in_a_struct_are_called_back_and_released() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reference_coming_home_is_the_local_object() {
     within(async {
-        let server = server().await;
-        let uri = server.export(Hub::default()).unwrap();
-        let client = client().await;
-        let hub = client.enliven(&uri);
+        let c = Fixture::new().object(Hub::default()).connect().await;
+        let hub = c.obj;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mine = Ref::from_object(Recorder(tx));
         let back: Ref = hub.send("echo", (mine.clone(),)).await.unwrap();
@@ -203,7 +188,7 @@ async fn a_reference_coming_home_is_the_local_object() {
         back.send::<()>("hear", ("local",)).await.unwrap();
         assert_eq!(rx.recv().await.unwrap(), "local");
         drop((back, mine, hub));
-        drained(&[&client, &server]).await;
+        drained(&[&c.client, &c.server.vat]).await;
     })
     .await;
 }
@@ -211,10 +196,8 @@ async fn a_reference_coming_home_is_the_local_object() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn returned_objects_pipeline_and_compare_equal() {
     within(async {
-        let server = server().await;
-        let uri = server.export(Hub::default()).unwrap();
-        let client = client().await;
-        let hub = client.enliven(&uri);
+        let c = Fixture::new().object(Hub::default()).connect().await;
+        let hub = c.obj;
         // Pipelined: `next` goes to the counter before `make` has answered.
         let counter = hub.send_ref("make", ());
         assert_eq!(counter.send::<usize>("next", ()).await.unwrap(), 1);
@@ -226,7 +209,7 @@ async fn returned_objects_pipeline_and_compare_equal() {
         assert_eq!(pair[0], again[0]);
         assert_ne!(pair[0], counter);
         drop((pair, again, counter, hub));
-        drained(&[&client, &server]).await;
+        drained(&[&c.client, &c.server.vat]).await;
     })
     .await;
 }
@@ -236,14 +219,12 @@ async fn three_vats_a_passes_bs_object_to_c() {
     within(async {
         // B hosts a recorder; A holds a reference to it and hands it to C's hub; C
         // calls it (through A). Order is kept.
-        let b = server().await;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let b_uri = b.export(Recorder(tx)).unwrap();
-        let c = server().await;
-        let c_uri = c.export(Hub::default()).unwrap();
-        let a = client().await;
-        let in_b = a.enliven(&b_uri);
-        let hub_at_c = a.enliven(&c_uri);
+        let b = Fixture::new().object(Recorder(tx)).serve().await;
+        let c = Fixture::new().object(Hub::default()).serve().await;
+        let a = start_client().await;
+        let in_b = a.enliven(&b.uri);
+        let hub_at_c = a.enliven(&c.uri);
         hub_at_c.send::<()>("hold", (in_b.clone(),)).await.unwrap();
         for i in 0..20 {
             hub_at_c.send_only("call_held", (format!("m{i}"),));
@@ -253,7 +234,7 @@ async fn three_vats_a_passes_bs_object_to_c() {
         }
         hub_at_c.send::<()>("drop_held", ()).await.unwrap();
         drop((in_b, hub_at_c));
-        drained(&[&a, &b, &c]).await;
+        drained(&[&a, &b.vat, &c.vat]).await;
     })
     .await;
 }
@@ -261,17 +242,15 @@ async fn three_vats_a_passes_bs_object_to_c() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresolved_promise_passed_as_an_argument_settles_at_the_receiver() {
     within(async {
-        let server = server().await;
-        let uri = server.export(Hub::default()).unwrap();
-        let client = client().await;
-        let hub = client.enliven(&uri);
+        let c = Fixture::new().object(Hub::default()).connect().await;
+        let hub = c.obj;
         // A promise for an object the server has not made yet, passed back to it.
         let promised = hub.send_ref("make", ());
         let echoed = hub.send_ref("echo", (promised.clone(),));
         assert_eq!(echoed.send::<usize>("next", ()).await.unwrap(), 1);
         assert_eq!(promised.send::<usize>("next", ()).await.unwrap(), 2);
         drop((echoed, promised, hub));
-        drained(&[&client, &server]).await;
+        drained(&[&c.client, &c.server.vat]).await;
     })
     .await;
 }
@@ -279,10 +258,8 @@ async fn an_unresolved_promise_passed_as_an_argument_settles_at_the_receiver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_promise_breaks_what_was_pipelined_on_it_the_same_way() {
     within(async {
-        let server = server().await;
-        let uri = server.export(Hub::default()).unwrap();
-        let client = client().await;
-        let hub = client.enliven(&uri);
+        let c = Fixture::new().object(Hub::default()).connect().await;
+        let hub = c.obj;
         let nothing = hub.send_ref("call_held", ("x",));
         let first = nothing.send::<usize>("next", ());
         let second = nothing.send::<usize>("next", ());
@@ -297,26 +274,24 @@ async fn a_broken_promise_breaks_what_was_pipelined_on_it_the_same_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_broken_fires_when_the_vat_goes_away_and_lost_client_is_told() {
     within(async {
-        let server = server().await;
         let (lost_tx, mut lost) = mpsc::unbounded_channel();
         let hub = Hub {
             lost: Some(lost_tx),
             ..Hub::default()
         };
-        let uri = server.export(hub).unwrap();
-        let client = client().await;
-        let remote = client.enliven(&uri);
+        let c = Fixture::new().object(hub).connect().await;
+        let remote = &c.obj;
         remote.send::<()>("drop_held", ()).await.unwrap();
         let watcher = tokio::spawn({
             let remote = remote.clone();
             async move { remote.when_broken().await }
         });
-        client.shutdown().await;
+        c.client.shutdown().await;
         let broken = watcher.await.unwrap();
         assert_eq!(broken.kind(), BrokenKind::Disconnected);
         // The server noticed the client is gone: told once, with the client's vat ID.
-        assert_eq!(lost.recv().await, Some(client.vat_id()));
-        server.shutdown().await;
+        assert_eq!(lost.recv().await, Some(c.client.vat_id()));
+        c.server.vat.shutdown().await;
         assert!(lost.try_recv().is_err(), "told exactly once");
     })
     .await;
@@ -325,10 +300,8 @@ async fn when_broken_fires_when_the_vat_goes_away_and_lost_client_is_told() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passed_promise_settles_to_data_an_object_or_broken_and_can_be_pipelined_on() {
     within(async {
-        let server = server().await;
-        let uri = server.export(Hub::default()).unwrap();
-        let client = client().await;
-        let hub = client.enliven(&uri);
+        let c = Fixture::new().object(Hub::default()).connect().await;
+        let hub = c.obj;
         let counter = hub.send_ref("make", ());
 
         // To data: a promise for `next()` (not yet answered when it is passed).
@@ -360,7 +333,7 @@ async fn a_passed_promise_settles_to_data_an_object_or_broken_and_can_be_pipelin
             fresh.when_settled::<Ref>().await.unwrap()
         );
         drop((counter, fresh, broken, hub));
-        drained(&[&client, &server]).await;
+        drained(&[&c.client, &c.server.vat]).await;
     })
     .await;
 }
@@ -368,10 +341,8 @@ async fn a_passed_promise_settles_to_data_an_object_or_broken_and_can_be_pipelin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_on_cancel_a_dropped_promise_releases_what_its_result_carried() {
     within(async {
-        let server = server().await;
-        let uri = server.export(Hub::default()).unwrap();
-        let client = client().await;
-        let hub = client.enliven(&uri);
+        let c = Fixture::new().object(Hub::default()).connect().await;
+        let hub = c.obj;
         for _ in 0..10 {
             drop(hub.send::<Ref>("make", ()));
         }
@@ -383,7 +354,7 @@ async fn release_on_cancel_a_dropped_promise_releases_what_its_result_carried() 
             0
         );
         drop(hub);
-        drained(&[&client, &server]).await;
+        drained(&[&c.client, &c.server.vat]).await;
     })
     .await;
 }
@@ -393,18 +364,15 @@ async fn release_on_cancel_a_dropped_promise_releases_what_its_result_carried() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_references_abort_only_that_session() {
     within(async {
-        let mut limits = captp::Limits::default();
-        limits.max_imports = 4;
-        limits.max_caps_per_message = 3;
-        let server = Vat::builder()
-            .listen("127.0.0.1:0")
-            .limits(limits)
-            .start()
-            .await
-            .unwrap();
-        let uri = server.export(Hub::default()).unwrap();
-        let bystander = client().await;
-        let calm = bystander.enliven(&uri);
+        let c = Fixture::new()
+            .server_limits(limits(|l| {
+                l.max_imports = 4;
+                l.max_caps_per_message = 3;
+            }))
+            .object(Hub::default())
+            .connect()
+            .await;
+        let calm = &c.obj;
         assert_eq!(
             calm.send::<usize>("hold_many", (Vec::<Ref>::new(),))
                 .await
@@ -413,8 +381,8 @@ async fn too_many_references_abort_only_that_session() {
         );
 
         // Four references in one message: over the per-message limit of 3.
-        let greedy = client().await;
-        let hub = greedy.enliven(&uri);
+        let greedy = start_client().await;
+        let hub = greedy.enliven(&c.server.uri);
         let four: Vec<Ref> = (0..4)
             .map(|_| Ref::from_object(Counter::default()))
             .collect();
@@ -427,8 +395,8 @@ async fn too_many_references_abort_only_that_session() {
         );
 
         // Within the per-message limit, but past the import limit over two messages.
-        let greedy = client().await;
-        let hub = greedy.enliven(&uri);
+        let greedy = start_client().await;
+        let hub = greedy.enliven(&c.server.uri);
         let keep: Vec<Ref> = (0..3)
             .map(|_| Ref::from_object(Counter::default()))
             .collect();
@@ -474,17 +442,12 @@ async fn too_many_references_abort_only_that_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_past_the_limit_breaks_that_call_only() {
     within(async {
-        let mut limits = captp::Limits::default();
-        limits.max_exports = 3;
-        let server = Vat::builder()
-            .listen("127.0.0.1:0")
-            .limits(limits)
-            .start()
-            .await
-            .unwrap();
-        let uri = server.export(Hub::default()).unwrap();
-        let client = client().await;
-        let hub = client.enliven(&uri);
+        let c = Fixture::new()
+            .server_limits(limits(|l| l.max_exports = 3))
+            .object(Hub::default())
+            .connect()
+            .await;
+        let hub = c.obj;
         // The hub itself is one export; two more counters fit, the third does not.
         let a: Ref = hub.send("make", ()).await.unwrap();
         let b: Ref = hub.send("make", ()).await.unwrap();
@@ -493,11 +456,11 @@ async fn an_export_past_the_limit_breaks_that_call_only() {
         // The session is fine, and releasing one makes room again.
         assert_eq!(a.send::<usize>("next", ()).await.unwrap(), 1);
         drop(a);
-        client.sync().await;
-        let c: Ref = hub.send("make", ()).await.unwrap();
-        assert_eq!(c.send::<usize>("next", ()).await.unwrap(), 1);
-        drop((b, c, hub));
-        drained(&[&client, &server]).await;
+        c.client.sync().await;
+        let third: Ref = hub.send("make", ()).await.unwrap();
+        assert_eq!(third.send::<usize>("next", ()).await.unwrap(), 1);
+        drop((b, third, hub));
+        drained(&[&c.client, &c.server.vat]).await;
     })
     .await;
 }
@@ -507,18 +470,16 @@ async fn an_export_past_the_limit_breaks_that_call_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_a_promise_that_resolved_to_my_own_object_still_arrive() {
     within(async {
-        let server = server().await;
-        let uri = server.export(Hub::default()).unwrap();
-        let client = client().await;
-        let hub = client.enliven(&uri);
+        let c = Fixture::new().object(Hub::default()).connect().await;
+        let hub = c.obj;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mine = Ref::from_object(Recorder(tx));
         let echoed = hub.send_ref("echo", (mine.clone(),));
         let back: Ref = echoed.when_settled().await.unwrap();
         assert_eq!(back, mine);
         for _ in 0..3 {
-            client.sync().await;
-            server.sync().await;
+            c.client.sync().await;
+            c.server.vat.sync().await;
         }
         // Still the promise's path (through the server), in order, to my object.
         echoed.send::<()>("hear", ("one",)).await.unwrap();
@@ -526,7 +487,7 @@ async fn calls_on_a_promise_that_resolved_to_my_own_object_still_arrive() {
         assert_eq!(rx.recv().await.unwrap(), "one");
         assert_eq!(rx.recv().await.unwrap(), "two");
         drop((echoed, back, mine, hub));
-        drained(&[&client, &server]).await;
+        drained(&[&c.client, &c.server.vat]).await;
     })
     .await;
 }
@@ -537,21 +498,16 @@ async fn calls_on_a_promise_that_resolved_to_my_own_object_still_arrive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_sent_before_answering_arrives_before_the_answer() {
     within(async {
-        let server = server().await;
-        let uri = server
-            .export(
-                |method: &str, args: Args| match (method, args.decode::<(Ref,)>()) {
-                    ("poke", Ok((listener,))) => {
-                        listener.send_only("hear", ("before the answer",));
-                        Reply::ok(())
-                    }
-                    (_, Err(e)) => Reply::err(e),
-                    _ => Reply::unknown_method(method),
-                },
-            )
-            .unwrap();
-        let client = client().await;
-        let hub = client.enliven(&uri);
+        let poked = |method: &str, args: Args| match (method, args.decode::<(Ref,)>()) {
+            ("poke", Ok((listener,))) => {
+                listener.send_only("hear", ("before the answer",));
+                Reply::ok(())
+            }
+            (_, Err(e)) => Reply::err(e),
+            _ => Reply::unknown_method(method),
+        };
+        let c = Fixture::new().object(poked).connect().await;
+        let hub = &c.obj;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let listener = Ref::from_object(Recorder(tx));
         for i in 0..100 {

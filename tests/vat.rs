@@ -11,8 +11,8 @@ use captp::sturdy::Host;
 use captp::wire::Message;
 use captp::{Broken, BrokenKind, Identity, SturdyRef, SwissNumber};
 use common::{
-    Note, Sample, Shape, TestObject, limits, sample, silent_server, start_client,
-    start_client_with, start_server, start_server_with, within,
+    Connected, Fixture, Note, Sample, Shape, TestObject, connected, limits, sample, silent_server,
+    start_client, start_client_with, start_server, within,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -26,9 +26,8 @@ use tokio::time::Instant;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serde_types_round_trip_through_echo() {
     within(async {
-        let server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = connected().await;
+        let obj = &c.obj;
 
         let s = sample();
         let back: Sample = obj.send("echo", (s.clone(),)).await.expect("echo");
@@ -92,8 +91,7 @@ async fn serde_types_round_trip_through_echo() {
         let sum: i64 = obj.send("add", (40, 2)).await.expect("add");
         assert_eq!(sum, 42);
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -101,9 +99,8 @@ async fn serde_types_round_trip_through_echo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn result_of_the_wrong_type_breaks_with_decode() {
     within(async {
-        let server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = connected().await;
+        let obj = &c.obj;
 
         let err = obj
             .send::<i64>("echo_str", ("not a number",))
@@ -131,8 +128,7 @@ async fn result_of_the_wrong_type_breaks_with_decode() {
             .expect("add after decode errors");
         assert_eq!(sum, 3);
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -140,9 +136,8 @@ async fn result_of_the_wrong_type_breaks_with_decode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_break_with_bad_arguments() {
     within(async {
-        let server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = connected().await;
+        let obj = &c.obj;
 
         let err = obj
             .send::<i64>("add", ("one", "two"))
@@ -170,8 +165,7 @@ async fn bad_arguments_break_with_bad_arguments() {
         let sum: i64 = obj.send("add", (2, 2)).await.expect("add");
         assert_eq!(sum, 4);
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -237,9 +231,8 @@ async fn unknown_and_revoked_swiss_numbers_break_identically() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_error_breaks_with_failed_and_its_message() {
     within(async {
-        let server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = connected().await;
+        let obj = &c.obj;
 
         let err = obj
             .send::<()>("fail", ("insufficient funds",))
@@ -254,8 +247,7 @@ async fn remote_error_breaks_with_failed_and_its_message() {
             .expect_err("overflow");
         assert_eq!(err, Broken::failed("overflow"));
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -263,11 +255,10 @@ async fn remote_error_breaks_with_failed_and_its_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_method_breaks_with_unknown_method() {
     within(async {
-        let server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = connected().await;
 
-        let err = obj
+        let err = c
+            .obj
             .send::<()>("frobnicate", (1, 2, 3))
             .await
             .expect_err("no such method");
@@ -275,8 +266,7 @@ async fn unknown_method_breaks_with_unknown_method() {
         assert!(err.message().contains("frobnicate"), "{err}");
         assert_eq!(err, Broken::unknown_method("frobnicate"));
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -284,9 +274,11 @@ async fn unknown_method_breaks_with_unknown_method() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arguments_past_the_peers_frame_limit_break_locally() {
     within(async {
-        let server = common::start_server_with(limits(|l| l.max_frame = 64 * 1024)).await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = Fixture::new()
+            .server_limits(limits(|l| l.max_frame = 64 * 1024))
+            .connect()
+            .await;
+        let obj = &c.obj;
         // One round trip first, so the client has the server's hello (its frame limit).
         let sum: i64 = obj.send("add", (1, 1)).await.expect("add");
         assert_eq!(sum, 2);
@@ -301,11 +293,10 @@ async fn arguments_past_the_peers_frame_limit_break_locally() {
         // Nothing was sent, so the session is intact.
         let sum: i64 = obj.send("add", (2, 2)).await.expect("add after too_large");
         assert_eq!(sum, 4);
-        let stats = client.stats().await;
+        let stats = c.client.stats().await;
         assert_eq!(stats.sessions.len(), 1);
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -313,9 +304,11 @@ async fn arguments_past_the_peers_frame_limit_break_locally() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn result_past_the_callers_frame_limit_breaks_with_too_large() {
     within(async {
-        let server = start_server().await;
-        let client = start_client_with(limits(|l| l.max_frame = 64 * 1024)).await;
-        let obj = client.enliven(&server.uri);
+        let c = Fixture::new()
+            .client_limits(limits(|l| l.max_frame = 64 * 1024))
+            .connect()
+            .await;
+        let obj = &c.obj;
         // Arguments are checked against the server's limit (1 MiB), so this goes out;
         // the echo would be 100 KiB, past the 64 KiB the client announced.
         let big = ByteBuf::from(vec![7u8; 100 * 1024]);
@@ -332,8 +325,7 @@ async fn result_past_the_callers_frame_limit_breaks_with_too_large() {
             .expect("a small echo");
         assert_eq!(back, small);
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -519,12 +511,10 @@ async fn client_without_certificate_is_never_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_pipeline_before_anything_resolves() {
     within(async {
-        let server = start_server().await;
-        let client = start_client().await;
-
         // None of this awaits: the fetch, the calls on the fetched object, a call on the
         // result of `sub`, and a call on the result of a call on that result.
-        let obj = client.enliven(&server.uri);
+        let c = connected().await;
+        let obj = &c.obj;
         let sum = obj.send::<i64>("add", (1, 2));
         let echoed = obj.send::<String>("echo_str", ("pipelined",));
         let kid = obj.send_ref("sub", ("kid",));
@@ -546,8 +536,7 @@ async fn sends_pipeline_before_anything_resolves() {
         let sum: i64 = obj.send("add", (5, 5)).await.expect("add again");
         assert_eq!(sum, 10);
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -594,9 +583,8 @@ async fn pipelining_on_an_unknown_swiss_breaks_like_the_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelining_on_a_failed_call_breaks_with_its_error() {
     within(async {
-        let server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = connected().await;
+        let obj = &c.obj;
 
         let failed = obj.send_ref("fail", ("no sub for you",));
         let name = failed.send::<String>("name", ());
@@ -618,8 +606,7 @@ async fn pipelining_on_a_failed_call_breaks_with_its_error() {
             .expect_err("3 has no methods");
         assert_eq!(err.kind(), BrokenKind::NotAnObject, "{err}");
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -629,9 +616,8 @@ async fn pipelining_on_a_failed_call_breaks_with_its_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_on_one_reference_arrive_in_order() {
     within(async {
-        let server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = connected().await;
+        let obj = &c.obj;
 
         // Before the fetch resolves: all of these are pipelined on the fetch.
         for i in 0..200u32 {
@@ -655,8 +641,7 @@ async fn sends_on_one_reference_arrive_in_order() {
             assert_eq!(p.await.expect("counter_next"), i as u64 + 1);
         }
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -668,9 +653,8 @@ async fn more_sends_than_the_queue_limit_pipelined_on_a_fetch_are_served() {
     // behind it could abort this well-behaved client's session, depending on how the
     // bytes were split.
     within(async {
-        let server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = connected().await;
+        let obj = &c.obj;
         for i in 0..1_000u32 {
             obj.send_only("p", (i,));
         }
@@ -683,8 +667,7 @@ async fn more_sends_than_the_queue_limit_pipelined_on_a_fetch_are_served() {
             assert_eq!(name.await.expect("name"), "kid");
         }
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -698,9 +681,8 @@ async fn more_sends_than_the_queue_limit_pipelined_on_a_fetch_are_served() {
 #[tokio::test(flavor = "current_thread")]
 async fn sequential_calls_make_one_write_per_call_each_way() {
     within(async {
-        let server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = connected().await;
+        let obj = &c.obj;
         let sum: i64 = obj.send("add", (1, 2)).await.expect("add");
         assert_eq!(sum, 3);
         let traffic = |stats: captp::VatStats| {
@@ -709,8 +691,8 @@ async fn sequential_calls_make_one_write_per_call_each_way() {
             };
             (session.frames_sent, session.writes)
         };
-        let (c_frames, c_writes) = traffic(client.stats().await);
-        let (s_frames, s_writes) = traffic(server.vat.stats().await);
+        let (c_frames, c_writes) = traffic(c.client.stats().await);
+        let (s_frames, s_writes) = traffic(c.server.vat.stats().await);
         // Setup: the client's hello, fetch and call left in one write (their two
         // finishes wait for the next one), and the server's hello and two answers in one.
         assert_eq!((c_frames, c_writes), (5, 1), "client during setup");
@@ -722,8 +704,8 @@ async fn sequential_calls_make_one_write_per_call_each_way() {
             let sum: i64 = obj.send("add", (i, 1)).await.expect("add");
             assert_eq!(sum, i + 1);
         }
-        let (c_frames2, c_writes2) = traffic(client.stats().await);
-        let (s_frames2, s_writes2) = traffic(server.vat.stats().await);
+        let (c_frames2, c_writes2) = traffic(c.client.stats().await);
+        let (s_frames2, s_writes2) = traffic(c.server.vat.stats().await);
         // The client sent a deliver and a finish per call, the server a return.
         assert_eq!(c_frames2 - c_frames, 2 * CALLS, "client frames");
         assert_eq!(s_frames2 - s_frames, CALLS, "server frames");
@@ -743,9 +725,8 @@ async fn sequential_calls_make_one_write_per_call_each_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_payloads_in_flight_together_arrive_intact() {
     within(async {
-        let server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = connected().await;
+        let obj = &c.obj;
         let sizes = [0, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 100, 300_000];
         let payloads: Vec<Vec<u8>> = sizes
             .iter()
@@ -774,15 +755,14 @@ async fn large_payloads_in_flight_together_arrive_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_shutdown_breaks_pending_promises_with_disconnected() {
     within(async {
-        let mut server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let mut c = connected().await;
+        let obj = &c.obj;
         let sum: i64 = obj.send("add", (1, 2)).await.expect("add");
         assert_eq!(sum, 3);
 
         let pending = obj.send::<()>("slow", ());
-        assert_eq!(server.next_note().await, Note::Slow);
-        server.vat.shutdown().await;
+        assert_eq!(c.server.next_note().await, Note::Slow);
+        c.server.vat.shutdown().await;
 
         let err = pending.await.expect_err("the server went away");
         assert_eq!(err.kind(), BrokenKind::Disconnected, "{err}");
@@ -806,14 +786,15 @@ async fn server_shutdown_breaks_pending_promises_with_disconnected() {
         assert_eq!(piped.kind(), BrokenKind::Disconnected, "{piped}");
 
         // A fresh enliven tries again and finds nobody listening.
-        let err = client
-            .enliven(&server.uri)
+        let err = c
+            .client
+            .enliven(&c.server.uri)
             .send::<i64>("add", (1, 2))
             .await
             .expect_err("the server is gone");
         assert_eq!(err.kind(), BrokenKind::Unreachable, "{err}");
 
-        client.shutdown().await;
+        c.client.shutdown().await;
     })
     .await;
 }
@@ -821,13 +802,12 @@ async fn server_shutdown_breaks_pending_promises_with_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_shutdown_breaks_its_own_pending_promises() {
     within(async {
-        let mut server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let mut c = connected().await;
+        let obj = &c.obj;
         let pending = obj.send::<()>("slow", ());
-        assert_eq!(server.next_note().await, Note::Slow);
+        assert_eq!(c.server.next_note().await, Note::Slow);
 
-        client.shutdown().await;
+        c.client.shutdown().await;
         let err = pending.await.expect_err("the client shut down");
         assert_eq!(err.kind(), BrokenKind::Disconnected, "{err}");
         let later = obj
@@ -837,17 +817,17 @@ async fn client_shutdown_breaks_its_own_pending_promises() {
         assert_eq!(later.kind(), BrokenKind::Disconnected, "{later}");
 
         // A shut-down client hands out broken references; the server serves others.
-        assert!(client.enliven(&server.uri).broken_reason().is_some());
+        assert!(c.client.enliven(&c.server.uri).broken_reason().is_some());
         let other = start_client().await;
         let sum: i64 = other
-            .enliven(&server.uri)
+            .enliven(&c.server.uri)
             .send("add", (1, 2))
             .await
             .expect("add");
         assert_eq!(sum, 3);
 
         other.shutdown().await;
-        server.vat.shutdown().await;
+        c.server.vat.shutdown().await;
     })
     .await;
 }
@@ -919,13 +899,11 @@ async fn silent_peer_is_dropped_by_the_keepalive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_session_per_peer() {
     within(async {
-        let server = start_server().await;
+        let c = connected().await;
+        let a = &c.obj;
         let (second, _notes) = TestObject::new("second");
-        let second_uri = server.vat.export(second).expect("export");
-        let client = start_client().await;
-
-        let a = client.enliven(&server.uri);
-        let b = client.enliven(&second_uri);
+        let second_uri = c.server.vat.export(second).expect("export");
+        let b = c.client.enliven(&second_uri);
         let (name_a, name_b) = tokio::join!(
             a.send::<String>("whoami", ()),
             b.send::<String>("whoami", ())
@@ -933,18 +911,17 @@ async fn one_session_per_peer() {
         assert_eq!(name_a.expect("a"), "root");
         assert_eq!(name_b.expect("b"), "second");
 
-        let stats = client.stats().await;
+        let stats = c.client.stats().await;
         assert_eq!(stats.sessions.len(), 1, "{stats:?}");
-        assert_eq!(stats.sessions[0].peer, server.vat.vat_id());
+        assert_eq!(stats.sessions[0].peer, c.server.vat.vat_id());
         assert!(!stats.sessions[0].inbound);
         assert_eq!(stats.sessions[0].tables.imports, 2, "{stats:?}");
-        let stats = server.vat.stats().await;
+        let stats = c.server.vat.stats().await;
         assert_eq!(stats.sessions.len(), 1, "{stats:?}");
         assert_eq!(stats.sessions[0].tables.exports, 2, "{stats:?}");
         assert_eq!(stats.sturdy_refs, 2);
 
-        client.shutdown().await;
-        server.vat.shutdown().await;
+        c.stop().await;
     })
     .await;
 }
@@ -952,12 +929,13 @@ async fn one_session_per_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_references_releases_the_exports() {
     within(async {
-        let server = start_server().await;
+        let Connected {
+            server,
+            client,
+            obj: root,
+        } = connected().await;
         let (second, _notes) = TestObject::new("second");
         let second_uri = server.vat.export(second).expect("export");
-        let client = start_client().await;
-
-        let root = client.enliven(&server.uri);
         let kid = root.send_ref("sub", ("kid",));
         let name: String = kid.send("name", ()).await.expect("kid");
         assert_eq!(name, "kid");
@@ -1096,16 +1074,18 @@ async fn clean_shutdown_closes_the_port_and_breaks_new_references() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_calls_in_flight_than_the_peers_question_limit_all_succeed() {
     within(async {
-        let server = start_server_with(limits(|l| l.max_inbound_questions = 64)).await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let c = Fixture::new()
+            .server_limits(limits(|l| l.max_inbound_questions = 64))
+            .connect()
+            .await;
+        let obj = &c.obj;
         let promises: Vec<_> = (0..3_000i64)
             .map(|j| obj.send::<i64>("add", (j, 1)))
             .collect();
         for (j, p) in (0..3_000i64).zip(promises) {
             assert_eq!(p.await.expect("add"), j + 1);
         }
-        let stats = client.stats().await;
+        let stats = c.client.stats().await;
         assert_eq!(stats.sessions.len(), 1);
         assert_eq!(stats.sessions[0].tables.held, 0);
         // The same session served everything: nobody was aborted.
@@ -1119,15 +1099,14 @@ async fn more_calls_in_flight_than_the_peers_question_limit_all_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_what_was_queued_first() {
     within(async {
-        let mut server = start_server().await;
-        let client = start_client().await;
-        let obj = client.enliven(&server.uri);
+        let mut c = connected().await;
+        let obj = &c.obj;
         obj.send_only("notify", (7u64,));
         obj.send_only("notify", (8u64,));
-        client.shutdown().await;
-        assert_eq!(server.next_note().await, Note::Notify(7));
-        assert_eq!(server.next_note().await, Note::Notify(8));
-        server.vat.shutdown().await;
+        c.client.shutdown().await;
+        assert_eq!(c.server.next_note().await, Note::Notify(7));
+        assert_eq!(c.server.next_note().await, Note::Notify(8));
+        c.server.vat.shutdown().await;
     })
     .await;
 }

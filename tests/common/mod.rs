@@ -1,22 +1,26 @@
-//! Shared harness for the integration tests: a test object, server and client vats on
-//! 127.0.0.1, and a raw TLS peer that writes and reads captp frames by hand.
+//! Shared harness for the integration tests: a test object; the fixture that starts a
+//! listening server vat on 127.0.0.1 exporting it (or an object of the test's own) and a
+//! client vat holding a reference to it ([`Fixture`], [`connected`]); and a raw TLS
+//! peer that writes and reads captp frames by hand.
 //!
-//! Every helper that waits does so on a bounded timeout, so a hang fails the test
-//! instead of wedging the run.
+//! It uses only the crate's public API and never sleeps: every helper that waits does
+//! so on a bounded timeout, so a hang fails the test instead of wedging the run.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use captp::sturdy::Host;
 use captp::transport::{self, TlsStream};
 use captp::wire::message::PROTOCOL_VERSION;
-use captp::wire::{CapDescriptor, CborLimits, Message, Payload, ReturnResult, Target};
-use captp::{Args, Broken, Identity, Limits, Object, Reply, SturdyRef, SwissNumber, Vat, VatId};
+use captp::wire::{CapDescriptor, CborLimits, Message, Payload, ReturnResult, Target, WireBroken};
+use captp::{
+    Args, Broken, Identity, Limits, Object, Ref, Reply, SturdyRef, SwissNumber, Vat, VatId,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -49,6 +53,11 @@ pub(crate) fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
     let mut limits = Limits::default();
     f(&mut limits);
     limits
+}
+
+/// Locks a mutex, ignoring poisoning (no test object panics while holding one).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // ---- the test object ----
@@ -195,18 +204,10 @@ impl Object for TestObject {
             }
             "counter_next" => Reply::ok(self.counter.fetch_add(1, Ordering::SeqCst) + 1),
             "counter_push" | "p" => with(&args, |(i,): (u32,)| {
-                self.pushed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(i);
+                lock(&self.pushed).push(i);
                 Ok(())
             }),
-            "counter_get" => Reply::ok(
-                self.pushed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone(),
-            ),
+            "counter_get" => Reply::ok(lock(&self.pushed).clone()),
             "sub" => match args.decode::<(String,)>() {
                 Ok((name,)) => Reply::object(Sub { name }),
                 Err(e) => Reply::err(e),
@@ -253,16 +254,25 @@ impl Object for Sub {
 
 // ---- vats ----
 
-/// A listening vat exporting one [`TestObject`] named "root".
+/// A listening vat on 127.0.0.1 with one exported object: by default a
+/// [`TestObject`] named "root", whose notes and gate the test can reach through this.
 pub(crate) struct Server {
     pub(crate) vat: Vat,
+    /// The sturdy ref of the exported object.
     pub(crate) uri: SturdyRef,
-    pub(crate) notes: mpsc::UnboundedReceiver<Note>,
-    /// The root object's gate (see `gated()`).
-    pub(crate) gate: Arc<Semaphore>,
+    /// The root [`TestObject`]'s notes and gate; `None` when the fixture exported an
+    /// object of the test's own.
+    probe: Option<Probe>,
+}
+
+/// What a test can see and steer of the root [`TestObject`].
+struct Probe {
+    notes: mpsc::UnboundedReceiver<Note>,
+    gate: Arc<Semaphore>,
 }
 
 impl Server {
+    /// The loopback address the server listens on.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.vat.local_addr().expect("the server listens")
     }
@@ -277,42 +287,170 @@ impl Server {
         )
     }
 
-    /// The next note from the test object, bounded by [`IO_TIMEOUT`].
+    /// The next note from the root [`TestObject`], bounded by [`IO_TIMEOUT`].
     pub(crate) async fn next_note(&mut self) -> Note {
-        tokio::time::timeout(IO_TIMEOUT, self.notes.recv())
+        let probe = self
+            .probe
+            .as_mut()
+            .expect("the server exports the test's own object, not a TestObject");
+        tokio::time::timeout(IO_TIMEOUT, probe.notes.recv())
             .await
             .expect("no note from the test object within 10 s")
             .expect("the test object is gone")
     }
-}
 
-pub(crate) async fn start_server() -> Server {
-    start_server_with(Limits::default()).await
-}
-
-pub(crate) async fn start_server_with(limits: Limits) -> Server {
-    let vat = Vat::builder()
-        .listen("127.0.0.1:0")
-        .limits(limits)
-        .start()
-        .await
-        .expect("the server vat starts");
-    let (object, notes) = TestObject::new("root");
-    let gate = object.gate();
-    let uri = vat.export(object).expect("the server exports");
-    Server {
-        vat,
-        uri,
-        notes,
-        gate,
+    /// Lets `calls` more `gated()` calls on the root [`TestObject`] answer.
+    pub(crate) fn open_gate(&self, calls: usize) {
+        self.probe
+            .as_ref()
+            .expect("the server exports the test's own object, not a TestObject")
+            .gate
+            .add_permits(calls);
     }
 }
 
-/// A non-listening vat with a fresh identity.
+/// A server vat, a client vat, and the client's live reference to the server's object
+/// (enlivened, so its fetch is under way; nothing has been awaited yet).
+pub(crate) struct Connected {
+    pub(crate) server: Server,
+    pub(crate) client: Vat,
+    /// The client's reference to the object under `server.uri`.
+    pub(crate) obj: Ref,
+}
+
+impl Connected {
+    /// Shuts the client down, then the server.
+    pub(crate) async fn stop(self) {
+        self.client.shutdown().await;
+        self.server.vat.shutdown().await;
+    }
+
+    /// A raw connection to the server with a fresh identity (no hello exchanged yet).
+    pub(crate) async fn raw(&self) -> RawConn {
+        RawConn::connect(&self.server.vat).await
+    }
+
+    /// Checks that the client is served: `add(round, 1000)` on the root [`TestObject`]
+    /// answers the sum.
+    pub(crate) async fn assert_served(&self, round: i64) {
+        let sum: i64 = self
+            .obj
+            .send("add", (round, 1_000))
+            .await
+            .expect("the well-behaved client is served");
+        assert_eq!(sum, round + 1_000);
+    }
+
+    /// After another peer's session ended: the client is still served, and its session
+    /// is the only one the server has.
+    pub(crate) async fn assert_only_client_left(&self) {
+        self.assert_served(2).await;
+        self.assert_served(3).await;
+        let stats = self.server.vat.stats().await;
+        assert_eq!(stats.sessions.len(), 1, "{stats:?}");
+        assert_eq!(stats.sessions[0].peer, self.client.vat_id());
+    }
+}
+
+/// How to set up a [`Server`] (and, for [`Fixture::connect`], a client of it): limits
+/// for either vat and the object to export. Starts nothing until `serve` or `connect`.
+pub(crate) struct Fixture<O = TestObject> {
+    server_limits: Limits,
+    client_limits: Limits,
+    /// `None`: a [`TestObject`] named "root".
+    object: Option<O>,
+}
+
+/// A server exporting a [`TestObject`] and a client holding a reference to it, both
+/// with default limits.
+pub(crate) async fn connected() -> Connected {
+    Fixture::new().connect().await
+}
+
+/// A server exporting a [`TestObject`], with default limits.
+pub(crate) async fn start_server() -> Server {
+    Fixture::new().serve().await
+}
+
+impl Fixture {
+    /// Default limits on both sides, and a [`TestObject`] as the exported object.
+    pub(crate) fn new() -> Fixture {
+        Fixture {
+            server_limits: Limits::default(),
+            client_limits: Limits::default(),
+            object: None,
+        }
+    }
+}
+
+impl<O: Object> Fixture<O> {
+    /// Limits for the server vat (a test of a limit usually sets it here).
+    pub(crate) fn server_limits(self, server_limits: Limits) -> Fixture<O> {
+        Fixture {
+            server_limits,
+            ..self
+        }
+    }
+
+    /// Limits for the client vat of [`Fixture::connect`] (`serve` starts no client).
+    pub(crate) fn client_limits(self, client_limits: Limits) -> Fixture<O> {
+        Fixture {
+            client_limits,
+            ..self
+        }
+    }
+
+    /// Exports `object` instead of a [`TestObject`] (so the server has no notes or
+    /// gate).
+    pub(crate) fn object<P: Object>(self, object: P) -> Fixture<P> {
+        Fixture {
+            server_limits: self.server_limits,
+            client_limits: self.client_limits,
+            object: Some(object),
+        }
+    }
+
+    /// Starts the listening server vat and exports the object.
+    pub(crate) async fn serve(self) -> Server {
+        let vat = Vat::builder()
+            .listen("127.0.0.1:0")
+            .limits(self.server_limits)
+            .start()
+            .await
+            .expect("the server vat starts");
+        let (uri, probe) = match self.object {
+            Some(object) => (vat.export(object), None),
+            None => {
+                let (object, notes) = TestObject::new("root");
+                let gate = object.gate();
+                (vat.export(object), Some(Probe { notes, gate }))
+            }
+        };
+        let uri = uri.expect("the server exports");
+        Server { vat, uri, probe }
+    }
+
+    /// Starts the server, then a client vat, and enlivens the server's sturdy ref.
+    pub(crate) async fn connect(self) -> Connected {
+        let client_limits = self.client_limits.clone();
+        let server = self.serve().await;
+        let client = start_client_with(client_limits).await;
+        let obj = client.enliven(&server.uri);
+        Connected {
+            server,
+            client,
+            obj,
+        }
+    }
+}
+
+/// A non-listening vat with a fresh identity (it can still pass its own objects by
+/// reference).
 pub(crate) async fn start_client() -> Vat {
     start_client_with(Limits::default()).await
 }
 
+/// Like [`start_client`], with `limits`.
 pub(crate) async fn start_client_with(limits: Limits) -> Vat {
     Vat::builder()
         .limits(limits)
@@ -468,13 +606,8 @@ impl RawConn {
             Some(question),
         ))
         .await;
-        match self.expect_message().await {
-            Message::Return {
-                question: q,
-                result: ReturnResult::Ok(payload),
-            } if q == question => assert_eq!(decode_data::<i64>(&payload), round + 1_000),
-            other => panic!("expected the return of add {question}, got {other:?}"),
-        }
+        let payload = self.expect_return(question).await;
+        assert_eq!(decode_data::<i64>(&payload), round + 1_000);
         self.send(&Message::Finish { question }).await;
     }
 
@@ -536,6 +669,28 @@ impl RawConn {
             .expect("the connection closed where a message was expected")
     }
 
+    /// Expects the next message to answer `question` with a result; returns its payload.
+    pub(crate) async fn expect_return(&mut self, question: u64) -> Payload {
+        match self.expect_message().await {
+            Message::Return {
+                question: q,
+                result: ReturnResult::Ok(payload),
+            } if q == question => payload,
+            other => panic!("expected the result of question {question}, got {other:?}"),
+        }
+    }
+
+    /// Expects the next message to answer `question` with an error; returns it.
+    pub(crate) async fn expect_broken(&mut self, question: u64) -> WireBroken {
+        match self.expect_message().await {
+            Message::Return {
+                question: q,
+                result: ReturnResult::Err(e),
+            } if q == question => e,
+            other => panic!("expected question {question} to break, got {other:?}"),
+        }
+    }
+
     /// Sends our `hello` and reads the vat's; returns the frame limit the vat announced.
     /// (The connecting side speaks first: a listening vat holds its `hello` until then.)
     pub(crate) async fn handshake(&mut self) -> u64 {
@@ -559,18 +714,19 @@ impl RawConn {
             swiss: swiss.clone(),
         })
         .await;
-        let export = match self.expect_message().await {
-            Message::Return {
-                question: q,
-                result: ReturnResult::Ok(payload),
-            } if q == question => match payload.caps[..] {
-                [CapDescriptor::SenderHosted(e)] => e,
-                ref caps => panic!("expected one sender-hosted cap, got {caps:?}"),
-            },
-            other => panic!("expected the return of bootstrap {question}, got {other:?}"),
+        let export = match self.expect_return(question).await.caps[..] {
+            [CapDescriptor::SenderHosted(e)] => e,
+            ref caps => panic!("expected one sender-hosted cap, got {caps:?}"),
         };
         self.send(&Message::Finish { question }).await;
         export
+    }
+
+    /// A well-behaved start: [`RawConn::handshake`], then [`RawConn::bootstrap`] of the
+    /// object under `swiss` as question 1. Returns the export id the vat gave it.
+    pub(crate) async fn hello_and_fetch(&mut self, swiss: &SwissNumber) -> u64 {
+        self.handshake().await;
+        self.bootstrap(1, swiss).await
     }
 
     /// Reads until an `abort` arrives (its reason) or the connection closes (`None`).
@@ -644,20 +800,6 @@ pub(crate) async fn silent_server() -> SilentServer {
         panic!("the client sent more than {MAX_FRAMES_BEFORE_ABORT} messages");
     });
     SilentServer { vat_id, port, task }
-}
-
-/// A vat that listens on a free loopback port, so it can export sturdy refs.
-pub(crate) async fn server() -> Vat {
-    Vat::builder()
-        .listen("127.0.0.1:0")
-        .start()
-        .await
-        .expect("server vat")
-}
-
-/// A vat that only calls out (it can still pass its own objects by reference).
-pub(crate) async fn client() -> Vat {
-    Vat::builder().start().await.expect("client vat")
 }
 
 /// Lets the network settle (each round is one real round trip on every session of
