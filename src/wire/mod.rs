@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use message::{CapDescriptor, Message, Payload, ReturnResult, Target, WireBroken};
-pub use scan::{CborLimits, ScanError};
+pub use scan::{CborLimits, References, ScanError};
 
 /// The CBOR tag that marks a capability reference inside payload data; its content is an
 /// index into the payload's capability table. (Unregistered; chosen from the
@@ -67,6 +67,16 @@ pub enum DecodeError {
     /// payload data, not the type the receiver asked for).
     #[error("{0}")]
     Schema(String),
+    /// The value holds more than the type asked for takes: the type's reading stopped
+    /// before the end (for arguments, more arguments than the method takes).
+    #[error("{}", match .array_len {
+        Some(n) => format!("the value is an array of {n} items, more than the expected type takes"),
+        None => "the value holds more than the expected type takes".to_owned(),
+    })]
+    Unread {
+        /// The number of items of the value, when it is an array.
+        array_len: Option<u64>,
+    },
 }
 
 /// Encodes any serde value as CBOR.
@@ -85,20 +95,72 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String>
 /// # Errors
 ///
 /// [`DecodeError::Cbor`] when the bytes fail the bounded check, [`DecodeError::Schema`]
-/// when they are CBOR but not a `T`.
+/// when they are CBOR but not a `T`, [`DecodeError::Unread`] when `T` takes less than
+/// the value holds.
 pub fn decode_value<T: DeserializeOwned>(
     bytes: &[u8],
     limits: &CborLimits,
 ) -> Result<T, DecodeError> {
     scan::check(bytes, limits)?;
+    decode_checked(bytes)
+}
+
+/// Decodes payload data whose capability table has `caps` entries, as a `T`: what
+/// [`decode_value`] does, after the payload-data rules of [`scan::check_data`] (only
+/// big-integer and reference tags; every reference names an entry, and every entry is
+/// named). Returns the value and the number of reference tags in the data, so the
+/// caller can tell whether `T` took every reference (a generic value cannot).
+///
+/// # Errors
+///
+/// As [`decode_value`]; the payload-data rules fail as [`DecodeError::Cbor`].
+pub fn decode_data<T: DeserializeOwned>(
+    bytes: &[u8],
+    limits: &CborLimits,
+    caps: usize,
+) -> Result<(T, usize), DecodeError> {
+    let tags = scan::check_data(bytes, limits, References::Table(caps))?;
+    Ok((decode_checked(bytes)?, tags))
+}
+
+/// Decodes bytes that passed the bounded check, all of them.
+fn decode_checked<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let mut reader = bytes;
     // ciborium zeroes a fresh 4 KiB scratch buffer on every call of `from_reader`; one
     // buffer per thread, reused, saves a third of the instructions of a small call.
     // (A nested decode from inside a `Deserialize` impl falls back to a fresh one.)
     let decoded = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-        Ok(mut buffer) => ciborium::de::from_reader_with_buffer(bytes, &mut buffer[..]),
-        Err(_) => ciborium::from_reader(bytes),
+        Ok(mut buffer) => ciborium::de::from_reader_with_buffer(&mut reader, &mut buffer[..]),
+        Err(_) => ciborium::from_reader(&mut reader),
     });
-    decoded.map_err(|e| DecodeError::Schema(schema_error(e)))
+    let value = decoded.map_err(|e| DecodeError::Schema(schema_error(e)))?;
+    // A type that takes fewer items than an array holds (a tuple of two from three
+    // arguments) leaves the rest unread: serde does not say so, the leftover does.
+    if reader.is_empty() {
+        Ok(value)
+    } else {
+        Err(DecodeError::Unread {
+            array_len: array_len(bytes),
+        })
+    }
+}
+
+/// The item count of `bytes` if they start with a definite-length array header.
+fn array_len(bytes: &[u8]) -> Option<u64> {
+    let (&initial, rest) = bytes.split_first()?;
+    if initial >> 5 != 4 {
+        return None;
+    }
+    let width = match initial & 0x1f {
+        ai @ 0..=23 => return Some(u64::from(ai)),
+        24 => 1,
+        25 => 2,
+        26 => 4,
+        27 => 8,
+        _ => return None,
+    };
+    let arg = rest.get(..width)?;
+    Some(arg.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
 }
 
 thread_local! {

@@ -17,7 +17,12 @@
 //! - panic, overflow, or truncate a 64-bit wire length into `usize`
 //!   (all length arithmetic is checked);
 //! - decode or interpret values: it decides accept/refuse and nothing else,
-//!   and depends on nothing else in the crate.
+//!   and depends on nothing in the crate but the wire's tag number for
+//!   references.
+//!
+//! Payload data gets one more rule on the same walk ([`check_data`]): the tags
+//! it may hold (big integers and references only) and how its references line
+//! up with the payload's capability table (PROTOCOL.md 8.1).
 
 use std::fmt;
 
@@ -101,6 +106,34 @@ pub enum ScanError {
         /// The item-count limit that was exceeded.
         max: usize,
     },
+    /// Payload data holds a tag other than 2 and 3 (big integers) and 25441
+    /// (references).
+    ForbiddenTag {
+        /// Byte offset of the tag's header.
+        offset: usize,
+        /// The tag number.
+        tag: u64,
+    },
+    /// A reference tag in payload data does not name its table entry as the
+    /// rules of [`References`] require.
+    BadReference {
+        /// Byte offset of the tag's header.
+        offset: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Payload data holds a different number of reference tags than it must.
+    ReferenceCount {
+        /// Reference tags found.
+        tags: usize,
+        /// Entries in the capability table.
+        caps: usize,
+    },
+    /// An entry of the capability table is named by no reference tag.
+    UnreferencedCap {
+        /// The first such entry.
+        index: usize,
+    },
 }
 
 impl fmt::Display for ScanError {
@@ -130,11 +163,143 @@ impl fmt::Display for ScanError {
             ScanError::TooManyItems { max } => {
                 write!(f, "CBOR message holds more than {max} data items (limit)")
             }
+            ScanError::ForbiddenTag { offset, tag } => write!(
+                f,
+                "CBOR tag {tag} at byte {offset} is not allowed in payload data (only 2 and 3, \
+                 big integers, and 25441, references)"
+            ),
+            ScanError::BadReference { offset, reason } => {
+                write!(f, "the reference tag at byte {offset} {reason}")
+            }
+            ScanError::ReferenceCount { tags, caps } => write!(
+                f,
+                "the data holds {tags} reference tag(s) for {caps} capability-table entries"
+            ),
+            ScanError::UnreferencedCap { index } => write!(
+                f,
+                "capability-table entry {index} is not referenced by the data"
+            ),
         }
     }
 }
 
 impl std::error::Error for ScanError {}
+
+/// How the reference tags in payload data must line up with the payload's
+/// capability table (PROTOCOL.md 8.1). Either way, every reference tag must
+/// enclose an unsigned integer that indexes the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum References {
+    /// What a receiver accepts: a table of this many entries, each named by at
+    /// least one tag (a tag may repeat an index).
+    Table(usize),
+    /// What this crate writes: exactly this many tags, the i-th in document
+    /// order holding i. Data that a program encoded and that fails this holds a
+    /// reference tag it did not make from a reference (a tag kept in a generic
+    /// value, say), which must never be sent.
+    Canonical(usize),
+}
+
+/// Tags allowed in payload data besides references: big integers, which serde
+/// data models use for 128-bit integers.
+const BIGNUM_TAGS: [u64; 2] = [2, 3];
+
+/// The reference bookkeeping of one [`check_data`] walk.
+struct RefCheck {
+    rule: References,
+    /// Reference tags seen so far.
+    tags: usize,
+    /// For [`References::Table`]: which entries have been named, 64 per word.
+    named: Vec<u64>,
+}
+
+impl RefCheck {
+    fn new(rule: References) -> RefCheck {
+        let named = match rule {
+            References::Table(caps) => vec![0; caps.div_ceil(64)],
+            References::Canonical(_) => Vec::new(),
+        };
+        RefCheck {
+            rule,
+            tags: 0,
+            named,
+        }
+    }
+
+    /// Checks the tag whose header starts at `start` and whose content starts at
+    /// `body`.
+    fn tag(&mut self, bytes: &[u8], start: usize, tag: u64, body: usize) -> Result<(), ScanError> {
+        let content = bytes
+            .get(body)
+            .copied()
+            .ok_or(ScanError::Truncated { offset: start })?;
+        if BIGNUM_TAGS.contains(&tag) {
+            return match content >> 5 {
+                2 => Ok(()),
+                _ => Err(ScanError::Malformed {
+                    offset: start,
+                    reason: "a big-integer tag (2 or 3) must enclose a byte string",
+                }),
+            };
+        }
+        if tag != super::CAP_TAG {
+            return Err(ScanError::ForbiddenTag { offset: start, tag });
+        }
+        let bad = |reason| ScanError::BadReference {
+            offset: start,
+            reason,
+        };
+        let ai = content & 0x1f;
+        if content >> 5 != 0 || ai > 27 {
+            return Err(bad("does not enclose an unsigned integer"));
+        }
+        let (index, _) = read_argument(bytes, body, ai)?;
+        let caps = match self.rule {
+            References::Table(caps) | References::Canonical(caps) => caps,
+        };
+        let index = usize::try_from(index)
+            .ok()
+            .filter(|&i| i < caps)
+            .ok_or(bad("names no entry of the capability table"))?;
+        match self.rule {
+            References::Canonical(_) if index != self.tags => {
+                return Err(bad(
+                    "is out of order: the i-th reference must name entry i (a reference tag \
+                     kept as plain data cannot be sent: keep the reference as a Ref)",
+                ));
+            }
+            References::Canonical(_) => {}
+            References::Table(_) => {
+                if let Some(word) = self.named.get_mut(index / 64) {
+                    *word |= 1 << (index % 64);
+                }
+            }
+        }
+        self.tags += 1;
+        Ok(())
+    }
+
+    /// Checks the table as a whole once the walk is done; returns the tags seen.
+    fn finish(self) -> Result<usize, ScanError> {
+        match self.rule {
+            References::Canonical(caps) if self.tags != caps => Err(ScanError::ReferenceCount {
+                tags: self.tags,
+                caps,
+            }),
+            References::Canonical(_) => Ok(self.tags),
+            References::Table(caps) => {
+                match (0..caps).find(|&i| {
+                    self.named
+                        .get(i / 64)
+                        .is_none_or(|w| w & (1 << (i % 64)) == 0)
+                }) {
+                    Some(index) => Err(ScanError::UnreferencedCap { index }),
+                    None => Ok(self.tags),
+                }
+            }
+        }
+    }
+}
 
 /// Stack of "items still to read" counts, one per open array, map or tag.
 ///
@@ -226,6 +391,32 @@ fn fits(claimed: u64, available: usize) -> Option<usize> {
 ///
 /// Returns the first [`ScanError`] found walking the input front to back.
 pub fn check(bytes: &[u8], limits: &CborLimits) -> Result<(), ScanError> {
+    walk(bytes, limits, None)
+}
+
+/// Checks payload data: what [`check`] checks, and that its only tags are big
+/// integers (2 and 3, around a byte string) and references that line up with the
+/// capability table as `refs` requires. Returns how many reference tags it holds.
+///
+/// Same single pass as [`check`]; the only allocation is one bit per table entry
+/// for [`References::Table`].
+///
+/// # Errors
+///
+/// The first [`ScanError`] found walking the input front to back, or, after the
+/// walk, [`ScanError::ReferenceCount`] or [`ScanError::UnreferencedCap`].
+pub fn check_data(bytes: &[u8], limits: &CborLimits, refs: References) -> Result<usize, ScanError> {
+    let mut check = RefCheck::new(refs);
+    walk(bytes, limits, Some(&mut check))?;
+    check.finish()
+}
+
+/// The walk behind [`check`] and [`check_data`]; `refs` is `Some` for payload data.
+fn walk(
+    bytes: &[u8],
+    limits: &CborLimits,
+    mut refs: Option<&mut RefCheck>,
+) -> Result<(), ScanError> {
     if bytes.is_empty() {
         return Err(ScanError::Truncated { offset: 0 });
     }
@@ -292,7 +483,12 @@ pub fn check(bytes: &[u8], limits: &CborLimits) -> Result<(), ScanError> {
                     .ok_or(ScanError::Truncated { offset: start })?;
                 Some(count)
             }
-            6 => Some(1),
+            6 => {
+                if let Some(refs) = refs.as_deref_mut() {
+                    refs.tag(bytes, start, arg, body)?;
+                }
+                Some(1)
+            }
             _ => {
                 if ai == 24 && arg < 32 {
                     return Err(ScanError::Malformed {
