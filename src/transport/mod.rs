@@ -3,7 +3,9 @@
 //! [`connect`] dials a vat and succeeds only if the server proves it holds
 //! the key whose vat ID the caller expects; [`accept`] completes a server
 //! handshake and reports the client's vat ID. Both bound the whole
-//! handshake by a timeout and require the `captp/1` ALPN protocol.
+//! handshake by a timeout and require the `captp/1` ALPN protocol. On an
+//! established stream, the crate's `Connection` (in `connection.rs`) reads
+//! and writes whole frames, with bounded buffers.
 //!
 //! This module must not trust anything but the key hashes (no CAs, host
 //! names or validity periods), must not return a stream whose peer vat ID

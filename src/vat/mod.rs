@@ -5,6 +5,37 @@
 //! [`Promise`]) is a cheap, thread-safe handle that talks to those tasks through
 //! channels; no lock is held across an await, and nothing here parses peer bytes (the
 //! session tasks hand those to [`crate::proto`]).
+//!
+//! # Files, in dependency order
+//!
+//! Each file uses (`use super::..`) only files listed above it, with two exceptions,
+//! both back edges into `reference.rs` that the types make unavoidable: a payload holds
+//! `Ref`s (`codec.rs`), and an object handle can be a proxy for a `Ref` (`object.rs`).
+//! So what a `Ref` does on a send or a drop can be read without the session task
+//! (`driver.rs`), which only `listener.rs` and this file use.
+//!
+//! | file | what it holds | uses |
+//! |---|---|---|
+//! | `codec.rs` | `RefPayload`; serde for data carrying `Ref`s | (`reference`: the `Ref` type) |
+//! | `promise.rs` | `Settled`, `Resolver`, `Watch`, [`Promise`] | codec |
+//! | `object.rs` | [`Object`], [`Args`], [`Reply`], `ObjectHandle`, proxies' forwarding | codec, promise, (`reference`) |
+//! | `export.rs` | per-session proxy table, promise exports to watch | object, promise |
+//! | `handle.rs` | `SessionHandle`, `Command`: what a `Ref` posts to a session | export, object, promise |
+//! | `shared.rs` | `VatInner`: the vat's shared state; its one `spawn` | handle, object |
+//! | `local.rs` | the FIFO queue behind a local `Ref` | object, promise |
+//! | `reference.rs` | [`Ref`]: send, pipeline, drop, naming refs for a session | codec, export, handle, local, object, promise |
+//! | `driver.rs` | the session task: `run`, `connect_and_run`, `Driver` | all of the above |
+//! | `listener.rs` | the accept loop and the connection budget | driver, shared |
+//! | `mod.rs` | [`Vat`], [`VatBuilder`], stats | all |
+//!
+//! # Tasks
+//!
+//! Every task a vat owns starts through one spawn (`VatInner::spawn`), which
+//! [`Vat::shutdown`] drains: the listener, each handshake and session, and the watchers
+//! of promises a session exported. Two kinds of task are not a vat's, because they work
+//! without one: the queue serving a local object's `Ref` and the forwarder behind a
+//! local promise (both run on the current tokio runtime, and end when their last handle
+//! is gone).
 
 mod codec;
 mod driver;

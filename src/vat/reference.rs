@@ -1,9 +1,11 @@
-//! [`Ref`] and [`Promise`]: the handles a program sends through.
+//! [`Ref`]: the handle a program sends through, and how a `Ref` is named when it
+//! travels to a session's peer (`out_caps`).
 //!
 //! A `Ref` is cheap to clone and thread-safe. Sending never blocks and never touches the
-//! network directly: it posts a command to the task that owns the session (or to the
+//! network directly: it posts a [`Command`] to the task that owns the session (or to the
 //! queue of a local object). Dropping the last clone of a remote `Ref` posts a release
-//! the same way: there is no I/O in `Drop`.
+//! the same way: there is no I/O in `Drop`. This module must not use the session task
+//! (`driver.rs`): everything a `Ref` does is here and in `handle.rs`.
 //!
 //! Sends on one `Ref` are delivered in the order they were made (E-order). A promise
 //! never shortens its path: messages sent on it keep following it after it resolves, so
