@@ -66,7 +66,7 @@ impl std::error::Error for PinMismatch {}
 #[derive(Debug)]
 pub struct PinnedServerVerifier {
     expected: VatId,
-    algs: WebPkiSupportedAlgorithms,
+    signatures: SignatureCheck,
 }
 
 impl PinnedServerVerifier {
@@ -75,7 +75,7 @@ impl PinnedServerVerifier {
     pub fn new(expected: VatId) -> PinnedServerVerifier {
         PinnedServerVerifier {
             expected,
-            algs: provider().signature_verification_algorithms,
+            signatures: SignatureCheck::new(),
         }
     }
 }
@@ -108,7 +108,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(tls12_refused())
+        self.signatures.tls12()
     }
 
     fn verify_tls13_signature(
@@ -117,11 +117,11 @@ impl ServerCertVerifier for PinnedServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -130,14 +130,14 @@ impl ServerCertVerifier for PinnedServerVerifier {
 /// handshake.
 #[derive(Debug)]
 pub struct SelfSignedClientVerifier {
-    algs: WebPkiSupportedAlgorithms,
+    signatures: SignatureCheck,
 }
 
 impl SelfSignedClientVerifier {
     /// A verifier checking handshake signatures with aws-lc-rs.
     pub fn new() -> SelfSignedClientVerifier {
         SelfSignedClientVerifier {
-            algs: provider().signature_verification_algorithms,
+            signatures: SignatureCheck::new(),
         }
     }
 }
@@ -177,7 +177,7 @@ impl ClientCertVerifier for SelfSignedClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(tls12_refused())
+        self.signatures.tls12()
     }
 
     fn verify_tls13_signature(
@@ -186,18 +186,53 @@ impl ClientCertVerifier for SelfSignedClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
+        self.signatures.schemes()
     }
 }
 
-/// The error for a TLS 1.2 signature, which can only arise if the
-/// configuration were changed to allow TLS 1.2.
-fn tls12_refused() -> rustls::Error {
-    rustls::Error::General("captp accepts TLS 1.3 only".into())
+/// The handshake-signature checks every verifier here makes, written once: a TLS 1.3
+/// CertificateVerify signature is checked with aws-lc-rs's algorithms (it proves the
+/// peer holds the key of the certificate it presented); a TLS 1.2 one is refused.
+///
+/// The verifiers' trait methods only delegate here, so the two sides cannot drift
+/// apart in what they accept.
+#[derive(Debug)]
+pub(crate) struct SignatureCheck {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl SignatureCheck {
+    /// Checks with the algorithms of the one crypto provider, aws-lc-rs.
+    pub(crate) fn new() -> SignatureCheck {
+        SignatureCheck {
+            algs: provider().signature_verification_algorithms,
+        }
+    }
+
+    /// Refuses a TLS 1.2 signature, which can only arise if the configuration were
+    /// changed to allow TLS 1.2.
+    pub(crate) fn tls12(&self) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("captp accepts TLS 1.3 only".into()))
+    }
+
+    /// Verifies a TLS 1.3 handshake signature over `message` by the key of `cert`.
+    pub(crate) fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    /// The signature schemes [`tls13`](Self::tls13) can verify, to offer the peer.
+    pub(crate) fn schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
 }
 
 /// The server configuration for `identity`: TLS 1.3 only, mandatory client

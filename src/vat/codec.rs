@@ -14,7 +14,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Ref;
+use super::reference::Ref;
 use crate::wire::{self, CAP_TAG, CborLimits, DecodeError};
 
 /// Data plus the references its capability tags index, as the runtime carries it.

@@ -12,7 +12,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
 use super::object::{Args, LaterOutcome, ObjectHandle, Outcome, Reply, ReplyInner};
-use super::reference::Resolver;
+use super::promise::Resolver;
 use crate::broken::{Broken, BrokenKind};
 
 /// One queued local call.
@@ -31,6 +31,9 @@ pub(crate) struct LocalQueue {
 impl LocalQueue {
     /// Starts a queue on the current tokio runtime. The task ends once every sender is
     /// gone and the calls it started have finished.
+    ///
+    /// This is not a vat task (one a vat's shutdown waits for): a local reference works
+    /// without any vat (`Ref::from_object`), and one object may be called from several.
     pub(crate) fn spawn() -> Result<LocalQueue, Broken> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Broken::new(

@@ -5,39 +5,72 @@
 //! [`Promise`]) is a cheap, thread-safe handle that talks to those tasks through
 //! channels; no lock is held across an await, and nothing here parses peer bytes (the
 //! session tasks hand those to [`crate::proto`]).
+//!
+//! # Files, in dependency order
+//!
+//! Each file uses (`use super::..`) only files listed above it, with two exceptions,
+//! both back edges into `reference.rs` that the types make unavoidable: a payload holds
+//! `Ref`s (`codec.rs`), and an object handle can be a proxy for a `Ref` (`object.rs`).
+//! So what a `Ref` does on a send or a drop can be read without the session task
+//! (`driver.rs`), which only `listener.rs` and this file use.
+//!
+//! | file | what it holds | uses |
+//! |---|---|---|
+//! | `codec.rs` | `RefPayload`; serde for data carrying `Ref`s | (`reference`: the `Ref` type) |
+//! | `promise.rs` | `Settled`, `Resolver`, `Watch`, [`Promise`] | codec |
+//! | `object.rs` | [`Object`], [`Args`], [`Reply`], `ObjectHandle`, proxies' forwarding | codec, promise, (`reference`) |
+//! | `export.rs` | per-session proxy table, promise exports to watch | object, promise |
+//! | `handle.rs` | `SessionHandle`, `Command`: what a `Ref` posts to a session | export, object, promise |
+//! | `shared.rs` | `VatInner`: the vat's shared state; its one `spawn` | handle, object |
+//! | `local.rs` | the FIFO queue behind a local `Ref` | object, promise |
+//! | `reference.rs` | [`Ref`]: send, pipeline, drop, naming refs for a session | codec, export, handle, local, object, promise |
+//! | `driver.rs` | the session task: `run`, `connect_and_run`, `Driver` | all of the above |
+//! | `listener.rs` | the accept loop and the connection budget | driver, shared |
+//! | `mod.rs` | [`Vat`], [`VatBuilder`], stats | all |
+//!
+//! # Tasks
+//!
+//! Every task a vat owns starts through one spawn (`VatInner::spawn`), which
+//! [`Vat::shutdown`] drains: the listener, each handshake and session, and the watchers
+//! of promises a session exported. Two kinds of task are not a vat's, because they work
+//! without one: the queue serving a local object's `Ref` and the forwarder behind a
+//! local promise (both run on the current tokio runtime, and end when their last handle
+//! is gone).
 
 mod codec;
+mod driver;
+mod export;
+mod handle;
+mod listener;
 mod local;
 mod object;
-mod outbox;
+mod promise;
 mod reference;
-mod session;
+mod shared;
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot, watch};
-use tokio::task::JoinSet;
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 pub use object::{Args, Object, Reply};
-pub use reference::{Promise, Ref};
+pub use promise::Promise;
+pub use reference::Ref;
 
+use self::handle::Command;
 use self::object::ObjectHandle;
-use self::reference::Resolver;
-use self::session::{Command, SessionHandle};
+use self::promise::Resolver;
+use self::shared::{VatInner, lock};
 use crate::error::Error;
 use crate::identity::{Identity, VatId};
 use crate::limits::Limits;
 use crate::proto::{LocalTarget, SessionStats};
-use crate::sturdy::{Host, Registry, SturdyRef, SwissNumber};
-use crate::transport::{self, TransportError};
+use crate::sturdy::{Host, SturdyRef, SwissNumber};
+use crate::transport;
 
 /// How long [`Vat::shutdown`] waits for sessions to close before it stops them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -76,24 +109,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Vat {
     inner: Arc<VatInner>,
-}
-
-/// The shared state of a vat.
-pub(crate) struct VatInner {
-    identity: Identity,
-    limits: Limits,
-    local_addr: Option<SocketAddr>,
-    advertise: Option<Host>,
-    registry: Mutex<Registry<ObjectHandle>>,
-    /// Outbound sessions by peer, reused by `enliven`.
-    outbound: Mutex<HashMap<VatId, SessionHandle>>,
-    /// Every live session, inbound and outbound, by session id.
-    sessions: Mutex<HashMap<u64, SessionHandle>>,
-    next_session: AtomicU64,
-    client_configs: Mutex<HashMap<VatId, Arc<rustls::ClientConfig>>>,
-    shutdown: watch::Sender<bool>,
-    tasks: Mutex<JoinSet<()>>,
-    runtime: tokio::runtime::Handle,
 }
 
 /// Builds a [`Vat`]: identity, listen address, limits.
@@ -209,22 +224,15 @@ impl VatBuilder {
             Some(_) => Some(TlsAcceptor::from(transport::server_config(&identity)?)),
             None => None,
         };
-        let inner = Arc::new(VatInner {
+        let inner = Arc::new(VatInner::new(
             identity,
-            limits: self.limits.normalized(),
+            self.limits,
             local_addr,
             advertise,
-            registry: Mutex::new(Registry::new()),
-            outbound: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
-            next_session: AtomicU64::new(1),
-            client_configs: Mutex::new(HashMap::new()),
-            shutdown: watch::Sender::new(false),
-            tasks: Mutex::new(JoinSet::new()),
-            runtime: tokio::runtime::Handle::current(),
-        });
+            tokio::runtime::Handle::current(),
+        ));
         if let (Some(listener), Some(acceptor)) = (listener, acceptor) {
-            inner.spawn(listen(inner.clone(), listener, acceptor));
+            inner.spawn(listener::listen(inner.clone(), listener, acceptor));
         }
         tracing::info!(vat = %inner.identity.vat_id(), addr = ?local_addr, "vat started");
         Ok(Vat { inner })
@@ -299,9 +307,7 @@ impl Vat {
         if *self.inner.shutdown.borrow() {
             return Ref::broken(crate::Broken::disconnected("the local vat has shut down"));
         }
-        let session = self
-            .inner
-            .outbound_session(sturdy.vat_id(), sturdy.address());
+        let session = driver::outbound_session(&self.inner, sturdy.vat_id(), sturdy.address());
         let question = session.next_question();
         let (tx, rx) = tokio::sync::watch::channel(None);
         let cmd = Command::Bootstrap {
@@ -318,7 +324,7 @@ impl Vat {
     /// The sizes of every session's tables, for monitoring and for checking that
     /// everything is released.
     pub async fn stats(&self) -> VatStats {
-        let handles: Vec<SessionHandle> = lock(&self.inner.sessions).values().cloned().collect();
+        let handles = self.inner.session_handles();
         let mut sessions = Vec::with_capacity(handles.len());
         for handle in handles {
             let (tx, rx) = oneshot::channel();
@@ -346,7 +352,7 @@ impl Vat {
     /// included, so after dropping references, a few `sync`s on each vat concerned let
     /// the network settle (each drop can cause a release in turn at the next vat).
     pub async fn sync(&self) {
-        let handles: Vec<SessionHandle> = lock(&self.inner.sessions).values().cloned().collect();
+        let handles = self.inner.session_handles();
         let mut waits = Vec::with_capacity(handles.len());
         for handle in handles {
             let (tx, rx) = oneshot::channel();
@@ -366,7 +372,7 @@ impl Vat {
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
         // Sessions registered from now on see the flag when they start.
-        let handles: Vec<SessionHandle> = lock(&self.inner.sessions).values().cloned().collect();
+        let handles = self.inner.session_handles();
         for handle in handles {
             let _ = handle.post(Command::Shutdown);
         }
@@ -417,118 +423,6 @@ pub struct SessionInfo {
     /// in the write of the next message, so a caller making one call after another
     /// makes about one write per call.
     pub writes: u64,
-}
-
-impl VatInner {
-    fn spawn<F>(&self, task: F) -> tokio::task::AbortHandle
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let mut tasks = lock(&self.tasks);
-        // Reap finished tasks so a long-running vat does not accumulate them.
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn_on(task, &self.runtime)
-    }
-
-    fn new_session(
-        &self,
-        peer: VatId,
-        inbound: bool,
-    ) -> (SessionHandle, tokio::sync::mpsc::UnboundedReceiver<Command>) {
-        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (handle, rx) = SessionHandle::new(id, peer, inbound, self.limits.cbor());
-        lock(&self.sessions).insert(id, handle.clone());
-        (handle, rx)
-    }
-
-    fn outbound_session(self: &Arc<Self>, peer: VatId, address: String) -> SessionHandle {
-        let mut outbound = lock(&self.outbound);
-        if let Some(handle) = outbound.get(&peer) {
-            if !handle.is_closed() {
-                return handle.clone();
-            }
-        }
-        let (handle, rx) = self.new_session(peer, false);
-        outbound.insert(peer, handle.clone());
-        drop(outbound);
-        self.spawn(session::connect_and_run(
-            self.clone(),
-            handle.clone(),
-            rx,
-            address,
-        ));
-        handle
-    }
-
-    fn forget_session(&self, handle: &SessionHandle) {
-        lock(&self.sessions).remove(&handle.id());
-        let mut outbound = lock(&self.outbound);
-        if outbound.get(&handle.peer()).map(SessionHandle::id) == Some(handle.id()) {
-            outbound.remove(&handle.peer());
-        }
-    }
-
-    fn lookup(&self, swiss: &SwissNumber) -> Option<ObjectHandle> {
-        lock(&self.registry).get(swiss).cloned()
-    }
-
-    fn client_config(&self, peer: VatId) -> Result<Arc<rustls::ClientConfig>, TransportError> {
-        let mut configs = lock(&self.client_configs);
-        if let Some(config) = configs.get(&peer) {
-            return Ok(config.clone());
-        }
-        let config = transport::client_config(&self.identity, peer)?;
-        configs.insert(peer, config.clone());
-        Ok(config)
-    }
-}
-
-async fn listen(vat: Arc<VatInner>, listener: TcpListener, acceptor: TlsAcceptor) {
-    let permits = Arc::new(Semaphore::new(vat.limits.max_connections));
-    let mut shutdown = vat.shutdown.subscribe();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, addr)) => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let vat2 = vat.clone();
-                        let acceptor = acceptor.clone();
-                        vat.spawn(async move {
-                            serve_inbound(vat2, tcp, acceptor).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => {
-                        tracing::warn!(%addr, limit = vat.limits.max_connections,
-                            "connection limit reached; refusing a connection");
-                        drop(tcp);
-                    }
-                },
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.changed() => break,
-        }
-    }
-}
-
-async fn serve_inbound(vat: Arc<VatInner>, tcp: tokio::net::TcpStream, acceptor: TlsAcceptor) {
-    match transport::accept(tcp, &acceptor, vat.limits.handshake_timeout).await {
-        Ok((stream, peer)) => {
-            let (handle, rx) = vat.new_session(peer, true);
-            session::run(vat, handle, rx, stream).await;
-        }
-        Err(e) => tracing::debug!(error = %e, "inbound handshake failed"),
-    }
-}
-
-/// Locks a mutex, ignoring poisoning: every critical section here leaves the data
-/// consistent, so a panic elsewhere must not wedge the vat.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

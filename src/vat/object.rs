@@ -14,10 +14,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::codec::{self, RefPayload};
-use super::reference::Resolver;
+use super::promise::Resolver;
+use super::reference::Ref;
 use crate::broken::Broken;
 use crate::identity::VatId;
-use crate::vat::Ref;
 use crate::wire::CborLimits;
 
 /// An object that can be called with eventual sends, locally or from other vats.

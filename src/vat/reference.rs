@@ -1,60 +1,32 @@
-//! [`Ref`] and [`Promise`]: the handles a program sends through.
+//! [`Ref`]: the handle a program sends through, and how a `Ref` is named when it
+//! travels to a session's peer (`out_caps`).
 //!
 //! A `Ref` is cheap to clone and thread-safe. Sending never blocks and never touches the
-//! network directly: it posts a command to the task that owns the session (or to the
+//! network directly: it posts a [`Command`] to the task that owns the session (or to the
 //! queue of a local object). Dropping the last clone of a remote `Ref` posts a release
-//! the same way: there is no I/O in `Drop`.
+//! the same way: there is no I/O in `Drop`. This module must not use the session task
+//! (`driver.rs`): everything a `Ref` does is here and in `handle.rs`.
 //!
 //! Sends on one `Ref` are delivered in the order they were made (E-order). A promise
 //! never shortens its path: messages sent on it keep following it after it resolves, so
 //! they cannot overtake each other. The resolved reference itself (what awaiting the
 //! promise gives) is the direct one.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
-use std::task::{Context, Poll};
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, RefPayload};
+use super::export::{ProxyKey, Source, Watched};
+use super::handle::{Command, SessionHandle};
 use super::local::{LocalCall, LocalQueue};
-use super::object::{Args, HandleInner, ObjectHandle};
-use super::session::{Command, SessionHandle};
+use super::object::{Args, Object, ObjectHandle};
+use super::promise::{Promise, Resolver, Watch, settled};
 use crate::broken::{Broken, BrokenKind};
 use crate::proto::{Call, LocalTarget, OutCap, OutPayload};
 use crate::wire::{self, CborLimits};
-
-/// What a promise settles to.
-pub(crate) type Settled = Result<RefPayload, Broken>;
-
-/// A promise's settlement as its holders watch it (`None` while pending).
-pub(crate) type Watch = watch::Receiver<Option<Settled>>;
-
-/// Where a question's result goes.
-pub(crate) enum Resolver {
-    /// One awaiting [`Promise`].
-    Once(oneshot::Sender<Settled>),
-    /// Every holder of a promise [`Ref`].
-    Watch(watch::Sender<Option<Settled>>),
-}
-
-impl Resolver {
-    pub(crate) fn resolve(self, settled: Settled) {
-        match self {
-            Resolver::Once(tx) => {
-                let _ = tx.send(settled);
-            }
-            Resolver::Watch(tx) => {
-                tx.send_replace(Some(settled));
-            }
-        }
-    }
-}
 
 /// A live reference: to an object in another vat, to the eventual result of a call
 /// (a promise you can pipeline on), to a local object, or broken.
@@ -149,7 +121,7 @@ impl Ref {
     /// # Authority
     ///
     /// Whoever receives the reference can call `object`.
-    pub fn from_object(object: impl super::Object) -> Ref {
+    pub fn from_object(object: impl Object) -> Ref {
         Ref::local(ObjectHandle::new(object))
     }
 
@@ -384,6 +356,9 @@ impl Ref {
     pub(crate) fn pending(settled: Watch) -> Ref {
         let (tx, mut rx) = mpsc::unbounded_channel::<Forward>();
         let watch = settled.clone();
+        // Not a vat task: local promises exist without any vat (`Ref::from_object`), so
+        // no vat's shutdown can own them. The task ends when the promise settles and
+        // every handle to it is gone.
         let spawned = tokio::runtime::Handle::try_current().map(|rt| {
             rt.spawn(async move {
                 let target = match self::settled(watch).await {
@@ -445,17 +420,21 @@ impl Ref {
             RefInner::Local(o, _) => (OutCap::Local(o.clone()), None),
             RefInner::Remote(r) if r.session.same(dest) => match r.target {
                 LocalTarget::Import(i) => (OutCap::Import(i), None),
-                LocalTarget::Answer(_) => self.promise_proxy(),
+                LocalTarget::Answer(_) => self.promise_proxy(dest),
             },
-            RefInner::Remote(r) if r.promise.is_none() => (OutCap::Local(proxy_for(self)), None),
+            RefInner::Remote(r) if r.promise.is_none() => {
+                (OutCap::Local(self.proxy_for(dest)), None)
+            }
             RefInner::Remote(_) | RefInner::Pending(_) | RefInner::Broken(_) => {
-                self.promise_proxy()
+                self.promise_proxy(dest)
             }
         }
     }
 
-    fn promise_proxy(&self) -> (OutCap<ObjectHandle>, Option<Watched>) {
-        let proxy = proxy_for(self);
+    /// This reference exported to `dest`'s peer as a promise, and the settlement to
+    /// watch for it.
+    fn promise_proxy(&self, dest: &SessionHandle) -> (OutCap<ObjectHandle>, Option<Watched>) {
+        let proxy = self.proxy_for(dest);
         let source = match (&*self.inner, self.promise_watch()) {
             (RefInner::Broken(b), _) => Source::Ready(Err(b.clone())),
             (_, Some(w)) => Source::Watch(w),
@@ -468,8 +447,16 @@ impl Ref {
         (OutCap::Promise(proxy), Some(watched))
     }
 
-    /// The key under which a proxy for this reference is shared, so that the same
-    /// reference passed twice is one export (and compares equal at the receiver).
+    /// The proxy standing for this reference at `dest`'s peer: the one already exported
+    /// there if it is still alive, so that the same reference passed twice is one export
+    /// (and compares equal at the receiver).
+    fn proxy_for(&self, dest: &SessionHandle) -> ObjectHandle {
+        dest.proxies()
+            .get_or_make(self.proxy_key(), || ObjectHandle::proxy(self.clone()))
+    }
+
+    /// The key under which a proxy for this reference is shared (see [`ProxyKey`] for
+    /// why an address is a safe key).
     fn proxy_key(&self) -> ProxyKey {
         match &*self.inner {
             RefInner::Remote(r) => ProxyKey::Remote(r.session.addr(), r.target),
@@ -496,39 +483,6 @@ pub(crate) fn out_caps(
     (caps, watched)
 }
 
-/// A promise export to watch: when `source` settles, the session sends `resolve`.
-pub(crate) struct Watched {
-    pub(crate) proxy: Weak<HandleInner>,
-    pub(crate) source: Source,
-}
-
-/// Where a promise export's settlement comes from.
-pub(crate) enum Source {
-    Watch(Watch),
-    Ready(Settled),
-}
-
-impl Source {
-    pub(crate) async fn settled(self) -> Settled {
-        match self {
-            Source::Ready(s) => s,
-            Source::Watch(w) => settled(w).await,
-        }
-    }
-}
-
-/// Waits for a promise watch to settle.
-pub(crate) async fn settled(mut w: Watch) -> Settled {
-    match w.wait_for(Option::is_some).await {
-        Ok(v) => v
-            .clone()
-            .unwrap_or_else(|| Err(Broken::disconnected("the promise was dropped unresolved"))),
-        Err(_) => Err(Broken::disconnected(
-            "the session ended before the promise settled",
-        )),
-    }
-}
-
 /// What a settled promise designates as an object: its single reference, or broken.
 fn resolved_target(payload: &RefPayload) -> Result<Ref, Broken> {
     payload.as_single().cloned().ok_or_else(|| {
@@ -537,32 +491,6 @@ fn resolved_target(payload: &RefPayload) -> Result<Ref, Broken> {
             "the promise resolved to data, not an object",
         )
     })
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum ProxyKey {
-    Remote(usize, LocalTarget),
-    Other(usize),
-}
-
-/// Proxies by the reference they stand for, so each is exported once per session.
-static PROXIES: LazyLock<Mutex<HashMap<ProxyKey, Weak<HandleInner>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn proxy_for(r: &Ref) -> ObjectHandle {
-    let key = r.proxy_key();
-    let mut proxies = PROXIES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(existing) = proxies.get(&key).and_then(Weak::upgrade) {
-        return ObjectHandle::from_inner(existing);
-    }
-    if proxies.len() >= 64 && proxies.len().is_power_of_two() {
-        proxies.retain(|_, w| w.strong_count() > 0);
-    }
-    let proxy = ObjectHandle::proxy(r.clone());
-    proxies.insert(key, proxy.downgrade());
-    proxy
 }
 
 /// Two references are equal when they designate the same object by the same path: the
@@ -615,75 +543,4 @@ pub(crate) fn check_limits(data: &[u8], cbor: &CborLimits) -> Result<(), Broken>
             format!("the data exceeds the CBOR limits: {e}"),
         )
     })
-}
-
-/// The eventual result of [`Ref::send`]: await it for the value, decoded as `T`.
-///
-/// Dropping a promise does not cancel the call; its result is discarded (and any
-/// references in it released) when it comes.
-#[must_use = "a promise does nothing unless awaited; use send_only for one-way sends"]
-pub struct Promise<T> {
-    state: PromiseState,
-    cbor: CborLimits,
-    _marker: PhantomData<fn() -> T>,
-}
-
-enum PromiseState {
-    Waiting(oneshot::Receiver<Settled>),
-    Broken(Option<Broken>),
-}
-
-impl<T> Promise<T> {
-    fn waiting(rx: oneshot::Receiver<Settled>, cbor: CborLimits) -> Promise<T> {
-        Promise {
-            state: PromiseState::Waiting(rx),
-            cbor,
-            _marker: PhantomData,
-        }
-    }
-
-    fn broken(b: Broken) -> Promise<T> {
-        Promise {
-            state: PromiseState::Broken(Some(b)),
-            cbor: CborLimits::default(),
-            _marker: PhantomData,
-        }
-    }
-}
-
-impl<T: DeserializeOwned> Future for Promise<T> {
-    type Output = Result<T, Broken>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        match &mut this.state {
-            PromiseState::Broken(b) => Poll::Ready(Err(b.take().unwrap_or_else(|| {
-                Broken::new(BrokenKind::Other, "promise polled after it settled")
-            }))),
-            PromiseState::Waiting(rx) => match Pin::new(rx).poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(Ok(payload))) => {
-                    Poll::Ready(codec::decode_payload(&payload, &this.cbor).map_err(|e| {
-                        Broken::new(
-                            BrokenKind::Decode,
-                            format!(
-                                "the result does not decode as {}: {e}",
-                                std::any::type_name::<T>()
-                            ),
-                        )
-                    }))
-                }
-                Poll::Ready(Ok(Err(b))) => Poll::Ready(Err(b)),
-                Poll::Ready(Err(_)) => Poll::Ready(Err(Broken::disconnected(
-                    "the session ended before the call was answered",
-                ))),
-            },
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for Promise<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Promise")
-    }
 }

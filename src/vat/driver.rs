@@ -1,219 +1,67 @@
-//! The task that owns one connection: it feeds the sans-IO [`Session`] with frames from
-//! the TLS stream and commands from handles, runs local objects' methods for delivered
-//! calls, and writes what the session produces.
+//! The session task: one per connection. It feeds the sans-IO [`Session`] with frames
+//! from the [`Connection`] and commands from handles, runs local objects' methods for
+//! delivered calls, and queues what the session produces on the connection.
 //!
 //! One task per connection reads, writes and dispatches with a single `select!`, so no
 //! lock is ever held across an await and replies leave in the same write as the frames
-//! that caused them. Handles reach the task only through [`SessionHandle::post`].
+//! that caused them. Handles reach the task only through
+//! [`SessionHandle::post`](super::handle::SessionHandle::post).
+//!
+//! This module decides *when* to read and write (backpressure, the bookkeeping that
+//! waits for the next write, the inline write); it must not touch bytes (that is
+//! [`Connection`]'s job) nor decide protocol questions (that is [`Session`]'s).
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::VatInner;
 use super::codec::RefPayload;
+use super::export::Watched;
+use super::handle::{Command, SessionHandle, Traffic};
 use super::local::{guard, invoke};
-use super::object::{Args, ObjectHandle, Outcome, ReplyInner};
-use super::outbox::Outbox;
-use super::reference::{Ref, Resolver, Settled, Watched, check_limits, out_caps};
+use super::object::{self, Args, ObjectHandle, Outcome, ReplyInner};
+use super::promise::{Resolver, Settled};
+use super::reference::{Ref, check_limits, out_caps};
+use super::shared::{VatInner, lock};
 use crate::broken::{Broken, BrokenKind};
 use crate::identity::VatId;
+use crate::limits::Limits;
 use crate::proto::{
-    AnswerId, Call, Event, ImportId, InCap, InPayload, LocalTarget, OutCap, OutPayload, QuestionId,
-    Session, SessionStats,
+    AnswerId, Event, ImportId, InCap, InPayload, LocalTarget, OutCap, OutPayload, Session,
 };
-use crate::sturdy::SwissNumber;
-use crate::transport::{self, TlsStream, TransportError};
-use crate::wire::{CborLimits, frame};
+use crate::transport::{self, Connection, TlsStream, TransportError};
+use crate::wire::CborLimits;
 
-/// Initial receive buffer, and how much to grow it by when it runs low.
-const READ_CHUNK: usize = 16 * 1024;
-/// What an idle session keeps of its buffers: they start this small and shrink back to it
-/// when the session is quiet, so a thousand idle sessions cost little.
-const IDLE_BUFFER: usize = 2 * 1024;
-/// Spare receive capacity below which the buffer grows before the next read.
-const MIN_READ: usize = 1024;
-/// Payload data of at least this many bytes is written from its own buffer rather than
-/// copied into the write buffer.
-const DETACH: usize = 16 * 1024;
 /// Commands taken from the channel per wake-up, so one busy handle cannot starve reads.
 const COMMAND_BATCH: usize = 256;
 /// Time allowed to flush the last frames (an `abort`, say) when a session closes.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
-/// A request from a handle to the session task.
-pub(crate) enum Command {
-    /// A call, and the promise exports in its arguments whose settlement to watch.
-    Send {
-        call: Call<ObjectHandle, Resolver>,
-        watched: Vec<Watched>,
-    },
-    Bootstrap {
-        question: QuestionId,
-        swiss: SwissNumber,
-        resolver: Resolver,
-    },
-    /// A promise this session exported settled.
-    ResolveExport(ObjectHandle, Settled),
-    DropImport(ImportId),
-    DropQuestionRef(QuestionId),
-    Stats(oneshot::Sender<(SessionStats, Traffic)>),
-    /// A ping whose pong is reported: a round trip that orders everything before it.
-    Sync(oneshot::Sender<()>),
-    /// The vat is shutting down: what was queued before this goes out, then `abort`.
-    Shutdown,
-}
-
-/// What a session has written to its connection so far.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Traffic {
-    /// Frames (messages) encoded for the peer.
-    pub(crate) frames: u64,
-    /// Writes to the connection that moved bytes (each carries one or more frames).
-    pub(crate) writes: u64,
-}
-
-/// A cheap, thread-safe handle to a session task.
-#[derive(Clone)]
-pub(crate) struct SessionHandle(Arc<HandleInner>);
-
-struct HandleInner {
-    id: u64,
-    peer: VatId,
-    inbound: bool,
-    tx: mpsc::UnboundedSender<Command>,
-    next_question: AtomicU64,
-    cbor: CborLimits,
-    closed: OnceLock<Broken>,
-    /// Mirrors `closed` for those who wait on it.
-    closed_watch: watch::Sender<Option<Broken>>,
-}
-
-impl SessionHandle {
-    pub(crate) fn new(
-        id: u64,
-        peer: VatId,
-        inbound: bool,
-        cbor: CborLimits,
-    ) -> (SessionHandle, mpsc::UnboundedReceiver<Command>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handle = SessionHandle(Arc::new(HandleInner {
-            id,
-            peer,
-            inbound,
-            tx,
-            next_question: AtomicU64::new(1),
-            cbor,
-            closed: OnceLock::new(),
-            closed_watch: watch::Sender::new(None),
-        }));
-        (handle, rx)
-    }
-
-    /// Queues a command; fails with the session's end reason once it has ended.
-    pub(crate) fn post(&self, cmd: Command) -> Result<(), Broken> {
-        self.0.tx.send(cmd).map_err(|_| {
-            self.closed_reason()
-                .unwrap_or_else(|| Broken::disconnected("the session task ended"))
-        })
-    }
-
-    /// A fresh question id (ids are never reused within a session).
-    pub(crate) fn next_question(&self) -> QuestionId {
-        QuestionId(self.0.next_question.fetch_add(1, Ordering::Relaxed))
-    }
-
-    pub(crate) fn id(&self) -> u64 {
-        self.0.id
-    }
-
-    /// Whether two handles are for the same session.
-    pub(crate) fn same(&self, other: &SessionHandle) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-
-    /// An address unique to this session while any handle to it lives.
-    pub(crate) fn addr(&self) -> usize {
-        Arc::as_ptr(&self.0).cast::<()>() as usize
-    }
-
-    /// Waits until the session has ended, and says why.
-    pub(crate) fn when_closed(&self) -> impl Future<Output = Broken> + Send + 'static {
-        let mut rx = self.0.closed_watch.subscribe();
-        async move {
-            match rx.wait_for(Option::is_some).await {
-                Ok(reason) => reason
-                    .clone()
-                    .unwrap_or_else(|| Broken::disconnected("the session ended")),
-                Err(_) => Broken::disconnected("the session ended"),
-            }
+/// The session to `peer`: the live outbound one if there is one, else a new one whose
+/// task connects to `address` (commands posted meanwhile wait for the connection).
+pub(crate) fn outbound_session(vat: &Arc<VatInner>, peer: VatId, address: String) -> SessionHandle {
+    let mut outbound = lock(&vat.outbound);
+    if let Some(handle) = outbound.get(&peer) {
+        if !handle.is_closed() {
+            return handle.clone();
         }
     }
-
-    pub(crate) fn peer(&self) -> VatId {
-        self.0.peer
-    }
-
-    pub(crate) fn inbound(&self) -> bool {
-        self.0.inbound
-    }
-
-    pub(crate) fn cbor(&self) -> CborLimits {
-        self.0.cbor
-    }
-
-    /// Why the session ended, once it has.
-    pub(crate) fn closed_reason(&self) -> Option<Broken> {
-        self.0.closed.get().cloned()
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.0.closed.get().is_some() || self.0.tx.is_closed()
-    }
-
-    /// Records why the session ended (the first reason given wins), for
-    /// [`closed_reason`](Self::closed_reason) and [`when_closed`](Self::when_closed).
-    fn mark_closed(&self, reason: &Broken) {
-        if self.0.closed.set(reason.clone()).is_ok() {
-            self.0.closed_watch.send_replace(Some(reason.clone()));
-        }
-    }
-
-    /// Marks the session ended, drains the commands still queued (breaking their
-    /// promises with `reason`) and refuses later ones.
-    fn close(&self, rx: &mut mpsc::UnboundedReceiver<Command>, reason: Broken) {
-        self.mark_closed(&reason);
-        rx.close();
-        while let Ok(cmd) = rx.try_recv() {
-            match cmd {
-                Command::Send {
-                    call:
-                        Call {
-                            resolver: Some(resolver),
-                            ..
-                        },
-                    ..
-                }
-                | Command::Bootstrap { resolver, .. } => resolver.resolve(Err(reason.clone())),
-                _ => {}
-            }
-        }
-    }
+    let (handle, rx) = vat.new_session(peer, false);
+    outbound.insert(peer, handle.clone());
+    drop(outbound);
+    vat.spawn(connect_and_run(vat.clone(), handle.clone(), rx, address));
+    handle
 }
 
 /// Connects to a peer vat, then serves the session; on failure, breaks everything that
 /// was queued for it with the reason.
-pub(crate) async fn connect_and_run(
+async fn connect_and_run(
     vat: Arc<VatInner>,
     handle: SessionHandle,
     mut rx: mpsc::UnboundedReceiver<Command>,
@@ -253,10 +101,13 @@ pub(crate) async fn run(
     stream: TlsStream,
 ) {
     let limits = vat.limits.clone();
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let period =
+        (limits.keepalive_idle.min(limits.handshake_timeout) / 4).max(Duration::from_millis(10));
+    let started = Instant::now();
     let mut d = Driver {
         core: Session::new(limits.clone()),
         cbor: limits.cbor(),
+        conn: Connection::new(stream, limits.max_frame),
         handle: handle.clone(),
         vat: vat.clone(),
         rx,
@@ -264,21 +115,21 @@ pub(crate) async fn run(
         one_way_running: 0,
         promises: HashMap::new(),
         syncs: HashMap::new(),
-        out: Outbox::default(),
         urgent: false,
         lazy_due: false,
-        flush_pending: false,
-        traffic: Traffic::default(),
+        clock: Clock {
+            period,
+            started,
+            last_rx: started,
+            pinged: false,
+        },
+        limits,
     };
-    let mut rbuf = BytesMut::with_capacity(IDLE_BUFFER);
     // A vat that shuts down posts `Command::Shutdown` to every session it has; this
     // catches a shutdown that came before the session was registered.
     if *vat.shutdown.borrow() {
         d.shut_down();
     }
-    let started = Instant::now();
-    let mut last_rx = started;
-    let mut pinged = false;
     let mut rx_open = true;
     // Bookkeeping messages (`finish`, `release`, and our `hello`) wait for the next
     // message that needs an answer, so they ride in its write instead of waking the
@@ -287,8 +138,6 @@ pub(crate) async fn run(
     // always speaks first, and the `hello` then leaves with the first answer.
     let mut heard = !handle.inbound();
     let mut inline_write = true;
-    let period =
-        (limits.keepalive_idle.min(limits.handshake_timeout) / 4).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -301,36 +150,34 @@ pub(crate) async fn run(
         if d.core.is_closed() {
             break;
         }
-        let backlog = d.out.len();
+        let backlog = d.conn.writer.backlog();
         let write_now = backlog > 0 && (d.urgent || d.lazy_due);
         let lazy_waiting = backlog > 0 && !write_now && heard;
         // Write at once when the socket takes it, without a turn of the select below
         // (which would poll every other branch first); at most once between turns, so
         // a handle that keeps sending cannot starve reads.
         let inline = if write_now && inline_write {
-            write_or_flush(&mut wr, &d.out).now_or_never()
+            d.conn.writer.try_write_now()
         } else {
             None
         };
         if let Some(r) = inline {
-            d.wrote(r, &mut wr);
+            d.wrote(r);
             inline_write = false;
             continue;
         }
         inline_write = true;
-        if rbuf.capacity() - rbuf.len() < MIN_READ {
-            rbuf.reserve(READ_CHUNK);
-        }
+        // Backpressure: a peer that does not read what we owe it, or keeps too many
+        // one-way calls running, is not read from until that drains.
+        let may_read = backlog < d.limits.max_outbound_buffer
+            && d.one_way_running < d.limits.max_inbound_questions;
         tokio::select! {
-            r = rd.read_buf(&mut rbuf),
-                if backlog < limits.max_outbound_buffer
-                    && d.one_way_running < limits.max_inbound_questions => match r {
+            r = d.conn.reader.read(), if may_read => match r {
                 Ok(0) => d.core.handle_connection_lost("the peer closed the connection"),
                 Ok(_) => {
-                    last_rx = Instant::now();
-                    pinged = false;
+                    d.clock.heard_from_peer(Instant::now());
                     heard = true;
-                    d.read_frames(&mut rbuf, limits.max_frame);
+                    d.read_frames();
                 }
                 Err(e) => d.core.handle_connection_lost(format!("read failed: {e}")),
             },
@@ -338,8 +185,8 @@ pub(crate) async fn run(
                 Some(cmd) => d.apply(cmd),
                 None => rx_open = false,
             },
-            r = write_or_flush(&mut wr, &d.out), if write_now || d.flush_pending => {
-                d.wrote(r, &mut wr);
+            r = d.conn.writer.write_some(), if write_now || d.conn.writer.flush_pending() => {
+                d.wrote(r);
             }
             Some((answer, outcome)) = d.calls.next(), if !d.calls.is_empty() => {
                 match answer {
@@ -350,30 +197,7 @@ pub(crate) async fn run(
             // Only bookkeeping is waiting: give the tasks this session just woke one
             // turn to queue their next calls, then send it all together.
             () = tokio::task::yield_now(), if lazy_waiting => d.lazy_due = true,
-            _ = tick.tick() => {
-                let now = Instant::now();
-                // Quiet since the last tick: give back buffer space a burst left behind.
-                if now - last_rx >= period {
-                    if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
-                        rbuf = BytesMut::with_capacity(IDLE_BUFFER);
-                    }
-                    d.out.shrink(IDLE_BUFFER);
-                }
-                if !d.core.is_established() && now - started >= limits.handshake_timeout {
-                    d.core.abort(format!(
-                        "no hello within the handshake timeout of {:?}",
-                        limits.handshake_timeout
-                    ));
-                } else if now - last_rx >= limits.keepalive_dead {
-                    d.core.handle_connection_lost(format!(
-                        "the peer was silent for {:?} (keepalive limit)",
-                        now - last_rx
-                    ));
-                } else if now - last_rx >= limits.keepalive_idle && !pinged {
-                    d.core.ping();
-                    pinged = true;
-                }
-            }
+            _ = tick.tick() => d.housekeeping(Instant::now()),
         }
     }
 
@@ -384,36 +208,18 @@ pub(crate) async fn run(
         .unwrap_or_else(|| Broken::disconnected("the session closed"));
     handle.close(&mut d.rx, reason);
     d.pump();
-    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-        for piece in d.out.pieces() {
-            if wr.write_all(piece).await.is_err() {
-                return;
-            }
-        }
-        let _ = wr.shutdown().await;
-    })
-    .await;
+    d.conn.close(CLOSE_FLUSH).await;
     vat.forget_session(&handle);
 }
 
-/// Writes some of what `out` holds (one vectored write), or flushes when it is empty.
-/// Returns the bytes written (0 for a flush).
-async fn write_or_flush(wr: &mut WriteHalf<TlsStream>, out: &Outbox) -> std::io::Result<usize> {
-    if out.is_empty() {
-        wr.flush().await.map(|()| 0)
-    } else {
-        match wr.write_vectored(&out.slices()).await? {
-            0 => Err(std::io::ErrorKind::WriteZero.into()),
-            n => Ok(n),
-        }
-    }
-}
-
-/// The session task's state apart from the stream halves.
+/// The session task's state.
 struct Driver {
     core: Session<ObjectHandle, Resolver>,
+    /// The framed connection to the peer.
+    conn: Connection,
     /// Commands from handles (this session's own sends, drops, ...).
     rx: mpsc::UnboundedReceiver<Command>,
+    limits: Limits,
     cbor: CborLimits,
     handle: SessionHandle,
     vat: Arc<VatInner>,
@@ -427,43 +233,68 @@ struct Driver {
     promises: HashMap<ImportId, watch::Sender<Option<Settled>>>,
     /// `Vat::sync` callers, by ping nonce.
     syncs: HashMap<u64, oneshot::Sender<()>>,
-    /// What is still to be written.
-    out: Outbox,
-    /// Whether `out` holds a message the peer is waiting for (see `is_bookkeeping`).
+    /// Whether the connection's queue holds a message the peer is waiting for (see
+    /// `Message::is_bookkeeping`).
     urgent: bool,
-    /// Bookkeeping alone in `out` has waited its turn and goes out now.
+    /// Bookkeeping alone in the queue has waited its turn and goes out now.
     lazy_due: bool,
-    /// Everything was written but the flush has not completed.
-    flush_pending: bool,
-    traffic: Traffic,
+    /// What the housekeeping tick measures time against.
+    clock: Clock,
+}
+
+/// The times the housekeeping tick compares: when the session started and when the
+/// peer was last heard from.
+struct Clock {
+    /// The tick's period; a session silent for that long counts as quiet.
+    period: Duration,
+    started: Instant,
+    last_rx: Instant,
+    /// A keepalive ping went out since the peer was last heard from.
+    pinged: bool,
+}
+
+impl Clock {
+    fn heard_from_peer(&mut self, now: Instant) {
+        self.last_rx = now;
+        self.pinged = false;
+    }
 }
 
 impl Driver {
-    /// Accounts for a write (or, for `Ok(0)`, a flush) of the buffer's unwritten part.
-    fn wrote(&mut self, r: std::io::Result<usize>, wr: &mut WriteHalf<TlsStream>) {
-        match r {
-            Ok(0) => self.flush_pending = false,
-            Ok(n) => {
-                self.out.advance(n);
-                self.traffic.writes += 1;
-                if self.out.is_empty() {
-                    self.urgent = false;
-                    self.lazy_due = false;
-                    // Flush now if that can finish at once (it usually can: the TLS
-                    // layer already passed the records on); otherwise in the loop.
-                    match wr.flush().now_or_never() {
-                        Some(Ok(())) => self.flush_pending = false,
-                        Some(Err(e)) => {
-                            self.core
-                                .handle_connection_lost(format!("write failed: {e}"));
-                        }
-                        None => self.flush_pending = true,
-                    }
-                }
-            }
-            Err(e) => self
-                .core
-                .handle_connection_lost(format!("write failed: {e}")),
+    /// The periodic housekeeping: gives back buffer space after a quiet spell, and
+    /// applies the handshake timeout and the keepalive (ping when idle, give up when
+    /// dead).
+    fn housekeeping(&mut self, now: Instant) {
+        let quiet = now - self.clock.last_rx;
+        if quiet >= self.clock.period {
+            self.conn.shrink_idle_buffers();
+        }
+        if !self.core.is_established() && now - self.clock.started >= self.limits.handshake_timeout
+        {
+            self.core.abort(format!(
+                "no hello within the handshake timeout of {:?}",
+                self.limits.handshake_timeout
+            ));
+        } else if quiet >= self.limits.keepalive_dead {
+            self.core.handle_connection_lost(format!(
+                "the peer was silent for {quiet:?} (keepalive limit)"
+            ));
+        } else if quiet >= self.limits.keepalive_idle && !self.clock.pinged {
+            self.core.ping();
+            self.clock.pinged = true;
+        }
+    }
+
+    /// Accounts for a write (or flush) the connection made: a failure loses the
+    /// connection; an emptied queue has nothing urgent or due left.
+    fn wrote(&mut self, r: std::io::Result<()>) {
+        if let Err(e) = r {
+            self.core
+                .handle_connection_lost(format!("write failed: {e}"));
+        }
+        if self.conn.writer.backlog() == 0 {
+            self.urgent = false;
+            self.lazy_due = false;
         }
     }
 
@@ -476,25 +307,19 @@ impl Driver {
         while let Some(event) = self.core.poll_event() {
             self.handle_event(event);
         }
-        while let Some(mut msg) = self.core.poll_transmit() {
-            // A large payload is written from its own buffer, not copied in.
-            let detached = self
-                .out
-                .append(|buf| msg.encode_frame_detached(buf, DETACH));
-            if let (Some(at), Some(data)) = (detached, msg.payload_data_mut()) {
-                self.out.insert_at(at, std::mem::take(data));
-            }
+        while let Some(msg) = self.core.poll_transmit() {
             self.urgent |= !msg.is_bookkeeping();
-            self.traffic.frames += 1;
+            self.conn.writer.queue(msg);
         }
     }
 
-    fn read_frames(&mut self, rbuf: &mut BytesMut, max_frame: usize) {
+    /// Hands the session every complete frame the connection has buffered, one at a
+    /// time.
+    fn read_frames(&mut self) {
         loop {
-            match frame::next_frame(rbuf, max_frame) {
-                Ok(Some(span)) => {
-                    self.core.handle_frame(&rbuf[span.start..span.end]);
-                    rbuf.advance(span.end);
+            let core = &mut self.core;
+            match self.conn.reader.next_frame(|body| core.handle_frame(body)) {
+                Ok(true) => {
                     // Answer what can be answered at once (a fetch, a synchronous method)
                     // before the next frame, so calls pipelined behind it in the same read
                     // go to the result instead of counting against the queue limit.
@@ -503,7 +328,7 @@ impl Driver {
                         return;
                     }
                 }
-                Ok(None) => return,
+                Ok(false) => return,
                 Err(e) => {
                     self.core.handle_decode_error(e);
                     return;
@@ -564,7 +389,11 @@ impl Driver {
             Command::DropImport(i) => self.core.drop_import(i),
             Command::DropQuestionRef(q) => self.core.drop_question_ref(q),
             Command::Stats(tx) => {
-                let _ = tx.send((self.core.stats(), self.traffic));
+                let traffic = Traffic {
+                    frames: self.conn.writer.frames(),
+                    writes: self.conn.writer.writes(),
+                };
+                let _ = tx.send((self.core.stats(), traffic));
             }
             Command::Sync(tx) => {
                 if let Some(nonce) = self.core.ping() {
@@ -589,7 +418,7 @@ impl Driver {
                     InCap::Local(object) => invoke(&object, &method, args),
                     // An answer of ours resolved to the peer's own reference: the call
                     // goes back to it, in order, and its result answers this one.
-                    forward => super::object::forward(&self.in_ref(forward), &method, args),
+                    forward => object::forward(&self.in_ref(forward), &method, args),
                 };
                 match reply {
                     ReplyInner::Ready(outcome) => {
@@ -674,10 +503,11 @@ impl Driver {
     }
 
     /// Watches promise exports: when one settles, the session sends its `resolve`.
+    /// The watchers are tasks of the vat, so its shutdown waits for them.
     fn watch(&self, watched: Vec<Watched>) {
         for w in watched {
             let handle = self.handle.clone();
-            tokio::spawn(async move {
+            self.vat.spawn(async move {
                 // A watcher lives until the promise settles or the session ends.
                 let closed = handle.when_closed();
                 let settled = tokio::select! {

@@ -1,4 +1,4 @@
-//! The bytes a session has yet to write to its connection.
+//! The bytes a connection has yet to write.
 //!
 //! Frames are appended to the last of a queue of buffers. A large payload is not copied
 //! in: its own buffer joins the queue between the bytes before and after it in its

@@ -1,0 +1,231 @@
+//! A framed connection: one TLS stream carrying length-prefixed frames both ways.
+//!
+//! [`Connection`] owns the stream's two halves and everything between them and whole
+//! frames: the read buffer and its size policy, frame splitting with
+//! [`frame::next_frame`] (which checks a length before the body is awaited), the
+//! [`Outbox`] of frames not yet written, vectored writes, flushes and the write counts.
+//! The session task decides *when* to read and write (it keeps the `select!` that also
+//! serves commands and timers); this module decides *how*, with no more system calls or
+//! wake-ups than a hand-written loop would make.
+//!
+//! This module must not decide anything about the protocol (which message to send, when
+//! a peer is too slow), spawn tasks, or touch the stream except when its caller asks.
+//! It interprets messages only to encode them as frames.
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use super::TlsStream;
+use super::outbox::Outbox;
+use crate::wire::{DecodeError, Message, frame};
+
+/// Initial receive buffer, and how much to grow it by when it runs low.
+const READ_CHUNK: usize = 16 * 1024;
+/// What an idle connection keeps of its buffers: they start this small and shrink back
+/// to it when the connection is quiet, so a thousand idle sessions cost little.
+const IDLE_BUFFER: usize = 2 * 1024;
+/// Spare receive capacity below which the buffer grows before the next read.
+const MIN_READ: usize = 1024;
+/// Payload data of at least this many bytes is written from its own buffer rather than
+/// copied into the write buffer.
+const DETACH: usize = 16 * 1024;
+
+/// A TLS stream split into a frame reader and a frame writer.
+///
+/// The halves are separate fields so that a `select!` can wait on a read and a write at
+/// once.
+pub(crate) struct Connection {
+    /// Receives bytes and splits them into frames.
+    pub(crate) reader: FrameReader,
+    /// Queues frames and writes them out.
+    pub(crate) writer: FrameWriter,
+}
+
+impl Connection {
+    /// Wraps an established stream; frames announcing more than `max_frame` body bytes
+    /// are refused (see [`FrameReader::next_frame`]).
+    pub(crate) fn new(stream: TlsStream, max_frame: usize) -> Connection {
+        let (rd, wr) = tokio::io::split(stream);
+        Connection {
+            reader: FrameReader {
+                rd,
+                buf: BytesMut::with_capacity(IDLE_BUFFER),
+                max_frame,
+            },
+            writer: FrameWriter {
+                wr,
+                out: Outbox::default(),
+                flush_pending: false,
+                frames: 0,
+                writes: 0,
+            },
+        }
+    }
+
+    /// Gives back the buffer space a burst left behind, in whichever buffer holds no
+    /// bytes. Call it when the connection has been quiet for a while: a buffer that
+    /// shrinks while traffic flows only grows again.
+    pub(crate) fn shrink_idle_buffers(&mut self) {
+        let rbuf = &mut self.reader.buf;
+        if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
+            *rbuf = BytesMut::with_capacity(IDLE_BUFFER);
+        }
+        self.writer.out.shrink(IDLE_BUFFER);
+    }
+
+    /// Writes what is still queued and shuts the stream down, giving up after `timeout`
+    /// (a peer that stops reading must not hold a closing session open).
+    pub(crate) async fn close(&mut self, timeout: Duration) {
+        let writer = &mut self.writer;
+        let _ = tokio::time::timeout(timeout, async {
+            for piece in writer.out.pieces() {
+                if writer.wr.write_all(piece).await.is_err() {
+                    return;
+                }
+            }
+            let _ = writer.wr.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// The receiving half: a buffer that reads append to and frames are taken from.
+pub(crate) struct FrameReader {
+    rd: ReadHalf<TlsStream>,
+    buf: BytesMut,
+    max_frame: usize,
+}
+
+impl FrameReader {
+    /// One read from the stream into the buffer, which first grows by [`READ_CHUNK`] if
+    /// less than [`MIN_READ`] bytes of room are left (so the buffer only grows while
+    /// frames arrive faster than they are taken). Resolves to the bytes read; 0 means
+    /// the peer closed the stream.
+    ///
+    /// The buffer is grown when this is called, not when the future is first polled.
+    /// Dropping the future before it completes loses no bytes.
+    pub(crate) fn read(&mut self) -> impl Future<Output = io::Result<usize>> + '_ {
+        if self.buf.capacity() - self.buf.len() < MIN_READ {
+            self.buf.reserve(READ_CHUNK);
+        }
+        self.rd.read_buf(&mut self.buf)
+    }
+
+    /// Hands the body of the next complete frame in the buffer to `handle`, then drops
+    /// the frame from the buffer. Returns whether there was one; `Ok(false)` means more
+    /// bytes are needed.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::FrameTooLarge`] as soon as a length prefix announces more than the
+    /// limit, before its body has arrived. The connection cannot be read further.
+    pub(crate) fn next_frame(&mut self, handle: impl FnOnce(&[u8])) -> Result<bool, DecodeError> {
+        match frame::next_frame(&self.buf, self.max_frame)? {
+            Some(span) => {
+                handle(&self.buf[span.start..span.end]);
+                self.buf.advance(span.end);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// The sending half: frames queued in an [`Outbox`], written with vectored writes.
+pub(crate) struct FrameWriter {
+    wr: WriteHalf<TlsStream>,
+    /// What is still to be written.
+    out: Outbox,
+    /// Everything was written but the flush has not completed.
+    flush_pending: bool,
+    frames: u64,
+    writes: u64,
+}
+
+impl FrameWriter {
+    /// Appends `msg` as one frame. Payload data of at least [`DETACH`] bytes is not
+    /// copied: its buffer is taken from the message and written in place.
+    pub(crate) fn queue(&mut self, mut msg: Message) {
+        let detached = self
+            .out
+            .append(|buf| msg.encode_frame_detached(buf, DETACH));
+        if let (Some(at), Some(data)) = (detached, msg.payload_data_mut()) {
+            self.out.insert_at(at, std::mem::take(data));
+        }
+        self.frames += 1;
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn backlog(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether everything queued was written but not yet flushed: [`write_some`]
+    /// then flushes.
+    ///
+    /// [`write_some`]: FrameWriter::write_some
+    pub(crate) fn flush_pending(&self) -> bool {
+        self.flush_pending
+    }
+
+    /// One vectored write of what is queued (at most [`super::outbox::MAX_SLICES`]
+    /// buffers), or a flush when nothing is. When a write empties the queue, the flush
+    /// is tried at once and left pending only if it cannot finish without waiting (it
+    /// usually can: the TLS layer has passed the records on already).
+    ///
+    /// Dropping the future before it completes writes nothing twice: the queue only
+    /// moves on when a write has completed.
+    ///
+    /// # Errors
+    ///
+    /// The write's or the flush's I/O error; a write that takes no bytes is
+    /// [`io::ErrorKind::WriteZero`]. The connection cannot be written further.
+    pub(crate) async fn write_some(&mut self) -> io::Result<()> {
+        let written = if self.out.is_empty() {
+            self.wr.flush().await.map(|()| 0)
+        } else {
+            match self.wr.write_vectored(&self.out.slices()).await? {
+                0 => Err(io::ErrorKind::WriteZero.into()),
+                n => Ok(n),
+            }
+        };
+        match written? {
+            0 => self.flush_pending = false,
+            n => {
+                self.out.advance(n);
+                self.writes += 1;
+                if self.out.is_empty() {
+                    match self.wr.flush().now_or_never() {
+                        Some(result) => {
+                            result?;
+                            self.flush_pending = false;
+                        }
+                        None => self.flush_pending = true,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`write_some`](FrameWriter::write_some) if the socket takes the bytes without
+    /// waiting; `None` (and nothing written) if it would wait.
+    pub(crate) fn try_write_now(&mut self) -> Option<io::Result<()>> {
+        self.write_some().now_or_never()
+    }
+
+    /// Frames queued so far: written, or waiting in the queue.
+    pub(crate) fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Writes so far that moved bytes (each carries one or more frames).
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes
+    }
+}

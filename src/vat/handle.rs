@@ -1,0 +1,210 @@
+//! What a [`Ref`](super::Ref) or the [`Vat`](super::Vat) posts to a session:
+//! [`SessionHandle`], the cheap handle to a session task, and the [`Command`]s it
+//! carries.
+//!
+//! Reading this file is enough to know what a send, a drop or a `Vat` call does to a
+//! session: it queues a command, and the session task (`driver.rs`) applies it in order.
+//! This module must not import the driver, do I/O, or block: posting never waits.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::export::{Proxies, Watched};
+use super::object::ObjectHandle;
+use super::promise::{Resolver, Settled};
+use crate::broken::Broken;
+use crate::identity::VatId;
+use crate::proto::{Call, ImportId, QuestionId, SessionStats};
+use crate::sturdy::SwissNumber;
+use crate::wire::CborLimits;
+
+/// A request from a handle to the session task.
+pub(crate) enum Command {
+    /// A call, and the promise exports in its arguments whose settlement to watch.
+    Send {
+        /// The call, its references already named for this session.
+        call: Call<ObjectHandle, Resolver>,
+        /// Promise exports among those references.
+        watched: Vec<Watched>,
+    },
+    /// Fetches the object a sturdy ref's swiss number names (what `enliven` starts).
+    Bootstrap {
+        /// The question the fetch's answer goes to.
+        question: QuestionId,
+        /// The secret naming the object at the peer.
+        swiss: SwissNumber,
+        /// Who hears the result.
+        resolver: Resolver,
+    },
+    /// A promise this session exported settled.
+    ResolveExport(ObjectHandle, Settled),
+    /// The last `Ref` to an import was dropped: release it.
+    DropImport(ImportId),
+    /// The last `Ref` to an answer (a pipelined promise) was dropped.
+    DropQuestionRef(QuestionId),
+    /// Reports the session's table sizes and traffic.
+    Stats(oneshot::Sender<(SessionStats, Traffic)>),
+    /// A ping whose pong is reported: a round trip that orders everything before it.
+    Sync(oneshot::Sender<()>),
+    /// The vat is shutting down: what was queued before this goes out, then `abort`.
+    Shutdown,
+}
+
+/// What a session has written to its connection so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Traffic {
+    /// Frames (messages) encoded for the peer.
+    pub(crate) frames: u64,
+    /// Writes to the connection that moved bytes (each carries one or more frames).
+    pub(crate) writes: u64,
+}
+
+/// A cheap, thread-safe handle to a session task. Clones share one session; the
+/// session's commands go through an unbounded channel, so posting never waits.
+#[derive(Clone)]
+pub(crate) struct SessionHandle(Arc<Shared>);
+
+/// What every handle to one session shares.
+struct Shared {
+    id: u64,
+    peer: VatId,
+    inbound: bool,
+    tx: mpsc::UnboundedSender<Command>,
+    next_question: AtomicU64,
+    cbor: CborLimits,
+    closed: OnceLock<Broken>,
+    /// Mirrors `closed` for those who wait on it.
+    closed_watch: watch::Sender<Option<Broken>>,
+    /// The proxies exported to this session's peer.
+    proxies: Proxies,
+}
+
+impl SessionHandle {
+    /// A handle for a new session with `peer`, and the receiving end of its commands
+    /// for the session task. `cbor` is what the peer accepts, checked before sending.
+    pub(crate) fn new(
+        id: u64,
+        peer: VatId,
+        inbound: bool,
+        cbor: CborLimits,
+    ) -> (SessionHandle, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = SessionHandle(Arc::new(Shared {
+            id,
+            peer,
+            inbound,
+            tx,
+            next_question: AtomicU64::new(1),
+            cbor,
+            closed: OnceLock::new(),
+            closed_watch: watch::Sender::new(None),
+            proxies: Proxies::default(),
+        }));
+        (handle, rx)
+    }
+
+    /// Queues a command; fails with the session's end reason once it has ended.
+    pub(crate) fn post(&self, cmd: Command) -> Result<(), Broken> {
+        self.0.tx.send(cmd).map_err(|_| {
+            self.closed_reason()
+                .unwrap_or_else(|| Broken::disconnected("the session task ended"))
+        })
+    }
+
+    /// A fresh question id (ids are never reused within a session).
+    pub(crate) fn next_question(&self) -> QuestionId {
+        QuestionId(self.0.next_question.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The session's number within its vat.
+    pub(crate) fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// Whether two handles are for the same session.
+    pub(crate) fn same(&self, other: &SessionHandle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// An address unique to this session while any handle to it lives.
+    pub(crate) fn addr(&self) -> usize {
+        Arc::as_ptr(&self.0).cast::<()>() as usize
+    }
+
+    /// Waits until the session has ended, and says why.
+    pub(crate) fn when_closed(&self) -> impl Future<Output = Broken> + Send + 'static {
+        let mut rx = self.0.closed_watch.subscribe();
+        async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(reason) => reason
+                    .clone()
+                    .unwrap_or_else(|| Broken::disconnected("the session ended")),
+                Err(_) => Broken::disconnected("the session ended"),
+            }
+        }
+    }
+
+    /// The peer's vat ID (identity, not authority).
+    pub(crate) fn peer(&self) -> VatId {
+        self.0.peer
+    }
+
+    /// Whether the peer connected to this vat.
+    pub(crate) fn inbound(&self) -> bool {
+        self.0.inbound
+    }
+
+    /// The CBOR limits the peer applies to what this session sends.
+    pub(crate) fn cbor(&self) -> CborLimits {
+        self.0.cbor
+    }
+
+    /// The proxies exported to this session's peer.
+    pub(crate) fn proxies(&self) -> &Proxies {
+        &self.0.proxies
+    }
+
+    /// Why the session ended, once it has.
+    pub(crate) fn closed_reason(&self) -> Option<Broken> {
+        self.0.closed.get().cloned()
+    }
+
+    /// Whether the session has ended (or its task is gone).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.closed.get().is_some() || self.0.tx.is_closed()
+    }
+
+    /// Records why the session ended (the first reason given wins), for
+    /// [`closed_reason`](Self::closed_reason) and [`when_closed`](Self::when_closed).
+    /// Only the session task calls this.
+    pub(crate) fn mark_closed(&self, reason: &Broken) {
+        if self.0.closed.set(reason.clone()).is_ok() {
+            self.0.closed_watch.send_replace(Some(reason.clone()));
+        }
+    }
+
+    /// Marks the session ended, drains the commands still queued (breaking their
+    /// promises with `reason`) and refuses later ones. Only the session task calls this,
+    /// with its own receiver.
+    pub(crate) fn close(&self, rx: &mut mpsc::UnboundedReceiver<Command>, reason: Broken) {
+        self.mark_closed(&reason);
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Command::Send {
+                    call:
+                        Call {
+                            resolver: Some(resolver),
+                            ..
+                        },
+                    ..
+                }
+                | Command::Bootstrap { resolver, .. } => resolver.resolve(Err(reason.clone())),
+                _ => {}
+            }
+        }
+    }
+}
