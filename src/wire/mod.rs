@@ -25,6 +25,19 @@ pub use scan::{CborLimits, ScanError};
 /// first-come-first-served range: 0x6361 is "ca".)
 pub const CAP_TAG: u64 = 0x6361;
 
+/// The smallest frame limit a peer may announce: every error return and abort fits.
+pub const MIN_FRAME: usize = 8192;
+
+/// The fewest outstanding questions a peer may announce it accepts. Until the peer's
+/// `hello` arrives, a session sends at most this many.
+pub const MIN_QUESTIONS: usize = 64;
+
+/// The encoding of a payload whose data is exactly one reference: `CAP_TAG(0)`.
+///
+/// A promise whose result has this shape resolves to that reference, so messages
+/// pipelined on it go to the referenced object.
+pub const SINGLE_CAP_DATA: [u8; 4] = [0xd9, 0x63, 0x61, 0x00];
+
 /// Bad bytes: input that is not a well-formed captp frame or message.
 ///
 /// From a peer, any of these is a protocol violation that aborts that peer's session.
