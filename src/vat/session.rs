@@ -255,7 +255,7 @@ pub(crate) async fn run(
     let limits = vat.limits.clone();
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut d = Driver {
-        core: Session::new(limits.clone()),
+        core: Session::new(limits.clone(), Instant::now().into_std()),
         cbor: limits.cbor(),
         handle: handle.clone(),
         vat: vat.clone(),
