@@ -363,7 +363,8 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
 
     /// Queues a ping; returns its nonce, which comes back in [`Event::Pong`]. When the
     /// pong arrives, the peer has handled everything sent before the ping, and
-    /// everything it sent before the pong has been handled here.
+    /// everything it sent before the pong has been handled here. The nonces count up
+    /// from 1 and never meet those of the session's keepalive pings.
     pub fn ping(&mut self) -> Option<u64> {
         if self.is_closed() {
             return None;
@@ -444,4 +445,65 @@ fn truncate(mut reason: String) -> String {
         reason.truncate(end);
     }
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sturdy::SwissNumber;
+
+    type S = Session<u32, u32>;
+
+    #[test]
+    fn close_reports_questions_and_lost_exports_in_id_order() {
+        let mut s: S = Session::new(Limits::default(), Instant::now());
+        s.handle_message(Message::Hello {
+            version: PROTOCOL_VERSION,
+            max_frame: 1 << 20,
+            max_questions: 1024,
+        });
+        // Questions asked in an order unlike their ids; each call exports one object,
+        // numbered against the export ids (e1 exports object 40, e2 object 39, ...).
+        let ids = [17, 3, 29, 8, 1, 22, 11, 5, 26, 14];
+        for (n, &q) in ids.iter().enumerate() {
+            s.bootstrap(
+                QuestionId(q),
+                SwissNumber::from_bytes([1; 32]),
+                Some(q as u32),
+                1,
+            );
+            s.send(Call {
+                target: LocalTarget::Answer(QuestionId(q)),
+                method: "take".to_owned(),
+                payload: OutPayload {
+                    data: SINGLE_CAP_DATA.to_vec(),
+                    caps: vec![OutCap::Local(40 - n as u32)],
+                },
+                question: Some(QuestionId(100 + q)),
+                resolver: Some(100 + q as u32),
+                pipeline_refs: 0,
+            });
+        }
+        while s.poll_event().is_some() {}
+        s.abort("done");
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        let returned: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Return { resolver, .. } => Some(*resolver),
+                _ => None,
+            })
+            .collect();
+        let mut expected: Vec<u32> = ids.iter().map(|&q| q as u32).collect();
+        expected.sort_unstable();
+        expected.extend(expected.clone().iter().map(|q| 100 + q));
+        assert_eq!(returned, expected);
+        let lost: Vec<u32> = (0..ids.len() as u32).map(|n| 40 - n).collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::ExportsLost { objects } if *objects == lost)),
+            "{events:?}"
+        );
+    }
 }

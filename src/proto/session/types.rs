@@ -183,7 +183,8 @@ pub enum Event<O, R> {
         /// Each object once.
         objects: Vec<O>,
     },
-    /// The peer answered a ping.
+    /// The peer answered a ping of [`Session::ping`], or sent a pong unasked. The
+    /// session's own keepalive pings are answered without an event.
     Pong {
         /// The ping's nonce.
         nonce: u64,
