@@ -137,6 +137,18 @@ impl Broken {
         )
     }
 
+    /// The error for a message sent to a promise that resolved to plain data: there is
+    /// no object to call. With the method's name, the message says which call broke.
+    pub fn not_an_object(method: Option<&str>) -> Broken {
+        let message = match method {
+            Some(method) => {
+                format!("cannot call {method:?}: the promise resolved to data, not an object")
+            }
+            None => "the promise resolved to data, not an object".to_owned(),
+        };
+        Broken::new(BrokenKind::NotAnObject, message)
+    }
+
     /// The error for a lost session.
     pub fn disconnected(reason: impl fmt::Display) -> Broken {
         Broken::new(BrokenKind::Disconnected, format!("session ended: {reason}"))
@@ -183,5 +195,18 @@ mod tests {
             assert_eq!(BrokenKind::from_wire(kind.as_str()), kind);
         }
         assert_eq!(BrokenKind::from_wire("from_the_future"), BrokenKind::Other);
+    }
+
+    #[test]
+    fn not_an_object_names_the_method_when_given() {
+        let b = Broken::not_an_object(Some("deposit"));
+        assert_eq!(b.kind(), BrokenKind::NotAnObject);
+        assert_eq!(
+            b.message(),
+            "cannot call \"deposit\": the promise resolved to data, not an object"
+        );
+        let b = Broken::not_an_object(None);
+        assert_eq!(b.kind(), BrokenKind::NotAnObject);
+        assert_eq!(b.message(), "the promise resolved to data, not an object");
     }
 }

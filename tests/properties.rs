@@ -195,7 +195,7 @@ impl Net {
         let limits = limits();
         let ends = (0..2 * clients)
             .map(|_| End {
-                session: Session::new(limits.clone()),
+                session: Session::new(limits.clone(), std::time::Instant::now()),
                 in_flight: VecDeque::new(),
                 next_question: 1,
                 imports: Vec::new(),

@@ -387,7 +387,7 @@ impl Harness {
         limits.max_caps_per_message = 1 + usize::from(config.max_caps % 4);
         limits.max_queued_per_promise = 1 + usize::from(config.max_queued % 4);
         limits.max_inbound_questions = usize::from(config.max_inbound);
-        let s = Session::new(limits.clone());
+        let s = Session::new(limits.clone(), std::time::Instant::now());
         // The session raises some limits; the model uses the raised ones.
         limits.max_inbound_questions = limits.max_inbound_questions.max(64);
         limits.max_frame = limits.max_frame.max(8192);

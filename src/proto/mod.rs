@@ -6,17 +6,25 @@
 //! It owns the four tables (questions, answers, imports, exports), promise pipelining,
 //! reference counting for distributed GC, and the detection of protocol violations.
 //!
-//! It does no I/O, reads no clock and never runs user code: local objects are opaque
+//! It does no I/O, reads no clock and never runs user code (the instants it needs for the
+//! handshake timeout and the keepalive are passed in): local objects are opaque
 //! handles of type `O`, and the runtime's promise resolvers are opaque values of type
 //! `R` that come back in [`Event::Return`]. That is what lets the tests in this module
 //! wire two sessions together in memory and drive every message path without tokio.
 //!
 //! # Driving a session
 //!
+//! Time is passed in, never read: the session says when it next needs to be woken, and
+//! the runtime wakes it then.
+//!
 //! ```text
+//! let mut session = Session::new(limits, now);
 //! loop {
-//!     feed peer frames:        session.handle_frame(bytes)
-//!     feed local commands:     session.send(..) / bootstrap(..) / answer(..) / drop_*(..)
+//!     wait for bytes from the peer, a local command, or session.poll_timeout()
+//!     bytes arrived:           session.handle_heard(now), then for each whole frame
+//!                              session.handle_frame(body)
+//!     a local command:         session.send(..) / bootstrap(..) / answer(..) / drop_*(..)
+//!     the deadline passed:     session.handle_timeout(now)
 //!     drain events:            while let Some(ev) = session.poll_event() { .. }
 //!     drain output:            while let Some(msg) = session.poll_transmit() { write it }
 //!     stop once session.is_closed() and the output is written
@@ -24,15 +32,17 @@
 //! ```
 //!
 //! Handling an event may feed new commands (answering a delivered call, for example);
-//! drain events before output so that replies leave in the same write.
+//! drain events before output so that replies leave in the same write. Ask
+//! `poll_timeout` again after every step: each can move the deadline.
 
 mod ids;
 mod session;
 #[cfg(test)]
 mod tests;
 
+pub use crate::wire::{MIN_FRAME, MIN_QUESTIONS, SINGLE_CAP_DATA};
 pub use ids::{AnswerId, ExportId, ImportId, QuestionId};
 pub use session::{
-    Call, CloseReason, Event, InCap, InPayload, LocalTarget, MIN_FRAME, MIN_QUESTIONS, OutCap,
-    OutPayload, SINGLE_CAP_DATA, Session, SessionStats, Violation,
+    Call, CloseReason, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload, Session,
+    SessionStats, Violation,
 };

@@ -228,7 +228,7 @@ struct Peer {
 impl Peer {
     fn new(limits: Limits, objects: &[(u8, u32)]) -> Peer {
         Peer {
-            session: Session::new(limits),
+            session: Session::new(limits, std::time::Instant::now()),
             events: Vec::new(),
             sent: Vec::new(),
             objects: objects.iter().map(|&(n, o)| ([n; 32], o)).collect(),
@@ -482,7 +482,7 @@ fn expect_violation(pair: &mut Pair, expected: Violation) -> Vec<Seen> {
 
 #[test]
 fn hello_is_queued_first_and_establishes_both_sides() {
-    let mut s: S = Session::new(Limits::default());
+    let mut s: S = Session::new(Limits::default(), std::time::Instant::now());
     assert!(!s.is_established() && !s.is_closed());
     assert_eq!(
         drain(&mut s),
@@ -507,7 +507,7 @@ fn hello_is_queued_first_and_establishes_both_sides() {
 
 #[test]
 fn hello_with_a_frame_limit_below_the_minimum_is_a_violation() {
-    let mut s: S = Session::new(Limits::default());
+    let mut s: S = Session::new(Limits::default(), std::time::Instant::now());
     drain(&mut s);
     s.handle_message(Message::Hello {
         version: PROTOCOL_VERSION,
@@ -533,10 +533,13 @@ fn hello_with_a_frame_limit_below_the_minimum_is_a_violation() {
 
 #[test]
 fn own_frame_limit_below_the_minimum_is_raised() {
-    let mut s: S = Session::new(Limits {
-        max_frame: 100,
-        ..Limits::default()
-    });
+    let mut s: S = Session::new(
+        Limits {
+            max_frame: 100,
+            ..Limits::default()
+        },
+        std::time::Instant::now(),
+    );
     let (sent, _) = drain(&mut s);
     assert_eq!(
         sent,
@@ -567,7 +570,7 @@ fn hello_exchange_learns_each_peers_frame_limit() {
 
 #[test]
 fn first_message_not_hello_is_a_violation() {
-    let mut s: S = Session::new(Limits::default());
+    let mut s: S = Session::new(Limits::default(), std::time::Instant::now());
     // Questions may be asked before the peer's hello arrives.
     s.bootstrap(QuestionId(1), swiss(1), Some(7), 0);
     s.handle_message(Message::Ping { nonce: 5 });
@@ -605,7 +608,7 @@ fn first_message_not_hello_is_a_violation() {
 
 #[test]
 fn unsupported_version_is_a_violation() {
-    let mut s: S = Session::new(Limits::default());
+    let mut s: S = Session::new(Limits::default(), std::time::Instant::now());
     s.poll_transmit();
     s.handle_message(Message::Hello {
         version: PROTOCOL_VERSION + 1,
@@ -641,7 +644,7 @@ fn duplicate_hello_is_a_violation() {
 
 #[test]
 fn abort_before_hello_closes_as_peer_aborted() {
-    let mut s: S = Session::new(Limits::default());
+    let mut s: S = Session::new(Limits::default(), std::time::Instant::now());
     s.poll_transmit();
     s.handle_message(Message::Abort {
         reason: "go away".to_owned(),
@@ -1832,7 +1835,7 @@ fn held_questions_break_when_the_session_closes() {
 
 #[test]
 fn hello_with_a_question_limit_below_the_minimum_is_a_violation() {
-    let mut s: S = Session::new(Limits::default());
+    let mut s: S = Session::new(Limits::default(), std::time::Instant::now());
     drain(&mut s);
     s.handle_message(Message::Hello {
         version: PROTOCOL_VERSION,
@@ -4215,7 +4218,9 @@ mod props {
     impl World {
         fn new() -> World {
             let mut w = World {
-                s: (0..4).map(|_| Session::new(limits())).collect(),
+                s: (0..4)
+                    .map(|_| Session::new(limits(), std::time::Instant::now()))
+                    .collect(),
                 next_obj: ROOT,
                 ..World::default()
             };
@@ -5090,7 +5095,7 @@ fn long_chain_of_calls_pipelined_on_a_broken_answer_does_not_overflow_the_stack(
                 max_inbound_questions: chain as usize + 1,
                 ..Limits::default()
             };
-            let mut s: S = Session::new(limits);
+            let mut s: S = Session::new(limits, std::time::Instant::now());
             s.handle_message(Message::Hello {
                 version: PROTOCOL_VERSION,
                 max_frame: 1 << 20,
@@ -5146,7 +5151,7 @@ fn long_chain_of_calls_pipelined_on_a_broken_answer_does_not_overflow_the_stack(
 /// `sender_promise` results of bootstraps 1, 2, ...; the runtime has dropped every handle
 /// it was given, and only the questions' pipelined handles keep the imports.
 fn session_holding_unheld_promises(promises: u64) -> S {
-    let mut s: S = Session::new(Limits::default());
+    let mut s: S = Session::new(Limits::default(), std::time::Instant::now());
     s.handle_message(Message::Hello {
         version: PROTOCOL_VERSION,
         max_frame: 1 << 20,
@@ -5430,7 +5435,7 @@ fn cycle_collection_waits_for_a_drop_held_behind_sends() {
     // on question 1 and one more, which is held back, and then drops its pipelined
     // handle. The drop waits behind the held call, so the import stays until the call
     // has gone out to it; then the cycle is garbage and released, after the call.
-    let mut s: S = Session::new(Limits::default());
+    let mut s: S = Session::new(Limits::default(), std::time::Instant::now());
     s.handle_message(Message::Hello {
         version: PROTOCOL_VERSION,
         max_frame: 1 << 20,
@@ -5487,7 +5492,7 @@ fn references_dropped_on_arrival_are_released_at_once_while_sends_are_held() {
     // A call pipelined on a broken answer brings a new reference; the call breaks and
     // the reference goes at once, even while a send is held by flow control: no held
     // send can name it, and the hold queue does not grow with what peers send.
-    let mut s: S = Session::new(Limits::default());
+    let mut s: S = Session::new(Limits::default(), std::time::Instant::now());
     s.handle_message(Message::Hello {
         version: PROTOCOL_VERSION,
         max_frame: 1 << 20,

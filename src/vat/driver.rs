@@ -105,7 +105,7 @@ pub(crate) async fn run(
         (limits.keepalive_idle.min(limits.handshake_timeout) / 4).max(Duration::from_millis(10));
     let started = Instant::now();
     let mut d = Driver {
-        core: Session::new(limits.clone()),
+        core: Session::new(limits.clone(), Instant::now().into_std()),
         cbor: limits.cbor(),
         conn: Connection::new(stream, limits.max_frame),
         handle: handle.clone(),

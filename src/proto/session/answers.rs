@@ -1,0 +1,287 @@
+//! Answers to the peer's questions: the calls and bootstraps it asks, the messages it
+//! pipelines on them before they resolve, answering, and `finish`.
+//!
+//! Messages queued on an answer are bounded per answer (`max_queued_per_promise`) and
+//! the answers by `max_inbound_questions`. This room must not recurse on peer input: a
+//! chain of calls pipelined on broken answers is answered by a loop (`answer_broken`).
+
+use std::collections::hash_map::Entry;
+use std::hash::Hash;
+
+use super::imports::PayloadOrigin;
+use super::{Event, InCap, InPayload, OutPayload, Resolution, Session, Violation};
+use crate::broken::{Broken, BrokenKind};
+use crate::proto::{AnswerId, ExportId, ImportId};
+use crate::wire::{Message, Payload, ReturnResult, Target, WireBroken};
+
+/// A question the peer asked.
+#[derive(Debug)]
+pub(super) struct Answer<O> {
+    /// `None` while pending.
+    resolution: Option<Resolution<O>>,
+    /// Messages pipelined on the answer before it resolved, in arrival order.
+    queued: Vec<Queued<O>>,
+    /// The peer sent `finish` while the answer was pending.
+    finished: bool,
+}
+
+/// A message the peer sent to an answer that had not resolved yet.
+#[derive(Debug)]
+struct Queued<O> {
+    method: String,
+    payload: InPayload<O>,
+    question: Option<AnswerId>,
+}
+
+impl<O: Clone + Eq + Hash, R> Session<O, R> {
+    /// Records a question the peer asks, within the limit of outstanding questions.
+    pub(super) fn new_answer(&mut self, id: AnswerId) -> Result<(), Violation> {
+        let at_limit = self.answers.len() >= self.limits.max_inbound_questions;
+        match self.answers.entry(id) {
+            Entry::Occupied(_) => Err(Violation::DuplicateQuestion(id)),
+            Entry::Vacant(_) if at_limit => Err(Violation::TooManyQuestions {
+                limit: self.limits.max_inbound_questions,
+            }),
+            Entry::Vacant(v) => {
+                v.insert(Answer {
+                    resolution: None,
+                    queued: Vec::new(),
+                    finished: false,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn handle_deliver(
+        &mut self,
+        target: Target,
+        method: String,
+        payload: Payload,
+        question: Option<AnswerId>,
+    ) -> Result<(), Violation> {
+        // Check the target before taking anything from the payload, so a violation
+        // leaves no half-imported references behind.
+        enum Dest<O> {
+            Object(O),
+            Queue(AnswerId),
+            Resolved(Resolution<O>),
+        }
+        let dest = match target {
+            Target::Export(e) => {
+                let e = ExportId(e);
+                match self.exports.get(&e) {
+                    Some(export) => Dest::Object(export.object.clone()),
+                    None => return Err(Violation::UnknownExport(e)),
+                }
+            }
+            Target::Answer(a) => {
+                let a = AnswerId(a);
+                let Some(answer) = self.answers.get(&a) else {
+                    return Err(Violation::UnknownAnswer(a));
+                };
+                match &answer.resolution {
+                    None => {
+                        if answer.queued.len() >= self.limits.max_queued_per_promise {
+                            return Err(Violation::TooManyQueued {
+                                limit: self.limits.max_queued_per_promise,
+                            });
+                        }
+                        Dest::Queue(a)
+                    }
+                    Some(r) => Dest::Resolved(r.clone()),
+                }
+            }
+        };
+        if let Some(q) = question {
+            self.new_answer(q)?;
+        }
+        let payload = self.take_payload(payload)?;
+        match dest {
+            Dest::Object(target) => self.push_event(Event::Deliver {
+                target: InCap::Local(target),
+                method,
+                payload,
+                answer: question,
+            }),
+            Dest::Queue(a) => {
+                if let Some(answer) = self.answers.get_mut(&a) {
+                    answer.queued.push(Queued {
+                        method,
+                        payload,
+                        question,
+                    });
+                }
+            }
+            Dest::Resolved(r) => {
+                self.deliver_to(r, method, payload, question, PayloadOrigin::ThisMessage);
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers a message to what an answer resolved to; `origin` tells whether the
+    /// payload was taken from the message being handled or queued earlier.
+    fn deliver_to(
+        &mut self,
+        resolution: Resolution<O>,
+        method: String,
+        payload: InPayload<O>,
+        question: Option<AnswerId>,
+        origin: PayloadOrigin,
+    ) {
+        let broken = match resolution {
+            Resolution::Local(target) => {
+                self.push_event(Event::Deliver {
+                    target: InCap::Local(target),
+                    method,
+                    payload,
+                    answer: question,
+                });
+                return;
+            }
+            Resolution::Import(i) => {
+                // The answer resolved to something the peer gave us: the runtime
+                // forwards the call there, in order, and answers with its result.
+                if let Some(target) = self.new_import_handle(i) {
+                    self.push_event(Event::Deliver {
+                        target,
+                        method,
+                        payload,
+                        answer: question,
+                    });
+                    return;
+                }
+                released(i)
+            }
+            Resolution::Data => Broken::not_an_object(Some(&method)),
+            Resolution::Broken(b) => b,
+        };
+        self.drop_payload(payload, origin);
+        if let Some(q) = question {
+            // Answered by the caller's loop, not here: a chain of calls pipelined on
+            // broken answers would otherwise recurse as deep as the peer likes.
+            self.broken_answers.push_back((q, broken));
+        }
+    }
+
+    pub(super) fn handle_finish(&mut self, id: AnswerId) -> Result<(), Violation> {
+        let Some(answer) = self.answers.get_mut(&id) else {
+            return Err(Violation::UnknownAnswer(id));
+        };
+        if answer.resolution.is_some() {
+            self.remove_answer(id);
+        } else {
+            answer.finished = true;
+        }
+        Ok(())
+    }
+
+    /// Frees an answer, and the handle it held if it resolved to a peer's reference.
+    fn remove_answer(&mut self, id: AnswerId) {
+        if let Some(Answer {
+            resolution: Some(Resolution::Import(i)),
+            ..
+        }) = self.answers.remove(&id)
+        {
+            self.drop_handle_in_order(i);
+        }
+    }
+
+    /// Answers a question the peer asked (a delivered call or a bootstrap).
+    ///
+    /// Messages the peer pipelined on the answer are then delivered to what it resolved
+    /// to, in the order they arrived. Answering an answer that is unknown or already
+    /// answered does nothing.
+    pub fn answer(&mut self, id: AnswerId, result: Result<OutPayload<O>, Broken>) {
+        self.answer_one(id, result);
+        self.answer_broken();
+        self.collect();
+    }
+
+    /// Answers the calls that broke because what they were pipelined on broke, one at
+    /// a time (each may break more).
+    pub(super) fn answer_broken(&mut self) {
+        while let Some((id, broken)) = self.broken_answers.pop_front() {
+            self.answer_one(id, Err(broken));
+        }
+    }
+
+    fn answer_one(&mut self, id: AnswerId, result: Result<OutPayload<O>, Broken>) {
+        if self.is_closed() {
+            return;
+        }
+        let finished = match self.answers.get(&id) {
+            Some(a) if a.resolution.is_none() => a.finished,
+            _ => return,
+        };
+        let result = result.and_then(|p| self.check_frame_size(None, &p).map(|()| p));
+        // Export the result's references before deciding what the answer resolved to:
+        // a result that cannot be exported breaks, and so must every message pipelined
+        // on it. If the asker is gone (finished), nothing is sent and nothing exported.
+        let (resolution, wire) = match result {
+            Ok(p) => {
+                let resolution = Resolution::of_outgoing(&p);
+                if finished {
+                    (resolution, None)
+                } else {
+                    match self.give_payload(p) {
+                        Ok(p) => (resolution, Some(ReturnResult::Ok(p))),
+                        Err(b) => {
+                            let wire = ReturnResult::Err(WireBroken::from(&b));
+                            (Resolution::Broken(b), Some(wire))
+                        }
+                    }
+                }
+            }
+            Err(b) => {
+                let wire = (!finished).then(|| ReturnResult::Err(WireBroken::from(&b)));
+                (Resolution::Broken(b), wire)
+            }
+        };
+        // An answer that resolved to the peer's own reference holds a handle on it, so
+        // calls pipelined on the answer can still be forwarded there after the runtime
+        // has dropped its own handles.
+        let resolution = match resolution {
+            Resolution::Import(i) => match self.imports.get_mut(&i) {
+                Some(import) => {
+                    import.local += 1;
+                    Resolution::Import(i)
+                }
+                None => Resolution::Broken(released(i)),
+            },
+            other => other,
+        };
+        let Some(answer) = self.answers.get_mut(&id) else {
+            return;
+        };
+        let queued = std::mem::take(&mut answer.queued);
+        answer.resolution = Some(resolution.clone());
+        if finished {
+            self.remove_answer(id);
+        }
+        if let Some(result) = wire {
+            self.outbox.push_back(Message::Return {
+                question: id.0,
+                result,
+            });
+        }
+        for q in queued {
+            self.deliver_to(
+                resolution.clone(),
+                q.method,
+                q.payload,
+                q.question,
+                PayloadOrigin::Queued,
+            );
+        }
+    }
+}
+
+/// The error for a call to a reference the promise resolved to, released since.
+fn released(i: ImportId) -> Broken {
+    Broken::new(
+        BrokenKind::Other,
+        format!("the reference {i} the promise resolved to was released"),
+    )
+}

@@ -1,0 +1,214 @@
+//! The export table: local objects this side hands the peer, payloads given to the peer,
+//! the peer's `release`s, and the `resolve` of local promises.
+//!
+//! An export counts how many times the peer received it; the peer gives the count back
+//! in `release`, and the export is freed at zero. Sending the same object again reuses
+//! its export. This room also holds the size checks every outgoing payload passes
+//! (frame size, references per message, exports per peer): a payload that fails them
+//! breaks locally and must never reach the peer, which would abort the session.
+
+use std::collections::HashSet;
+use std::hash::Hash;
+
+use super::{OutCap, OutPayload, PromiseState, Session, Violation};
+use crate::broken::{Broken, BrokenKind};
+use crate::proto::ExportId;
+use crate::wire::{CapDescriptor, Message, Payload, ReturnResult, WireBroken};
+
+/// Bytes a message adds around its payload data and method name, counted generously
+/// for the local frame-size check.
+const MESSAGE_OVERHEAD: usize = 96;
+/// Bytes one capability descriptor may take on the wire, counted generously.
+const DESCRIPTOR_OVERHEAD: usize = 32;
+
+/// A local object this side exports to the peer.
+#[derive(Debug)]
+pub(super) struct Export<O> {
+    pub(super) object: O,
+    /// How many times the peer received this export and has not released it.
+    refcount: u64,
+    promise: PromiseState,
+}
+
+impl<O: Clone + Eq + Hash, R> Session<O, R> {
+    /// Turns local references into descriptors, exporting local objects.
+    pub(super) fn give_payload(&mut self, payload: OutPayload<O>) -> Result<Payload, Broken> {
+        self.check_caps_count(payload.caps.len())?;
+        // An object named twice in one payload is one new export, not two.
+        let fresh = payload
+            .caps
+            .iter()
+            .filter_map(|c| match c {
+                OutCap::Local(o) | OutCap::Promise(o) if !self.export_ids.contains_key(o) => {
+                    Some(o)
+                }
+                _ => None,
+            })
+            .collect::<HashSet<_>>()
+            .len();
+        if self.exports.len() + fresh > self.limits.max_exports {
+            return Err(Broken::new(
+                BrokenKind::TooLarge,
+                format!(
+                    "exporting {fresh} more objects would pass the limit of {} exports to this peer",
+                    self.limits.max_exports
+                ),
+            ));
+        }
+        // A reference going home must still be held, or the peer would see an unknown
+        // export and abort.
+        if let Some(OutCap::Import(i)) = payload
+            .caps
+            .iter()
+            .find(|c| matches!(c, OutCap::Import(i) if !self.imports.contains_key(i)))
+        {
+            return Err(Broken::new(
+                BrokenKind::Other,
+                format!("reference {i} was released before it could be sent"),
+            ));
+        }
+        let mut caps = Vec::with_capacity(payload.caps.len());
+        for cap in payload.caps {
+            caps.push(match cap {
+                OutCap::Local(o) => {
+                    CapDescriptor::SenderHosted(self.export(o, PromiseState::NotAPromise).0.0)
+                }
+                OutCap::Promise(o) => match self.export(o, PromiseState::Unresolved) {
+                    (e, PromiseState::Unresolved) => CapDescriptor::SenderPromise(e.0),
+                    // Already settled (its `resolve` went out): it is an object now.
+                    (e, PromiseState::Resolved | PromiseState::NotAPromise) => {
+                        CapDescriptor::SenderHosted(e.0)
+                    }
+                },
+                OutCap::Import(i) => CapDescriptor::ReceiverHosted(i.0),
+            });
+        }
+        Ok(Payload {
+            data: payload.data,
+            caps,
+        })
+    }
+
+    /// Checks the number of references in one outgoing message against
+    /// `max_caps_per_message` (which the peer enforces too, by aborting).
+    pub(super) fn check_caps_count(&self, count: usize) -> Result<(), Broken> {
+        if count > self.limits.max_caps_per_message {
+            return Err(Broken::new(
+                BrokenKind::TooLarge,
+                format!(
+                    "{count} references in one message exceed the limit of {}",
+                    self.limits.max_caps_per_message
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks an outgoing payload against the peer's frame limit, with a generous
+    /// estimate of the message around it: a call to `method`, or a result (`None`).
+    pub(super) fn check_frame_size(
+        &self,
+        method: Option<&str>,
+        payload: &OutPayload<O>,
+    ) -> Result<(), Broken> {
+        let size = MESSAGE_OVERHEAD
+            + method.map_or(0, str::len)
+            + payload.data.len()
+            + payload.caps.len() * DESCRIPTOR_OVERHEAD;
+        if size <= self.peer_max_frame {
+            return Ok(());
+        }
+        let message = match method {
+            Some(method) => format!(
+                "a call to {method:?} with {} bytes of arguments and {} references exceeds \
+                 the peer's frame limit of {} bytes",
+                payload.data.len(),
+                payload.caps.len(),
+                self.peer_max_frame,
+            ),
+            None => format!(
+                "the result ({} bytes) exceeds the peer's frame limit of {} bytes",
+                payload.data.len(),
+                self.peer_max_frame
+            ),
+        };
+        Err(Broken::new(BrokenKind::TooLarge, message))
+    }
+
+    /// Exports `object`, or counts one more reference to its existing export. A new
+    /// export starts in state `new_state`; returns the id and the export's state (an
+    /// existing export keeps its own).
+    fn export(&mut self, object: O, new_state: PromiseState) -> (ExportId, PromiseState) {
+        if let Some(id) = self.export_ids.get(&object) {
+            if let Some(export) = self.exports.get_mut(id) {
+                export.refcount += 1;
+                return (*id, export.promise);
+            }
+        }
+        let id = ExportId(self.next_export);
+        self.next_export += 1;
+        self.export_ids.insert(object.clone(), id);
+        self.exports.insert(
+            id,
+            Export {
+                object,
+                refcount: 1,
+                promise: new_state,
+            },
+        );
+        (id, new_state)
+    }
+
+    pub(super) fn handle_release(&mut self, id: ExportId, count: u64) -> Result<(), Violation> {
+        let Some(export) = self.exports.get_mut(&id) else {
+            return Err(Violation::UnknownExport(id));
+        };
+        if count == 0 || count > export.refcount {
+            return Err(Violation::BadRelease {
+                export: id,
+                count,
+                held: export.refcount,
+            });
+        }
+        export.refcount -= count;
+        if export.refcount == 0 {
+            if let Some(export) = self.exports.remove(&id) {
+                self.export_ids.remove(&export.object);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports that a promise this side exported as [`OutCap::Promise`] settled: sends
+    /// `resolve` for it, once, if the peer still holds it. Messages the peer sends to
+    /// the promise keep arriving as deliveries to `object`, which forwards them.
+    pub fn resolve_export(&mut self, object: &O, result: Result<OutPayload<O>, Broken>) {
+        if self.is_closed() {
+            return;
+        }
+        let Some(&id) = self.export_ids.get(object) else {
+            // Settled before the send that exports it left the hold queue (or before the
+            // settlement of another promise that carries it and waits for such a send):
+            // resolve it right after that send goes out.
+            self.keep_settlement_until_sent(object, result);
+            return;
+        };
+        match self.exports.get_mut(&id) {
+            Some(export) if export.promise == PromiseState::Unresolved => {
+                export.promise = PromiseState::Resolved;
+            }
+            _ => return,
+        }
+        let result = match result
+            .and_then(|p| self.check_frame_size(None, &p).map(|()| p))
+            .and_then(|p| self.give_payload(p))
+        {
+            Ok(p) => ReturnResult::Ok(p),
+            Err(b) => ReturnResult::Err(WireBroken::from(&b)),
+        };
+        self.outbox.push_back(Message::Resolve {
+            export: id.0,
+            result,
+        });
+    }
+}

@@ -1,0 +1,509 @@
+//! The session state machine: one [`Session`] holds the four tables and every rule about
+//! them.
+//!
+//! No I/O, no clock reading, no user code (see the module docs of [`crate::proto`]): time
+//! comes in as the `now` of `new`, `handle_heard` and `handle_timeout`. Every id a peer
+//! sends is looked up in the table it names; anything that does not fit is a
+//! [`Violation`], which queues an `abort` with the reason and closes the session. Nothing
+//! here panics on peer input.
+//!
+//! The engine is one `Session` struct; each room below adds `impl Session` blocks for
+//! its part of the protocol:
+//!
+//! - this file: the struct, construction, accessors, peer-input dispatch, `hello`,
+//!   pings, and closing (abort, violations, lost connections);
+//! - `types`: the types that cross the boundary to the runtime;
+//! - `violation`: [`Violation`], one variant per offence a peer can commit;
+//! - `outgoing`: questions this side asks (sends, bootstraps), their returns, and the
+//!   pipelined handles on their answers;
+//! - `hold`: the hold queue (flow control against the peer's question limit, in order);
+//! - `answers`: answers to the peer's questions and the messages queued on them;
+//! - `imports`: the import table, payloads taken from the peer, handles, deferred
+//!   settlements;
+//! - `collector`: the cycle collector for imports kept alive only by deferred settlements;
+//! - `exports`: the export table, payloads given to the peer, `release`, `resolve`;
+//! - `timers`: the handshake timeout and the keepalive.
+
+mod answers;
+mod collector;
+mod exports;
+mod hold;
+mod imports;
+mod outgoing;
+mod timers;
+mod types;
+mod violation;
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::time::Instant;
+
+pub use types::{
+    Call, CloseReason, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload, SessionStats,
+};
+pub use violation::Violation;
+
+use super::{AnswerId, ExportId, ImportId, QuestionId};
+use crate::broken::Broken;
+use crate::limits::Limits;
+use crate::wire::message::{MAX_ERROR_MESSAGE, PROTOCOL_VERSION};
+// Also reachable by this path (`session::SINGLE_CAP_DATA`), where it used to live.
+pub(super) use crate::wire::SINGLE_CAP_DATA;
+use crate::wire::{CborLimits, DecodeError, MIN_FRAME, MIN_QUESTIONS, Message};
+use answers::Answer;
+use exports::Export;
+use hold::Held;
+use imports::Import;
+use outgoing::Question;
+use timers::Timers;
+
+/// The protocol state between this vat and one peer over one connection.
+///
+/// `O` is the runtime's handle to a local object (compared and hashed to reuse exports);
+/// `R` is the runtime's resolver for a question's result.
+#[derive(Debug)]
+pub struct Session<O, R> {
+    limits: Limits,
+    cbor: CborLimits,
+    state: State,
+    /// The largest frame body the peer accepts (from its `hello`).
+    peer_max_frame: usize,
+    /// The most questions the peer accepts outstanding (from its `hello`).
+    peer_max_questions: usize,
+    /// Questions sent whose `finish` has not gone out: the peer counts them against its
+    /// limit until then.
+    awaiting_return: usize,
+    /// Commands held back, in order, until the peer has room for more questions.
+    held: VecDeque<Held<O, R>>,
+    /// Promises that settled while the send exporting them was held: resolved right
+    /// after that send goes out.
+    settled_while_held: Vec<(O, Result<OutPayload<O>, Broken>)>,
+    /// Answers to give because what their calls were pipelined on broke.
+    broken_answers: VecDeque<(AnswerId, Broken)>,
+    questions: HashMap<QuestionId, Question<O, R>>,
+    answers: HashMap<AnswerId, Answer<O>>,
+    exports: HashMap<ExportId, Export<O>>,
+    /// The export of each exported object, to reuse it when the object is sent again.
+    export_ids: HashMap<O, ExportId>,
+    next_export: u64,
+    imports: HashMap<ImportId, Import<O>>,
+    /// Imports with a deferred settlement that lost their last handle other than those
+    /// of deferred settlements: where the cycle collector starts, at the end of the
+    /// operation (`collect`), or later if earlier collections are not paid for yet.
+    suspects: Vec<ImportId>,
+    /// Work done by the cycle collector and not yet paid for by operations; it runs
+    /// only when this is zero.
+    collect_debt: usize,
+    /// The nonce of the next ping the runtime asks for.
+    next_ping: u64,
+    timers: Timers,
+    outbox: VecDeque<Message>,
+    events: VecDeque<Event<O, R>>,
+}
+
+/// Where a session is in its life. Closedness is kept here only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// The peer's `hello` has not arrived.
+    AwaitingHello,
+    Open,
+    /// Closed: every pending promise received this `Broken`, and commands given from
+    /// now on receive it too.
+    Closed(Broken),
+}
+
+/// What a question's or answer's promise resolved to, for messages sent to it.
+#[derive(Debug, Clone)]
+enum Resolution<O> {
+    /// A reference to an object at the peer: send there, holding one import handle.
+    Import(ImportId),
+    /// A local object.
+    Local(O),
+    /// Plain data: messages to it break with `not_an_object`.
+    Data,
+    /// Broken: messages to it break the same way.
+    Broken(Broken),
+}
+
+impl<O: Clone> Resolution<O> {
+    /// What a result that arrived from the peer resolves a promise to.
+    fn of_incoming(result: &Result<InPayload<O>, Broken>) -> Resolution<O> {
+        match result {
+            Err(b) => Resolution::Broken(b.clone()),
+            Ok(p) if p.caps.len() == 1 && p.data == SINGLE_CAP_DATA => match &p.caps[0] {
+                InCap::Import(i) | InCap::Promise(i) => Resolution::Import(*i),
+                InCap::Local(o) => Resolution::Local(o.clone()),
+            },
+            Ok(_) => Resolution::Data,
+        }
+    }
+
+    /// What a result this side gives resolves a promise to.
+    fn of_outgoing(payload: &OutPayload<O>) -> Resolution<O> {
+        if payload.caps.len() == 1 && payload.data == SINGLE_CAP_DATA {
+            match &payload.caps[0] {
+                OutCap::Local(o) | OutCap::Promise(o) => Resolution::Local(o.clone()),
+                OutCap::Import(i) => Resolution::Import(*i),
+            }
+        } else {
+            Resolution::Data
+        }
+    }
+}
+
+/// Whether an export or import is a promise, and whether its `resolve` has been sent
+/// (for an export) or has arrived (for an import).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PromiseState {
+    /// An object, never a promise.
+    NotAPromise,
+    /// A promise whose `resolve` has not gone out or come in yet.
+    Unresolved,
+    /// A promise that has settled: it behaves as an object from now on.
+    Resolved,
+}
+
+impl<O: Clone + Eq + Hash, R> Session<O, R> {
+    /// A new session started at `now`; its `hello` is already queued for transmission.
+    ///
+    /// `now` starts the handshake timeout and the keepalive clock (see
+    /// [`Session::poll_timeout`]).
+    pub fn new(limits: Limits, now: Instant) -> Session<O, R> {
+        let limits = limits.normalized();
+        let mut outbox = VecDeque::new();
+        outbox.push_back(Message::Hello {
+            version: PROTOCOL_VERSION,
+            max_frame: limits.max_frame as u64,
+            max_questions: limits.max_inbound_questions as u64,
+        });
+        Session {
+            cbor: limits.cbor(),
+            // Until the peer says otherwise, assume it accepts what we accept.
+            peer_max_frame: limits.max_frame,
+            peer_max_questions: MIN_QUESTIONS,
+            awaiting_return: 0,
+            held: VecDeque::new(),
+            settled_while_held: Vec::new(),
+            broken_answers: VecDeque::new(),
+            limits,
+            state: State::AwaitingHello,
+            questions: HashMap::new(),
+            answers: HashMap::new(),
+            exports: HashMap::new(),
+            export_ids: HashMap::new(),
+            next_export: 1,
+            imports: HashMap::new(),
+            suspects: Vec::new(),
+            collect_debt: 0,
+            next_ping: 1,
+            timers: Timers::new(now),
+            outbox,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The next message to send to the peer.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event for the runtime.
+    pub fn poll_event(&mut self) -> Option<Event<O, R>> {
+        self.events.pop_front()
+    }
+
+    /// Whether the session has closed (output may still be waiting to be written).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed(_))
+    }
+
+    /// Whether the peer's `hello` has arrived.
+    pub fn is_established(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// The sizes of the four tables.
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            held: self.held.len(),
+            questions: self.questions.len(),
+            answers: self.answers.len(),
+            imports: self.imports.len(),
+            exports: self.exports.len(),
+        }
+    }
+
+    /// Why the session closed, as the `Broken` its pending promises received.
+    pub fn closed_reason(&self) -> Option<Broken> {
+        match &self.state {
+            State::Closed(broken) => Some(broken.clone()),
+            State::AwaitingHello | State::Open => None,
+        }
+    }
+
+    /// The largest frame body the peer accepts (from its `hello`).
+    pub fn peer_max_frame(&self) -> usize {
+        self.peer_max_frame
+    }
+
+    // ---- peer input ----
+
+    /// Decodes and handles one frame body from the peer. A bad frame is a violation.
+    pub fn handle_frame(&mut self, body: &[u8]) {
+        if self.is_closed() {
+            return;
+        }
+        match Message::decode(body, &self.cbor) {
+            Ok(msg) => self.handle_message(msg),
+            Err(e) => self.violate(Violation::Decode(e)),
+        }
+    }
+
+    /// Handles one decoded message from the peer.
+    pub fn handle_message(&mut self, msg: Message) {
+        if self.is_closed() {
+            return;
+        }
+        if let Err(v) = self.dispatch(msg) {
+            self.violate(v);
+        }
+        self.answer_broken();
+        self.collect();
+    }
+
+    /// A bad frame seen before decoding (for example a length over the limit).
+    pub fn handle_decode_error(&mut self, e: DecodeError) {
+        if !self.is_closed() {
+            self.violate(Violation::Decode(e));
+        }
+    }
+
+    /// The connection ended without an `abort` (EOF, I/O error, keepalive timeout).
+    pub fn handle_connection_lost(&mut self, why: impl Into<String>) {
+        self.close(CloseReason::ConnectionLost(why.into()));
+    }
+
+    fn dispatch(&mut self, msg: Message) -> Result<(), Violation> {
+        if self.state == State::AwaitingHello {
+            return match msg {
+                Message::Hello {
+                    version,
+                    max_frame,
+                    max_questions,
+                } => self.handle_hello(version, max_frame, max_questions),
+                Message::Abort { reason } => {
+                    self.close(CloseReason::PeerAborted(reason));
+                    Ok(())
+                }
+                other => Err(Violation::NoHello { got: other.kind() }),
+            };
+        }
+        match msg {
+            Message::Hello { .. } => Err(Violation::DuplicateHello),
+            Message::Bootstrap { question, swiss } => {
+                let answer = AnswerId(question);
+                self.new_answer(answer)?;
+                self.events.push_back(Event::Bootstrap { answer, swiss });
+                Ok(())
+            }
+            Message::Deliver {
+                target,
+                method,
+                payload,
+                question,
+            } => self.handle_deliver(target, method, payload, question.map(AnswerId)),
+            Message::Return { question, result } => {
+                self.handle_return(QuestionId(question), result)
+            }
+            Message::Finish { question } => self.handle_finish(AnswerId(question)),
+            Message::Resolve { export, result } => self.handle_resolve(ImportId(export), result),
+            Message::Release { export, count } => self.handle_release(ExportId(export), count),
+            Message::Abort { reason } => {
+                self.close(CloseReason::PeerAborted(reason));
+                Ok(())
+            }
+            Message::Ping { nonce } => {
+                self.outbox.push_back(Message::Pong { nonce });
+                Ok(())
+            }
+            Message::Pong { nonce } => {
+                self.handle_pong(nonce);
+                Ok(())
+            }
+        }
+    }
+
+    /// The peer's `hello`: check what it announces, then open and send what was held
+    /// for it.
+    fn handle_hello(
+        &mut self,
+        version: u32,
+        max_frame: u64,
+        max_questions: u64,
+    ) -> Result<(), Violation> {
+        if version != PROTOCOL_VERSION {
+            return Err(Violation::UnsupportedVersion { version });
+        }
+        if max_frame < MIN_FRAME as u64 {
+            return Err(Violation::FrameLimitTooSmall { max_frame });
+        }
+        if max_questions < MIN_QUESTIONS as u64 {
+            return Err(Violation::QuestionLimitTooSmall { max_questions });
+        }
+        self.peer_max_frame = usize::try_from(max_frame)
+            .unwrap_or(usize::MAX)
+            .min(u32::MAX as usize);
+        self.peer_max_questions = usize::try_from(max_questions).unwrap_or(usize::MAX);
+        self.state = State::Open;
+        self.drain_hold_queue();
+        Ok(())
+    }
+
+    // ---- local commands that concern the whole session ----
+
+    /// Queues a ping; returns its nonce, which comes back in [`Event::Pong`]. When the
+    /// pong arrives, the peer has handled everything sent before the ping, and
+    /// everything it sent before the pong has been handled here. The nonces count up
+    /// from 1 and never meet those of the session's keepalive pings.
+    pub fn ping(&mut self) -> Option<u64> {
+        if self.is_closed() {
+            return None;
+        }
+        let nonce = self.next_ping;
+        self.next_ping += 1;
+        self.outbox.push_back(Message::Ping { nonce });
+        Some(nonce)
+    }
+
+    /// Closes the session from this side, telling the peer why.
+    pub fn abort(&mut self, reason: impl Into<String>) {
+        if self.is_closed() {
+            return;
+        }
+        let reason = reason.into();
+        self.outbox.push_back(Message::Abort {
+            reason: truncate(reason.clone()),
+        });
+        self.close(CloseReason::Local(reason));
+    }
+
+    fn violate(&mut self, v: Violation) {
+        tracing::debug!(violation = %v, "aborting session");
+        self.outbox.push_back(Message::Abort {
+            reason: truncate(v.to_string()),
+        });
+        self.close(CloseReason::Violation(v));
+    }
+
+    /// Closes the session: every pending question and held send comes back broken, the
+    /// runtime learns which exports lost their client, and the tables empty.
+    ///
+    /// Questions come back in id order and held sends after them in hold order, and the
+    /// lost exports are listed in id order: the same close gives the same events.
+    fn close(&mut self, reason: CloseReason) {
+        if self.is_closed() {
+            return;
+        }
+        let broken = Broken::disconnected(&reason);
+        self.state = State::Closed(broken.clone());
+        let mut asked: Vec<_> = self.questions.drain().collect();
+        asked.sort_unstable_by_key(|&(id, _)| id);
+        let asked = asked.into_iter().map(|(_, q)| q.resolver);
+        let held = std::mem::take(&mut self.held)
+            .into_iter()
+            .map(Held::into_resolver);
+        for resolver in asked.chain(held).flatten() {
+            self.events.push_back(Event::Return {
+                resolver,
+                result: Err(broken.clone()),
+            });
+        }
+        self.awaiting_return = 0;
+        self.settled_while_held.clear();
+        self.answers.clear();
+        let mut lost: Vec<_> = self.exports.drain().collect();
+        lost.sort_unstable_by_key(|&(id, _)| id);
+        if !lost.is_empty() {
+            let objects = lost.into_iter().map(|(_, export)| export.object).collect();
+            self.events.push_back(Event::ExportsLost { objects });
+        }
+        self.export_ids.clear();
+        self.imports.clear();
+        self.suspects.clear();
+        self.events.push_back(Event::Closed { reason });
+    }
+}
+
+/// Cuts a reason to [`MAX_ERROR_MESSAGE`] bytes at a character boundary, so an abort
+/// always fits the peer's frame limit.
+fn truncate(mut reason: String) -> String {
+    if reason.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sturdy::SwissNumber;
+
+    type S = Session<u32, u32>;
+
+    #[test]
+    fn close_reports_questions_and_lost_exports_in_id_order() {
+        let mut s: S = Session::new(Limits::default(), Instant::now());
+        s.handle_message(Message::Hello {
+            version: PROTOCOL_VERSION,
+            max_frame: 1 << 20,
+            max_questions: 1024,
+        });
+        // Questions asked in an order unlike their ids; each call exports one object,
+        // numbered against the export ids (e1 exports object 40, e2 object 39, ...).
+        let ids = [17, 3, 29, 8, 1, 22, 11, 5, 26, 14];
+        for (n, &q) in ids.iter().enumerate() {
+            s.bootstrap(
+                QuestionId(q),
+                SwissNumber::from_bytes([1; 32]),
+                Some(q as u32),
+                1,
+            );
+            s.send(Call {
+                target: LocalTarget::Answer(QuestionId(q)),
+                method: "take".to_owned(),
+                payload: OutPayload {
+                    data: SINGLE_CAP_DATA.to_vec(),
+                    caps: vec![OutCap::Local(40 - n as u32)],
+                },
+                question: Some(QuestionId(100 + q)),
+                resolver: Some(100 + q as u32),
+                pipeline_refs: 0,
+            });
+        }
+        while s.poll_event().is_some() {}
+        s.abort("done");
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        let returned: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Return { resolver, .. } => Some(*resolver),
+                _ => None,
+            })
+            .collect();
+        let mut expected: Vec<u32> = ids.iter().map(|&q| q as u32).collect();
+        expected.sort_unstable();
+        expected.extend(expected.clone().iter().map(|q| 100 + q));
+        assert_eq!(returned, expected);
+        let lost: Vec<u32> = (0..ids.len() as u32).map(|n| 40 - n).collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::ExportsLost { objects } if *objects == lost)),
+            "{events:?}"
+        );
+    }
+}

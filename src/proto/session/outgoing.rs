@@ -1,0 +1,405 @@
+//! Questions this side asks: local sends and bootstraps, their `return`s, and the
+//! pipelined handles on their answers.
+//!
+//! A command that cannot go out never vanishes: it breaks, and its resolver comes back in
+//! an [`Event::Return`]. This room must not decide when a question may go out (the hold
+//! queue does, in `hold`) nor export anything itself (`exports` turns payloads into
+//! descriptors).
+
+use std::hash::Hash;
+
+use super::imports::{PayloadOrigin, Suspect};
+use super::{Call, Event, LocalTarget, OutPayload, Resolution, Session, Violation};
+use crate::broken::{Broken, BrokenKind};
+use crate::proto::QuestionId;
+use crate::sturdy::SwissNumber;
+use crate::wire::{Message, Payload, ReturnResult, Target};
+
+/// A question this side asked (or one that broke before it could be, kept for the
+/// handles pipelined on it).
+#[derive(Debug)]
+pub(super) struct Question<O, R> {
+    /// Who to tell the result to; taken when the result arrives.
+    pub(super) resolver: Option<R>,
+    /// Local handles that may still send to the answer (see [`Call::pipeline_refs`]).
+    pub(super) pipeline_refs: u32,
+    /// `None` until the `return` arrives.
+    pub(super) resolution: Option<Resolution<O>>,
+    /// The `finish` is held back: the answer resolved to one of our own objects, and
+    /// messages sent to the promise keep going through the peer (which forwards them
+    /// back) so that they stay in order with those already sent.
+    pub(super) finish_deferred: bool,
+}
+
+impl<O, R> Question<O, R> {
+    /// A question just sent, awaiting its `return`.
+    fn asked(resolver: Option<R>, pipeline_refs: u32) -> Question<O, R> {
+        Question {
+            resolver,
+            pipeline_refs,
+            resolution: None,
+            finish_deferred: false,
+        }
+    }
+}
+
+impl<O: Clone + Eq + Hash, R> Session<O, R> {
+    /// Asks the peer for the object under `swiss`. The answer arrives as a single
+    /// reference or as `unknown_object`; `pipeline_refs` local handles may send to it.
+    ///
+    /// `question` must not be in use (see [`Call::question`]); a reused id is a bug in
+    /// the runtime: it panics in debug builds and breaks the new question otherwise.
+    pub fn bootstrap(
+        &mut self,
+        question: QuestionId,
+        swiss: SwissNumber,
+        resolver: Option<R>,
+        pipeline_refs: u32,
+    ) {
+        if let Some(b) = self.closed_reason() {
+            self.break_question(question, resolver, pipeline_refs, b);
+            return;
+        }
+        self.debug_assert_fresh_question(question);
+        if self.must_hold(Some(question)) {
+            self.hold_bootstrap(question, swiss, resolver, pipeline_refs);
+        } else {
+            self.transmit_bootstrap(question, swiss, resolver, pipeline_refs);
+        }
+    }
+
+    /// Sends a method call. Calls that cannot go out (the session is closed, the target
+    /// is broken or plain data, the message is too large) break at once: the resolver
+    /// comes back in an [`Event::Return`].
+    ///
+    /// A call that asks a question while the peer already has as many outstanding as it
+    /// accepts is held back, with every later send, and goes out in order as answers
+    /// come back ([`super::SessionStats::held`]).
+    ///
+    /// A question id already in use is a bug in the runtime: it panics in debug builds
+    /// and breaks the new call otherwise.
+    pub fn send(&mut self, call: Call<O, R>) {
+        if !self.is_closed() {
+            if let Some(q) = call.question {
+                self.debug_assert_fresh_question(q);
+            }
+            if self.must_hold(call.question) {
+                self.hold_call(call);
+                return;
+            }
+        }
+        self.transmit_call(call);
+        self.resolve_settled_while_held();
+    }
+
+    /// Sends a bootstrap now (its turn has come and the peer has room).
+    pub(super) fn transmit_bootstrap(
+        &mut self,
+        question: QuestionId,
+        swiss: SwissNumber,
+        resolver: Option<R>,
+        pipeline_refs: u32,
+    ) {
+        if self.questions.contains_key(&question) {
+            self.report_broken(resolver, reused_question(question));
+            return;
+        }
+        self.questions
+            .insert(question, Question::asked(resolver, pipeline_refs));
+        self.awaiting_return += 1;
+        self.outbox.push_back(Message::Bootstrap {
+            question: question.0,
+            swiss,
+        });
+    }
+
+    /// Sends a call now (its turn has come and the peer has room), or breaks it if it
+    /// cannot go out.
+    pub(super) fn transmit_call(&mut self, call: Call<O, R>) {
+        let Call {
+            target,
+            method,
+            payload,
+            question,
+            resolver,
+            pipeline_refs,
+        } = call;
+        if let Some(q) = question {
+            // Checked here, where the question enters the table, so that a reused id
+            // breaks the new call instead of overwriting the question already asked.
+            if self.questions.contains_key(&q) {
+                self.report_broken(resolver, reused_question(q));
+                return;
+            }
+        }
+        match self.call_message(target, &method, payload) {
+            Err(b) => match question {
+                Some(q) => self.break_question(q, resolver, pipeline_refs, b),
+                None => self.report_broken(resolver, b),
+            },
+            Ok((target, payload)) => {
+                if let Some(q) = question {
+                    self.questions
+                        .insert(q, Question::asked(resolver, pipeline_refs));
+                    self.awaiting_return += 1;
+                }
+                self.outbox.push_back(Message::Deliver {
+                    target,
+                    method,
+                    payload,
+                    question: question.map(|q| q.0),
+                });
+            }
+        }
+    }
+
+    /// Where a call goes on the wire and its payload as descriptors, or why it cannot
+    /// go. Nothing is exported unless the call can go.
+    fn call_message(
+        &mut self,
+        target: LocalTarget,
+        method: &str,
+        payload: OutPayload<O>,
+    ) -> Result<(Target, Payload), Broken> {
+        if let Some(b) = self.closed_reason() {
+            return Err(b);
+        }
+        self.check_frame_size(Some(method), &payload)?;
+        self.check_caps_count(payload.caps.len())?;
+        let wire_target = match target {
+            LocalTarget::Import(i) => {
+                if !self.imports.contains_key(&i) {
+                    return Err(Broken::new(
+                        BrokenKind::Other,
+                        format!("reference {i} was released"),
+                    ));
+                }
+                Target::Export(i.0)
+            }
+            LocalTarget::Answer(q) => match self.questions.get(&q).map(|q| &q.resolution) {
+                None => {
+                    return Err(Broken::new(
+                        BrokenKind::Other,
+                        format!("promise {q} was released"),
+                    ));
+                }
+                Some(None) => Target::Answer(q.0),
+                Some(Some(Resolution::Import(i))) => Target::Export(i.0),
+                Some(Some(Resolution::Broken(b))) => return Err(b.clone()),
+                Some(Some(Resolution::Data)) => return Err(Broken::not_an_object(Some(method))),
+                // Resolved to one of our own objects: keep the promise's path (see
+                // `handle_return`); the peer forwards the call back here in order.
+                Some(Some(Resolution::Local(_))) => Target::Answer(q.0),
+            },
+        };
+        let payload = self.give_payload(payload)?;
+        Ok((wire_target, payload))
+    }
+
+    /// Records a question that broke before it was sent: its resolver gets `b`, and
+    /// while handles are pipelined on it, sends to it break the same way.
+    pub(super) fn break_question(
+        &mut self,
+        q: QuestionId,
+        resolver: Option<R>,
+        pipeline_refs: u32,
+        b: Broken,
+    ) {
+        if pipeline_refs > 0 && !self.is_closed() {
+            self.questions.insert(
+                q,
+                Question {
+                    resolver: None,
+                    pipeline_refs,
+                    resolution: Some(Resolution::Broken(b.clone())),
+                    finish_deferred: false,
+                },
+            );
+        }
+        self.report_broken(resolver, b);
+    }
+
+    /// Gives a resolver back broken, if there is one.
+    pub(super) fn report_broken(&mut self, resolver: Option<R>, b: Broken) {
+        if let Some(resolver) = resolver {
+            self.events.push_back(Event::Return {
+                resolver,
+                result: Err(b),
+            });
+        }
+    }
+
+    /// Panics in debug builds when `id` is already asked or waiting to be: ids must be
+    /// unique for the life of the session. Release builds catch the reuse when the
+    /// question would enter the table (`transmit_call`, `transmit_bootstrap`).
+    fn debug_assert_fresh_question(&self, id: QuestionId) {
+        debug_assert!(
+            !self.questions.contains_key(&id) && !self.held.iter().any(|h| h.asks(id)),
+            "question id {id} is already in use: the runtime must never reuse one"
+        );
+    }
+
+    pub(super) fn handle_return(
+        &mut self,
+        id: QuestionId,
+        result: ReturnResult,
+    ) -> Result<(), Violation> {
+        match self.questions.get(&id) {
+            Some(q) if q.resolution.is_none() => {}
+            _ => return Err(Violation::UnknownQuestion(id)),
+        }
+        let result = match result {
+            ReturnResult::Ok(payload) => Ok(self.take_payload(payload)?),
+            ReturnResult::Err(w) => Err(Broken::from(w)),
+        };
+        let resolution = Resolution::of_incoming(&result);
+        let Some(question) = self.questions.get_mut(&id) else {
+            return Ok(());
+        };
+        let resolver = question.resolver.take();
+        let keep = question.pipeline_refs > 0;
+        // Our own object came back through the peer's answer: messages on the promise
+        // keep going to the answer (the peer forwards them here), so the answer must
+        // live until the last pipelined handle is gone. Taking the shorter local path
+        // could overtake messages still travelling the long way.
+        let defer = keep && matches!(resolution, Resolution::Local(_));
+        if !defer {
+            // The peer counts a question until its `finish`, and so do we.
+            self.awaiting_return = self.awaiting_return.saturating_sub(1);
+            self.outbox.push_back(Message::Finish { question: id.0 });
+        }
+        if keep {
+            if let Resolution::Import(i) = resolution {
+                // The question's resolution holds a handle of its own.
+                if let Some(import) = self.imports.get_mut(&i) {
+                    import.local += 1;
+                }
+            }
+            question.resolution = Some(resolution);
+            question.finish_deferred = defer;
+        } else {
+            self.questions.remove(&id);
+        }
+        match (resolver, result) {
+            (Some(resolver), result) => self.push_event(Event::Return { resolver, result }),
+            (None, Ok(payload)) => self.drop_payload(payload, PayloadOrigin::ThisMessage),
+            (None, Err(_)) => {}
+        }
+        // The `finish` above goes out before anything released here, so the peer never
+        // counts more than its limit.
+        self.drain_hold_queue();
+        Ok(())
+    }
+
+    /// The runtime dropped one pipelined handle on a question's answer.
+    pub fn drop_question_ref(&mut self, id: QuestionId) {
+        if self.held.iter().any(|h| h.uses_question(id)) {
+            // Sends held before this drop still ask or target the question.
+            self.hold_drop_question_ref(id);
+        } else {
+            // Nothing held needs it: apply it now, so that a deferred `finish` it sends
+            // makes room for the held sends instead of waiting behind them forever.
+            self.drop_question_ref_now(id);
+        }
+        self.collect();
+    }
+
+    /// Drops one pipelined handle on a question's answer at once; the last one frees the
+    /// question (and sends its deferred `finish`, if any).
+    pub(super) fn drop_question_ref_now(&mut self, id: QuestionId) {
+        let Some(q) = self.questions.get_mut(&id) else {
+            return;
+        };
+        q.pipeline_refs = q.pipeline_refs.saturating_sub(1);
+        if q.pipeline_refs == 0 && q.resolution.is_some() {
+            let Some(q) = self.questions.remove(&id) else {
+                return;
+            };
+            if let Some(Resolution::Import(i)) = q.resolution {
+                self.drop_handle_now(i, Suspect::Record);
+            }
+            if q.finish_deferred && !self.is_closed() {
+                self.outbox.push_back(Message::Finish { question: id.0 });
+                self.awaiting_return = self.awaiting_return.saturating_sub(1);
+                self.drain_hold_queue();
+            }
+        }
+    }
+}
+
+/// The error for a question id used twice.
+fn reused_question(id: QuestionId) -> Broken {
+    Broken::new(
+        BrokenKind::Other,
+        format!(
+            "question id {id} is already in use (a bug in the runtime: question ids must be \
+             unique for the life of a session)"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::limits::Limits;
+
+    type S = Session<u32, u32>;
+
+    /// A session whose peer's `hello` has arrived.
+    fn open_session() -> S {
+        let mut s: S = Session::new(Limits::default(), Instant::now());
+        s.handle_message(Message::Hello {
+            version: crate::wire::message::PROTOCOL_VERSION,
+            max_frame: 1 << 20,
+            max_questions: 1024,
+        });
+        assert!(s.is_established());
+        s.poll_transmit();
+        s
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "question id q1 is already in use")]
+    fn reusing_a_question_id_panics_in_debug_builds() {
+        let mut s = open_session();
+        s.bootstrap(QuestionId(1), SwissNumber::from_bytes([1; 32]), Some(1), 0);
+        s.bootstrap(QuestionId(1), SwissNumber::from_bytes([2; 32]), Some(2), 0);
+    }
+
+    #[test]
+    #[cfg(not(debug_assertions))]
+    fn reusing_a_question_id_breaks_the_new_question_in_release_builds() {
+        let mut s = open_session();
+        s.bootstrap(QuestionId(1), SwissNumber::from_bytes([1; 32]), Some(1), 0);
+        assert!(matches!(
+            s.poll_transmit(),
+            Some(Message::Bootstrap { question: 1, .. })
+        ));
+        s.bootstrap(QuestionId(1), SwissNumber::from_bytes([2; 32]), Some(2), 0);
+        assert_eq!(s.poll_transmit(), None);
+        let Some(Event::Return {
+            resolver: 2,
+            result: Err(b),
+        }) = s.poll_event()
+        else {
+            panic!("the reused question must break");
+        };
+        assert!(b.message().contains("q1 is already in use"), "{b}");
+        // The first question is untouched: its return still reaches its resolver.
+        assert_eq!(s.stats().questions, 1);
+        s.handle_message(Message::Return {
+            question: 1,
+            result: ReturnResult::Err(crate::wire::WireBroken::from(&Broken::unknown_object())),
+        });
+        assert!(matches!(
+            s.poll_event(),
+            Some(Event::Return {
+                resolver: 1,
+                result: Err(_)
+            })
+        ));
+    }
+}
