@@ -1,10 +1,11 @@
 //! The harness for the protocol tests: sessions wired together in memory (`Pair`, two
 //! sides `A` and `B`), events in a comparable form (`Seen`), message and payload
 //! builders, and table assertions (`assert_tables!`). The tests themselves live in one
-//! file per behaviour, declared at the bottom.
+//! file per behaviour; their `mod` lines follow `assert_tables!`, which must be defined
+//! before them.
 //!
-//! Nothing here tests anything by itself, and nothing does I/O or reads a clock: every
-//! session is made by `new_session` and driven by hand, one message at a time.
+//! Nothing here tests anything by itself, and nothing does I/O: every session is made by
+//! `new_session` and driven by hand, one message at a time.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -12,7 +13,6 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::session::SINGLE_CAP_DATA;
 use super::*;
 use crate::broken::{Broken, BrokenKind};
 use crate::limits::Limits;
