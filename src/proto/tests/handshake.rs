@@ -1,0 +1,211 @@
+//! The handshake: `hello` comes first, once, with a version this vat speaks and limits
+//! no smaller than the protocol's minimums; what breaks it aborts the session.
+//!
+//! Only the opening exchange is here; what happens once both sides are established
+//! belongs to the other files.
+
+use super::*;
+
+#[test]
+fn hello_is_queued_first_and_establishes_both_sides() {
+    let mut s = new_session(Limits::default());
+    assert!(!s.is_established() && !s.is_closed());
+    assert_eq!(
+        drain(&mut s),
+        (
+            vec![Message::Hello {
+                version: PROTOCOL_VERSION,
+                max_frame: 1 << 20,
+                max_questions: 1024,
+            }],
+            vec![]
+        )
+    );
+    s.handle_message(Message::Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: 10_000,
+        max_questions: 1024,
+    });
+    assert!(s.is_established() && !s.is_closed());
+    assert_eq!(s.peer_max_frame(), 10_000);
+    assert_eq!(drain(&mut s), (vec![], vec![]));
+}
+
+#[test]
+fn own_frame_limit_below_the_minimum_is_raised() {
+    let mut s = new_session(Limits {
+        max_frame: 100,
+        ..Limits::default()
+    });
+    let (sent, _) = drain(&mut s);
+    assert_eq!(
+        sent,
+        [Message::Hello {
+            version: PROTOCOL_VERSION,
+            max_frame: MIN_FRAME as u64,
+            max_questions: 1024,
+        }]
+    );
+}
+
+#[test]
+fn hello_exchange_learns_each_peers_frame_limit() {
+    let la = Limits {
+        max_frame: 9000,
+        ..Limits::default()
+    };
+    let lb = Limits {
+        max_frame: 12_000,
+        ..Limits::default()
+    };
+    // `build` checks both hellos and that nothing else happened.
+    let pair = Pair::build(la, lb, false);
+    assert_eq!(pair.a.session.peer_max_frame(), 12_000);
+    assert_eq!(pair.b.session.peer_max_frame(), 9000);
+    assert_tables!(pair.a);
+    assert_tables!(pair.b);
+}
+
+// ---- what breaks the handshake ----
+
+#[test]
+fn hello_with_a_frame_limit_below_the_minimum_is_a_violation() {
+    let mut s = new_session(Limits::default());
+    drain(&mut s);
+    s.handle_message(Message::Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: MIN_FRAME as u64 - 1,
+        max_questions: 1024,
+    });
+    assert!(s.is_closed());
+    let (sent, events) = drain(&mut s);
+    let v = Violation::FrameLimitTooSmall {
+        max_frame: MIN_FRAME as u64 - 1,
+    };
+    assert_eq!(
+        sent,
+        [Message::Abort {
+            reason: v.to_string()
+        }]
+    );
+    assert!(
+        matches!(&events[..], [Seen::Closed(CloseReason::Violation(got))] if *got == v),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn hello_with_a_question_limit_below_the_minimum_is_a_violation() {
+    let mut s = new_session(Limits::default());
+    drain(&mut s);
+    s.handle_message(Message::Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: MIN_FRAME as u64,
+        max_questions: MIN_QUESTIONS as u64 - 1,
+    });
+    assert!(s.is_closed());
+    let (sent, events) = drain(&mut s);
+    let v = Violation::QuestionLimitTooSmall {
+        max_questions: MIN_QUESTIONS as u64 - 1,
+    };
+    assert_eq!(
+        sent,
+        [Message::Abort {
+            reason: v.to_string()
+        }]
+    );
+    assert!(
+        matches!(&events[..], [Seen::Closed(CloseReason::Violation(got))] if *got == v),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn first_message_not_hello_is_a_violation() {
+    let mut s = new_session(Limits::default());
+    // Questions may be asked before the peer's hello arrives.
+    s.bootstrap(QuestionId(1), swiss(1), Some(7), 0);
+    s.handle_message(Message::Ping { nonce: 5 });
+    let v = Violation::NoHello { got: "ping" };
+    let reason = CloseReason::Violation(v.clone());
+    let (sent, events) = drain(&mut s);
+    assert_eq!(
+        sent,
+        [
+            Message::Hello {
+                version: PROTOCOL_VERSION,
+                max_frame: 1 << 20,
+                max_questions: 1024,
+            },
+            Message::Bootstrap {
+                question: 1,
+                swiss: swiss(1)
+            },
+            // No pong: the ping itself was the violation.
+            Message::Abort {
+                reason: "expected hello as the first message, got ping".to_owned()
+            },
+        ]
+    );
+    assert_eq!(
+        events,
+        [
+            returned(7, Err(Broken::disconnected(&reason))),
+            Seen::Closed(reason)
+        ]
+    );
+    assert!(s.is_closed() && !s.is_established());
+    assert_tables!(s);
+}
+
+#[test]
+fn unsupported_version_is_a_violation() {
+    let mut s = new_session(Limits::default());
+    s.poll_transmit();
+    s.handle_message(Message::Hello {
+        version: PROTOCOL_VERSION + 1,
+        max_frame: 1000,
+        max_questions: 1024,
+    });
+    let v = Violation::UnsupportedVersion {
+        version: PROTOCOL_VERSION + 1,
+    };
+    assert_eq!(
+        drain(&mut s),
+        (
+            vec![Message::Abort {
+                reason: "unsupported protocol version 2 (this vat speaks 1)".to_owned()
+            }],
+            vec![Seen::Closed(CloseReason::Violation(v))]
+        )
+    );
+    assert!(s.is_closed() && !s.is_established());
+}
+
+#[test]
+fn duplicate_hello_is_a_violation() {
+    let mut pair = Pair::victim(Limits::default(), Limits::default());
+    pair.b.session.handle_message(Message::Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: 1000,
+        max_questions: 1024,
+    });
+    pair.drive();
+    assert_eq!(expect_violation(&mut pair, Violation::DuplicateHello), []);
+}
+
+#[test]
+fn abort_before_hello_closes_as_peer_aborted() {
+    let mut s = new_session(Limits::default());
+    s.poll_transmit();
+    s.handle_message(Message::Abort {
+        reason: "go away".to_owned(),
+    });
+    assert_eq!(
+        drain(&mut s),
+        (
+            vec![],
+            vec![Seen::Closed(CloseReason::PeerAborted("go away".to_owned()))]
+        )
+    );
+}
