@@ -101,11 +101,9 @@ pub(crate) async fn run(
     stream: TlsStream,
 ) {
     let limits = vat.limits.clone();
-    let period =
-        (limits.keepalive_idle.min(limits.handshake_timeout) / 4).max(Duration::from_millis(10));
     let started = Instant::now();
     let mut d = Driver {
-        core: Session::new(limits.clone(), Instant::now().into_std()),
+        core: Session::new(limits.clone(), started.into_std()),
         cbor: limits.cbor(),
         conn: Connection::new(stream, limits.max_frame),
         handle: handle.clone(),
@@ -117,12 +115,7 @@ pub(crate) async fn run(
         syncs: HashMap::new(),
         urgent: false,
         lazy_due: false,
-        clock: Clock {
-            period,
-            started,
-            last_rx: started,
-            pinged: false,
-        },
+        quiet: Quiet::new(&limits, started),
         limits,
     };
     // A vat that shuts down posts `Command::Shutdown` to every session it has; this
@@ -138,8 +131,10 @@ pub(crate) async fn run(
     // always speaks first, and the `hello` then leaves with the first answer.
     let mut heard = !handle.inbound();
     let mut inline_write = true;
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer for every deadline the task has (see `Driver::next_wakeup`).
+    let timer = tokio::time::sleep_until(started);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
 
     // Commands queued before the connection was up (a fetch and the calls pipelined
     // on it, say) leave with the `hello`.
@@ -171,11 +166,21 @@ pub(crate) async fn run(
         // one-way calls running, is not read from until that drains.
         let may_read = backlog < d.limits.max_outbound_buffer
             && d.one_way_running < d.limits.max_inbound_questions;
+        // The timer is reset only when a deadline comes earlier than the one it is set
+        // for. One that moved later (the peer spoke, so the keepalive waits longer) is
+        // found when the timer fires: nothing is due then, and it is set again. So a
+        // busy session does not touch the timer on every read.
+        if let Some(due) = d.next_wakeup() {
+            if armed.is_none_or(|at| due < at) {
+                timer.as_mut().reset(due);
+                armed = Some(due);
+            }
+        }
         tokio::select! {
             r = d.conn.reader.read(), if may_read => match r {
                 Ok(0) => d.core.handle_connection_lost("the peer closed the connection"),
                 Ok(_) => {
-                    d.clock.heard_from_peer(Instant::now());
+                    d.heard(Instant::now());
                     heard = true;
                     d.read_frames();
                 }
@@ -197,7 +202,10 @@ pub(crate) async fn run(
             // Only bookkeeping is waiting: give the tasks this session just woke one
             // turn to queue their next calls, then send it all together.
             () = tokio::task::yield_now(), if lazy_waiting => d.lazy_due = true,
-            _ = tick.tick() => d.housekeeping(Instant::now()),
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                d.on_timer(Instant::now());
+            }
         }
     }
 
@@ -238,50 +246,63 @@ struct Driver {
     urgent: bool,
     /// Bookkeeping alone in the queue has waited its turn and goes out now.
     lazy_due: bool,
-    /// What the housekeeping tick measures time against.
-    clock: Clock,
+    /// When the connection's buffers may be given back.
+    quiet: Quiet,
 }
 
-/// The times the housekeeping tick compares: when the session started and when the
-/// peer was last heard from.
-struct Clock {
-    /// The tick's period; a session silent for that long counts as quiet.
-    period: Duration,
-    started: Instant,
-    last_rx: Instant,
-    /// A keepalive ping went out since the peer was last heard from.
-    pinged: bool,
+/// Buffer housekeeping: a session quiet for a while gives back the space a burst left
+/// in its buffers, so a thousand idle sessions cost little. This is the runtime's own
+/// memory policy, not protocol: every protocol deadline (handshake, keepalive) is the
+/// core's, through `Session::poll_timeout`.
+struct Quiet {
+    /// Silence after which the buffers shrink: a quarter of the shorter of the
+    /// keepalive idle time and the handshake timeout, and at least 10 ms.
+    after: Duration,
+    /// When the peer last sent bytes.
+    last_read: Instant,
+    /// The buffers were shrunk since the last read.
+    shrunk: bool,
 }
 
-impl Clock {
-    fn heard_from_peer(&mut self, now: Instant) {
-        self.last_rx = now;
-        self.pinged = false;
+impl Quiet {
+    fn new(limits: &Limits, now: Instant) -> Quiet {
+        Quiet {
+            after: (limits.keepalive_idle.min(limits.handshake_timeout) / 4)
+                .max(Duration::from_millis(10)),
+            last_read: now,
+            // Buffers start small.
+            shrunk: true,
+        }
+    }
+
+    /// When the buffers are next due to shrink, if they may have grown.
+    fn due(&self) -> Option<Instant> {
+        (!self.shrunk).then(|| self.last_read + self.after)
     }
 }
 
 impl Driver {
-    /// The periodic housekeeping: gives back buffer space after a quiet spell, and
-    /// applies the handshake timeout and the keepalive (ping when idle, give up when
-    /// dead).
-    fn housekeeping(&mut self, now: Instant) {
-        let quiet = now - self.clock.last_rx;
-        if quiet >= self.clock.period {
+    /// Bytes arrived from the peer at `now`.
+    fn heard(&mut self, now: Instant) {
+        self.core.handle_heard(now.into_std());
+        self.quiet.last_read = now;
+        self.quiet.shrunk = false;
+    }
+
+    /// The next instant the task must wake with nothing else to do: the core's next
+    /// timeout (handshake, keepalive), or when quiet buffers may shrink.
+    fn next_wakeup(&self) -> Option<Instant> {
+        let core = self.core.poll_timeout().map(Instant::from_std);
+        [core, self.quiet.due()].into_iter().flatten().min()
+    }
+
+    /// The timer fired: the core handles what is due (it decides), and quiet buffers
+    /// shrink.
+    fn on_timer(&mut self, now: Instant) {
+        self.core.handle_timeout(now.into_std());
+        if self.quiet.due().is_some_and(|due| now >= due) {
             self.conn.shrink_idle_buffers();
-        }
-        if !self.core.is_established() && now - self.clock.started >= self.limits.handshake_timeout
-        {
-            self.core.abort(format!(
-                "no hello within the handshake timeout of {:?}",
-                self.limits.handshake_timeout
-            ));
-        } else if quiet >= self.limits.keepalive_dead {
-            self.core.handle_connection_lost(format!(
-                "the peer was silent for {quiet:?} (keepalive limit)"
-            ));
-        } else if quiet >= self.limits.keepalive_idle && !self.clock.pinged {
-            self.core.ping();
-            self.clock.pinged = true;
+            self.quiet.shrunk = true;
         }
     }
 
