@@ -61,9 +61,9 @@ pub struct Limits {
     /// reads can make the vat hold; such a peer is later dropped by the keepalive.
     pub max_outbound_buffer: usize,
     /// Time allowed for TCP connect plus the TLS handshake, and again from then for the
-    /// peer's `hello`. Default 10 s. Past it the connection is dropped. Like the
-    /// keepalive limits, it is checked every quarter of the shorter of this and
-    /// `keepalive_idle`, so it fires up to that much late.
+    /// peer's `hello`. Default 10 s. Past it the connection is dropped (during TLS) or
+    /// the session aborted (no `hello`), at the deadline: the session's core decides
+    /// it, and its task wakes exactly then.
     pub handshake_timeout: Duration,
     /// Silence after which the vat pings the peer. Default 30 s.
     pub keepalive_idle: Duration,
