@@ -68,7 +68,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use captp::transport::{self, TlsStream};
+use captp::internal::transport::{self, TlsStream};
 use captp::{Args, Identity, Object, Reply, SturdyRef, Vat, VatId};
 use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};

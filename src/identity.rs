@@ -21,6 +21,7 @@ use base64::Engine as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use subtle::ConstantTimeEq;
 
+use crate::error::TlsError;
 use crate::wire::id::{self, IdKind, IdTextError};
 
 /// File name of the private key inside an identity directory.
@@ -90,7 +91,7 @@ impl FromStr for VatId {
 ///
 /// This is exactly the computation the TLS verifiers perform on a peer's
 /// certificate.
-pub fn vat_id_of_certificate(cert: &CertificateDer<'_>) -> Result<VatId, rustls::Error> {
+pub(crate) fn vat_id_of_certificate(cert: &CertificateDer<'_>) -> Result<VatId, rustls::Error> {
     let parsed = rustls::server::ParsedCertificate::try_from(cert)?;
     let spki = parsed.subject_public_key_info();
     Ok(VatId::from_spki(spki.as_ref()))
@@ -138,10 +139,10 @@ pub enum IdentityError {
     },
     /// Generating the key pair or the self-signed certificate failed.
     #[error("could not generate the vat key or certificate: {0}")]
-    Rcgen(#[from] rcgen::Error),
+    Rcgen(#[source] TlsError),
     /// The generated certificate could not be parsed back (a bug).
     #[error("the generated vat certificate does not parse: {0}")]
-    Certificate(#[source] rustls::Error),
+    Certificate(#[source] TlsError),
     /// [`Identity::load`] found no key file.
     #[error(
         "no vat key at {}; create one with Identity::load_or_create or point at the right directory",
@@ -184,7 +185,8 @@ impl Identity {
     /// Generates a fresh ephemeral identity (ECDSA P-256), kept in memory
     /// only.
     pub fn generate() -> Result<Identity, IdentityError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let key =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_error)?;
         Identity::from_key_pair(&key)
     }
 
@@ -206,7 +208,8 @@ impl Identity {
             return Ok(identity);
         }
         create_dir(dir)?;
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let key =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_error)?;
         let identity = Identity::from_key_pair(&key)?;
         match write_new_key_file(&key_path, key.serialize_pem().as_bytes()) {
             Ok(()) => {}
@@ -253,13 +256,13 @@ impl Identity {
     }
 
     /// This vat's self-signed certificate (DER).
-    pub fn certificate(&self) -> &CertificateDer<'static> {
+    pub(crate) fn certificate(&self) -> &CertificateDer<'static> {
         &self.certificate
     }
 
     /// A copy of this vat's private key (PKCS#8 DER), for building TLS
     /// configurations.
-    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+    pub(crate) fn private_key(&self) -> PrivateKeyDer<'static> {
         self.key.clone_key()
     }
 
@@ -303,9 +306,10 @@ impl Identity {
         let mut name = rcgen::DistinguishedName::new();
         name.push(rcgen::DnType::CommonName, CERT_COMMON_NAME);
         params.distinguished_name = name;
-        let cert = params.self_signed(key)?;
+        let cert = params.self_signed(key).map_err(rcgen_error)?;
         let certificate = cert.der().clone();
-        let vat_id = vat_id_of_certificate(&certificate).map_err(IdentityError::Certificate)?;
+        let vat_id = vat_id_of_certificate(&certificate)
+            .map_err(|e| IdentityError::Certificate(TlsError::rustls(e)))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok(Identity {
             key,
@@ -393,6 +397,11 @@ fn cert_pem(cert: &CertificateDer<'_>) -> String {
     }
     pem.push_str("-----END CERTIFICATE-----\n");
     pem
+}
+
+/// A failure of the certificate library, wrapped so its type stays out of the API.
+fn rcgen_error(e: rcgen::Error) -> IdentityError {
+    IdentityError::Rcgen(TlsError::rcgen(e))
 }
 
 #[cfg(test)]

@@ -44,8 +44,10 @@
 //!   wire    identity, sturdy   frames, bounded CBOR, messages | keys, vat IDs | URIs, swiss numbers
 //! ```
 //!
-//! [`wire`] and [`proto`] do no I/O: the protocol is tested in memory without tokio.
-//! [`transport`] is a thin layer over tokio-rustls; [`vat`] is the runtime.
+//! `wire` and `proto` do no I/O: the protocol is tested in memory without tokio.
+//! `transport` is a thin layer over tokio-rustls; `vat` is the runtime. Only the runtime's
+//! handles and the types they take and give are the API, at the crate root;
+//! ARCHITECTURE.md is the map of the rest.
 //!
 //! # Quick start
 //!
@@ -104,22 +106,43 @@
 //! (65,536 each), messages queued on one unresolved promise (256), inbound connections
 //! (1,024), handshake timeout and keepalive (10 s; ping after 30 s idle, dead after 90 s).
 
-pub mod broken;
-pub mod error;
-pub mod identity;
-pub mod limits;
-pub mod proto;
-pub mod sturdy;
-pub mod transport;
-pub mod vat;
-pub mod wire;
+mod broken;
+mod error;
+mod identity;
+mod limits;
+mod proto;
+mod sturdy;
+mod transport;
+mod vat;
+mod wire;
 
 pub use broken::{Broken, BrokenKind};
-pub use error::Error;
-pub use identity::{Identity, VatId};
+pub use error::{Error, TlsError};
+pub use identity::{Identity, IdentityError, VatId};
 pub use limits::Limits;
-pub use sturdy::{SturdyRef, SwissNumber};
-pub use vat::{Args, Object, Promise, Ref, Reply, SessionInfo, Vat, VatBuilder, VatStats};
+pub use sturdy::{Host, HostError, ParseError, PortError, SturdyRef};
+pub use transport::TransportError;
+pub use vat::{Args, Object, Promise, Ref, Reply, SessionInfo, Tables, Vat, VatBuilder, VatStats};
+pub use wire::id::{IdKind, IdTextError, SwissHash, SwissNumber};
+
+/// The engine, for this crate's own tests, fuzz targets and benchmark: not part of the
+/// API, with no stability promise, and hidden from the documentation (as rustls and
+/// quinn expose theirs). A program uses the items at the crate root.
+#[doc(hidden)]
+pub mod internal {
+    /// The sans-IO session state machine.
+    pub mod proto {
+        pub use crate::proto::*;
+    }
+    /// Frames, the bounded CBOR check and the messages.
+    pub mod wire {
+        pub use crate::wire::*;
+    }
+    /// TLS configuration, pinning, connect and accept, the framed connection.
+    pub mod transport {
+        pub use crate::transport::*;
+    }
+}
 
 /// The README's code, compiled as a doctest so it cannot rot.
 #[doc = include_str!("../README.md")]

@@ -26,7 +26,7 @@ use std::str::FromStr;
 use crate::identity::VatId;
 use crate::wire::id::{self, IdKind, IdTextError};
 
-pub use crate::wire::id::{SwissHash, SwissNumber};
+pub(crate) use crate::wire::id::{SwissHash, SwissNumber};
 pub use host::{Host, HostError};
 
 /// The expected shape of a sturdy ref, quoted in error messages.
@@ -292,41 +292,36 @@ impl FromStr for SturdyRef {
 /// Keyed by [`SwissHash`], so looking a swiss number up does not compare
 /// its secret bytes. An unknown number and a revoked one are
 /// indistinguishable: both give `None`.
-pub struct Registry<T> {
+pub(crate) struct Registry<T> {
     entries: HashMap<SwissHash, T>,
 }
 
 impl<T> Registry<T> {
     /// An empty registry.
-    pub fn new() -> Registry<T> {
+    pub(crate) fn new() -> Registry<T> {
         Registry {
             entries: HashMap::new(),
         }
     }
 
     /// Exports `value` under `swiss`, returning what was there before.
-    pub fn insert(&mut self, swiss: &SwissNumber, value: T) -> Option<T> {
+    pub(crate) fn insert(&mut self, swiss: &SwissNumber, value: T) -> Option<T> {
         self.entries.insert(swiss.hash(), value)
     }
 
     /// The value exported under `swiss`, if any.
-    pub fn get(&self, swiss: &SwissNumber) -> Option<&T> {
+    pub(crate) fn get(&self, swiss: &SwissNumber) -> Option<&T> {
         self.entries.get(&swiss.hash())
     }
 
     /// Revokes `swiss`, returning what was exported under it.
-    pub fn remove(&mut self, swiss: &SwissNumber) -> Option<T> {
+    pub(crate) fn remove(&mut self, swiss: &SwissNumber) -> Option<T> {
         self.entries.remove(&swiss.hash())
     }
 
     /// Number of exported values.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    /// Whether nothing is exported.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
@@ -625,7 +620,7 @@ mod tests {
     #[test]
     fn registry_insert_get_remove() {
         let mut reg: Registry<&str> = Registry::default();
-        assert!(reg.is_empty());
+        assert_eq!(reg.len(), 0);
         let a = SwissNumber::generate();
         let b = SwissNumber::generate();
         assert_eq!(reg.insert(&a, "alice"), None);
@@ -640,7 +635,7 @@ mod tests {
         assert_eq!(reg.remove(&a), Some("alice2"));
         assert_eq!(reg.get(&a), None);
         assert_eq!(reg.remove(&a), None);
-        assert!(reg.is_empty());
+        assert_eq!(reg.len(), 0);
         assert!(!format!("{reg:?}").contains(&a.expose_base64()));
     }
 }

@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use captp::wire::message::PROTOCOL_VERSION;
-use captp::wire::{Message, Payload, ReturnResult, Target};
+use captp::internal::wire::message::PROTOCOL_VERSION;
+use captp::internal::wire::{Message, Payload, ReturnResult, Target};
 use captp::{Limits, SwissNumber};
 use common::{
     Fixture, RawConn, Server, cbor, connected, decode_data, deliver, encode, hello, limits, within,

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use captp::sturdy::Host;
-use captp::wire::Message;
+use captp::Host;
+use captp::internal::wire::Message;
 use captp::{Broken, BrokenKind, Identity, SturdyRef, SwissNumber};
 use common::{
     Connected, Fixture, Note, Sample, Shape, TestObject, connected, limits, sample, silent_server,
@@ -467,7 +467,7 @@ async fn client_without_certificate_is_never_served() {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
         .with_no_client_auth();
-        config.alpn_protocols = vec![captp::transport::ALPN.to_vec()];
+        config.alpn_protocols = vec![captp::internal::transport::ALPN.to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(server.addr())
             .await

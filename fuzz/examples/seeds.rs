@@ -8,9 +8,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use captp::broken::Broken;
-use captp::wire::message::PROTOCOL_VERSION;
-use captp::wire::{
+use captp::Broken;
+use captp::internal::wire::message::PROTOCOL_VERSION;
+use captp::internal::wire::{
     CAP_TAG, CapDescriptor, Message, Payload, ReturnResult, Target, WireBroken, encode_value,
 };
 use captp::{SturdyRef, SwissNumber};

@@ -8,8 +8,8 @@
 //! reads back as the same span.
 #![no_main]
 
-use captp::wire::DecodeError;
-use captp::wire::frame::{self, FrameSpan, HEADER_LEN};
+use captp::internal::wire::DecodeError;
+use captp::internal::wire::frame::{self, FrameSpan, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

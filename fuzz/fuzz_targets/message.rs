@@ -7,8 +7,8 @@
 //! the scan of it never panics.
 #![no_main]
 
-use captp::wire::frame::{self, FrameSpan, HEADER_LEN};
-use captp::wire::{self, CborLimits, DecodeError, Message, ReturnResult, scan};
+use captp::internal::wire::frame::{self, FrameSpan, HEADER_LEN};
+use captp::internal::wire::{self, CborLimits, DecodeError, Message, ReturnResult, scan};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {

@@ -30,12 +30,12 @@
 use std::collections::{HashMap, HashSet};
 
 use arbitrary::Arbitrary;
-use captp::proto::{
+use captp::internal::proto::{
     AnswerId, Call, CloseReason, Event, ImportId, InCap, LocalTarget, OutCap, OutPayload,
     QuestionId, Session, SessionStats,
 };
-use captp::wire::message::PROTOCOL_VERSION;
-use captp::wire::{CapDescriptor, CborLimits, Message, Payload, ReturnResult, Target, WireBroken};
+use captp::internal::wire::message::PROTOCOL_VERSION;
+use captp::internal::wire::{CapDescriptor, CborLimits, Message, Payload, ReturnResult, Target, WireBroken};
 use captp::{Broken, Limits, SwissNumber};
 use libfuzzer_sys::fuzz_target;
 
@@ -1486,7 +1486,7 @@ impl Harness {
             Op::DecodeError => {
                 let was_closed = self.s.is_closed();
                 self.s
-                    .handle_decode_error(captp::wire::DecodeError::FrameTooLarge {
+                    .handle_decode_error(captp::internal::wire::DecodeError::FrameTooLarge {
                         len: 1 << 30,
                         max: 1 << 20,
                     });

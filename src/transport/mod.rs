@@ -25,6 +25,7 @@ use rustls::pki_types::ServerName;
 use rustls::{CertificateError, ClientConfig, OtherError};
 use tokio::net::TcpStream;
 
+use crate::error::TlsError;
 use crate::identity::{VatId, vat_id_of_certificate};
 
 pub(crate) use connection::Connection;
@@ -61,7 +62,7 @@ pub enum TransportError {
     },
     /// The TLS layer failed, or the TLS configuration could not be built.
     #[error("TLS error: {0}")]
-    Tls(#[source] rustls::Error),
+    Tls(#[source] TlsError),
     /// The TCP connect and TLS handshake did not finish in time.
     #[error(
         "the TLS handshake did not complete within {0:?}; the peer may not be a captp vat, \
@@ -97,11 +98,11 @@ pub enum TransportError {
     },
 }
 
-impl From<rustls::Error> for TransportError {
+impl TransportError {
     /// Turns a [`PinMismatch`] reported by the verifier into
     /// [`TransportError::VatIdMismatch`]; everything else becomes
-    /// [`TransportError::Tls`].
-    fn from(e: rustls::Error) -> Self {
+    /// [`TransportError::Tls`]. (Not a `From` impl: rustls stays out of the API.)
+    pub(crate) fn from_tls(e: rustls::Error) -> Self {
         if let rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) = &e {
             if let Some(pin) = inner.downcast_ref::<PinMismatch>() {
                 return TransportError::VatIdMismatch {
@@ -110,7 +111,7 @@ impl From<rustls::Error> for TransportError {
                 };
             }
         }
-        TransportError::Tls(e)
+        TransportError::Tls(TlsError::rustls(e))
     }
 }
 
@@ -124,7 +125,7 @@ impl From<io::Error> for TransportError {
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
             .cloned();
         match tls {
-            Some(tls) => TransportError::from(tls),
+            Some(tls) => TransportError::from_tls(tls),
             None => TransportError::Io(e),
         }
     }
@@ -137,7 +138,7 @@ pub fn peer_vat_id(conn: &rustls::CommonState) -> Result<VatId, TransportError> 
         .peer_certificates()
         .and_then(|certs| certs.first())
         .ok_or(TransportError::NoPeerCertificate)?;
-    vat_id_of_certificate(cert).map_err(TransportError::Tls)
+    vat_id_of_certificate(cert).map_err(TransportError::from_tls)
 }
 
 fn check_alpn(conn: &rustls::CommonState) -> Result<(), TransportError> {
@@ -448,8 +449,8 @@ mod tests {
         let err = handle.await.unwrap().unwrap_err();
         assert!(
             matches!(
-                err,
-                TransportError::Tls(rustls::Error::NoCertificatesPresented)
+                &err,
+                TransportError::Tls(e) if e.as_rustls() == Some(&rustls::Error::NoCertificatesPresented)
             ),
             "unexpected error: {err:?}"
         );
@@ -467,8 +468,8 @@ mod tests {
         let err = handle.await.unwrap().unwrap_err();
         assert!(
             matches!(
-                err,
-                TransportError::Tls(rustls::Error::NoApplicationProtocol)
+                &err,
+                TransportError::Tls(e) if e.as_rustls() == Some(&rustls::Error::NoApplicationProtocol)
             ),
             "unexpected error: {err:?}"
         );

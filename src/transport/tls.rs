@@ -240,10 +240,10 @@ impl SignatureCheck {
 pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, TransportError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(TransportError::Tls)?
+        .map_err(TransportError::from_tls)?
         .with_client_cert_verifier(Arc::new(SelfSignedClientVerifier::new()))
         .with_single_cert(vec![identity.certificate().clone()], identity.private_key())
-        .map_err(TransportError::Tls)?;
+        .map_err(TransportError::from_tls)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
@@ -259,11 +259,11 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>, TransportError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(TransportError::Tls)?
+        .map_err(TransportError::from_tls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(expected)))
         .with_client_auth_cert(vec![identity.certificate().clone()], identity.private_key())
-        .map_err(TransportError::Tls)?;
+        .map_err(TransportError::from_tls)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))

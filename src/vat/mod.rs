@@ -69,6 +69,7 @@ use crate::error::Error;
 use crate::identity::{Identity, VatId};
 use crate::limits::Limits;
 use crate::proto::{LocalTarget, SessionStats};
+
 use crate::sturdy::{Host, SturdyRef, SwissNumber};
 use crate::transport;
 
@@ -333,7 +334,7 @@ impl Vat {
                     sessions.push(SessionInfo {
                         peer: handle.peer(),
                         inbound: handle.inbound(),
-                        tables,
+                        tables: Tables::from(tables),
                         frames_sent: traffic.frames,
                         writes: traffic.writes,
                     });
@@ -415,7 +416,7 @@ pub struct SessionInfo {
     /// Whether the peer connected to this vat (rather than this vat to it).
     pub inbound: bool,
     /// The sizes of the session's four tables.
-    pub tables: SessionStats,
+    pub tables: Tables,
     /// Messages (frames) this vat has queued for the peer so far: written, or waiting
     /// in the session's write buffer.
     pub frames_sent: u64,
@@ -423,6 +424,36 @@ pub struct SessionInfo {
     /// in the write of the next message, so a caller making one call after another
     /// makes about one write per call.
     pub writes: u64,
+}
+
+/// The sizes of one session's tables ([`SessionInfo::tables`]). Once everything is
+/// dropped and the network has settled ([`Vat::sync`]), every field is zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Tables {
+    /// Sends held back because the peer's question limit was reached; they go out, in
+    /// order, as answers come back.
+    pub held: usize,
+    /// Questions this vat asked and still tracks (awaiting an answer, or pipelined on).
+    pub questions: usize,
+    /// Answers this vat holds for the peer's questions.
+    pub answers: usize,
+    /// References this vat imports from the peer.
+    pub imports: usize,
+    /// Objects this vat exports to the peer (proxies and promises included).
+    pub exports: usize,
+}
+
+impl From<SessionStats> for Tables {
+    fn from(s: SessionStats) -> Tables {
+        Tables {
+            held: s.held,
+            questions: s.questions,
+            answers: s.answers,
+            imports: s.imports,
+            exports: s.exports,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,10 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use captp::sturdy::Host;
-use captp::transport::{self, TlsStream};
-use captp::wire::message::PROTOCOL_VERSION;
-use captp::wire::{CapDescriptor, CborLimits, Message, Payload, ReturnResult, Target, WireBroken};
+use captp::Host;
+use captp::internal::transport::{self, TlsStream};
+use captp::internal::wire::message::PROTOCOL_VERSION;
+use captp::internal::wire::{
+    CapDescriptor, CborLimits, Message, Payload, ReturnResult, Target, WireBroken,
+};
 use captp::{
     Args, Broken, Identity, Limits, Object, Ref, Reply, SturdyRef, SwissNumber, Vat, VatId,
 };
@@ -478,7 +480,7 @@ pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
 
 /// Any serde value as CBOR.
 pub(crate) fn cbor<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    captp::wire::encode_value(value).expect("the value encodes")
+    captp::internal::wire::encode_value(value).expect("the value encodes")
 }
 
 /// A payload of plain data.
@@ -515,7 +517,7 @@ pub(crate) fn deliver<T: Serialize + ?Sized>(
 
 /// Decodes a result payload's data as `T`.
 pub(crate) fn decode_data<T: DeserializeOwned>(payload: &Payload) -> T {
-    captp::wire::decode_value(&payload.data, &CborLimits::default())
+    captp::internal::wire::decode_value(&payload.data, &CborLimits::default())
         .expect("the payload data decodes")
 }
 
@@ -817,7 +819,7 @@ pub(crate) async fn drained(vats: &[&Vat]) {
                 .await
                 .sessions
                 .iter()
-                .all(|s| s.tables == captp::proto::SessionStats::default());
+                .all(|s| s.tables == captp::Tables::default());
         }
         if empty {
             return;
