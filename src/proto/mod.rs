@@ -40,7 +40,6 @@ mod session;
 #[cfg(test)]
 mod tests;
 
-pub use crate::wire::{MIN_FRAME, MIN_QUESTIONS, SINGLE_CAP_DATA};
 pub use ids::{AnswerId, ExportId, ImportId, QuestionId};
 pub use session::{
     Call, CloseReason, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload, Session,

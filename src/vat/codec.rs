@@ -28,7 +28,7 @@ impl RefPayload {
     /// A payload that is exactly one reference (how a promise resolves to an object).
     pub(crate) fn single(r: Ref) -> RefPayload {
         RefPayload {
-            data: crate::proto::SINGLE_CAP_DATA.to_vec(),
+            data: crate::wire::SINGLE_CAP_DATA.to_vec(),
             refs: vec![r],
         }
     }
@@ -36,7 +36,7 @@ impl RefPayload {
     /// The reference this payload is, if it is exactly one.
     pub(crate) fn as_single(&self) -> Option<&Ref> {
         match &self.refs[..] {
-            [r] if self.data == crate::proto::SINGLE_CAP_DATA => Some(r),
+            [r] if self.data == crate::wire::SINGLE_CAP_DATA => Some(r),
             _ => None,
         }
     }

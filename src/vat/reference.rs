@@ -485,12 +485,10 @@ pub(crate) fn out_caps(
 
 /// What a settled promise designates as an object: its single reference, or broken.
 fn resolved_target(payload: &RefPayload) -> Result<Ref, Broken> {
-    payload.as_single().cloned().ok_or_else(|| {
-        Broken::new(
-            BrokenKind::NotAnObject,
-            "the promise resolved to data, not an object",
-        )
-    })
+    payload
+        .as_single()
+        .cloned()
+        .ok_or_else(|| Broken::not_an_object(None))
 }
 
 /// Two references are equal when they designate the same object by the same path: the

@@ -46,10 +46,8 @@ pub use violation::Violation;
 use super::{AnswerId, ExportId, ImportId, QuestionId};
 use crate::broken::Broken;
 use crate::limits::Limits;
-use crate::wire::message::{MAX_ERROR_MESSAGE, PROTOCOL_VERSION};
-// Also reachable by this path (`session::SINGLE_CAP_DATA`), where it used to live.
-pub(super) use crate::wire::SINGLE_CAP_DATA;
-use crate::wire::{CborLimits, DecodeError, MIN_FRAME, MIN_QUESTIONS, Message};
+use crate::wire::message::{MAX_ERROR_MESSAGE, PROTOCOL_VERSION, truncate_at_char_boundary};
+use crate::wire::{CborLimits, DecodeError, MIN_FRAME, MIN_QUESTIONS, Message, SINGLE_CAP_DATA};
 use answers::Answer;
 use exports::Export;
 use hold::Held;
@@ -382,7 +380,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         }
         let reason = reason.into();
         self.outbox.push_back(Message::Abort {
-            reason: truncate(reason.clone()),
+            reason: truncate_at_char_boundary(&reason, MAX_ERROR_MESSAGE).to_owned(),
         });
         self.close(CloseReason::Local(reason));
     }
@@ -390,7 +388,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     fn violate(&mut self, v: Violation) {
         tracing::debug!(violation = %v, "aborting session");
         self.outbox.push_back(Message::Abort {
-            reason: truncate(v.to_string()),
+            reason: truncate_at_char_boundary(&v.to_string(), MAX_ERROR_MESSAGE).to_owned(),
         });
         self.close(CloseReason::Violation(v));
     }
@@ -432,19 +430,6 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         self.suspects.clear();
         self.events.push_back(Event::Closed { reason });
     }
-}
-
-/// Cuts a reason to [`MAX_ERROR_MESSAGE`] bytes at a character boundary, so an abort
-/// always fits the peer's frame limit.
-fn truncate(mut reason: String) -> String {
-    if reason.len() > MAX_ERROR_MESSAGE {
-        let mut end = MAX_ERROR_MESSAGE;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
-    reason
 }
 
 #[cfg(test)]

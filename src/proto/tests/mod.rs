@@ -19,8 +19,8 @@ use crate::limits::Limits;
 use crate::sturdy::SwissNumber;
 use crate::wire::message::PROTOCOL_VERSION;
 use crate::wire::{
-    self, CapDescriptor, CborLimits, DecodeError, Message, Payload, ReturnResult, ScanError,
-    Target, WireBroken, frame,
+    self, CapDescriptor, CborLimits, DecodeError, MIN_FRAME, MIN_QUESTIONS, Message, Payload,
+    ReturnResult, SINGLE_CAP_DATA, ScanError, Target, WireBroken, frame,
 };
 
 // ---- harness ----

@@ -9,8 +9,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::proto::{AnswerId, InCap, OutCap, OutPayload, SINGLE_CAP_DATA};
-use crate::wire::{CapDescriptor, Message, ReturnResult, Target as WireTarget};
+use crate::proto::{AnswerId, InCap, OutCap, OutPayload};
+use crate::wire::{CapDescriptor, Message, ReturnResult, SINGLE_CAP_DATA, Target as WireTarget};
 
 /// Where the wire says a call is going, checked when the session delivers it.
 #[derive(Debug, Clone, Copy)]

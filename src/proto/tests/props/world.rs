@@ -25,9 +25,10 @@ use super::wire::Wire;
 use crate::broken::{Broken, BrokenKind};
 use crate::limits::Limits;
 use crate::proto::{
-    AnswerId, Call, Event, ImportId, InCap, InPayload, LocalTarget, MIN_QUESTIONS, OutCap,
-    OutPayload, QuestionId, SessionStats,
+    AnswerId, Call, Event, ImportId, InCap, InPayload, LocalTarget, OutCap, OutPayload, QuestionId,
+    SessionStats,
 };
+use crate::wire::MIN_QUESTIONS;
 use crate::wire::frame;
 
 pub(super) const VA: usize = 0;
