@@ -37,14 +37,13 @@ use captp::internal::proto::{
 use captp::internal::wire::message::PROTOCOL_VERSION;
 use captp::internal::wire::{CapDescriptor, CborLimits, Message, Payload, ReturnResult, Target, WireBroken};
 use captp::{Broken, Limits, SwissNumber};
+use captp::internal::wire::SINGLE_CAP_DATA as SINGLE_CAP;
 use libfuzzer_sys::fuzz_target;
 
 type Obj = u32;
 type Res = u32;
 type S = Session<Obj, Res>;
 
-/// `CAP_TAG(0)`: payload data that is exactly one reference.
-const SINGLE_CAP: [u8; 4] = [0xd9, 0x63, 0x61, 0x00];
 /// Peer question ids of bursts start here, above the small range of the other ops.
 const BURST_IDS: u64 = 1 << 20;
 /// Rounds allowed for the final clean-up to settle.
