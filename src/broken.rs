@@ -36,7 +36,8 @@ pub enum BrokenKind {
     TooLarge,
     /// The method ran and returned an error (an application error).
     Failed,
-    /// A kind this version of captp does not know, sent by a newer peer.
+    /// A kind this version of captp does not know, sent by a newer peer (its name is
+    /// kept: [`Broken::kind_name`]), or a failure with no better kind.
     Other,
 }
 
@@ -97,6 +98,9 @@ impl fmt::Display for BrokenKind {
 pub struct Broken {
     kind: BrokenKind,
     message: String,
+    /// The peer's name for a kind this version does not know (`kind` is then `Other`),
+    /// kept so that it is shown, and passed on unchanged by a vat that forwards it.
+    unknown_kind: Option<Box<str>>,
 }
 
 impl Broken {
@@ -105,6 +109,19 @@ impl Broken {
         Broken {
             kind,
             message: message.into(),
+            unknown_kind: None,
+        }
+    }
+
+    /// A broken value as a peer sent it: a kind name this version does not know becomes
+    /// [`BrokenKind::Other`] and keeps its name.
+    pub(crate) fn from_wire(kind: String, message: String) -> Broken {
+        let known = BrokenKind::from_wire(&kind);
+        Broken {
+            kind: known,
+            message,
+            unknown_kind: (known == BrokenKind::Other && kind != BrokenKind::Other.as_str())
+                .then(|| kind.into_boxed_str()),
         }
     }
 
@@ -159,16 +176,44 @@ impl Broken {
         self.kind
     }
 
-    /// The human-readable message.
+    /// The kind's name as it travels on the wire: [`BrokenKind::as_str`], or, for a kind
+    /// a newer peer sent that this version does not know ([`BrokenKind::Other`]), the
+    /// peer's own name for it. It may come from a peer: print it escaped (as `Display`
+    /// does).
+    pub fn kind_name(&self) -> &str {
+        self.unknown_kind.as_deref().unwrap_or(self.kind.as_str())
+    }
+
+    /// The human-readable message. It may come from a peer: print it escaped (as
+    /// `Display` does), never raw to a terminal.
     pub fn message(&self) -> &str {
         &self.message
     }
 }
 
+/// Shows `kind: message`, with control characters escaped: both may come from a peer,
+/// and a terminal must not take them as commands.
 impl fmt::Display for Broken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)
+        write_escaped(f, self.kind_name())?;
+        f.write_str(": ")?;
+        write_escaped(f, &self.message)
     }
+}
+
+/// Writes `text` with its control characters (newlines and escape sequences included)
+/// escaped as `\n`, `\u{1b}` and so on; everything else as it is.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    for piece in text.split_inclusive(char::is_control) {
+        match piece.char_indices().last() {
+            Some((at, c)) if c.is_control() => {
+                f.write_str(&piece[..at])?;
+                write!(f, "{}", c.escape_default())?;
+            }
+            _ => f.write_str(piece)?,
+        }
+    }
+    Ok(())
 }
 
 impl std::error::Error for Broken {}
@@ -195,6 +240,35 @@ mod tests {
             assert_eq!(BrokenKind::from_wire(kind.as_str()), kind);
         }
         assert_eq!(BrokenKind::from_wire("from_the_future"), BrokenKind::Other);
+    }
+
+    #[test]
+    fn an_unknown_kind_keeps_its_name() {
+        let b = Broken::from_wire("from_the_future".into(), "soon".into());
+        assert_eq!(b.kind(), BrokenKind::Other);
+        assert_eq!(b.kind_name(), "from_the_future");
+        assert_eq!(b.to_string(), "from_the_future: soon");
+        let known = Broken::from_wire("failed".into(), "no".into());
+        assert_eq!(
+            (known.kind(), known.kind_name()),
+            (BrokenKind::Failed, "failed")
+        );
+        assert_eq!(known, Broken::failed("no"));
+        let other = Broken::from_wire("other".into(), "x".into());
+        assert_eq!(other, Broken::new(BrokenKind::Other, "x"));
+    }
+
+    #[test]
+    fn display_escapes_control_characters_a_peer_may_send() {
+        let b = Broken::from_wire(
+            "k\u{1b}[2J".into(),
+            "line\nforged: \u{7}bell ünïcode".into(),
+        );
+        let shown = b.to_string();
+        assert_eq!(shown, "k\\u{1b}[2J: line\\nforged: \\u{7}bell ünïcode");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        // The values themselves are kept as sent.
+        assert_eq!(b.message(), "line\nforged: \u{7}bell ünïcode");
     }
 
     #[test]

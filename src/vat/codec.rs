@@ -15,7 +15,7 @@ use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::reference::Ref;
-use crate::wire::{self, CAP_TAG, CborLimits, DecodeError};
+use crate::wire::{self, CAP_TAG, CborLimits, DecodeError, References, scan};
 
 /// Data plus the references its capability tags index, as the runtime carries it.
 #[derive(Clone, Debug, Default)]
@@ -42,29 +42,73 @@ impl RefPayload {
     }
 }
 
-thread_local! {
-    static ENCODING: RefCell<Option<Vec<Ref>>> = const { RefCell::new(None) };
-    static DECODING: RefCell<Option<Vec<Ref>>> = const { RefCell::new(None) };
+/// The capability table of the value being decoded, and how many of its tags became
+/// `Ref`s so far.
+struct Decoding {
+    refs: Vec<Ref>,
+    taken: usize,
 }
 
+thread_local! {
+    static ENCODING: RefCell<Option<Vec<Ref>>> = const { RefCell::new(None) };
+    static DECODING: RefCell<Option<Decoding>> = const { RefCell::new(None) };
+}
+
+/// No bound on our own encoder's output when checking its references: limits are the
+/// receiver's, checked where a payload leaves for a session.
+const UNBOUNDED: CborLimits = CborLimits {
+    max_depth: usize::MAX,
+    max_items: usize::MAX,
+};
+
 /// Encodes `value`, collecting the references in it into the capability table.
+///
+/// Every reference tag in the result must be one this encoding wrote from a `Ref`: a
+/// tag kept as plain data (in a `ciborium::Value`, say) would name an unrelated entry of
+/// the table at the receiver, handing it a capability nobody meant to pass (PROTOCOL.md
+/// 8.1). Such data fails to encode.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<RefPayload, String> {
     let outer = ENCODING.with(|t| t.replace(Some(Vec::new())));
     let data = wire::encode_value(value);
     let refs = ENCODING.with(|t| t.replace(outer)).unwrap_or_default();
-    Ok(RefPayload { data: data?, refs })
+    let data = data?;
+    scan::check_data(&data, &UNBOUNDED, References::Canonical(refs.len())).map_err(|e| {
+        format!(
+            "{e}; the value holds a reference tag (25441) that was not written from a live \
+             reference (a reference cannot be kept as plain data: keep the Ref itself)"
+        )
+    })?;
+    Ok(RefPayload { data, refs })
 }
 
 /// Decodes `data` as a `T`, resolving capability tags against `refs`.
+///
+/// The data must follow the payload rules (PROTOCOL.md 8.1: only big-integer and
+/// reference tags, each reference naming an entry of `refs`, each entry named), and `T`
+/// must take every reference as a `Ref`: a type that cannot hold one (a generic
+/// `ciborium::Value`, a field that ignores it) fails to decode rather than silently
+/// dropping the capability or keeping a dead tag.
 pub(crate) fn decode<T: DeserializeOwned>(
     data: &[u8],
     refs: &[Ref],
     cbor: &CborLimits,
 ) -> Result<T, DecodeError> {
-    let outer = DECODING.with(|t| t.replace(Some(refs.to_vec())));
-    let value = wire::decode_value(data, cbor);
-    DECODING.with(|t| t.replace(outer));
-    value
+    let outer = DECODING.with(|t| {
+        t.replace(Some(Decoding {
+            refs: refs.to_vec(),
+            taken: 0,
+        }))
+    });
+    let decoded = wire::decode_data(data, cbor, refs.len());
+    let taken = DECODING.with(|t| t.replace(outer)).map_or(0, |d| d.taken);
+    let (value, tags) = decoded?;
+    if taken < tags {
+        return Err(DecodeError::Schema(format!(
+            "the value holds {tags} reference(s), but only {taken} were taken as references \
+             (a reference is received only where one is expected, not as generic data)"
+        )));
+    }
+    Ok(value)
 }
 
 impl Serialize for Ref {
@@ -89,9 +133,11 @@ impl<'de> Deserialize<'de> for Ref {
         let Required(index) = Required::<u64, CAP_TAG>::deserialize(deserializer)?;
         DECODING
             .with(|t| {
-                t.borrow()
-                    .as_ref()
-                    .and_then(|refs| refs.get(usize::try_from(index).ok()?).cloned())
+                let mut t = t.borrow_mut();
+                let decoding = t.as_mut()?;
+                let r = decoding.refs.get(usize::try_from(index).ok()?).cloned()?;
+                decoding.taken += 1;
+                Some(r)
             })
             .ok_or_else(|| {
                 D::Error::custom(format!(

@@ -18,7 +18,7 @@ use super::promise::Resolver;
 use super::reference::Ref;
 use crate::broken::Broken;
 use crate::identity::VatId;
-use crate::wire::CborLimits;
+use crate::wire::{CborLimits, DecodeError};
 
 /// An object that can be called with eventual sends, locally or from other vats.
 ///
@@ -213,15 +213,27 @@ impl Args {
     }
 
     /// Decodes the arguments. Senders pass a tuple for several arguments (`("foo", 3)`)
-    /// and `()` for none.
+    /// and `()` for none. The arity must match exactly: a tuple of two does not take the
+    /// first two of three arguments. References must be taken as [`Ref`]s (a generic
+    /// value cannot hold one).
     ///
     /// # Errors
     ///
     /// A [`Broken`] of kind [`crate::BrokenKind::BadArguments`] when the data is not a `T`;
-    /// return it to the caller with [`Reply::err`].
+    /// return it to the caller with [`Reply::err`]. Its message says what did not match
+    /// in the protocol's terms (how many arguments, which CBOR type where), never in
+    /// Rust's: it goes to the caller, who may not be written in Rust.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Broken> {
         codec::decode(&self.data, &self.refs, &self.cbor).map_err(|e| {
-            Broken::bad_arguments(format_args!("expected {}: {e}", std::any::type_name::<T>()))
+            tracing::debug!(expected = std::any::type_name::<T>(), error = %e, "arguments did not decode");
+            match e {
+                DecodeError::Unread {
+                    array_len: Some(n),
+                } => Broken::bad_arguments(format_args!(
+                    "{n} arguments were sent, more than the method takes"
+                )),
+                e => Broken::bad_arguments(e),
+            }
         })
     }
 

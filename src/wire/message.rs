@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::id::SwissNumber;
 use super::{CborLimits, DecodeError, frame};
-use crate::broken::{Broken, BrokenKind};
+use crate::broken::Broken;
 
 /// The protocol version this crate speaks, sent in [`Message::Hello`].
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -185,7 +185,7 @@ pub(crate) fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
 impl From<&Broken> for WireBroken {
     fn from(b: &Broken) -> WireBroken {
         WireBroken {
-            kind: b.kind().as_str().to_owned(),
+            kind: b.kind_name().to_owned(),
             message: truncate_at_char_boundary(b.message(), MAX_ERROR_MESSAGE).to_owned(),
         }
     }
@@ -193,7 +193,7 @@ impl From<&Broken> for WireBroken {
 
 impl From<WireBroken> for Broken {
     fn from(w: WireBroken) -> Broken {
-        Broken::new(BrokenKind::from_wire(&w.kind), w.message)
+        Broken::from_wire(w.kind, w.message)
     }
 }
 
@@ -543,7 +543,7 @@ mod tests {
         assert!(long.starts_with(&wire.message));
         let short = WireBroken::from(&Broken::failed("short"));
         assert_eq!(short.message, "short");
-        assert_eq!(short.kind, BrokenKind::Failed.as_str());
+        assert_eq!(short.kind, crate::BrokenKind::Failed.as_str());
     }
 
     #[test]

@@ -136,7 +136,7 @@ fn remote_error_keeps_kind_and_message() {
 }
 
 #[test]
-fn unknown_error_kind_from_a_newer_peer_becomes_other() {
+fn unknown_error_kind_from_a_newer_peer_becomes_other_and_keeps_its_name() {
     let mut pair = Pair::new();
     pair.a
         .session
@@ -151,10 +151,21 @@ fn unknown_error_kind_from_a_newer_peer_becomes_other() {
             message: "new".to_owned(),
         }),
     });
-    assert_eq!(
-        pair.a.take_events(),
-        [returned(1, Err(Broken::new(BrokenKind::Other, "new")))]
-    );
+    let events = pair.a.take_events();
+    let [
+        Seen::Return {
+            resolver: 1,
+            result: Err(broken),
+        },
+    ] = &events[..]
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(broken.kind(), BrokenKind::Other);
+    assert_eq!(broken.kind_name(), "from_the_future");
+    assert_eq!(broken.message(), "new");
+    // Passed on (a proxy answering with it), it keeps the peer's name.
+    assert_eq!(WireBroken::from(broken).kind, "from_the_future");
 }
 
 #[test]
