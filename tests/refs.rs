@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use captp::{Args, Broken, BrokenKind, Object, Ref, Reply, VatId};
-use common::{Fixture, drained, limits, lock, start_client, within};
+use common::{Fixture, Note, drained, limits, lock, start_client, start_server, within};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -84,6 +84,14 @@ impl Object for Hub {
                 lock(&self.listeners).clear();
                 Reply::ok(())
             }
+            "tell_held" => match (args.decode::<(String,)>(), lock(&self.held).clone()) {
+                (Ok((method,)), Some(r)) => {
+                    r.send_only(&method, ());
+                    Reply::ok(())
+                }
+                (Err(e), _) => Reply::err(e),
+                (_, None) => Reply::err(Broken::failed("nothing held")),
+            },
             "call_held" => match (args.decode::<(String,)>(), lock(&self.held).clone()) {
                 (Ok((text,)), Some(r)) => {
                     Reply::later(async move { r.send::<()>("hear", (text,)).await })
@@ -235,6 +243,45 @@ async fn three_vats_a_passes_bs_object_to_c() {
         hub_at_c.send::<()>("drop_held", ()).await.unwrap();
         drop((in_b, hub_at_c));
         drained(&[&a, &b.vat, &c.vat]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_send_through_a_proxy_stays_one_way() {
+    within(async {
+        // A hands B's object to C's hub; C sends one-way on it, through A's proxy. B
+        // must get a one-way call too: a question would make B hold an answer for A
+        // (and A hold a question for B) that nobody wants (PROTOCOL.md 9.14).
+        let mut b = start_server().await;
+        let c = Fixture::new().object(Hub::default()).serve().await;
+        let a = start_client().await;
+        let in_b = a.enliven(&b.uri);
+        let hub_at_c = a.enliven(&c.uri);
+        hub_at_c.send::<()>("hold", (in_b.clone(),)).await.unwrap();
+        hub_at_c.send::<()>("tell_held", ("slow",)).await.unwrap();
+        // B runs `slow`, which never answers.
+        assert!(matches!(b.next_note().await, Note::Slow));
+        let stats = b.vat.stats().await;
+        let from_a = stats
+            .sessions
+            .iter()
+            .find(|s| s.peer == a.vat_id())
+            .expect("B has a session with A");
+        assert_eq!(from_a.tables.answers, 0, "{stats:?}");
+        let stats = a.stats().await;
+        let to_b = stats
+            .sessions
+            .iter()
+            .find(|s| s.peer == b.vat.vat_id())
+            .expect("A has a session with B");
+        // The bootstrap of B's object is A's only question there (in_b pipelines on it).
+        assert_eq!(to_b.tables.questions, 1, "{stats:?}");
+        hub_at_c.send::<()>("drop_held", ()).await.unwrap();
+        drop((in_b, hub_at_c));
+        a.shutdown().await;
+        b.vat.shutdown().await;
+        c.vat.shutdown().await;
     })
     .await;
 }

@@ -435,11 +435,19 @@ impl Driver {
                 answer,
             } => {
                 let args = Args::new(payload.data, self.refs(payload.caps), self.cbor);
-                let reply = match target {
-                    InCap::Local(object) => invoke(&object, &method, args),
+                let reply = match (target, answer) {
+                    // A one-way call to a proxy stays one-way on its way on.
+                    (InCap::Local(object), None) => match object.proxied() {
+                        Some(target) => object::forward_one_way(target, &method, args),
+                        None => invoke(&object, &method, args),
+                    },
+                    (InCap::Local(object), Some(_)) => invoke(&object, &method, args),
                     // An answer of ours resolved to the peer's own reference: the call
                     // goes back to it, in order, and its result answers this one.
-                    forward => object::forward(&self.in_ref(forward), &method, args),
+                    (forward, Some(_)) => object::forward(&self.in_ref(forward), &method, args),
+                    (forward, None) => {
+                        object::forward_one_way(&self.in_ref(forward), &method, args)
+                    }
                 };
                 match reply {
                     ReplyInner::Ready(outcome) => {

@@ -121,6 +121,11 @@ impl ObjectHandle {
         ObjectHandle(inner)
     }
 
+    /// The reference this object forwards to, if it is a proxy.
+    pub(crate) fn proxied(&self) -> Option<&Ref> {
+        self.0.proxy_of.as_ref()
+    }
+
     pub(crate) fn downgrade(&self) -> Weak<HandleInner> {
         Arc::downgrade(&self.0)
     }
@@ -168,6 +173,17 @@ pub(crate) fn forward(target: &Ref, method: &str, args: Args) -> ReplyInner {
         rx.await
             .unwrap_or_else(|_| Err(Broken::disconnected("the forwarded call was dropped")))
     }))
+}
+
+/// Sends a one-way call on to `target`. Nobody wants an answer, so none is asked for
+/// upstream either (PROTOCOL.md 9.5, 9.14): the call stays one-way all the way.
+pub(crate) fn forward_one_way(target: &Ref, method: &str, args: Args) -> ReplyInner {
+    let payload = RefPayload {
+        data: args.data,
+        refs: args.refs,
+    };
+    let sent = target.forward(method.to_owned(), payload, None);
+    ReplyInner::Ready(sent.map(|()| RefPayload::default()))
 }
 
 impl PartialEq for ObjectHandle {

@@ -111,11 +111,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         method: Option<&str>,
         payload: &OutPayload<O>,
     ) -> Result<(), Broken> {
-        let size = MESSAGE_OVERHEAD
-            + method.map_or(0, str::len)
-            + payload.data.len()
-            + payload.caps.len() * DESCRIPTOR_OVERHEAD;
-        if size <= self.peer_max_frame {
+        if frame_estimate(method, payload) <= self.peer_max_frame {
             return Ok(());
         }
         let message = match method {
@@ -211,4 +207,12 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             result,
         });
     }
+}
+/// A generous estimate of the frame a call to `method` (or, with `None`, a result or
+/// another message around a payload) takes with `payload` in it.
+pub(super) fn frame_estimate<O>(method: Option<&str>, payload: &OutPayload<O>) -> usize {
+    MESSAGE_OVERHEAD
+        + method.map_or(0, str::len)
+        + payload.data.len()
+        + payload.caps.len() * DESCRIPTOR_OVERHEAD
 }

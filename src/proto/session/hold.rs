@@ -3,16 +3,21 @@
 //! A send that asks a question while the peer already has as many outstanding as it
 //! announced waits here, and so does every command given after it (a later command must
 //! not overtake an earlier one: E-order). They go out, in order, as answers come back.
+//! Before the peer's `hello` a call too large for the smallest frame limit a peer may
+//! announce ([`MIN_FRAME`]) waits here too, until that `hello` says how large a frame
+//! the peer takes (PROTOCOL.md 5).
 //! This room must not reorder commands, nor hold one that has room and nothing ahead of
 //! it; it decides only *when* a command goes out, not how (that is `outgoing`).
 
 use std::hash::Hash;
 
+use super::exports::frame_estimate;
 use super::imports::Suspect;
 use super::{Call, LocalTarget, OutCap, OutPayload, Session};
 use crate::broken::Broken;
 use crate::proto::{ImportId, QuestionId};
 use crate::sturdy::SwissNumber;
+use crate::wire::MIN_FRAME;
 
 /// A local command held back by flow control.
 #[derive(Debug)]
@@ -52,6 +57,15 @@ impl<O: PartialEq, R> Held<O, R> {
         self.asks(id) || matches!(self, Held::Call(c) if c.target == LocalTarget::Answer(id))
     }
 
+    /// A generous estimate of its frame's size: for a call; 0 for a bootstrap (far
+    /// below any frame limit) and for the drops (which send nothing themselves).
+    fn frame_estimate(&self) -> usize {
+        match self {
+            Held::Call(c) => frame_estimate(Some(&c.method), &c.payload),
+            Held::Bootstrap { .. } | Held::DropImport(_) | Held::DropQuestionRef(_) => 0,
+        }
+    }
+
     /// Whether it is a call whose arguments carry the local promise `object`.
     fn carries_promise(&self, object: &O) -> bool {
         match self {
@@ -71,11 +85,19 @@ impl<O: PartialEq, R> Held<O, R> {
 }
 
 impl<O: Clone + Eq + Hash, R> Session<O, R> {
-    /// Whether a command asking `question` (or none) must wait in the hold queue:
-    /// something is already waiting (E-order: it must not overtake), or it asks a
-    /// question and the peer has no room for one.
-    pub(super) fn must_hold(&self, question: Option<QuestionId>) -> bool {
-        !self.held.is_empty() || (question.is_some() && !self.peer_has_room())
+    /// Whether a command asking `question` (or none), in a frame of about `frame`
+    /// bytes, must wait in the hold queue: something is already waiting (E-order: it must
+    /// not overtake), it asks a question and the peer has no room for one, or the
+    /// peer's `hello` has not said yet whether a frame that large is welcome.
+    pub(super) fn must_hold(&self, question: Option<QuestionId>, frame: usize) -> bool {
+        !self.held.is_empty() || !self.may_send_now(question, frame)
+    }
+
+    /// Whether a command asking `question` (or none), in a frame of about `frame` bytes,
+    /// may go out as far as the peer's limits go.
+    fn may_send_now(&self, question: Option<QuestionId>, frame: usize) -> bool {
+        (question.is_none() || self.peer_has_room())
+            && (frame <= MIN_FRAME || self.is_established())
     }
 
     /// Whether the peer accepts one more outstanding question.
@@ -114,7 +136,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// Sends held commands, in order, while the peer has room.
     pub(super) fn drain_hold_queue(&mut self) {
         while let Some(front) = self.held.front() {
-            if front.question().is_some() && !self.peer_has_room() {
+            if !self.may_send_now(front.question(), front.frame_estimate()) {
                 break;
             }
             if let Some(held) = self.held.pop_front() {

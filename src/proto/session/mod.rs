@@ -176,8 +176,9 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         });
         Session {
             cbor: limits.cbor(),
-            // Until the peer says otherwise, assume it accepts what we accept.
-            peer_max_frame: limits.max_frame,
+            // Until the peer says otherwise, assume the least a peer may announce (larger
+            // calls wait for its `hello`: see `hold`).
+            peer_max_frame: MIN_FRAME,
             peer_max_questions: MIN_QUESTIONS,
             awaiting_return: 0,
             held: VecDeque::new(),

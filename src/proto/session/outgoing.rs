@@ -8,6 +8,7 @@
 
 use std::hash::Hash;
 
+use super::exports::frame_estimate;
 use super::imports::{PayloadOrigin, Suspect};
 use super::{Call, Event, LocalTarget, OutPayload, Resolution, Session, Violation};
 use crate::broken::{Broken, BrokenKind};
@@ -61,7 +62,8 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             return;
         }
         self.debug_assert_fresh_question(question);
-        if self.must_hold(Some(question)) {
+        // A bootstrap's frame (a question id and 32 bytes) is far below any frame limit.
+        if self.must_hold(Some(question), 0) {
             self.hold_bootstrap(question, swiss, resolver, pipeline_refs);
         } else {
             self.transmit_bootstrap(question, swiss, resolver, pipeline_refs);
@@ -83,7 +85,10 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             if let Some(q) = call.question {
                 self.debug_assert_fresh_question(q);
             }
-            if self.must_hold(call.question) {
+            if self.must_hold(
+                call.question,
+                frame_estimate(Some(&call.method), &call.payload),
+            ) {
                 self.hold_call(call);
                 return;
             }

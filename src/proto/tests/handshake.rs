@@ -209,3 +209,41 @@ fn abort_before_hello_closes_as_peer_aborted() {
         )
     );
 }
+
+#[test]
+fn before_the_peers_hello_a_call_larger_than_the_minimum_frame_waits_for_it() {
+    // No handshake yet: A's first flight is built before B has said anything.
+    let mut pair = Pair {
+        a: Peer::new(Limits::default(), &[]),
+        b: Peer::new(Limits::default(), &[(1, B_OBJ)]),
+        codec: true,
+    };
+    let small = || OutPayload::data(data(&(serde_bytes::ByteBuf::from(vec![1u8; 1_000]),)));
+    let large = OutPayload::data(data(&(serde_bytes::ByteBuf::from(vec![2u8; MIN_FRAME]),)));
+    let on_root = LocalTarget::Answer(QuestionId(1));
+    pair.a.session.bootstrap(QuestionId(1), swiss(1), None, 1);
+    pair.a.session.send(tell(on_root, "small", small()));
+    pair.a.session.send(tell(on_root, "large", large));
+    pair.a.session.send(tell(on_root, "after", small()));
+    // The large call waits for B's hello, and the call after it waits behind it.
+    assert_tables!(pair.a, held: 2, questions: 1);
+    pair.pump(A);
+    let sent: Vec<&str> = pair.a.take_sent().iter().map(Message::kind).collect();
+    assert_eq!(sent, ["hello", "bootstrap", "deliver"]);
+    // B's hello (it announces 1 MiB frames) lets them go, in order.
+    pair.drive();
+    assert_tables!(pair.a, questions: 1);
+    pair.b.serve_bootstraps();
+    pair.drive();
+    let methods: Vec<String> = pair
+        .b
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Seen::Deliver { method, .. } => Some(method),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(methods, ["small", "large", "after"]);
+    assert!(!pair.a.session.is_closed() && !pair.b.session.is_closed());
+}
