@@ -203,7 +203,7 @@ impl fmt::Display for Broken {
 
 /// Writes `text` with its control characters (newlines and escape sequences included)
 /// escaped as `\n`, `\u{1b}` and so on; everything else as it is.
-fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+pub(crate) fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
     for piece in text.split_inclusive(char::is_control) {
         match piece.char_indices().last() {
             Some((at, c)) if c.is_control() => {

@@ -99,6 +99,7 @@ pub(crate) async fn guard(future: LaterOutcome) -> Outcome {
 }
 
 fn panicked(method: &str) -> Broken {
-    tracing::error!(method, "a local object's method panicked");
+    // The method name may come from a peer: recorded escaped.
+    tracing::error!(?method, "a local object's method panicked");
     Broken::failed(format!("the method {method:?} panicked in the callee"))
 }

@@ -32,7 +32,11 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseReason::Violation(v) => write!(f, "protocol violation by the peer: {v}"),
-            CloseReason::PeerAborted(r) => write!(f, "the peer aborted the session: {r}"),
+            // The peer's own words: escaped, since they reach logs and terminals.
+            CloseReason::PeerAborted(r) => {
+                f.write_str("the peer aborted the session: ")?;
+                crate::broken::write_escaped(f, r)
+            }
             CloseReason::ConnectionLost(r) => write!(f, "connection lost: {r}"),
             CloseReason::Local(r) => write!(f, "closed locally: {r}"),
         }

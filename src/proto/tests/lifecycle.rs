@@ -218,3 +218,17 @@ fn ping_is_answered_by_pong_with_the_same_nonce() {
     assert_eq!(pair.a.session.poll_transmit(), None);
     assert!(!pair.a.session.is_closed());
 }
+
+#[test]
+fn a_peers_abort_reason_is_shown_escaped() {
+    let reason = CloseReason::PeerAborted("bye\u{1b}[2J\nforged line".to_owned());
+    let shown = reason.to_string();
+    assert_eq!(
+        shown,
+        "the peer aborted the session: bye\\u{1b}[2J\\nforged line"
+    );
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    // And so is the Broken every pending promise gets from it.
+    let broken = Broken::disconnected(&reason).to_string();
+    assert!(!broken.chars().any(char::is_control), "{broken:?}");
+}
