@@ -262,6 +262,9 @@ async fn a_one_way_send_through_a_proxy_stays_one_way() {
         hub_at_c.send::<()>("tell_held", ("slow",)).await.unwrap();
         // B runs `slow`, which never answers.
         assert!(matches!(b.next_note().await, Note::Slow));
+        // A's finish for its bootstrap of B's object rides with its next write: a round
+        // trip on A's sessions makes sure B has it.
+        a.sync().await;
         let stats = b.vat.stats().await;
         let from_a = stats
             .sessions

@@ -162,7 +162,8 @@ pub enum ReturnResult {
 #[cfg_attr(test, derive(Serialize, Deserialize))]
 #[cfg_attr(test, serde(deny_unknown_fields))]
 pub struct WireBroken {
-    /// The kind's wire name, as [`BrokenKind::as_str`] gives it.
+    /// The kind's wire name: [`Broken::kind_name`] (a known kind's name, or an unknown
+    /// kind's name as a peer sent it).
     pub kind: String,
     /// The message, for people.
     pub message: String,
