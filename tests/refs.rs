@@ -262,8 +262,10 @@ async fn a_one_way_send_through_a_proxy_stays_one_way() {
         hub_at_c.send::<()>("tell_held", ("slow",)).await.unwrap();
         // B runs `slow`, which never answers.
         assert!(matches!(b.next_note().await, Note::Slow));
-        // A's finish for its bootstrap of B's object rides with its next write: a round
-        // trip on A's sessions makes sure B has it.
+        // A's finish for its bootstrap of B's object follows B's return: after one round
+        // trip A has the return (and has queued the finish), after a second B has the
+        // finish.
+        a.sync().await;
         a.sync().await;
         let stats = b.vat.stats().await;
         let from_a = stats
