@@ -51,6 +51,7 @@ mod shared;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -337,6 +338,8 @@ impl Vat {
                         tables: Tables::from(tables),
                         frames_sent: traffic.frames,
                         writes: traffic.writes,
+                        queued_bytes: traffic.queued,
+                        queued_answer_bytes: traffic.queued_answers,
                     });
                 }
             }
@@ -344,6 +347,7 @@ impl Vat {
         VatStats {
             sessions,
             sturdy_refs: lock(&self.inner.registry).len(),
+            queued_answer_bytes: self.inner.queued_answers.load(Ordering::Relaxed),
         }
     }
 
@@ -405,6 +409,10 @@ pub struct VatStats {
     pub sessions: Vec<SessionInfo>,
     /// Objects exported by sturdy ref and not revoked.
     pub sturdy_refs: usize,
+    /// Bytes of answers queued for peers and not yet written, over all sessions: what
+    /// [`Limits::max_outbound_total`] bounds. Read when the stats are taken, after the
+    /// sessions' entries.
+    pub queued_answer_bytes: usize,
 }
 
 /// One session in [`VatStats`].
@@ -424,6 +432,12 @@ pub struct SessionInfo {
     /// in the write of the next message, so a caller making one call after another
     /// makes about one write per call.
     pub writes: u64,
+    /// Bytes queued for the peer and not yet written: answers, and this vat's own
+    /// calls and bookkeeping.
+    pub queued_bytes: usize,
+    /// The part of `queued_bytes` that answers the peer (returns and pongs): what
+    /// [`Limits::max_outbound_buffer`] bounds.
+    pub queued_answer_bytes: usize,
 }
 
 /// The sizes of one session's tables ([`SessionInfo::tables`]). Once everything is

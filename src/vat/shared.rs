@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{mpsc, watch};
@@ -43,6 +43,10 @@ pub(crate) struct VatInner {
     /// Every task the vat started; shutdown drains it.
     pub(crate) tasks: Mutex<JoinSet<()>>,
     runtime: tokio::runtime::Handle,
+    /// Bytes of answers queued for peers and not yet written, over every session: what
+    /// [`Limits::max_outbound_total`] bounds. Each session task adds and removes its
+    /// own, and removes what is left when it ends.
+    pub(crate) queued_answers: AtomicUsize,
 }
 
 impl VatInner {
@@ -67,6 +71,7 @@ impl VatInner {
             shutdown: watch::Sender::new(false),
             tasks: Mutex::new(JoinSet::new()),
             runtime,
+            queued_answers: AtomicUsize::new(0),
         }
     }
 
