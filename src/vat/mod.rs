@@ -81,6 +81,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 ///
 /// `Vat` is a cheap handle (`Clone + Send + Sync`); clones share one vat.
 ///
+/// # Dropping
+///
+/// Dropping the last clone shuts the vat down in the background, as
+/// [`shutdown`](Vat::shutdown) does: it stops listening, aborts every session (the
+/// peers' references and promises break with [`crate::BrokenKind::Disconnected`], and
+/// so do this vat's) and stops its tasks after a grace period of about two seconds.
+/// Call `shutdown` instead to wait for that. [`Ref`]s, promises and sessions do not keep
+/// a vat running; only clones of `Vat` do, so keep one for as long as the vat should
+/// serve. An exported object that holds a clone of its own `Vat` keeps it running until
+/// `shutdown` is called.
+///
 /// # Examples
 ///
 /// A server and a client in one process, over real TLS on loopback:
@@ -111,6 +122,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Vat {
     inner: Arc<VatInner>,
+    /// Counts the program's clones (session tasks hold `inner` only).
+    _last: Arc<LastHandle>,
 }
 
 /// Builds a [`Vat`]: identity, listen address, limits.
@@ -237,7 +250,10 @@ impl VatBuilder {
             inner.spawn(listener::listen(inner.clone(), listener, acceptor));
         }
         tracing::info!(vat = %inner.identity.vat_id(), addr = ?local_addr, "vat started");
-        Ok(Vat { inner })
+        Ok(Vat {
+            _last: Arc::new(LastHandle(inner.clone())),
+            inner,
+        })
     }
 }
 
@@ -375,20 +391,22 @@ impl Vat {
     /// promises break with [`crate::BrokenKind::Disconnected`]) and waits for the tasks
     /// to finish (at most about two seconds before they are stopped).
     pub async fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
-        // Sessions registered from now on see the flag when they start.
-        let handles = self.inner.session_handles();
-        for handle in handles {
-            let _ = handle.post(Command::Shutdown);
-        }
-        let mut tasks = std::mem::take(&mut *lock(&self.inner.tasks));
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tasks.shutdown().await;
-        }
+        shared::drain(self.inner.begin_shutdown(), SHUTDOWN_GRACE).await;
+    }
+}
+
+/// Held by every clone of a [`Vat`] and by nothing else: when the program drops its
+/// last clone, the vat shuts down.
+struct LastHandle(Arc<VatInner>);
+
+impl Drop for LastHandle {
+    /// Does what [`Vat::shutdown`] does, without waiting: the waiting (and stopping
+    /// what outlasts the grace period) runs as a task on the vat's runtime. A runtime
+    /// that is itself shutting down drops that task, which stops the vat's tasks.
+    fn drop(&mut self) {
+        let tasks = self.0.begin_shutdown();
+        tracing::debug!(vat = %self.0.identity.vat_id(), "last Vat handle dropped; shutting down");
+        drop(self.0.runtime().spawn(shared::drain(tasks, SHUTDOWN_GRACE)));
     }
 }
 

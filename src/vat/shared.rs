@@ -89,6 +89,22 @@ impl VatInner {
         tasks.spawn_on(task, &self.runtime)
     }
 
+    /// Starts shutting the vat down: new sessions see the flag when they start, the
+    /// listener stops, and every live session is told to abort. Returns the vat's tasks
+    /// for the caller to wait for (see [`drain`]).
+    pub(crate) fn begin_shutdown(&self) -> JoinSet<()> {
+        self.shutdown.send_replace(true);
+        for handle in self.session_handles() {
+            let _ = handle.post(Command::Shutdown);
+        }
+        std::mem::take(&mut *lock(&self.tasks))
+    }
+
+    /// The runtime the vat's tasks run on.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
     /// Registers a new session with `peer`; returns its handle and the command
     /// receiver for its task.
     pub(crate) fn new_session(
@@ -134,6 +150,17 @@ impl VatInner {
     /// Live handles to every session, taken without holding the lock after.
     pub(crate) fn session_handles(&self) -> Vec<SessionHandle> {
         lock(&self.sessions).values().cloned().collect()
+    }
+}
+
+/// Waits for `tasks` to finish, for at most `grace`; then stops the ones left.
+pub(crate) async fn drain(mut tasks: JoinSet<()>, grace: std::time::Duration) {
+    let drained = tokio::time::timeout(grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.shutdown().await;
     }
 }
 
