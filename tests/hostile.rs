@@ -962,7 +962,10 @@ async fn peer_that_never_reads_gets_at_most_the_budget_plus_one_answer_queued() 
                 "{queued} answer bytes queued for a peer that does not read: the bound \
                  is {BOUND} (budget {BUDGET} + one {ANSWER}-byte answer)"
             );
-            assert_eq!(stats.queued_answer_bytes, sum + stats_client(&stats, client));
+            assert_eq!(
+                stats.queued_answer_bytes,
+                sum + stats_client(&stats, client)
+            );
             most = most.max(queued);
             if most >= BUDGET {
                 rounds_at_budget += 1;
@@ -994,7 +997,10 @@ async fn peer_that_never_reads_gets_at_most_the_budget_plus_one_answer_queued() 
             arena.assert_served(5_000 + round).await;
             let stats = arena.server.vat.stats().await;
             if stats.sessions.len() == 1 {
-                assert_eq!(stats.queued_answer_bytes, stats.sessions[0].queued_answer_bytes);
+                assert_eq!(
+                    stats.queued_answer_bytes,
+                    stats.sessions[0].queued_answer_bytes
+                );
                 gone = true;
                 break;
             }

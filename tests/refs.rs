@@ -359,7 +359,11 @@ async fn a_watcher_does_not_keep_the_reference_it_watches_alive() {
         drop(c.obj);
         drained(&[&c.client, &server.vat]).await;
         let stats = server.vat.stats().await;
-        assert_eq!(stats.sessions.len(), 1, "the session itself stays: {stats:?}");
+        assert_eq!(
+            stats.sessions.len(),
+            1,
+            "the session itself stays: {stats:?}"
+        );
         assert!(!on_object.is_finished() && !on_promise.is_finished());
 
         server.vat.shutdown().await;

@@ -783,7 +783,10 @@ async fn dropping_the_last_vat_handle_shuts_the_vat_down() {
         // few turns of the runtime let it see it).
         let mut refused = false;
         for _ in 0..100 {
-            if common::RawConn::try_connect_to(addr, server_id).await.is_err() {
+            if common::RawConn::try_connect_to(addr, server_id)
+                .await
+                .is_err()
+            {
                 refused = true;
                 break;
             }
@@ -794,7 +797,6 @@ async fn dropping_the_last_vat_handle_shuts_the_vat_down() {
     })
     .await;
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_shutdown_breaks_pending_promises_with_disconnected() {

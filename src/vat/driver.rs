@@ -373,8 +373,7 @@ impl Driver {
         let mine = self.conn.writer.answer_backlog();
         mine < self.limits.max_outbound_buffer
             && (mine < self.share
-                || self.vat.queued_answers.load(Ordering::Relaxed)
-                    < self.limits.max_outbound_total)
+                || self.vat.queued_answers.load(Ordering::Relaxed) < self.limits.max_outbound_total)
     }
 
     /// Whether the session may take the peer's next frame: [`Driver::answer_room`],

@@ -155,10 +155,8 @@ impl VatInner {
 
 /// Waits for `tasks` to finish, for at most `grace`; then stops the ones left.
 pub(crate) async fn drain(mut tasks: JoinSet<()>, grace: std::time::Duration) {
-    let drained = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tasks.shutdown().await;
     }

@@ -220,7 +220,9 @@ impl Object for TestObject {
                 let _ = self.notes.send(Note::Notify(k));
                 Ok(())
             }),
-            "expand" => with(&args, |(n,): (u32,)| Ok(ByteBuf::from(vec![0x5a; n as usize]))),
+            "expand" => with(&args, |(n,): (u32,)| {
+                Ok(ByteBuf::from(vec![0x5a; n as usize]))
+            }),
             "gated" => {
                 let gate = self.gate.clone();
                 Reply::later(async move {
