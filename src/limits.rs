@@ -56,20 +56,48 @@ pub struct Limits {
     /// Most inbound connections served at once. Default 1,024. Past it, new
     /// connections are closed at once, before the TLS handshake.
     pub max_connections: usize,
-    /// Bytes of outgoing data buffered for one peer before the vat stops reading from
-    /// it (until the peer reads). Default 8 MiB. This bounds what a peer that never
-    /// reads can make the vat hold; such a peer is later dropped by the keepalive.
+    /// Bytes of answers (returns and pongs: what the peer asked for) queued for one
+    /// peer and not yet written, at which the vat takes no more work from that peer: it
+    /// reads nothing more from its socket, handles no further frame already read, runs
+    /// no further call and sends no further answer, until the peer has read enough.
+    /// Default 8 MiB. Each step is taken only below the budget and queues at most one
+    /// answer, so what a peer can make the vat queue for it is at most
+    /// `max_outbound_buffer` + one answer (the largest the program gives, at most the
+    /// peer's announced frame size; if that answer is an error, the error returns of
+    /// the calls pipelined on it come with it, each at most about 4 KiB), while the
+    /// read buffer holds at most one frame (`max_frame`) and one read (16 KiB) of the
+    /// peer's bytes not yet handled. The program's own calls to the peer do not count:
+    /// counting them would let two vats that send much to each other stop reading each
+    /// other for good. A peer that never reads is dropped by the keepalive.
     pub max_outbound_buffer: usize,
     /// Time allowed for TCP connect plus the TLS handshake, and again from then for the
     /// peer's `hello`. Default 10 s. Past it the connection is dropped (during TLS) or
     /// the session aborted (no `hello`), at the deadline: the session's core decides
     /// it, and its task wakes exactly then.
     pub handshake_timeout: Duration,
-    /// Silence after which the vat pings the peer. Default 30 s.
+    /// Silence from a peer after which the vat pings it, once per silent period.
+    /// Default 30 s; per vat, for every session (inbound and outbound). Any bytes from
+    /// the peer end the silence. A vat that stopped reading a peer (see
+    /// `max_outbound_buffer`) hears nothing from it meanwhile.
     pub keepalive_idle: Duration,
-    /// Silence after which the peer is declared dead and the session ends: every
-    /// pending promise breaks with [`crate::BrokenKind::Disconnected`]. Default 90 s.
+    /// Silence from a peer after which it is declared dead and the session ends: every
+    /// pending promise breaks with [`crate::BrokenKind::Disconnected`]. Default 90 s;
+    /// per vat, for every session. Shorter values find dead peers sooner and drop slow
+    /// or paused ones sooner too.
     pub keepalive_dead: Duration,
+
+    // ---- memory budget across sessions ----
+    /// Bytes of answers queued for all peers together (what `max_outbound_buffer`
+    /// bounds per peer, summed over the vat's sessions). Default 64 MiB: eight peers at
+    /// the full per-peer budget. At or past it, a session whose own queued answers
+    /// exceed its fair share, `max_outbound_total / max_connections` (64 KiB by
+    /// default, at most `max_outbound_buffer`), takes no more work from its peer until
+    /// they drain below the share or the total falls under the budget. A session under
+    /// its share is always served, so peers that do not read cannot lock out the
+    /// others. With N sessions the total stays within `max_outbound_total` + N × (fair
+    /// share + one answer); for N up to `max_connections`, at most twice
+    /// `max_outbound_total` plus one answer per session.
+    pub max_outbound_total: usize,
 }
 
 impl Limits {
@@ -80,6 +108,12 @@ impl Limits {
         self.max_frame = self.max_frame.clamp(wire::MIN_FRAME, u32::MAX as usize);
         self.max_inbound_questions = self.max_inbound_questions.max(wire::MIN_QUESTIONS);
         self
+    }
+
+    /// The queued answers a session may always have before the vat-wide budget
+    /// (`max_outbound_total`) holds it back: its fair share of that budget.
+    pub(crate) fn outbound_share(&self) -> usize {
+        (self.max_outbound_total / self.max_connections.max(1)).min(self.max_outbound_buffer)
     }
 
     /// The CBOR part of the limits, as the scanner takes it.
@@ -107,6 +141,8 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             keepalive_idle: Duration::from_secs(30),
             keepalive_dead: Duration::from_secs(90),
+            // memory budget across sessions
+            max_outbound_total: 64 << 20,
         }
     }
 }

@@ -891,3 +891,194 @@ async fn peer_that_never_reads_is_not_buffered_without_bound_and_is_dropped() {
     })
     .await;
 }
+
+// ---- peers that ask for much and read nothing: the outbound budget ----
+
+/// What one answer frame adds to its data: the length prefix and the `return`
+/// message around the bytes (measured at well under this).
+const ANSWER_FRAME_OVERHEAD: usize = 64;
+
+/// Connects a raw peer that fetches the root object, then writes `calls` calls of
+/// `expand(answer)` in one write (tiny frames, all in the vat's read buffer at once)
+/// and never reads again. Returns the connection, to keep it open.
+async fn greedy_peer(arena: &common::Connected, calls: u64, answer: u32) -> RawConn {
+    let mut raw = arena.raw().await;
+    let export = raw.hello_and_fetch(arena.server.uri.swiss()).await;
+    let mut bytes = Vec::new();
+    for q in 2..2 + calls {
+        bytes.extend(encode(&deliver(
+            Target::Export(export),
+            "expand",
+            &(answer,),
+            Some(q),
+        )));
+    }
+    raw.write_raw(&bytes).await;
+    raw
+}
+
+/// The largest queued answer bytes of the sessions that are not `client`'s, and their
+/// sum, from one `stats()`.
+fn attackers_queued(stats: &captp::VatStats, client: captp::VatId) -> (usize, usize) {
+    let queued = stats
+        .sessions
+        .iter()
+        .filter(|s| s.peer != client)
+        .map(|s| s.queued_answer_bytes);
+    queued.fold((0, 0), |(most, sum), q| (most.max(q), sum + q))
+}
+
+#[tokio::test]
+async fn peer_that_never_reads_gets_at_most_the_budget_plus_one_answer_queued() {
+    // The attack from the issue: a peer holding a capability sends 1,000 small calls
+    // (about 30 KB, all in the vat's read buffer after one read) whose answers are
+    // 256 KiB each, and never reads. Before, every frame already in the read buffer was
+    // handled and answered (up to 1,000 answers, 256 MB). Now the session takes no
+    // further frame once 1 MiB of answers wait, so at most 1 MiB + one answer is ever
+    // queued.
+    const BUDGET: usize = 1 << 20;
+    const ANSWER: usize = 256 * 1024;
+    const CALLS: u64 = 1_000;
+    const BOUND: usize = BUDGET + ANSWER + ANSWER_FRAME_OVERHEAD;
+    within(async {
+        let arena = Fixture::new()
+            .server_limits(limits(|l| l.max_outbound_buffer = BUDGET))
+            .connect()
+            .await;
+        arena.assert_served(1).await;
+        let raw = greedy_peer(&arena, CALLS, ANSWER as u32).await;
+
+        // The good client's round trips pace the sampling. The kernel's socket buffers
+        // take some megabytes first; then the vat's queue fills up to the budget.
+        let client = arena.client.vat_id();
+        let mut most = 0;
+        let mut rounds_at_budget = 0;
+        for round in 0..3_000 {
+            arena.assert_served(10 + round).await;
+            let stats = arena.server.vat.stats().await;
+            let (queued, sum) = attackers_queued(&stats, client);
+            assert!(
+                queued <= BOUND,
+                "{queued} answer bytes queued for a peer that does not read: the bound \
+                 is {BOUND} (budget {BUDGET} + one {ANSWER}-byte answer)"
+            );
+            assert_eq!(
+                stats.queued_answer_bytes,
+                sum + stats_client(&stats, client)
+            );
+            most = most.max(queued);
+            if most >= BUDGET {
+                rounds_at_budget += 1;
+                if rounds_at_budget == 20 {
+                    break;
+                }
+            }
+        }
+        assert!(
+            most >= BUDGET,
+            "the attack never filled the budget ({most} bytes at most): it tested nothing"
+        );
+        let stats = arena.server.vat.stats().await;
+        let attacker = stats
+            .sessions
+            .iter()
+            .find(|s| s.peer != client)
+            .expect("the attacker's session is still there");
+        assert!(
+            (attacker.tables.answers as u64) < CALLS,
+            "the vat took in all {CALLS} calls"
+        );
+
+        // The attacker leaves: its session ends on the failed write, and its queued
+        // answers leave the vat's total.
+        drop(raw);
+        let mut gone = false;
+        for round in 0..1_000 {
+            arena.assert_served(5_000 + round).await;
+            let stats = arena.server.vat.stats().await;
+            if stats.sessions.len() == 1 {
+                assert_eq!(
+                    stats.queued_answer_bytes,
+                    stats.sessions[0].queued_answer_bytes
+                );
+                gone = true;
+                break;
+            }
+        }
+        assert!(gone, "the attacker's session outlived its connection");
+        arena.stop().await;
+    })
+    .await;
+}
+
+/// The good client's own queued answer bytes in `stats`.
+fn stats_client(stats: &captp::VatStats, client: captp::VatId) -> usize {
+    stats
+        .sessions
+        .iter()
+        .filter(|s| s.peer == client)
+        .map(|s| s.queued_answer_bytes)
+        .sum()
+}
+
+#[tokio::test]
+async fn peers_that_never_read_stay_within_the_vat_wide_budget() {
+    // Eight such peers, each allowed 1 MiB, against a vat-wide budget of 1 MiB: each
+    // session's fair share is 1 MiB / 64 connections = 16 KiB. Without the vat-wide
+    // budget they would hold 8 x (1 MiB + one answer); with it, the total stays within
+    // the budget + sessions x (share + one answer), and the good client is served.
+    const PER_PEER: usize = 1 << 20;
+    const TOTAL: usize = 1 << 20;
+    const CONNECTIONS: usize = 64;
+    const SHARE: usize = TOTAL / CONNECTIONS;
+    const ANSWER: usize = 64 * 1024;
+    const ATTACKERS: usize = 8;
+    const SESSIONS: usize = ATTACKERS + 1;
+    const BOUND: usize = TOTAL + SESSIONS * (SHARE + ANSWER + ANSWER_FRAME_OVERHEAD);
+    within(async {
+        let arena = Fixture::new()
+            .server_limits(limits(|l| {
+                l.max_outbound_buffer = PER_PEER;
+                l.max_outbound_total = TOTAL;
+                l.max_connections = CONNECTIONS;
+            }))
+            .connect()
+            .await;
+        arena.assert_served(1).await;
+        let mut peers = Vec::new();
+        for _ in 0..ATTACKERS {
+            peers.push(greedy_peer(&arena, 1_000, ANSWER as u32).await);
+        }
+        let client = arena.client.vat_id();
+        let mut most_total = 0;
+        let mut rounds_at_budget = 0;
+        for round in 0..3_000 {
+            arena.assert_served(10 + round).await;
+            let stats = arena.server.vat.stats().await;
+            assert_eq!(stats.sessions.len(), SESSIONS);
+            let (most, sum) = attackers_queued(&stats, client);
+            assert!(most <= PER_PEER + ANSWER + ANSWER_FRAME_OVERHEAD);
+            let total = stats.queued_answer_bytes;
+            assert_eq!(total, sum + stats_client(&stats, client));
+            assert!(
+                total <= BOUND,
+                "{total} answer bytes queued over the vat: the bound is {BOUND} (budget \
+                 {TOTAL} + {SESSIONS} sessions x (share {SHARE} + one {ANSWER}-byte answer))"
+            );
+            most_total = most_total.max(total);
+            if most_total >= TOTAL {
+                rounds_at_budget += 1;
+                if rounds_at_budget == 20 {
+                    break;
+                }
+            }
+        }
+        assert!(
+            most_total >= TOTAL,
+            "the attack never filled the vat-wide budget ({most_total} bytes at most)"
+        );
+        drop(peers);
+        arena.stop().await;
+    })
+    .await;
+}

@@ -350,6 +350,41 @@ async fn when_broken_fires_when_the_vat_goes_away_and_lost_client_is_told() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_does_not_keep_the_reference_it_watches_alive() {
+    // Watchers on a remote object and on a promise (the fetch) wait in tasks of their
+    // own. Dropping the references releases them at both vats while the watchers still
+    // wait; the watchers then report the session's end.
+    within(async {
+        let c = common::connected().await;
+        let sub: Ref = c.obj.send("sub", ("watched",)).await.unwrap();
+        let on_object = tokio::spawn(sub.when_broken());
+        let on_promise = tokio::spawn(c.obj.when_broken());
+        let server = c.server;
+        drop(sub);
+        drop(c.obj);
+        drained(&[&c.client, &server.vat]).await;
+        let stats = server.vat.stats().await;
+        assert_eq!(
+            stats.sessions.len(),
+            1,
+            "the session itself stays: {stats:?}"
+        );
+        assert!(!on_object.is_finished() && !on_promise.is_finished());
+
+        server.vat.shutdown().await;
+        for watcher in [on_object, on_promise] {
+            let broken = tokio::time::timeout(common::IO_TIMEOUT, watcher)
+                .await
+                .expect("the watcher fires once the session ends")
+                .unwrap();
+            assert_eq!(broken.kind(), BrokenKind::Disconnected, "{broken}");
+        }
+        c.client.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passed_promise_settles_to_data_an_object_or_broken_and_can_be_pipelined_on() {
     within(async {
         let c = Fixture::new().object(Hub::default()).connect().await;

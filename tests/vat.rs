@@ -752,6 +752,52 @@ async fn large_payloads_in_flight_together_arrive_intact() {
 
 // ---- losing the peer ----
 
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn dropping_the_last_vat_handle_shuts_the_vat_down() {
+    within(async {
+        let c = connected().await;
+        c.assert_served(1).await;
+        let Connected {
+            server,
+            client,
+            obj,
+        } = c;
+        let addr = server.addr();
+        let server_id = server.vat.vat_id();
+        // Dropping a clone changes nothing; the references and the session the server
+        // holds do not keep it running either.
+        drop(server.vat.clone());
+        let sum: i64 = obj.send("add", (1, 2)).await.expect("still served");
+        assert_eq!(sum, 3);
+        let pending = obj.send::<()>("slow", ());
+        drop(server);
+
+        let broken = tokio::time::timeout(common::IO_TIMEOUT, obj.when_broken())
+            .await
+            .expect("the reference breaks once the server's last handle is gone");
+        assert_eq!(broken.kind(), BrokenKind::Disconnected, "{broken}");
+        assert!(broken.message().contains("shutting down"), "{broken}");
+        let err = pending.await.expect_err("the server went away");
+        assert_eq!(err.kind(), BrokenKind::Disconnected, "{err}");
+        // The listener is gone too (it stops at the same signal as the sessions; a
+        // few turns of the runtime let it see it).
+        let mut refused = false;
+        for _ in 0..100 {
+            if common::RawConn::try_connect_to(addr, server_id)
+                .await
+                .is_err()
+            {
+                refused = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(refused, "the dropped vat still accepts connections");
+        client.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_shutdown_breaks_pending_promises_with_disconnected() {
     within(async {

@@ -12,6 +12,7 @@
 //! a peer is too slow), spawn tasks, or touch the stream except when its caller asks.
 //! It interprets messages only to encode them as frames.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::time::Duration;
@@ -60,6 +61,7 @@ impl Connection {
             writer: FrameWriter {
                 wr,
                 out: Outbox::default(),
+                answers: Counted::default(),
                 flush_pending: false,
                 frames: 0,
                 writes: 0,
@@ -141,6 +143,8 @@ pub(crate) struct FrameWriter {
     wr: WriteHalf<TlsStream>,
     /// What is still to be written.
     out: Outbox,
+    /// Which of those bytes answer the peer (see [`FrameWriter::queue_answer`]).
+    answers: Counted,
     /// Everything was written but the flush has not completed.
     flush_pending: bool,
     frames: u64,
@@ -150,7 +154,22 @@ pub(crate) struct FrameWriter {
 impl FrameWriter {
     /// Appends `msg` as one frame. Payload data of at least [`DETACH`] bytes is not
     /// copied: its buffer is taken from the message and written in place.
-    pub(crate) fn queue(&mut self, mut msg: Message) {
+    pub(crate) fn queue(&mut self, msg: Message) {
+        let n = self.push(msg);
+        self.answers.skip(n);
+    }
+
+    /// [`queue`](FrameWriter::queue), counting the frame's bytes in
+    /// [`answer_backlog`](FrameWriter::answer_backlog) until they are written: the
+    /// caller says which frames the peer asked for.
+    pub(crate) fn queue_answer(&mut self, msg: Message) {
+        let n = self.push(msg);
+        self.answers.add(n);
+    }
+
+    /// Appends `msg` as one frame; returns its length in bytes.
+    fn push(&mut self, mut msg: Message) -> usize {
+        let before = self.out.len();
         let detached = self
             .out
             .append(|buf| msg.encode_frame_detached(buf, DETACH));
@@ -158,11 +177,18 @@ impl FrameWriter {
             self.out.insert_at(at, std::mem::take(data));
         }
         self.frames += 1;
+        self.out.len() - before
     }
 
     /// Bytes queued and not yet written.
     pub(crate) fn backlog(&self) -> usize {
         self.out.len()
+    }
+
+    /// The part of [`backlog`](FrameWriter::backlog) queued with
+    /// [`queue_answer`](FrameWriter::queue_answer).
+    pub(crate) fn answer_backlog(&self) -> usize {
+        self.answers.unwritten
     }
 
     /// Whether everything queued was written but not yet flushed: [`write_some`]
@@ -198,6 +224,7 @@ impl FrameWriter {
             0 => self.flush_pending = false,
             n => {
                 self.out.advance(n);
+                self.answers.written(n);
                 self.writes += 1;
                 if self.out.is_empty() {
                     match self.wr.flush().now_or_never() {
@@ -227,5 +254,87 @@ impl FrameWriter {
     /// Writes so far that moved bytes (each carries one or more frames).
     pub(crate) fn writes(&self) -> u64 {
         self.writes
+    }
+}
+
+/// Which bytes of a first-in, first-out byte queue are counted, and how many of those
+/// are still unwritten. Positions are offsets in everything ever queued.
+#[derive(Debug, Default)]
+struct Counted {
+    /// Bytes ever queued, counted or not: where the next queued bytes start.
+    queued: u64,
+    /// Bytes ever written.
+    written: u64,
+    /// The unwritten counted runs, in order, as `start..end`; adjacent runs are merged,
+    /// so a burst of answers is one entry.
+    runs: VecDeque<(u64, u64)>,
+    /// Counted bytes not yet written.
+    unwritten: usize,
+}
+
+impl Counted {
+    /// `n` more bytes were queued, all counted.
+    fn add(&mut self, n: usize) {
+        let start = self.queued;
+        let end = start + n as u64;
+        match self.runs.back_mut() {
+            Some(run) if run.1 == start => run.1 = end,
+            _ => self.runs.push_back((start, end)),
+        }
+        self.queued = end;
+        self.unwritten += n;
+    }
+
+    /// `n` bytes were queued, none counted.
+    fn skip(&mut self, n: usize) {
+        self.queued += n as u64;
+    }
+
+    /// The first `n` unwritten bytes were written.
+    fn written(&mut self, n: usize) {
+        self.written += n as u64;
+        while let Some(run) = self.runs.front_mut() {
+            if run.0 >= self.written {
+                break;
+            }
+            let done = run.1.min(self.written) - run.0;
+            self.unwritten -= done as usize;
+            if run.1 <= self.written {
+                self.runs.pop_front();
+            } else {
+                run.0 = self.written;
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counted;
+
+    #[test]
+    fn counts_only_marked_bytes_through_partial_writes() {
+        let mut c = Counted::default();
+        c.skip(10); // 0..10 not counted
+        c.add(5); // 10..15
+        c.add(5); // 15..20, merged with the run before
+        c.skip(3); // 20..23
+        c.add(7); // 23..30
+        assert_eq!(c.unwritten, 17);
+        assert_eq!(c.runs.len(), 2);
+        c.written(8);
+        assert_eq!(c.unwritten, 17);
+        c.written(4); // 12 written: 2 counted bytes out
+        assert_eq!(c.unwritten, 15);
+        c.written(10); // 22 written: the first run is gone
+        assert_eq!(c.unwritten, 7);
+        assert_eq!(c.runs.len(), 1);
+        c.written(8);
+        assert_eq!(c.unwritten, 0);
+        assert!(c.runs.is_empty());
+        c.add(4);
+        c.written(4);
+        assert_eq!(c.unwritten, 0);
     }
 }

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -36,7 +37,7 @@ use crate::proto::{
     AnswerId, Event, ImportId, InCap, InPayload, LocalTarget, OutCap, OutPayload, Session,
 };
 use crate::transport::{self, Connection, TlsStream, TransportError};
-use crate::wire::CborLimits;
+use crate::wire::{CborLimits, Message};
 
 /// Commands taken from the channel per wake-up, so one busy handle cannot starve reads.
 const COMMAND_BATCH: usize = 256;
@@ -116,6 +117,9 @@ pub(crate) async fn run(
         urgent: false,
         lazy_due: false,
         quiet: Quiet::new(&limits, started),
+        frames_waiting: false,
+        reported: 0,
+        share: limits.outbound_share(),
         limits,
     };
     // A vat that shuts down posts `Command::Shutdown` to every session it has; this
@@ -142,6 +146,11 @@ pub(crate) async fn run(
     loop {
         d.apply_batch();
         d.pump();
+        // Frames left unhandled while the peer was owed too much go first, before
+        // anything more is read.
+        if d.frames_waiting && d.may_take_frames() {
+            d.read_frames();
+        }
         if d.core.is_closed() {
             break;
         }
@@ -163,9 +172,11 @@ pub(crate) async fn run(
         }
         inline_write = true;
         // Backpressure: a peer that does not read what we owe it, or keeps too many
-        // one-way calls running, is not read from until that drains.
-        let may_read = backlog < d.limits.max_outbound_buffer
-            && d.one_way_running < d.limits.max_inbound_questions;
+        // one-way calls running, is not read from until that drains. Writing goes on
+        // meanwhile, so a peer that reads is never stuck behind its own answers.
+        let may_read = !d.frames_waiting && d.may_take_frames();
+        // Finished asynchronous calls wait too: each would queue an answer.
+        let may_answer = d.answer_room();
         // The timer is reset only when a deadline comes earlier than the one it is set
         // for. One that moved later (the peer spoke, so the keepalive waits longer) is
         // found when the timer fires: nothing is due then, and it is set again. So a
@@ -182,6 +193,7 @@ pub(crate) async fn run(
                 Ok(_) => {
                     d.heard(Instant::now());
                     heard = true;
+                    d.frames_waiting = true;
                     d.read_frames();
                 }
                 Err(e) => d.core.handle_connection_lost(format!("read failed: {e}")),
@@ -193,7 +205,7 @@ pub(crate) async fn run(
             r = d.conn.writer.write_some(), if write_now || d.conn.writer.flush_pending() => {
                 d.wrote(r);
             }
-            Some((answer, outcome)) = d.calls.next(), if !d.calls.is_empty() => {
+            Some((answer, outcome)) = d.calls.next(), if may_answer && !d.calls.is_empty() => {
                 match answer {
                     Some(answer) => d.answer(answer, outcome),
                     None => d.one_way_running -= 1,
@@ -248,6 +260,23 @@ struct Driver {
     lazy_due: bool,
     /// When the connection's buffers may be given back.
     quiet: Quiet,
+    /// The read buffer may hold complete frames not yet handled (reading stopped for
+    /// backpressure between two of them).
+    frames_waiting: bool,
+    /// This session's queued answer bytes as last added to the vat's total.
+    reported: usize,
+    /// This session's fair share of the vat-wide budget ([`Limits::outbound_share`]).
+    share: usize,
+}
+
+impl Drop for Driver {
+    /// Whatever ends the task (the session closing, or the vat stopping it), its
+    /// unwritten answers leave the vat's total with it.
+    fn drop(&mut self) {
+        self.vat
+            .queued_answers
+            .fetch_sub(self.reported, Ordering::Relaxed);
+    }
 }
 
 /// Buffer housekeeping: a session quiet for a while gives back the space a burst left
@@ -317,27 +346,87 @@ impl Driver {
             self.urgent = false;
             self.lazy_due = false;
         }
+        self.account();
     }
 
-    /// Handles every pending event, then encodes every pending message.
+    /// Brings the vat's total of queued answers up to date with this session's.
+    fn account(&mut self) {
+        let now = self.conn.writer.answer_backlog();
+        let total = &self.vat.queued_answers;
+        if now > self.reported {
+            total.fetch_add(now - self.reported, Ordering::Relaxed);
+        } else if now < self.reported {
+            total.fetch_sub(self.reported - now, Ordering::Relaxed);
+        }
+        self.reported = now;
+    }
+
+    /// Whether the session may queue one more answer for the peer: its own queued
+    /// answers are under [`Limits::max_outbound_buffer`], and either under its fair
+    /// share or the vat's total is under [`Limits::max_outbound_total`].
+    ///
+    /// Checked before each step that can queue an answer (reading, handling a frame
+    /// or an event, answering a finished call), so each step adds at most one answer
+    /// past the budget. The share keeps every session whose peer reads served however
+    /// full the vat is: such a session's own writes wake it as they drain.
+    fn answer_room(&self) -> bool {
+        let mine = self.conn.writer.answer_backlog();
+        mine < self.limits.max_outbound_buffer
+            && (mine < self.share
+                || self.vat.queued_answers.load(Ordering::Relaxed) < self.limits.max_outbound_total)
+    }
+
+    /// Whether the session may take the peer's next frame: [`Driver::answer_room`],
+    /// and fewer one-way calls running than `max_inbound_questions`.
+    fn may_take_frames(&self) -> bool {
+        self.answer_room() && self.one_way_running < self.limits.max_inbound_questions
+    }
+
+    /// Handles pending events while there is room for their answers (all of them once
+    /// the session is closed), then encodes every pending message.
+    ///
+    /// Events left waiting stay in the session, in order, until the peer reads: one
+    /// frame can release many calls (those pipelined on an answer), and each answers.
     fn pump(&mut self) {
         // A closed session's handles say so before any promise breaks because of it.
         if let Some(reason) = self.core.closed_reason() {
             self.handle.mark_closed(&reason);
         }
-        while let Some(event) = self.core.poll_event() {
+        loop {
+            if !self.core.is_closed() && !self.answer_room() {
+                break;
+            }
+            let Some(event) = self.core.poll_event() else {
+                break;
+            };
             self.handle_event(event);
+            self.transmit();
         }
-        while let Some(msg) = self.core.poll_transmit() {
-            self.urgent |= !msg.is_bookkeeping();
-            self.conn.writer.queue(msg);
-        }
+        self.transmit();
     }
 
-    /// Hands the session every complete frame the connection has buffered, one at a
-    /// time.
+    /// Encodes every message the session has produced; answers to the peer count
+    /// toward its budget.
+    fn transmit(&mut self) {
+        while let Some(msg) = self.core.poll_transmit() {
+            self.urgent |= !msg.is_bookkeeping();
+            if matches!(msg, Message::Return { .. } | Message::Pong { .. }) {
+                self.conn.writer.queue_answer(msg);
+            } else {
+                self.conn.writer.queue(msg);
+            }
+        }
+        self.account();
+    }
+
+    /// Hands the session the complete frames the connection has buffered, one at a
+    /// time, while there is room for what they may cause (see
+    /// [`Driver::may_take_frames`]); the rest wait in the buffer (`frames_waiting`).
     fn read_frames(&mut self) {
         loop {
+            if !self.may_take_frames() {
+                return;
+            }
             let core = &mut self.core;
             match self.conn.reader.next_frame(|body| core.handle_frame(body)) {
                 Ok(true) => {
@@ -349,8 +438,12 @@ impl Driver {
                         return;
                     }
                 }
-                Ok(false) => return,
+                Ok(false) => {
+                    self.frames_waiting = false;
+                    return;
+                }
                 Err(e) => {
+                    self.frames_waiting = false;
                     self.core.handle_decode_error(e);
                     return;
                 }
@@ -413,6 +506,8 @@ impl Driver {
                 let traffic = Traffic {
                     frames: self.conn.writer.frames(),
                     writes: self.conn.writer.writes(),
+                    queued: self.conn.writer.backlog(),
+                    queued_answers: self.conn.writer.answer_backlog(),
                 };
                 let _ = tx.send((self.core.stats(), traffic));
             }

@@ -60,6 +60,10 @@ pub(crate) struct Traffic {
     pub(crate) frames: u64,
     /// Writes to the connection that moved bytes (each carries one or more frames).
     pub(crate) writes: u64,
+    /// Bytes queued and not yet written.
+    pub(crate) queued: usize,
+    /// The part of `queued` that answers the peer (what the outbound budget counts).
+    pub(crate) queued_answers: usize,
 }
 
 /// A cheap, thread-safe handle to a session task. Clones share one session; the

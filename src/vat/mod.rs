@@ -51,6 +51,7 @@ mod shared;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -79,6 +80,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// A captp vat: an identity, the objects it exports, and its sessions with other vats.
 ///
 /// `Vat` is a cheap handle (`Clone + Send + Sync`); clones share one vat.
+///
+/// # Dropping
+///
+/// Dropping the last clone shuts the vat down in the background, as
+/// [`shutdown`](Vat::shutdown) does: it stops listening, aborts every session (the
+/// peers' references and promises break with [`crate::BrokenKind::Disconnected`], and
+/// so do this vat's) and stops its tasks after a grace period of about two seconds.
+/// Call `shutdown` instead to wait for that. [`Ref`]s, promises and sessions do not keep
+/// a vat running; only clones of `Vat` do, so keep one for as long as the vat should
+/// serve. An exported object that holds a clone of its own `Vat` keeps it running until
+/// `shutdown` is called.
 ///
 /// # Examples
 ///
@@ -110,6 +122,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Vat {
     inner: Arc<VatInner>,
+    /// Counts the program's clones (session tasks hold `inner` only).
+    _last: Arc<LastHandle>,
 }
 
 /// Builds a [`Vat`]: identity, listen address, limits.
@@ -236,7 +250,10 @@ impl VatBuilder {
             inner.spawn(listener::listen(inner.clone(), listener, acceptor));
         }
         tracing::info!(vat = %inner.identity.vat_id(), addr = ?local_addr, "vat started");
-        Ok(Vat { inner })
+        Ok(Vat {
+            _last: Arc::new(LastHandle(inner.clone())),
+            inner,
+        })
     }
 }
 
@@ -337,6 +354,8 @@ impl Vat {
                         tables: Tables::from(tables),
                         frames_sent: traffic.frames,
                         writes: traffic.writes,
+                        queued_bytes: traffic.queued,
+                        queued_answer_bytes: traffic.queued_answers,
                     });
                 }
             }
@@ -344,6 +363,7 @@ impl Vat {
         VatStats {
             sessions,
             sturdy_refs: lock(&self.inner.registry).len(),
+            queued_answer_bytes: self.inner.queued_answers.load(Ordering::Relaxed),
         }
     }
 
@@ -371,20 +391,22 @@ impl Vat {
     /// promises break with [`crate::BrokenKind::Disconnected`]) and waits for the tasks
     /// to finish (at most about two seconds before they are stopped).
     pub async fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
-        // Sessions registered from now on see the flag when they start.
-        let handles = self.inner.session_handles();
-        for handle in handles {
-            let _ = handle.post(Command::Shutdown);
-        }
-        let mut tasks = std::mem::take(&mut *lock(&self.inner.tasks));
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tasks.shutdown().await;
-        }
+        shared::drain(self.inner.begin_shutdown(), SHUTDOWN_GRACE).await;
+    }
+}
+
+/// Held by every clone of a [`Vat`] and by nothing else: when the program drops its
+/// last clone, the vat shuts down.
+struct LastHandle(Arc<VatInner>);
+
+impl Drop for LastHandle {
+    /// Does what [`Vat::shutdown`] does, without waiting: the waiting (and stopping
+    /// what outlasts the grace period) runs as a task on the vat's runtime. A runtime
+    /// that is itself shutting down drops that task, which stops the vat's tasks.
+    fn drop(&mut self) {
+        let tasks = self.0.begin_shutdown();
+        tracing::debug!(vat = %self.0.identity.vat_id(), "last Vat handle dropped; shutting down");
+        drop(self.0.runtime().spawn(shared::drain(tasks, SHUTDOWN_GRACE)));
     }
 }
 
@@ -405,6 +427,10 @@ pub struct VatStats {
     pub sessions: Vec<SessionInfo>,
     /// Objects exported by sturdy ref and not revoked.
     pub sturdy_refs: usize,
+    /// Bytes of answers queued for peers and not yet written, over all sessions: what
+    /// [`Limits::max_outbound_total`] bounds. Read when the stats are taken, after the
+    /// sessions' entries.
+    pub queued_answer_bytes: usize,
 }
 
 /// One session in [`VatStats`].
@@ -424,6 +450,12 @@ pub struct SessionInfo {
     /// in the write of the next message, so a caller making one call after another
     /// makes about one write per call.
     pub writes: u64,
+    /// Bytes queued for the peer and not yet written: answers, and this vat's own
+    /// calls and bookkeeping.
+    pub queued_bytes: usize,
+    /// The part of `queued_bytes` that answers the peer (returns and pongs): what
+    /// [`Limits::max_outbound_buffer`] bounds.
+    pub queued_answer_bytes: usize,
 }
 
 /// The sizes of one session's tables ([`SessionInfo::tables`]). Once everything is

@@ -12,7 +12,11 @@
 //! they cannot overtake each other. The resolved reference itself (what awaiting the
 //! promise gives) is the direct one.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -71,6 +75,19 @@ struct RemoteRef {
 struct PendingRef {
     sends: mpsc::UnboundedSender<Forward>,
     settled: Watch,
+}
+
+/// What [`Ref::when_broken`] waits on, taken from a reference without holding it.
+enum BreakWatch {
+    /// Broken already.
+    Broken(Broken),
+    /// A local object: never breaks.
+    Never,
+    /// A remote object: breaks when its session ends.
+    Session(BoxFuture<'static, Broken>),
+    /// A promise: breaks when its session ends (if remote) or it settles to something
+    /// that is not an object; settled to an object, that object is watched next.
+    Promise(Option<BoxFuture<'static, Broken>>, Watch),
 }
 
 /// A send waiting for a local promise to settle.
@@ -155,30 +172,57 @@ impl Ref {
     /// points to went away or became unreachable), or the promise it is broke (or
     /// resolved to plain data, which cannot be called). A reference to a local object
     /// never breaks, so for one this waits forever.
-    pub async fn when_broken(&self) -> Broken {
-        let mut current = self.clone();
-        loop {
-            // What the reference became, if it is a promise that resolved to one.
-            let next = match &*current.inner {
-                RefInner::Broken(b) => Err(b.clone()),
-                RefInner::Local(..) => Err(std::future::pending::<Broken>().await),
-                RefInner::Pending(p) => settled(p.settled.clone())
-                    .await
-                    .and_then(|payload| resolved_target(&payload)),
-                RefInner::Remote(r) => {
-                    let closed = r.session.when_closed();
-                    match r.promise.clone() {
-                        None => Err(closed.await),
-                        Some(w) => tokio::select! {
-                            b = closed => Err(b),
-                            s = settled(w) => s.and_then(|payload| resolved_target(&payload)),
-                        },
+    ///
+    /// The future holds only what it watches (the session's end and, for a promise, its
+    /// settlement), never the reference: a watcher task does not keep the reference,
+    /// nor the object at the other vat, alive. Once every clone of a promise reference
+    /// is dropped and the promise can no longer settle, the future keeps waiting for
+    /// the session to end, and reports that.
+    pub fn when_broken(&self) -> impl Future<Output = Broken> + Send + 'static {
+        let first = self.break_watch();
+        async move {
+            let mut watching = first;
+            loop {
+                let settled = match watching {
+                    BreakWatch::Broken(b) => return b,
+                    BreakWatch::Never => return std::future::pending::<Broken>().await,
+                    BreakWatch::Session(closed) => return closed.await,
+                    BreakWatch::Promise(None, w) => settled(w).await,
+                    BreakWatch::Promise(Some(mut closed), mut w) => {
+                        let settled = tokio::select! {
+                            biased;
+                            b = &mut closed => return b,
+                            s = w.wait_for(Option::is_some) => s.ok().and_then(|v| v.clone()),
+                        };
+                        match settled {
+                            Some(s) => s,
+                            // Nobody can settle it any more: what is left to watch is
+                            // the session.
+                            None => return closed.await,
+                        }
                     }
+                };
+                // Watch what the promise became; the reference itself is dropped here.
+                watching = match settled.and_then(|payload| resolved_target(&payload)) {
+                    Ok(r) => r.break_watch(),
+                    Err(b) => return b,
+                };
+            }
+        }
+    }
+
+    /// What to watch to learn when this reference breaks, without holding it.
+    fn break_watch(&self) -> BreakWatch {
+        match &*self.inner {
+            RefInner::Broken(b) => BreakWatch::Broken(b.clone()),
+            RefInner::Local(..) => BreakWatch::Never,
+            RefInner::Pending(p) => BreakWatch::Promise(None, p.settled.clone()),
+            RefInner::Remote(r) => {
+                let closed = r.session.when_closed().boxed();
+                match &r.promise {
+                    None => BreakWatch::Session(closed),
+                    Some(w) => BreakWatch::Promise(Some(closed), w.clone()),
                 }
-            };
-            match next {
-                Ok(r) => current = r,
-                Err(b) => return b,
             }
         }
     }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{mpsc, watch};
@@ -43,6 +43,10 @@ pub(crate) struct VatInner {
     /// Every task the vat started; shutdown drains it.
     pub(crate) tasks: Mutex<JoinSet<()>>,
     runtime: tokio::runtime::Handle,
+    /// Bytes of answers queued for peers and not yet written, over every session: what
+    /// [`Limits::max_outbound_total`] bounds. Each session task adds and removes its
+    /// own, and removes what is left when it ends.
+    pub(crate) queued_answers: AtomicUsize,
 }
 
 impl VatInner {
@@ -67,6 +71,7 @@ impl VatInner {
             shutdown: watch::Sender::new(false),
             tasks: Mutex::new(JoinSet::new()),
             runtime,
+            queued_answers: AtomicUsize::new(0),
         }
     }
 
@@ -82,6 +87,22 @@ impl VatInner {
         // Reap finished tasks so a long-running vat does not accumulate them.
         while tasks.try_join_next().is_some() {}
         tasks.spawn_on(task, &self.runtime)
+    }
+
+    /// Starts shutting the vat down: new sessions see the flag when they start, the
+    /// listener stops, and every live session is told to abort. Returns the vat's tasks
+    /// for the caller to wait for (see [`drain`]).
+    pub(crate) fn begin_shutdown(&self) -> JoinSet<()> {
+        self.shutdown.send_replace(true);
+        for handle in self.session_handles() {
+            let _ = handle.post(Command::Shutdown);
+        }
+        std::mem::take(&mut *lock(&self.tasks))
+    }
+
+    /// The runtime the vat's tasks run on.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// Registers a new session with `peer`; returns its handle and the command
@@ -129,6 +150,15 @@ impl VatInner {
     /// Live handles to every session, taken without holding the lock after.
     pub(crate) fn session_handles(&self) -> Vec<SessionHandle> {
         lock(&self.sessions).values().cloned().collect()
+    }
+}
+
+/// Waits for `tasks` to finish, for at most `grace`; then stops the ones left.
+pub(crate) async fn drain(mut tasks: JoinSet<()>, grace: std::time::Duration) {
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tasks.shutdown().await;
     }
 }
 

@@ -146,7 +146,8 @@ pub(crate) enum Note {
 /// - `whoami()`: this object's name;
 /// - `notify(u64)`: sends [`Note::Notify`];
 /// - `gated()`: answers `"opened"` once the test opens the gate (one call per permit
-///   added to [`TestObject::gate`]).
+///   added to [`TestObject::gate`]);
+/// - `expand(u32)`: answers that many bytes (a small call with a large answer).
 pub(crate) struct TestObject {
     name: String,
     counter: AtomicU64,
@@ -218,6 +219,9 @@ impl Object for TestObject {
             "notify" => with(&args, |(k,): (u64,)| {
                 let _ = self.notes.send(Note::Notify(k));
                 Ok(())
+            }),
+            "expand" => with(&args, |(n,): (u32,)| {
+                Ok(ByteBuf::from(vec![0x5a; n as usize]))
             }),
             "gated" => {
                 let gate = self.gate.clone();
