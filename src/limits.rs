@@ -70,6 +70,17 @@ pub struct Limits {
     /// Silence after which the peer is declared dead and the session ends: every
     /// pending promise breaks with [`crate::BrokenKind::Disconnected`]. Default 90 s.
     pub keepalive_dead: Duration,
+
+    // ---- deadlines and cancellation ----
+    /// How long a remote call (`Ref::send`, `Ref::send_ref`) waits for its answer when
+    /// it sets no deadline of its own ([`crate::Promise::timeout`]). Past it the
+    /// promise breaks with [`crate::BrokenKind::Timeout`] and the callee is told to
+    /// stop the method (an early `finish`). Default `None`: calls wait as long as
+    /// the session lives, so a method that legitimately answers late (a long job, a
+    /// subscription that answers on an event) keeps working, and a peer that stops
+    /// answering altogether is still caught by `keepalive_dead`. Set it to bound every
+    /// call of a vat; local calls and one-way sends have no deadline from it.
+    pub call_timeout: Option<Duration>,
 }
 
 impl Limits {
@@ -107,6 +118,8 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             keepalive_idle: Duration::from_secs(30),
             keepalive_dead: Duration::from_secs(90),
+            // deadlines and cancellation
+            call_timeout: None,
         }
     }
 }
