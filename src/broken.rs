@@ -36,6 +36,15 @@ pub enum BrokenKind {
     TooLarge,
     /// The method ran and returned an error (an application error).
     Failed,
+    /// The call's deadline passed before its answer came: the per-call
+    /// [`Promise::timeout`](crate::Promise::timeout) or the vat-wide
+    /// [`Limits::call_timeout`](crate::Limits::call_timeout). The callee was told to
+    /// stop (an early `finish`); whether the method had an effect is unknown.
+    Timeout,
+    /// The asker cancelled the call before it was answered (it dropped the promise, or
+    /// its deadline passed): the callee stopped the method. Calls pipelined on the
+    /// cancelled answer break with it.
+    Cancelled,
     /// A kind this version of captp does not know, sent by a newer peer (its name is
     /// kept: [`Broken::kind_name`]), or a failure with no better kind.
     Other,
@@ -55,6 +64,8 @@ impl BrokenKind {
             BrokenKind::NotAnObject => "not_an_object",
             BrokenKind::TooLarge => "too_large",
             BrokenKind::Failed => "failed",
+            BrokenKind::Timeout => "timeout",
+            BrokenKind::Cancelled => "cancelled",
             BrokenKind::Other => "other",
         }
     }
@@ -72,6 +83,8 @@ impl BrokenKind {
             "not_an_object" => BrokenKind::NotAnObject,
             "too_large" => BrokenKind::TooLarge,
             "failed" => BrokenKind::Failed,
+            "timeout" => BrokenKind::Timeout,
+            "cancelled" => BrokenKind::Cancelled,
             _ => BrokenKind::Other,
         }
     }
@@ -171,6 +184,27 @@ impl Broken {
         Broken::new(BrokenKind::Disconnected, format!("session ended: {reason}"))
     }
 
+    /// The error for a call whose deadline passed after `waited` without an answer.
+    pub fn timeout(waited: std::time::Duration) -> Broken {
+        Broken::new(
+            BrokenKind::Timeout,
+            format!(
+                "no answer within the call's deadline of {waited:?}; the callee was told to \
+                 stop (raise the deadline with Promise::timeout or Limits::call_timeout if \
+                 the method is slow)"
+            ),
+        )
+    }
+
+    /// The error an answer breaks with when its asker cancelled it: what calls
+    /// pipelined on it receive.
+    pub fn cancelled() -> Broken {
+        Broken::new(
+            BrokenKind::Cancelled,
+            "the asker cancelled the call this one was sent to before it was answered",
+        )
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> BrokenKind {
         self.kind
@@ -235,6 +269,8 @@ mod tests {
             BrokenKind::NotAnObject,
             BrokenKind::TooLarge,
             BrokenKind::Failed,
+            BrokenKind::Timeout,
+            BrokenKind::Cancelled,
             BrokenKind::Other,
         ] {
             assert_eq!(BrokenKind::from_wire(kind.as_str()), kind);

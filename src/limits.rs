@@ -98,6 +98,16 @@ pub struct Limits {
     /// share + one answer); for N up to `max_connections`, at most twice
     /// `max_outbound_total` plus one answer per session.
     pub max_outbound_total: usize,
+    // ---- deadlines and cancellation ----
+    /// How long a remote call (`Ref::send`, `Ref::send_ref`) waits for its answer when
+    /// it sets no deadline of its own ([`crate::Promise::timeout`]). Past it the
+    /// promise breaks with [`crate::BrokenKind::Timeout`] and the callee is told to
+    /// stop the method (an early `finish`). Default `None`: calls wait as long as
+    /// the session lives, so a method that legitimately answers late (a long job, a
+    /// subscription that answers on an event) keeps working, and a peer that stops
+    /// answering altogether is still caught by `keepalive_dead`. Set it to bound every
+    /// call of a vat; local calls and one-way sends have no deadline from it.
+    pub call_timeout: Option<Duration>,
 }
 
 impl Limits {
@@ -143,6 +153,8 @@ impl Default for Limits {
             keepalive_dead: Duration::from_secs(90),
             // memory budget across sessions
             max_outbound_total: 64 << 20,
+            // deadlines and cancellation
+            call_timeout: None,
         }
     }
 }

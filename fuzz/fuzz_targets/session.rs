@@ -254,6 +254,9 @@ enum QState {
     Pending,
     /// The peer returned it; the session owes (or sent) its finish.
     Returned,
+    /// The session finished it before its return (a cancellation, PROTOCOL.md 9.7):
+    /// the peer still owes the return, which the session must accept.
+    FinishedEarly,
     /// Finished.
     Finished,
 }
@@ -469,7 +472,7 @@ impl Harness {
                 let mut ids: Vec<u64> = self
                     .s_questions
                     .iter()
-                    .filter(|(_, st)| **st == QState::Pending)
+                    .filter(|(_, st)| matches!(st, QState::Pending | QState::FinishedEarly))
                     .map(|(q, _)| *q)
                     .collect();
                 ids.sort_unstable();
@@ -654,7 +657,10 @@ impl Harness {
                 t.and(q).and(self.expect_caps(&payload.caps))
             }
             Message::Return { question, result } => {
-                if self.s_questions.get(question) != Some(&QState::Pending) {
+                if !matches!(
+                    self.s_questions.get(question),
+                    Some(QState::Pending | QState::FinishedEarly)
+                ) {
                     return Expect::Invalid;
                 }
                 match result {
@@ -800,7 +806,12 @@ impl Harness {
                 take_caps(self, &payload.caps);
             }
             Message::Return { question, result } => {
-                self.s_questions.insert(question, QState::Returned);
+                // A question the session finished early needs no finish after this.
+                let after = match self.s_questions.get(&question) {
+                    Some(QState::FinishedEarly) => QState::Finished,
+                    _ => QState::Returned,
+                };
+                self.s_questions.insert(question, after);
                 if let ReturnResult::Ok(p) = result {
                     take_caps(self, &p.caps);
                 }
@@ -810,9 +821,9 @@ impl Harness {
                     if pa.returned || pa.resolved {
                         self.peer_answers.remove(&question);
                     } else {
+                        // Cancelled: the session answers it `cancelled` at once and
+                        // frees it; the model drops it when it sees that return.
                         pa.finished_early = true;
-                        // Answered inside the session (a broken pipelined call), it
-                        // disappears without a return the model could see.
                         pa.uncertain = true;
                     }
                 }
@@ -958,10 +969,17 @@ impl Harness {
                     .get_mut(&question)
                     .unwrap_or_else(|| panic!("return for {question}, never asked"));
                 assert!(!pa.returned, "question {question} returned twice");
-                assert!(
-                    !pa.finished_early,
-                    "return for finished question {question}"
-                );
+                if pa.finished_early {
+                    let ReturnResult::Err(w) = &result else {
+                        panic!("question {question} was cancelled, yet returned {result:?}");
+                    };
+                    assert_eq!(w.kind, "cancelled", "return for cancelled {question}");
+                    self.peer_answers.remove(&question);
+                    self.answer_caps.remove(&question);
+                    self.answered_with.remove(&question);
+                    self.answered_import.remove(&question);
+                    return;
+                }
                 pa.returned = true;
                 pa.resolved = true;
                 pa.queued = 0;
@@ -977,11 +995,14 @@ impl Harness {
                 }
             }
             Message::Finish { question } => {
-                assert_eq!(
-                    self.s_questions.insert(question, QState::Finished),
-                    Some(QState::Returned),
-                    "finish for question {question} before its return"
-                );
+                // Before its return only as a cancellation: the session no longer
+                // wants the answer (here, its last pipelined handle went unused).
+                let state = match self.s_questions.get(&question) {
+                    Some(QState::Returned) => QState::Finished,
+                    Some(QState::Pending) => QState::FinishedEarly,
+                    other => panic!("finish for question {question} in state {other:?}"),
+                };
+                self.s_questions.insert(question, state);
             }
             Message::Resolve { export, result } => {
                 let &(object, n) = self
@@ -1107,6 +1128,10 @@ impl Harness {
                     }
                 }
                 Event::Pong { .. } => {}
+                Event::Cancel { answer } => {
+                    // The runtime stops the method: it will not answer.
+                    self.pending_answers.retain(|&a| a != answer);
+                }
                 Event::ExportsLost { objects } => {
                     assert!(self.s.is_closed(), "exports lost by an open session");
                     let unique: HashSet<_> = objects.iter().collect();
@@ -1221,6 +1246,7 @@ impl Harness {
             question: question.map(QuestionId),
             resolver,
             pipeline_refs,
+            deadline: None,
         });
     }
 
@@ -1612,7 +1638,7 @@ impl Harness {
             let mut pending: Vec<u64> = self
                 .s_questions
                 .iter()
-                .filter(|(_, st)| **st == QState::Pending)
+                .filter(|(_, st)| matches!(st, QState::Pending | QState::FinishedEarly))
                 .map(|(q, _)| *q)
                 .collect();
             pending.sort_unstable();

@@ -24,8 +24,10 @@
 //!     bytes arrived:           session.handle_heard(now), then for each whole frame
 //!                              session.handle_frame(body)
 //!     a local command:         session.send(..) / bootstrap(..) / answer(..) / drop_*(..)
+//!                              / cancel(..) / set_deadline(..)
 //!     the deadline passed:     session.handle_timeout(now)
 //!     drain events:            while let Some(ev) = session.poll_event() { .. }
+//!                              (Event::Cancel: drop the method running for that answer)
 //!     drain output:            while let Some(msg) = session.poll_transmit() { write it }
 //!     stop once session.is_closed() and the output is written
 //! }
@@ -42,6 +44,6 @@ mod tests;
 
 pub use ids::{AnswerId, ExportId, ImportId, QuestionId};
 pub use session::{
-    Call, CloseReason, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload, Session,
+    Call, CloseReason, Deadline, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload, Session,
     SessionStats, Violation,
 };

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{AbortHandle, Abortable, BoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -111,6 +111,7 @@ pub(crate) async fn run(
         vat: vat.clone(),
         rx,
         calls: FuturesUnordered::new(),
+        running: HashMap::new(),
         one_way_running: 0,
         promises: HashMap::new(),
         syncs: HashMap::new(),
@@ -205,10 +206,15 @@ pub(crate) async fn run(
             r = d.conn.writer.write_some(), if write_now || d.conn.writer.flush_pending() => {
                 d.wrote(r);
             }
-            Some((answer, outcome)) = d.calls.next(), if may_answer && !d.calls.is_empty() => {
-                match answer {
-                    Some(answer) => d.answer(answer, outcome),
-                    None => d.one_way_running -= 1,
+            Some(finished) = d.calls.next(), if may_answer && !d.calls.is_empty() => {
+                match finished {
+                    Ok((Some(answer), outcome)) => {
+                        d.running.remove(&answer);
+                        d.answer(answer, outcome);
+                    }
+                    Ok((None, _)) => d.one_way_running -= 1,
+                    // Cancelled (`Event::Cancel`): the session answered it already.
+                    Err(_aborted) => {}
                 }
             }
             // Only bookkeeping is waiting: give the tasks this session just woke one
@@ -232,6 +238,9 @@ pub(crate) async fn run(
     vat.forget_session(&handle);
 }
 
+/// A method running for the peer, with the answer it owes (`None` for a one-way send).
+type Running = BoxFuture<'static, (Option<AnswerId>, Outcome)>;
+
 /// The session task's state.
 struct Driver {
     core: Session<ObjectHandle, Resolver>,
@@ -244,8 +253,10 @@ struct Driver {
     handle: SessionHandle,
     vat: Arc<VatInner>,
     /// Asynchronous methods (and forwarded calls) still running, with the answer each
-    /// one owes.
-    calls: FuturesUnordered<BoxFuture<'static, (Option<AnswerId>, Outcome)>>,
+    /// one owes; a cancelled one ends as `Err(Aborted)`, its future dropped.
+    calls: FuturesUnordered<Abortable<Running>>,
+    /// How to stop each of `calls` that owes an answer, should the peer cancel it.
+    running: HashMap<AnswerId, AbortHandle>,
     /// How many of `calls` owe no answer: one-way sends, which flow control does not
     /// bound, so reading pauses while too many run.
     one_way_running: usize,
@@ -502,6 +513,8 @@ impl Driver {
             }
             Command::DropImport(i) => self.core.drop_import(i),
             Command::DropQuestionRef(q) => self.core.drop_question_ref(q),
+            Command::Cancel(q) => self.core.cancel(q),
+            Command::SetDeadline(q, deadline) => self.core.set_deadline(q, deadline),
             Command::Stats(tx) => {
                 let traffic = Traffic {
                     frames: self.conn.writer.frames(),
@@ -551,12 +564,24 @@ impl Driver {
                         }
                     }
                     ReplyInner::Later(future) => {
-                        if answer.is_none() {
-                            self.one_way_running += 1;
+                        let (abort, registration) = AbortHandle::new_pair();
+                        match answer {
+                            Some(answer) => {
+                                self.running.insert(answer, abort);
+                            }
+                            None => self.one_way_running += 1,
                         }
+                        let future = guard(future).map(move |outcome| (answer, outcome));
                         self.calls
-                            .push(guard(future).map(move |outcome| (answer, outcome)).boxed());
+                            .push(Abortable::new(future.boxed(), registration));
                     }
+                }
+            }
+            Event::Cancel { answer } => {
+                // The future is dropped when `calls` next polls it: soon, since
+                // aborting wakes this task.
+                if let Some(abort) = self.running.remove(&answer) {
+                    abort.abort();
                 }
             }
             Event::Resolved { import, result } => {

@@ -9,15 +9,16 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::export::{Proxies, Watched};
 use super::object::ObjectHandle;
-use super::promise::{Resolver, Settled};
+use super::promise::{Asked, Asker, Resolver, Settled};
 use crate::broken::Broken;
 use crate::identity::VatId;
-use crate::proto::{Call, ImportId, QuestionId, SessionStats};
+use crate::proto::{Call, Deadline, ImportId, QuestionId, SessionStats};
 use crate::sturdy::SwissNumber;
 use crate::wire::CborLimits;
 
@@ -45,6 +46,10 @@ pub(crate) enum Command {
     DropImport(ImportId),
     /// The last `Ref` to an answer (a pipelined promise) was dropped.
     DropQuestionRef(QuestionId),
+    /// A `Promise` was dropped before it settled: cancel its question.
+    Cancel(QuestionId),
+    /// A `Promise` was given a deadline ([`super::Promise::timeout`]).
+    SetDeadline(QuestionId, Deadline),
     /// Reports the session's table sizes and traffic.
     Stats(oneshot::Sender<(SessionStats, Traffic)>),
     /// A ping whose pong is reported: a round trip that orders everything before it.
@@ -79,6 +84,8 @@ struct Shared {
     tx: mpsc::UnboundedSender<Command>,
     next_question: AtomicU64,
     cbor: CborLimits,
+    /// The vat-wide deadline for calls ([`crate::Limits::call_timeout`]).
+    call_timeout: Option<Duration>,
     closed: OnceLock<Broken>,
     /// Mirrors `closed` for those who wait on it.
     closed_watch: watch::Sender<Option<Broken>>,
@@ -89,11 +96,14 @@ struct Shared {
 impl SessionHandle {
     /// A handle for a new session with `peer`, and the receiving end of its commands
     /// for the session task. `cbor` is what the peer accepts, checked before sending.
+    /// `call_timeout` is the deadline of every question asked through it, unless a
+    /// call sets its own.
     pub(crate) fn new(
         id: u64,
         peer: VatId,
         inbound: bool,
         cbor: CborLimits,
+        call_timeout: Option<Duration>,
     ) -> (SessionHandle, mpsc::UnboundedReceiver<Command>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = SessionHandle(Arc::new(Shared {
@@ -103,6 +113,7 @@ impl SessionHandle {
             tx,
             next_question: AtomicU64::new(1),
             cbor,
+            call_timeout,
             closed: OnceLock::new(),
             closed_watch: watch::Sender::new(None),
             proxies: Proxies::default(),
@@ -121,6 +132,22 @@ impl SessionHandle {
     /// A fresh question id (ids are never reused within a session).
     pub(crate) fn next_question(&self) -> QuestionId {
         QuestionId(self.0.next_question.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The deadline a question asked now gets from the vat-wide
+    /// [`crate::Limits::call_timeout`], if there is one.
+    pub(crate) fn default_deadline(&self) -> Option<Deadline> {
+        let timeout = self.0.call_timeout?;
+        Deadline::after(tokio::time::Instant::now().into_std(), timeout)
+    }
+
+    /// `question`, as the promise waiting for it holds it (to cancel it, or set its
+    /// deadline).
+    pub(crate) fn asked(&self, question: QuestionId) -> Asked {
+        Asked {
+            asker: self.0.clone(),
+            question,
+        }
     }
 
     /// The session's number within its vat.
@@ -210,5 +237,16 @@ impl SessionHandle {
                 _ => {}
             }
         }
+    }
+}
+
+/// What a remote promise posts: a closed session needs neither (its questions are gone).
+impl Asker for Shared {
+    fn cancel(&self, question: QuestionId) {
+        let _ = self.tx.send(Command::Cancel(question));
+    }
+
+    fn set_deadline(&self, question: QuestionId, deadline: Deadline) {
+        let _ = self.tx.send(Command::SetDeadline(question, deadline));
     }
 }

@@ -3,7 +3,8 @@
 //! A send on a local [`Ref`](super::Ref) must not run the method inside the sender's
 //! call (that would not be an eventual send, and could deadlock on the sender's locks).
 //! Each local reference gets a FIFO queue served by one task, started on its first
-//! send, which keeps E-order for that reference. No network code here.
+//! send, which keeps E-order for that reference. A running method whose caller dropped
+//! its promise is dropped too (cancellation, as for remote calls). No network code here.
 
 use std::panic::AssertUnwindSafe;
 
@@ -61,18 +62,31 @@ async fn serve(mut rx: mpsc::UnboundedReceiver<LocalCall>) {
             call = rx.recv(), if open => match call {
                 Some(call) => match invoke(&call.object, &call.method, call.args) {
                     ReplyInner::Ready(outcome) => settle(call.resolver, outcome),
-                    ReplyInner::Later(future) => {
-                        let resolver = call.resolver;
-                        running.push(guard(future).map(move |outcome| (resolver, outcome)));
-                    }
+                    ReplyInner::Later(future) => running.push(run_later(future, call.resolver)),
                 },
                 None => open = false,
             },
-            Some((resolver, outcome)) = running.next(), if !running.is_empty() => {
-                settle(resolver, outcome);
-            }
+            Some(()) = running.next(), if !running.is_empty() => {}
             else => break,
         }
+    }
+}
+
+/// Runs a method's future and settles its promise; if the caller drops the promise
+/// first, drops the future instead (its drop guards run: see `Reply::later`).
+async fn run_later(future: LaterOutcome, resolver: Option<Resolver>) {
+    match resolver {
+        Some(Resolver::Once(mut tx)) => {
+            tokio::select! {
+                outcome = guard(future) => {
+                    let _ = tx.send(outcome);
+                }
+                () = tx.closed() => {}
+            }
+        }
+        // A promise `Ref` may be watched by anyone it was cloned to, and one-way sends
+        // have no one to notice: they run to the end.
+        resolver => settle(resolver, guard(future).await),
     }
 }
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::codec::{self, RefPayload};
-use super::promise::Resolver;
+use super::promise::{CancelOnDrop, Resolver};
 use super::reference::Ref;
 use crate::broken::Broken;
 use crate::identity::VatId;
@@ -159,19 +159,25 @@ impl Object for Proxy {
 }
 
 /// Sends a call on to `target` and answers with its result. The send is posted now,
-/// not when the reply future is first polled: that keeps E-order.
+/// not when the reply future is first polled: that keeps E-order. Dropping the future
+/// before the answer comes (the call was cancelled here) cancels the forwarded call
+/// too, so cancellation travels along a chain of proxies.
 pub(crate) fn forward(target: &Ref, method: &str, args: Args) -> ReplyInner {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let payload = RefPayload {
         data: args.data,
         refs: args.refs,
     };
-    if let Err(b) = target.forward(method.to_owned(), payload, Some(Resolver::Once(tx))) {
-        return ReplyInner::Ready(Err(b));
-    }
+    let mut asked = match target.forward(method.to_owned(), payload, Some(Resolver::Once(tx))) {
+        Ok(asked) => CancelOnDrop::new(asked),
+        Err(b) => return ReplyInner::Ready(Err(b)),
+    };
     ReplyInner::Later(Box::pin(async move {
-        rx.await
-            .unwrap_or_else(|_| Err(Broken::disconnected("the forwarded call was dropped")))
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| Err(Broken::disconnected("the forwarded call was dropped")));
+        asked.disarm();
+        outcome
     }))
 }
 
@@ -183,7 +189,7 @@ pub(crate) fn forward_one_way(target: &Ref, method: &str, args: Args) -> ReplyIn
         refs: args.refs,
     };
     let sent = target.forward(method.to_owned(), payload, None);
-    ReplyInner::Ready(sent.map(|()| RefPayload::default()))
+    ReplyInner::Ready(sent.map(|_| RefPayload::default()))
 }
 
 impl PartialEq for ObjectHandle {
@@ -315,6 +321,37 @@ impl Reply {
 
     /// Answers later, with what `future` yields. The future runs on the runtime; calls
     /// that arrive meanwhile are not held up by it.
+    ///
+    /// # Cancellation
+    ///
+    /// If the caller cancels the call before the future finishes (it dropped its
+    /// [`Promise`](super::Promise), or the call's deadline passed), the future is
+    /// dropped where it is waiting: the code after that `.await` never runs, and the
+    /// values it holds are dropped, so their `Drop` impls (guards, permits, open
+    /// transactions) run. That is how a method observes cancellation. Work that must
+    /// finish regardless goes in a task of its own (`tokio::spawn`), whose handle the
+    /// future awaits: dropping a `JoinHandle` does not stop the task.
+    ///
+    /// ```
+    /// use captp::{Args, Reply};
+    ///
+    /// struct Logged;
+    /// impl Drop for Logged {
+    ///     fn drop(&mut self) {
+    ///         println!("the method ended, finished or cancelled");
+    ///     }
+    /// }
+    ///
+    /// let slow = |_method: &str, _args: Args| {
+    ///     Reply::later(async {
+    ///         let _guard = Logged;
+    ///         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    ///         Ok("done")
+    ///     })
+    /// };
+    /// # fn takes(_: impl captp::Object) {}
+    /// # takes(slow);
+    /// ```
     pub fn later<F, T>(future: F) -> Reply
     where
         F: Future<Output = Result<T, Broken>> + Send + 'static,

@@ -27,7 +27,7 @@ use super::export::{ProxyKey, Source, Watched};
 use super::handle::{Command, SessionHandle};
 use super::local::{LocalCall, LocalQueue};
 use super::object::{Args, Object, ObjectHandle};
-use super::promise::{Promise, Resolver, Watch, settled};
+use super::promise::{Asked, Promise, Resolver, Watch, settled};
 use crate::broken::{Broken, BrokenKind};
 use crate::proto::{Call, LocalTarget, OutCap, OutPayload};
 use crate::wire::{self, CborLimits};
@@ -267,10 +267,13 @@ impl Ref {
     /// reference. Await the promise for the result, decoded as `T` (which may hold
     /// `Ref`s). Arguments are any serde value, references included: a tuple for several
     /// (`("a", 1)`), `()` for none.
+    ///
+    /// Dropping the promise before it settles cancels the call, and
+    /// [`Promise::timeout`] gives it a deadline (see [`Promise`]).
     pub fn send<T: DeserializeOwned>(&self, method: &str, args: impl Serialize) -> Promise<T> {
         let (tx, rx) = oneshot::channel();
         match self.encode_and_send(method, &args, Some(Resolver::Once(tx))) {
-            Ok(()) => Promise::waiting(rx, self.cbor()),
+            Ok(asked) => Promise::waiting(rx, self.cbor(), asked),
             Err(b) => Promise::broken(b),
         }
     }
@@ -289,6 +292,12 @@ impl Ref {
     /// Messages sent to the returned reference go out immediately, aimed at the answer
     /// at the other vat, so a chain of dependent calls costs one round trip. If the call
     /// breaks, everything sent to its result breaks with the same reason.
+    ///
+    /// A remote call made this way has the vat-wide deadline
+    /// ([`crate::Limits::call_timeout`]), if any. Dropping every clone of the returned
+    /// reference before the answer comes cancels the call, unless something was sent
+    /// to the reference: those sends depend on the answer, so it is then awaited (and
+    /// released when it comes).
     pub fn send_ref(&self, method: &str, args: impl Serialize) -> Ref {
         let payload = match codec::encode(&args) {
             Ok(p) => p,
@@ -302,18 +311,20 @@ impl Ref {
         method: &str,
         args: &impl Serialize,
         resolver: Option<Resolver>,
-    ) -> Result<(), Broken> {
+    ) -> Result<Option<Asked>, Broken> {
         let payload = codec::encode(args).map_err(|e| encode_error(&e))?;
         self.forward(method.to_owned(), payload, resolver)
     }
 
-    /// Sends an already-encoded call; `resolver` gets the result.
+    /// Sends an already-encoded call; `resolver` gets the result. For a remote call
+    /// that asks a question, returns it, so that the caller can cancel it or give it a
+    /// deadline; ignoring it is not a cancellation.
     pub(crate) fn forward(
         &self,
         method: String,
         payload: RefPayload,
         resolver: Option<Resolver>,
-    ) -> Result<(), Broken> {
+    ) -> Result<Option<Asked>, Broken> {
         match &*self.inner {
             RefInner::Remote(r) => {
                 check_limits(&payload.data, &r.session.cbor())?;
@@ -330,9 +341,11 @@ impl Ref {
                         question,
                         resolver,
                         pipeline_refs: 0,
+                        deadline: question.and_then(|_| r.session.default_deadline()),
                     },
                     watched,
-                })
+                })?;
+                Ok(question.map(|q| r.session.asked(q)))
             }
             RefInner::Local(object, queue) => {
                 let queue = queue
@@ -344,7 +357,8 @@ impl Ref {
                     method,
                     args: Args::new(payload.data, payload.refs, CborLimits::default()),
                     resolver,
-                })
+                })?;
+                Ok(None)
             }
             RefInner::Pending(p) => p
                 .sends
@@ -353,6 +367,7 @@ impl Ref {
                     payload,
                     resolver,
                 })
+                .map(|()| None)
                 .map_err(|_| Broken::disconnected("the promise's forwarding task ended")),
             RefInner::Broken(b) => Err(b.clone()),
         }
@@ -378,6 +393,7 @@ impl Ref {
                     question: Some(q),
                     resolver: Some(Resolver::Watch(tx)),
                     pipeline_refs: 1,
+                    deadline: r.session.default_deadline(),
                 };
                 match r.session.post(Command::Send { call, watched }) {
                     Ok(()) => Ref::remote(r.session.clone(), LocalTarget::Answer(q), Some(rx)),
@@ -388,7 +404,7 @@ impl Ref {
             RefInner::Local(..) | RefInner::Pending(_) => {
                 let (tx, rx) = watch::channel(None);
                 match self.forward(method, payload, Some(Resolver::Watch(tx))) {
-                    Ok(()) => Ref::pending(rx),
+                    Ok(_) => Ref::pending(rx),
                     Err(b) => Ref::broken(b),
                 }
             }

@@ -2,7 +2,10 @@
 //! pipelines on them before they resolve, answering, and `finish`.
 //!
 //! Messages queued on an answer are bounded per answer (`max_queued_per_promise`) and
-//! the answers by `max_inbound_questions`. This room must not recurse on peer input: a
+//! the answers by `max_inbound_questions`. A `finish` before the answer is ready
+//! cancels it (PROTOCOL.md 9.7): the runtime is told to stop the method, and the answer
+//! breaks with `cancelled` at once, `return` included, so it stops counting against the
+//! limit when the asker's `finish` arrives. This room must not recurse on peer input: a
 //! chain of calls pipelined on broken answers is answered by a loop (`answer_broken`).
 
 use std::collections::hash_map::Entry;
@@ -21,8 +24,6 @@ pub(super) struct Answer<O> {
     resolution: Option<Resolution<O>>,
     /// Messages pipelined on the answer before it resolved, in arrival order.
     queued: Vec<Queued<O>>,
-    /// The peer sent `finish` while the answer was pending.
-    finished: bool,
 }
 
 /// A message the peer sent to an answer that had not resolved yet.
@@ -46,7 +47,6 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 v.insert(Answer {
                     resolution: None,
                     queued: Vec::new(),
-                    finished: false,
                 });
                 Ok(())
             }
@@ -166,14 +166,20 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     }
 
     pub(super) fn handle_finish(&mut self, id: AnswerId) -> Result<(), Violation> {
-        let Some(answer) = self.answers.get_mut(&id) else {
+        let Some(answer) = self.answers.get(&id) else {
             return Err(Violation::UnknownAnswer(id));
         };
-        if answer.resolution.is_some() {
-            self.remove_answer(id);
-        } else {
-            answer.finished = true;
+        if answer.resolution.is_none() {
+            // An early `finish` cancels the call (PROTOCOL.md 9.7). The method stops (the
+            // runtime drops it), and the answer breaks now rather than when the method
+            // would have ended: a peer that finishes early cannot keep work running here
+            // beyond its question limit. The `return` still goes, so the asker knows
+            // exactly when the question stops counting; the calls pipelined on the
+            // answer break the same way (answered by the caller's loop).
+            self.push_event(Event::Cancel { answer: id });
+            self.answer_one(id, Err(Broken::cancelled()));
         }
+        self.remove_answer(id);
         Ok(())
     }
 
@@ -211,31 +217,27 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         if self.is_closed() {
             return;
         }
-        let finished = match self.answers.get(&id) {
-            Some(a) if a.resolution.is_none() => a.finished,
+        match self.answers.get(&id) {
+            Some(a) if a.resolution.is_none() => {}
             _ => return,
-        };
+        }
         let result = result.and_then(|p| self.check_frame_size(None, &p).map(|()| p));
         // Export the result's references before deciding what the answer resolved to:
         // a result that cannot be exported breaks, and so must every message pipelined
-        // on it. If the asker is gone (finished), nothing is sent and nothing exported.
+        // on it.
         let (resolution, wire) = match result {
             Ok(p) => {
                 let resolution = Resolution::of_outgoing(&p);
-                if finished {
-                    (resolution, None)
-                } else {
-                    match self.give_payload(p) {
-                        Ok(p) => (resolution, Some(ReturnResult::Ok(p))),
-                        Err(b) => {
-                            let wire = ReturnResult::Err(WireBroken::from(&b));
-                            (Resolution::Broken(b), Some(wire))
-                        }
+                match self.give_payload(p) {
+                    Ok(p) => (resolution, ReturnResult::Ok(p)),
+                    Err(b) => {
+                        let wire = ReturnResult::Err(WireBroken::from(&b));
+                        (Resolution::Broken(b), wire)
                     }
                 }
             }
             Err(b) => {
-                let wire = (!finished).then(|| ReturnResult::Err(WireBroken::from(&b)));
+                let wire = ReturnResult::Err(WireBroken::from(&b));
                 (Resolution::Broken(b), wire)
             }
         };
@@ -257,15 +259,10 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         };
         let queued = std::mem::take(&mut answer.queued);
         answer.resolution = Some(resolution.clone());
-        if finished {
-            self.remove_answer(id);
-        }
-        if let Some(result) = wire {
-            self.outbox.push_back(Message::Return {
-                question: id.0,
-                result,
-            });
-        }
+        self.outbox.push_back(Message::Return {
+            question: id.0,
+            result: wire,
+        });
         for q in queued {
             self.deliver_to(
                 resolution.clone(),

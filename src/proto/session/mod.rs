@@ -34,12 +34,13 @@ mod timers;
 mod types;
 mod violation;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::Instant;
 
 pub use types::{
-    Call, CloseReason, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload, SessionStats,
+    Call, CloseReason, Deadline, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload,
+    SessionStats,
 };
 pub use violation::Violation;
 
@@ -79,6 +80,10 @@ pub struct Session<O, R> {
     /// Answers to give because what their calls were pipelined on broke.
     broken_answers: VecDeque<(AnswerId, Broken)>,
     questions: HashMap<QuestionId, Question<O, R>>,
+    /// The deadlines of questions asked or held, earliest first. An entry whose
+    /// question has been answered or cancelled since may linger; it is skipped when
+    /// due (`expire_questions`).
+    deadlines: BTreeSet<(Instant, QuestionId)>,
     answers: HashMap<AnswerId, Answer<O>>,
     exports: HashMap<ExportId, Export<O>>,
     /// The export of each exported object, to reuse it when the object is sent again.
@@ -187,6 +192,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             limits,
             state: State::AwaitingHello,
             questions: HashMap::new(),
+            deadlines: BTreeSet::new(),
             answers: HashMap::new(),
             exports: HashMap::new(),
             export_ids: HashMap::new(),
@@ -418,6 +424,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             });
         }
         self.awaiting_return = 0;
+        self.deadlines.clear();
         self.settled_while_held.clear();
         self.answers.clear();
         let mut lost: Vec<_> = self.exports.drain().collect();
@@ -468,6 +475,7 @@ mod tests {
                 question: Some(QuestionId(100 + q)),
                 resolver: Some(100 + q as u32),
                 pipeline_refs: 0,
+                deadline: None,
             });
         }
         while s.poll_event().is_some() {}

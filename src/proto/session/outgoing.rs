@@ -2,15 +2,20 @@
 //! pipelined handles on their answers.
 //!
 //! A command that cannot go out never vanishes: it breaks, and its resolver comes back in
-//! an [`Event::Return`]. This room must not decide when a question may go out (the hold
+//! an [`Event::Return`]. A question can end before its `return`: cancelled by the
+//! runtime, or past its deadline. Either sends an early `finish` and keeps the question,
+//! still counted against the peer's limit, until the `return` the peer owes for it
+//! arrives (PROTOCOL.md 9.7, 9.11); that `return` is then dropped. This room must not decide when a question may go out (the hold
 //! queue does, in `hold`) nor export anything itself (`exports` turns payloads into
 //! descriptors).
 
 use std::hash::Hash;
+use std::time::Instant;
 
 use super::exports::frame_estimate;
+use super::hold::Held;
 use super::imports::{PayloadOrigin, Suspect};
-use super::{Call, Event, LocalTarget, OutPayload, Resolution, Session, Violation};
+use super::{Call, Deadline, Event, LocalTarget, OutPayload, Resolution, Session, Violation};
 use crate::broken::{Broken, BrokenKind};
 use crate::proto::QuestionId;
 use crate::sturdy::SwissNumber;
@@ -30,17 +35,37 @@ pub(super) struct Question<O, R> {
     /// messages sent to the promise keep going through the peer (which forwards them
     /// back) so that they stay in order with those already sent.
     pub(super) finish_deferred: bool,
+    /// When to give up waiting for the `return` (its entry in `Session::deadlines`).
+    pub(super) deadline: Option<Deadline>,
+    /// A message went out aimed at the answer before it resolved: someone depends on
+    /// the answer, so dropping the last pipelined handle does not cancel it.
+    pub(super) pipelined_on: bool,
+    /// The `finish` went out before the `return` (cancelled, or past its deadline):
+    /// the `return` is still due, and is dropped when it comes.
+    pub(super) finished_early: bool,
 }
 
 impl<O, R> Question<O, R> {
     /// A question just sent, awaiting its `return`.
-    fn asked(resolver: Option<R>, pipeline_refs: u32) -> Question<O, R> {
+    fn asked(
+        resolver: Option<R>,
+        pipeline_refs: u32,
+        deadline: Option<Deadline>,
+    ) -> Question<O, R> {
         Question {
             resolver,
             pipeline_refs,
             resolution: None,
             finish_deferred: false,
+            deadline,
+            pipelined_on: false,
+            finished_early: false,
         }
+    }
+
+    /// Whether the `return` has not come and the question is still wanted.
+    fn is_pending(&self) -> bool {
+        self.resolution.is_none() && !self.finished_early
     }
 }
 
@@ -80,10 +105,16 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     ///
     /// A question id already in use is a bug in the runtime: it panics in debug builds
     /// and breaks the new call otherwise.
+    ///
+    /// A call with a [`Call::deadline`] that is still unanswered then (held or asked)
+    /// breaks with [`crate::BrokenKind::Timeout`] at [`Session::handle_timeout`].
     pub fn send(&mut self, call: Call<O, R>) {
         if !self.is_closed() {
             if let Some(q) = call.question {
                 self.debug_assert_fresh_question(q);
+                if let Some(d) = call.deadline {
+                    self.deadlines.insert((d.at, q));
+                }
             }
             if self.must_hold(
                 call.question,
@@ -110,7 +141,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             return;
         }
         self.questions
-            .insert(question, Question::asked(resolver, pipeline_refs));
+            .insert(question, Question::asked(resolver, pipeline_refs, None));
         self.awaiting_return += 1;
         self.outbox.push_back(Message::Bootstrap {
             question: question.0,
@@ -128,6 +159,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             question,
             resolver,
             pipeline_refs,
+            deadline,
         } = call;
         if let Some(q) = question {
             // Checked here, where the question enters the table, so that a reused id
@@ -139,13 +171,16 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         }
         match self.call_message(target, &method, payload) {
             Err(b) => match question {
-                Some(q) => self.break_question(q, resolver, pipeline_refs, b),
+                Some(q) => {
+                    self.forget_deadline(q, deadline);
+                    self.break_question(q, resolver, pipeline_refs, b);
+                }
                 None => self.report_broken(resolver, b),
             },
             Ok((target, payload)) => {
                 if let Some(q) = question {
                     self.questions
-                        .insert(q, Question::asked(resolver, pipeline_refs));
+                        .insert(q, Question::asked(resolver, pipeline_refs, deadline));
                     self.awaiting_return += 1;
                 }
                 self.outbox.push_back(Message::Deliver {
@@ -181,7 +216,12 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 }
                 Target::Export(i.0)
             }
-            LocalTarget::Answer(q) => match self.questions.get(&q).map(|q| &q.resolution) {
+            LocalTarget::Answer(q) => match self.questions.get_mut(&q).map(|q| {
+                if q.resolution.is_none() {
+                    q.pipelined_on = true;
+                }
+                &q.resolution
+            }) {
                 None => {
                     return Err(Broken::new(
                         BrokenKind::Other,
@@ -218,6 +258,9 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     pipeline_refs,
                     resolution: Some(Resolution::Broken(b.clone())),
                     finish_deferred: false,
+                    deadline: None,
+                    pipelined_on: false,
+                    finished_early: false,
                 },
             );
         }
@@ -250,6 +293,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         result: ReturnResult,
     ) -> Result<(), Violation> {
         match self.questions.get(&id) {
+            Some(q) if q.finished_early => return self.handle_late_return(id, result),
             Some(q) if q.resolution.is_none() => {}
             _ => return Err(Violation::UnknownQuestion(id)),
         }
@@ -262,6 +306,9 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             return Ok(());
         };
         let resolver = question.resolver.take();
+        if let Some(d) = question.deadline.take() {
+            self.deadlines.remove(&(d.at, id));
+        }
         let keep = question.pipeline_refs > 0;
         // Our own object came back through the peer's answer: messages on the promise
         // keep going to the answer (the peer forwards them here), so the answer must
@@ -296,6 +343,149 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         Ok(())
     }
 
+    /// The `return` for a question finished early (PROTOCOL.md 9.7): not a violation.
+    /// Its result goes to no one (references in it are released), and the question
+    /// stops counting against the peer's limit now: the peer freed its answer before
+    /// sending this.
+    fn handle_late_return(
+        &mut self,
+        id: QuestionId,
+        result: ReturnResult,
+    ) -> Result<(), Violation> {
+        if let ReturnResult::Ok(payload) = result {
+            let payload = self.take_payload(payload)?;
+            self.drop_payload(payload, PayloadOrigin::ThisMessage);
+        }
+        self.awaiting_return = self.awaiting_return.saturating_sub(1);
+        if let Some(q) = self.questions.get_mut(&id) {
+            q.finished_early = false;
+            if q.pipeline_refs == 0 {
+                self.questions.remove(&id);
+            }
+        }
+        self.drain_hold_queue();
+        Ok(())
+    }
+
+    /// The runtime no longer wants question `id`'s answer: its promise was dropped
+    /// before it settled. A call still held never goes out; an asked one gets an early
+    /// `finish`, and the peer stops its method (PROTOCOL.md 9.7). Either way the resolver
+    /// comes back broken with [`crate::BrokenKind::Cancelled`], for the record.
+    ///
+    /// A question answered or unknown is left alone, and so is one that local handles
+    /// still pipeline on (they give up with [`Session::drop_question_ref`]). The
+    /// question stops counting against the peer's limit when the `return` the peer
+    /// still owes arrives.
+    pub fn cancel(&mut self, id: QuestionId) {
+        if self.is_closed() {
+            return;
+        }
+        let held = self.held.iter().position(
+            |h| matches!(h, Held::Call(c) if c.question == Some(id) && c.pipeline_refs == 0),
+        );
+        if let Some(Held::Call(call)) = held.and_then(|at| self.held.remove(at)) {
+            // It never went out, so it never will: nothing to tell the peer, and
+            // nothing behind it needs it (nothing pipelines on it).
+            self.forget_deadline(id, call.deadline);
+            self.report_broken(call.resolver, cancelled_locally());
+            self.drain_hold_queue();
+            return;
+        }
+        match self.questions.get(&id) {
+            Some(q) if q.is_pending() && q.pipeline_refs == 0 => {
+                let resolver = self.finish_early(id);
+                self.report_broken(resolver, cancelled_locally());
+            }
+            _ => {}
+        }
+    }
+
+    /// Sets (or replaces) the deadline of question `id`, asked or still held: the
+    /// per-call deadline chosen after the call was sent. A question answered,
+    /// finished or unknown is left alone.
+    pub fn set_deadline(&mut self, id: QuestionId, deadline: Deadline) {
+        if self.is_closed() {
+            return;
+        }
+        let slot = if let Some(q) = self.questions.get_mut(&id) {
+            if !q.is_pending() {
+                return;
+            }
+            &mut q.deadline
+        } else if let Some(Held::Call(c)) = self.held.iter_mut().find(|h| h.asks(id)) {
+            &mut c.deadline
+        } else {
+            return;
+        };
+        if let Some(old) = slot.replace(deadline) {
+            self.deadlines.remove(&(old.at, id));
+        }
+        self.deadlines.insert((deadline.at, id));
+    }
+
+    /// Breaks every question whose deadline is `now` or earlier with
+    /// [`crate::BrokenKind::Timeout`]: a held one never goes out; an asked one gets an
+    /// early `finish` (cancellation at the peer), and while handles pipeline on it, sends
+    /// to it break with the same error.
+    pub(super) fn expire_questions(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            self.expire_question(id, at);
+        }
+        self.drain_hold_queue();
+    }
+
+    /// Question `id`'s deadline `at` has passed, unless the entry is stale (answered,
+    /// cancelled or moved since).
+    fn expire_question(&mut self, id: QuestionId, at: Instant) {
+        let is_due = |d: &Option<Deadline>| d.is_some_and(|d| d.at == at);
+        let held = self.held.iter().position(
+            |h| matches!(h, Held::Call(c) if c.question == Some(id) && is_due(&c.deadline)),
+        );
+        if let Some(Held::Call(call)) = held.and_then(|at| self.held.remove(at)) {
+            // Sends held behind it that pipeline on it find the question broken.
+            let b = Broken::timeout(call.deadline.map(|d| d.timeout).unwrap_or_default());
+            self.break_question(id, call.resolver, call.pipeline_refs, b);
+            return;
+        }
+        let Some(q) = self.questions.get(&id) else {
+            return;
+        };
+        if !q.is_pending() || !is_due(&q.deadline) {
+            return;
+        }
+        let b = Broken::timeout(q.deadline.map(|d| d.timeout).unwrap_or_default());
+        let resolver = self.finish_early(id);
+        if let Some(q) = self.questions.get_mut(&id) {
+            if q.pipeline_refs > 0 {
+                q.resolution = Some(Resolution::Broken(b.clone()));
+            }
+        }
+        self.report_broken(resolver, b);
+    }
+
+    /// Sends the early `finish` for a pending question and takes its resolver; the
+    /// question stays until its `return` arrives ([`Session::handle_late_return`]).
+    fn finish_early(&mut self, id: QuestionId) -> Option<R> {
+        let q = self.questions.get_mut(&id)?;
+        q.finished_early = true;
+        if let Some(d) = q.deadline.take() {
+            self.deadlines.remove(&(d.at, id));
+        }
+        self.outbox.push_back(Message::Finish { question: id.0 });
+        q.resolver.take()
+    }
+
+    /// Removes a deadline entry for a question that will never be answered.
+    fn forget_deadline(&mut self, id: QuestionId, deadline: Option<Deadline>) {
+        if let Some(d) = deadline {
+            self.deadlines.remove(&(d.at, id));
+        }
+    }
+
     /// The runtime dropped one pipelined handle on a question's answer.
     pub fn drop_question_ref(&mut self, id: QuestionId) {
         if self.held.iter().any(|h| h.uses_question(id)) {
@@ -310,26 +500,48 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     }
 
     /// Drops one pipelined handle on a question's answer at once; the last one frees the
-    /// question (and sends its deferred `finish`, if any).
+    /// question (and sends its deferred `finish`, if any), or, if the answer has not
+    /// come and nothing was sent to it, cancels it.
     pub(super) fn drop_question_ref_now(&mut self, id: QuestionId) {
         let Some(q) = self.questions.get_mut(&id) else {
             return;
         };
         q.pipeline_refs = q.pipeline_refs.saturating_sub(1);
-        if q.pipeline_refs == 0 && q.resolution.is_some() {
-            let Some(q) = self.questions.remove(&id) else {
-                return;
-            };
-            if let Some(Resolution::Import(i)) = q.resolution {
-                self.drop_handle_now(i, Suspect::Record);
+        if q.pipeline_refs > 0 || q.finished_early {
+            // Still used, or its `return` is still due (`handle_late_return` frees it).
+            return;
+        }
+        if q.resolution.is_none() {
+            if !q.pipelined_on {
+                // Nobody can see the answer any more, and nothing was sent to it:
+                // cancel the call at the peer (an early `finish`).
+                let resolver = self.finish_early(id);
+                self.report_broken(resolver, cancelled_locally());
             }
-            if q.finish_deferred && !self.is_closed() {
-                self.outbox.push_back(Message::Finish { question: id.0 });
-                self.awaiting_return = self.awaiting_return.saturating_sub(1);
-                self.drain_hold_queue();
-            }
+            // Otherwise messages sent on the answer depend on it: it runs to its
+            // `return`, which then frees it (no handle keeps it).
+            return;
+        }
+        let Some(q) = self.questions.remove(&id) else {
+            return;
+        };
+        if let Some(Resolution::Import(i)) = q.resolution {
+            self.drop_handle_now(i, Suspect::Record);
+        }
+        if q.finish_deferred && !self.is_closed() {
+            self.outbox.push_back(Message::Finish { question: id.0 });
+            self.awaiting_return = self.awaiting_return.saturating_sub(1);
+            self.drain_hold_queue();
         }
     }
+}
+
+/// What a cancelled question's resolver gets back (no one is waiting for it).
+fn cancelled_locally() -> Broken {
+    Broken::new(
+        crate::broken::BrokenKind::Cancelled,
+        "the call was cancelled before its answer came",
+    )
 }
 
 /// The error for a question id used twice.

@@ -1,5 +1,5 @@
-//! Time in the session: the handshake timeout and the keepalive, decided here and driven
-//! by the runtime with instants it passes in.
+//! Time in the session: the handshake timeout, the keepalive and the questions'
+//! deadlines, decided here and driven by the runtime with instants it passes in.
 //!
 //! The runtime reports arriving bytes with `handle_heard`, asks `poll_timeout` when to
 //! wake, and calls `handle_timeout` then. This room must not read a clock, sleep, or
@@ -52,11 +52,14 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
 
     /// The earliest instant at which [`Session::handle_timeout`] has something to do:
     /// the handshake deadline while the peer's `hello` has not arrived, the keepalive
-    /// ping after `keepalive_idle` of silence (once per silent period), and the
-    /// dead-peer limit after `keepalive_dead` of silence. `None` once closed.
+    /// ping after `keepalive_idle` of silence (once per silent period), the dead-peer
+    /// limit after `keepalive_dead` of silence, and the earliest question deadline
+    /// ([`super::Call::deadline`]). `None` once closed.
     ///
-    /// It changes after `handle_heard`, `handle_timeout` and the peer's `hello`: ask
-    /// again after each.
+    /// It changes after `handle_heard`, `handle_timeout`, the peer's `hello`, and any
+    /// command that asks, answers or cancels a question: ask again after each. It may
+    /// name the deadline of a question answered since; `handle_timeout` then does
+    /// nothing for it.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = &self.timers;
         let handshake = match self.state {
@@ -70,18 +73,25 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             after(t.last_heard, self.limits.keepalive_idle)
         };
         let dead = after(t.last_heard, self.limits.keepalive_dead);
-        [handshake, idle, dead].into_iter().flatten().min()
+        let question = self.deadlines.first().map(|&(at, _)| at);
+        [handshake, idle, dead, question]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Fires whatever is due at `now`: past the handshake deadline without the peer's
-    /// `hello`, the session aborts; past `keepalive_dead` of silence it closes as lost
-    /// (every pending promise breaks with `Disconnected`); past `keepalive_idle` of
-    /// silence it queues one keepalive ping. Calling it early, or when closed, does
-    /// nothing.
+    /// Fires whatever is due at `now`: questions past their deadline break with
+    /// `Timeout` and get an early `finish` (first, so a deadline that falls with a
+    /// session limit is reported as the call's own); past the handshake deadline
+    /// without the peer's `hello`, the session aborts; past `keepalive_dead` of silence
+    /// it closes as lost (every pending promise breaks with `Disconnected`); past
+    /// `keepalive_idle` of silence it queues one keepalive ping. Calling it early, or
+    /// when closed, does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.is_closed() {
             return;
         }
+        self.expire_questions(now);
         let t = &self.timers;
         if self.state == State::AwaitingHello
             && is_due(now, t.started, self.limits.handshake_timeout)

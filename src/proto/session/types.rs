@@ -5,6 +5,7 @@
 //! rooms of the session. Nothing here refers to the session's tables.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 #[cfg(doc)]
 use super::Session;
@@ -133,6 +134,29 @@ pub struct Call<O, R> {
     /// How many local handles will send to this question's answer (pipelined
     /// references). Each must later be given back with [`Session::drop_question_ref`].
     pub pipeline_refs: u32,
+    /// When to stop waiting for the answer, or `None` to wait as long as the session
+    /// lives. Ignored for a one-way send. See [`Session::set_deadline`].
+    pub deadline: Option<Deadline>,
+}
+
+/// When a question stops waiting for its answer. Past `at`, [`Session::handle_timeout`]
+/// breaks the question with [`crate::BrokenKind::Timeout`] and tells the peer to stop
+/// (an early `finish`, PROTOCOL.md 9.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// The instant, on the clock the runtime passes to `handle_timeout`.
+    pub at: Instant,
+    /// How long the asker chose to wait (`at` minus when it asked): only for the error
+    /// message, so that it says which limit passed.
+    pub timeout: Duration,
+}
+
+impl Deadline {
+    /// The deadline `timeout` after `now`; `None` if that is past what an `Instant`
+    /// holds (never due).
+    pub fn after(now: Instant, timeout: Duration) -> Option<Deadline> {
+        now.checked_add(timeout).map(|at| Deadline { at, timeout })
+    }
 }
 
 /// Something the runtime must act on.
@@ -160,6 +184,14 @@ pub enum Event<O, R> {
         answer: AnswerId,
         /// The swiss number asked for.
         swiss: SwissNumber,
+    },
+    /// The peer cancelled its question (an early `finish`): stop the method running
+    /// for `answer` (drop its future), if one still runs. The session has already
+    /// answered it broken ([`crate::BrokenKind::Cancelled`]) and freed it; a later
+    /// [`Session::answer`] for it does nothing.
+    Cancel {
+        /// The answer whose method to stop.
+        answer: AnswerId,
     },
     /// A question of ours settled (or broke locally, or broke because the session closed).
     Return {

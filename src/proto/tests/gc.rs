@@ -66,26 +66,38 @@ fn import_held_by_a_question_outlives_the_resolvers_handle() {
 }
 
 #[test]
-fn dropping_question_refs_before_the_return_frees_the_question_on_return() {
+fn dropping_question_refs_before_the_return_cancels_the_question() {
     let mut pair = Pair::new();
     pair.a.session.bootstrap(QuestionId(1), swiss(1), None, 1);
     pair.a.session.drop_question_ref(QuestionId(1));
+    // Nothing was sent on the answer and no one can see it: an early finish.
     assert_tables!(pair.a, questions: 1);
     pair.drive();
-    pair.b.serve_bootstraps();
-    pair.drive();
-    // No resolver and no refs: the returned reference is released at once.
-    assert_eq!(pair.a.take_events(), []);
     assert_eq!(
-        pair.a.take_sent()[1..],
+        pair.a.take_sent(),
         [
-            Message::Finish { question: 1 },
-            Message::Release {
-                export: 1,
-                count: 1
+            Message::Bootstrap {
+                question: 1,
+                swiss: swiss(1)
             },
+            Message::Finish { question: 1 },
         ]
     );
+    // B was told to stop before it answered; its answer broke, and the return still
+    // came, which freed A's question.
+    assert_eq!(
+        pair.b.take_events(),
+        [
+            Seen::Bootstrap {
+                answer: AnswerId(1),
+                swiss: [1; 32]
+            },
+            Seen::Cancel(AnswerId(1)),
+        ]
+    );
+    assert_eq!(pair.b.serve_bootstraps(), []);
+    pair.drive();
+    assert_eq!(pair.a.take_events(), []);
     assert_tables!(pair.a);
     assert_tables!(pair.b);
 }

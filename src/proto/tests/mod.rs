@@ -83,6 +83,7 @@ macro_rules! assert_tables {
 
 mod bootstrap;
 mod calls;
+mod cancel;
 mod gc;
 mod handshake;
 mod lifecycle;
@@ -150,6 +151,7 @@ fn ask(target: LocalTarget, method: &str, payload: OutPayload<u32>, q: u64) -> C
         question: Some(QuestionId(q)),
         resolver: Some(u32::try_from(q).unwrap()),
         pipeline_refs: 0,
+        deadline: None,
     }
 }
 
@@ -162,6 +164,7 @@ fn tell(target: LocalTarget, method: &str, payload: OutPayload<u32>) -> Call<u32
         question: None,
         resolver: None,
         pipeline_refs: 0,
+        deadline: None,
     }
 }
 
@@ -198,6 +201,8 @@ enum Seen {
         result: Result<InPayload<u32>, Broken>,
     },
     Lost(Vec<u32>),
+    /// The peer cancelled the question this answer is for: stop its method.
+    Cancel(AnswerId),
     Pong(u64),
     Closed(CloseReason),
 }
@@ -229,6 +234,7 @@ impl From<Event<u32, u32>> for Seen {
             },
             Event::Resolved { import, result } => Seen::Resolved { import, result },
             Event::Pong { nonce } => Seen::Pong(nonce),
+            Event::Cancel { answer } => Seen::Cancel(answer),
             Event::ExportsLost { mut objects } => {
                 objects.sort_unstable();
                 Seen::Lost(objects)
