@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use captp::internal::wire::message::PROTOCOL_VERSION;
-use captp::internal::wire::{Message, Payload, ReturnResult, Target};
+use captp::internal::wire::{Hello, Message, Payload, ReturnResult, Target};
 use captp::{Limits, SwissNumber};
 use common::{
     Fixture, RawConn, Server, cbor, connected, decode_data, deliver, encode, hello, limits, within,
@@ -277,11 +277,10 @@ async fn unsupported_protocol_version_is_refused() {
         Limits::default(),
         &["unsupported protocol version 999"],
         async |raw, _| {
-            raw.send(&Message::Hello {
+            raw.send(&Message::Hello(Hello {
                 version: 999,
-                max_frame: 1 << 20,
-                max_questions: 1024,
-            })
+                ..Hello::MINIMUM
+            }))
             .await;
         },
     ))
@@ -363,10 +362,10 @@ async fn one_byte_writes_still_make_a_valid_session() {
 
         assert!(matches!(
             raw.expect_message().await,
-            Message::Hello {
+            Message::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 ..
-            }
+            })
         ));
         let fetched = raw.expect_return(1).await;
         assert_eq!(fetched.caps.len(), 1, "{fetched:?}");

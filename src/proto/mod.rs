@@ -42,6 +42,6 @@ mod tests;
 
 pub use ids::{AnswerId, ExportId, ImportId, QuestionId};
 pub use session::{
-    Call, CloseReason, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload, Session,
-    SessionStats, Violation,
+    Call, CloseReason, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload, PeerLimits,
+    Session, SessionStats, Violation, announce,
 };
