@@ -122,7 +122,9 @@ fn hello_with_a_question_limit_below_the_minimum_is_a_violation() {
 
 #[test]
 fn hello_with_a_flow_control_limit_below_its_minimum_is_a_violation() {
-    let cases: [(&str, fn(&mut Hello) -> &mut u64, usize); 5] = [
+    /// A field of a hello, to set.
+    type Field = fn(&mut Hello) -> &mut u64;
+    let cases: [(&str, Field, usize); 5] = [
         ("max_queued", |h| &mut h.max_queued, MIN_QUEUED),
         ("max_imports", |h| &mut h.max_imports, MIN_IMPORTS),
         ("max_caps", |h| &mut h.max_caps, MIN_CAPS),
