@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let counter = vat.enliven(&sturdy);
 
     println!("Calling Foo...");
-    counter.send_only("foo", ());
+    counter.send_only("foo", ())?;
     let count = counter.send::<u64>("bar", ()).await;
 
     vat.shutdown().await;

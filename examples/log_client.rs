@@ -45,8 +45,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // One-way sends: no answer, no waiting. They go out in order, behind the connect
     // and the fetch of the object, and before the search below (E-order).
-    log.send_only("log", ("foot",));
-    log.send_only("log", ("shoe",));
+    log.send_only("log", ("foot",))?;
+    log.send_only("log", ("shoe",))?;
     let found = log.send::<Vec<(u64, String)>>("search", ("foo",)).await;
 
     vat.shutdown().await;

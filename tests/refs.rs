@@ -86,7 +86,7 @@ impl Object for Hub {
             }
             "tell_held" => match (args.decode::<(String,)>(), lock(&self.held).clone()) {
                 (Ok((method,)), Some(r)) => {
-                    r.send_only(&method, ());
+                    let _ = r.send_only(&method, ());
                     Reply::ok(())
                 }
                 (Err(e), _) => Reply::err(e),
@@ -235,7 +235,7 @@ async fn three_vats_a_passes_bs_object_to_c() {
         let hub_at_c = a.enliven(&c.uri);
         hub_at_c.send::<()>("hold", (in_b.clone(),)).await.unwrap();
         for i in 0..20 {
-            hub_at_c.send_only("call_held", (format!("m{i}"),));
+            hub_at_c.send_only("call_held", (format!("m{i}"),)).unwrap();
         }
         for i in 0..20 {
             assert_eq!(rx.recv().await.unwrap(), format!("m{i}"));
@@ -547,7 +547,7 @@ async fn a_callback_sent_before_answering_arrives_before_the_answer() {
     within(async {
         let poked = |method: &str, args: Args| match (method, args.decode::<(Ref,)>()) {
             ("poke", Ok((listener,))) => {
-                listener.send_only("hear", ("before the answer",));
+                let _ = listener.send_only("hear", ("before the answer",));
                 Reply::ok(())
             }
             (_, Err(e)) => Reply::err(e),
