@@ -170,9 +170,9 @@ impl Object for Consumer {
 }
 
 /// Streaming sends to a consumer taking 1,000 a second. The count is 20,000 rather than
-/// 100,000 to keep a debug build's run short (100,000 take 13 s there, 20,000 under 3 s):
-/// the bounds checked do not depend on it
-/// (they are reached after the first ~240 calls and held from then on).
+/// 100,000 to keep a debug build's run short (100,000 take 13 s there, 20,000 under
+/// 3 s): the bounds checked do not depend on it (they are reached after the first ~240
+/// calls and held from then on).
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn streaming_sends_to_a_slow_consumer_stay_within_the_window() {
     const SENDS: u64 = 20_000;

@@ -460,6 +460,28 @@ mod tests {
         assert_eq!(back, msg);
     }
 
+    /// The worked example of PROTOCOL.md 16.1, byte for byte.
+    #[test]
+    fn hello_encodes_as_protocol_md_16_1_shows() {
+        let hello = Message::Hello(Hello {
+            max_frame: 1 << 20,
+            max_questions: 1024,
+            max_queued: 256,
+            max_imports: 65_536,
+            max_caps: 256,
+            max_depth: 32,
+            max_items: 65_536,
+            ..Hello::MINIMUM
+        });
+        let mut out = Vec::new();
+        hello.encode_frame(&mut out).unwrap();
+        let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "00000077a16568656c6c6fa86776657273696f6e02696d61785f6672616d651a001000006d6d61785f7175657374696f6e731904006a6d61785f7175657565641901006b6d61785f696d706f7274731a00010000686d61785f63617073190100696d61785f64657074681820696d61785f6974656d731a00010000"
+        );
+    }
+
     #[test]
     fn every_message_round_trips() {
         let payload = Payload {
