@@ -406,82 +406,47 @@ async fn release_on_cancel_a_dropped_promise_releases_what_its_result_carried() 
     .await;
 }
 
-/// Past a per-session limit the peer's session is aborted with a reason; other
-/// sessions carry on.
+/// A vat keeps within the limits its peer announced: a call with more references than
+/// the peer's `max_caps` breaks locally with `too_large`, and the session goes on.
+/// (A peer that ignores the limit is aborted: `tests/hostile.rs`; the import limit is
+/// tested in memory, `proto::tests::limits`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_references_abort_only_that_session() {
+async fn references_past_the_peers_announced_limit_break_that_call_only() {
     within(async {
+        // The protocol minimums: smaller values would be raised to them.
         let c = Fixture::new()
             .server_limits(limits(|l| {
-                l.max_imports = 4;
-                l.max_caps_per_message = 3;
+                l.max_imports = 64;
+                l.max_caps_per_message = 16;
             }))
             .object(Hub::default())
             .connect()
             .await;
-        let calm = &c.obj;
+        let hub = &c.obj;
         assert_eq!(
-            calm.send::<usize>("hold_many", (Vec::<Ref>::new(),))
+            hub.send::<usize>("hold_many", (Vec::<Ref>::new(),))
                 .await
                 .unwrap(),
             0
         );
-
-        // Four references in one message: over the per-message limit of 3.
-        let greedy = start_client().await;
-        let hub = greedy.enliven(&c.server.uri);
-        let four: Vec<Ref> = (0..4)
-            .map(|_| Ref::from_object(Counter::default()))
-            .collect();
-        let err = hub.send::<usize>("hold_many", (four,)).await.unwrap_err();
-        assert_eq!(err.kind(), BrokenKind::Disconnected, "{err}");
-        assert!(
-            err.message()
-                .contains("more than 3 capability-table entries"),
-            "{err}"
-        );
-
-        // Within the per-message limit, but past the import limit over two messages.
-        let greedy = start_client().await;
-        let hub = greedy.enliven(&c.server.uri);
-        let keep: Vec<Ref> = (0..3)
-            .map(|_| Ref::from_object(Counter::default()))
-            .collect();
-        hub.send::<()>("hold", (keep[0].clone(),)).await.unwrap();
-        hub.send::<String>(
-            "subscribe",
-            (Subscription {
-                name: "a".into(),
-                listener: keep[1].clone(),
-            },),
-        )
-        .await
-        .unwrap();
-        hub.send::<String>(
-            "subscribe",
-            (Subscription {
-                name: "b".into(),
-                listener: keep[2].clone(),
-            },),
-        )
-        .await
-        .unwrap();
-        let more: Vec<Ref> = (0..2)
-            .map(|_| Ref::from_object(Counter::default()))
-            .collect();
-        let err = hub.send::<usize>("hold_many", (more,)).await.unwrap_err();
-        assert!(
-            err.message().contains("more than 4 imported references"),
-            "{err}"
-        );
-
-        // The bystander never noticed.
+        let refs = |n: usize| -> Vec<Ref> {
+            (0..n)
+                .map(|_| Ref::from_object(Counter::default()))
+                .collect()
+        };
+        let err = hub
+            .send::<usize>("hold_many", (refs(17),))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), BrokenKind::TooLarge, "{err}");
+        assert!(err.message().contains("the peer's limit of 16"), "{err}");
+        // Sixteen are fine, on the same session.
         assert_eq!(
-            calm.send::<usize>("hold_many", (Vec::<Ref>::new(),))
-                .await
-                .unwrap(),
-            0
+            hub.send::<usize>("hold_many", (refs(16),)).await.unwrap(),
+            16
         );
+        assert!(hub.broken_reason().is_none());
+        c.stop().await;
     })
     .await;
 }
