@@ -37,6 +37,11 @@
 //! - `chain`: 100 dependent calls, awaited one by one or pipelined (captp only).
 //! - `setup`: connect, mutual TLS handshake, fetch of the sturdy ref, first call answered.
 //! - `blob`: echo of a 64 KiB byte string with 16 outstanding; MB/s (10^6 bytes) one way.
+//! - `stream`: one-way throughput with flow control against a slow consumer (captp
+//!   only): `Ref::send_streaming` of 1 KiB calls to an object that takes
+//!   [`STREAM_RATE`] a second; calls/s, and the most bytes the sender held unsent
+//!   (`SessionInfo::peak_unsent_bytes`, at most `Limits::stream_window` plus one call)
+//!   and its RSS growth.
 //! - `sessions`: RSS growth per idle session (client and server halves are both in this
 //!   one process; a captp client session needs its own client vat, whose cost is
 //!   measured before the sessions open and reported apart as `client_bytes_per_session`;
@@ -97,6 +102,8 @@ const SPARE_FDS: u64 = 64;
 /// Percent of the machine's CPU time other processes may use before a run counts as
 /// disturbed.
 const OTHERS_QUIET: f64 = 5.0;
+/// Calls a second the `stream` phase's consumer takes (in ticks of 1 ms).
+const STREAM_RATE: usize = 20_000;
 /// The idle-session phase keeps this many inbound connections below captp's limit.
 const CONNECTION_MARGIN: usize = 16;
 
@@ -118,6 +125,7 @@ struct Counts {
     blob_window: usize,
     blob_calls: usize,
     idle_sessions: usize,
+    stream_calls: usize,
     connection_levels: [usize; 3],
     connection_warmup: usize,
     connection_time: Duration,
@@ -138,6 +146,7 @@ impl Counts {
         blob_window: 16,
         blob_calls: 5_000,
         idle_sessions: 1_000,
+        stream_calls: 40_000,
         connection_levels: [1, 10, 100],
         connection_warmup: 10,
         connection_time: Duration::from_secs(3),
@@ -153,6 +162,7 @@ impl Counts {
         setups: 20,
         blob_calls: 500,
         idle_sessions: 100,
+        stream_calls: 4_000,
         connection_warmup: 2,
         connection_time: Duration::from_millis(300),
         ..Counts::FULL
@@ -170,6 +180,7 @@ impl Counts {
             chains: share(self.chains),
             setups: share(self.setups),
             blob_calls: share(self.blob_calls),
+            stream_calls: share(self.stream_calls),
             connection_time: self.connection_time / u32::try_from(rounds.max(1)).unwrap_or(1),
             ..self
         }
@@ -267,6 +278,8 @@ async fn ping<P: Peer>(conn: &mut P::Conn, msg: &mut Ping) -> BenchResult<()> {
 #[derive(Clone)]
 struct Captp {
     uri: SturdyRef,
+    /// The slow consumer of the `stream` phase.
+    stream_uri: SturdyRef,
 }
 
 impl Peer for Captp {
@@ -485,6 +498,55 @@ impl Object for Node {
     }
 }
 
+/// The `stream` phase's consumer: each `take` answers when the consumer's clock gives
+/// it a turn, [`STREAM_RATE`] a second.
+struct SlowConsumer {
+    turns: Arc<Semaphore>,
+}
+
+impl SlowConsumer {
+    /// Starts the clock on the current runtime (the server's); it stops when the
+    /// consumer is gone.
+    fn start() -> SlowConsumer {
+        let turns = Arc::new(Semaphore::new(0));
+        let clock = Arc::downgrade(&turns);
+        tokio::spawn(async move {
+            let per_tick = STREAM_RATE / 1_000;
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(turns) = clock.upgrade() else { return };
+                // Turns do not pile up while nobody calls.
+                let missing = per_tick.saturating_sub(turns.available_permits());
+                turns.add_permits(missing);
+            }
+        });
+        SlowConsumer { turns }
+    }
+}
+
+impl Object for SlowConsumer {
+    fn call(&self, method: &str, args: Args) -> Reply {
+        if method != "take" {
+            return Reply::unknown_method(method);
+        }
+        if let Err(e) = args.decode::<ByteBuf>() {
+            return Reply::err(e);
+        }
+        let turns = self.turns.clone();
+        Reply::later(async move {
+            match turns.acquire().await {
+                Ok(turn) => {
+                    turn.forget();
+                    Ok(())
+                }
+                Err(_) => Err(captp::Broken::failed("the consumer stopped")),
+            }
+        })
+    }
+}
+
 /// Decodes a floor request and appends the encoded echo to `out`, as captp's object
 /// decodes its arguments and encodes its result.
 fn floor_echo(body: &[u8], out: &mut Vec<u8>) -> BenchResult<()> {
@@ -533,6 +595,7 @@ async fn start_servers() -> BenchResult<(Vat, Captp, Floor)> {
         .start()
         .await?;
     let uri = vat.export(Node { depth: 0 })?;
+    let stream_uri = vat.export(SlowConsumer::start())?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let floor = Floor {
         addr: listener.local_addr()?.to_string(),
@@ -540,7 +603,7 @@ async fn start_servers() -> BenchResult<(Vat, Captp, Floor)> {
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(transport::server_config(&identity)?);
     tokio::spawn(floor_listen(listener, acceptor));
-    Ok((vat, Captp { uri }, floor))
+    Ok((vat, Captp { uri, stream_uri }, floor))
 }
 
 // ---- the metrics -----------------------------------------------------------------
@@ -697,6 +760,45 @@ async fn blob<P: Peer>(peer: P, counts: Counts) -> BenchResult<Vec<Line>> {
         Line::new(P::NAME, "blob")
             .tag("size", counts.blob_size)
             .us("mb_s", mb / took.as_secs_f64()),
+    ])
+}
+
+/// `stream`: one-way 1 KiB calls with flow control (`Ref::send_streaming`) to a
+/// consumer taking [`STREAM_RATE`] a second; calls/s, the sender's peak unsent bytes,
+/// and the process's RSS growth over the phase.
+async fn stream(peer: Captp, counts: Counts) -> BenchResult<Vec<Line>> {
+    let client = peer.prepare().await?;
+    let conn = client.enliven(&peer.stream_uri);
+    let chunk = ByteBuf::from(vec![7u8; 1024]);
+    conn.send::<()>("take", &chunk).await?;
+    settle().await;
+    let before = rss_bytes()?;
+    let started = Instant::now();
+    for _ in 0..counts.stream_calls {
+        conn.send_streaming("take", &chunk).await?;
+    }
+    // Every call answered: a last one awaited, behind the others at the consumer.
+    conn.send::<()>("take", &chunk).await?;
+    let took = started.elapsed();
+    let grew = rss_bytes()?.saturating_sub(before);
+    let stats = client.stats().await;
+    let peak = stats
+        .sessions
+        .iter()
+        .map(|s| s.peak_unsent_bytes)
+        .max()
+        .ok_or("the stream client has no session")?;
+    Captp::release(client).await;
+    Ok(vec![
+        Line::new(Captp::NAME, "stream")
+            .tag("size", 1024)
+            .tag("consumer_per_s", STREAM_RATE)
+            .count(
+                "calls_per_s",
+                counts.stream_calls as f64 / took.as_secs_f64(),
+            )
+            .count("peak_unsent_bytes", peak as f64)
+            .count("rss_growth_bytes", grew as f64),
     ])
 }
 
@@ -1131,6 +1233,23 @@ impl Report {
             )
             .vs_floor(),
         ];
+        let stream =
+            |figure: &str| format!("stream size=1024 consumer_per_s={STREAM_RATE} {figure}");
+        rows.push(
+            Row::new(
+                format!("stream vs a {STREAM_RATE}/s consumer (calls/s)"),
+                (c, stream("calls_per_s")),
+            )
+            .value_at_least(STREAM_RATE as f64 * 0.8),
+        );
+        rows.push(
+            Row::new("stream peak unsent bytes", (c, stream("peak_unsent_bytes")))
+                .value_at_most((256 * 1024 + 2048) as f64),
+        );
+        rows.push(Row::new(
+            "stream RSS growth (bytes)",
+            (c, stream("rss_growth_bytes")),
+        ));
         rows.extend(conns);
         rows.push(Row::new("process max RSS (kB)", (c, "process max_rss_kb")));
 
@@ -1428,6 +1547,15 @@ fn run(quick: bool, awake: bool, rounds: usize, filter: Option<&str>) -> BenchRe
         || setup(f.clone(), share),
     )?;
     bench.both("blob", || blob(c.clone(), share), || blob(f.clone(), share))?;
+    // Flow control against a slow consumer: captp only (the floor has no such call).
+    let mut stream_rounds = Vec::new();
+    for _ in 0..bench.rounds {
+        let label = format!("{} stream", Captp::NAME);
+        stream_rounds.extend(bench.phase(&label, stream(c.clone(), share))?);
+    }
+    if !stream_rounds.is_empty() {
+        bench.report.emit(median_lines(stream_rounds)?);
+    }
     for n in counts.connection_levels {
         bench.both(
             &format!("{n} connections"),

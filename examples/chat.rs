@@ -109,7 +109,9 @@ impl Members {
     /// the lock held, so every member hears everything in the same order.
     fn tell_others(&self, except: u64, method: &str, args: &impl serde::Serialize) {
         for (_, member) in self.by_id.iter().filter(|(id, _)| **id != except) {
-            member.listener.send_only(method, args);
+            // Refused only if that listener's session is gone (its watcher notices) or
+            // it reads far too slowly: it misses this message, and nobody else does.
+            let _ = member.listener.send_only(method, args);
         }
     }
 

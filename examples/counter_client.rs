@@ -44,8 +44,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let counter = vat.enliven(&sturdy);
 
     println!("Calling Foo...");
-    counter.send_only("foo", ());
-    let count = counter.send::<u64>("bar", ()).await;
+    // A one-way send refused at once (the connection already failed, say) is explained
+    // like the call's failure below.
+    let count = async {
+        counter.send_only("foo", ())?;
+        counter.send::<u64>("bar", ()).await
+    }
+    .await;
 
     vat.shutdown().await;
     match count {

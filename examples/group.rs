@@ -111,7 +111,9 @@ impl Members {
     /// Tells every member but `except` that `text` happened. One-way, under the lock.
     fn notice_others(&self, except: u64, text: &str) {
         for (_, (_, listener)) in self.by_id.iter().filter(|(id, _)| **id != except) {
-            listener.send_only("notice", (text,));
+            // Refused only if that listener's session is gone (its watcher notices) or
+            // it reads far too slowly: it misses this notice, and nobody else does.
+            let _ = listener.send_only("notice", (text,));
         }
     }
 }
@@ -190,7 +192,8 @@ impl Membership {
         members.next_seq += 1;
         let seq = members.next_seq;
         for (_, (_, listener)) in members.by_id.iter().filter(|(id, _)| **id != self.id) {
-            listener.send_only("deliver", (seq, &from, text));
+            // As in `notice_others`: one listener's failure is not the sender's.
+            let _ = listener.send_only("deliver", (seq, &from, text));
         }
         Ok(seq)
     }

@@ -44,10 +44,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let log = vat.enliven(&sturdy);
 
     // One-way sends: no answer, no waiting. They go out in order, behind the connect
-    // and the fetch of the object, and before the search below (E-order).
-    log.send_only("log", ("foot",));
-    log.send_only("log", ("shoe",));
-    let found = log.send::<Vec<(u64, String)>>("search", ("foo",)).await;
+    // and the fetch of the object, and before the search below (E-order). One refused
+    // at once (the connection already failed, say) is explained like the search's
+    // failure below.
+    let found = async {
+        log.send_only("log", ("foot",))?;
+        log.send_only("log", ("shoe",))?;
+        log.send::<Vec<(u64, String)>>("search", ("foo",)).await
+    }
+    .await;
 
     vat.shutdown().await;
     match found {

@@ -38,8 +38,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // One-way sends: no answer is allocated. They queue behind the connection and the
     // fetch of the object, in order.
-    log.send_only("log", ("foot",));
-    log.send_only("log", ("shoe",));
+    log.send_only("log", ("foot",))?;
+    log.send_only("log", ("shoe",))?;
 
     let started = Instant::now();
     let hits: Vec<(u64, String)> = log.send("search", ("foo",)).await?;
@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Pipelining: `topic` returns a new object; we send to it before it exists.
     let started = Instant::now();
     let errors = log.send_ref("topic", ("errors",));
-    errors.send_only("log", ("disk full",));
+    errors.send_only("log", ("disk full",))?;
     let found: Vec<(u64, String)> = errors.send("search", ("disk",)).await?;
     println!(
         "pipelined topic(\"errors\").log(..).search(\"disk\") -> {:?} in one round trip ({:?})",

@@ -28,10 +28,13 @@ pub struct Limits {
     /// the peer's announced limit break locally with [`crate::BrokenKind::TooLarge`].
     pub max_frame: usize,
     /// Deepest CBOR nesting (arrays, maps, tags) in one message or one payload.
-    /// Default 32. Deeper input is a decode error: the peer's session is aborted.
+    /// Default 32; at least 8 (smaller values are raised to 8). Deeper input is a decode
+    /// error: the peer's session is aborted. Announced in `hello` (`max_depth`): a peer
+    /// that keeps within it (this crate does) breaks deeper arguments locally instead.
     pub max_cbor_depth: usize,
-    /// Most CBOR data items in one message or one payload. Default 65,536. More is a
-    /// decode error: the peer's session is aborted.
+    /// Most CBOR data items in one message or one payload. Default 65,536; at least 256
+    /// (smaller values are raised to 256). More is a decode error: the peer's session is
+    /// aborted. Announced in `hello` (`max_items`), like `max_cbor_depth`.
     pub max_cbor_items: usize,
     /// Most questions a peer may have outstanding with this vat (asked and not yet
     /// finished). Default 1,024; at least 64 (smaller values are raised to 64). It is
@@ -44,14 +47,22 @@ pub struct Limits {
     /// Most objects this vat exports to one peer at once. Default 65,536. A result that
     /// would export one more breaks with [`crate::BrokenKind::TooLarge`] instead.
     pub max_exports: usize,
-    /// Most references a peer may hand this vat at once. Default 65,536. One more
-    /// aborts the session.
+    /// Most references a peer may hand this vat at once. Default 65,536; at least 64
+    /// (smaller values are raised to 64). One more aborts the session. Announced in
+    /// `hello` (`max_imports`): a peer that keeps within it (this crate does) breaks a
+    /// call or result that would export one more with
+    /// [`crate::BrokenKind::TooLarge`] instead.
     pub max_imports: usize,
-    /// Most capability-table entries in one message. Default 256. More aborts the
-    /// session.
+    /// Most capability-table entries in one message. Default 256; at least 16 (smaller
+    /// values are raised to 16). More aborts the session. Announced in `hello`
+    /// (`max_caps`): a peer that keeps within it (this crate does) breaks a call or
+    /// result with more references locally with [`crate::BrokenKind::TooLarge`].
     pub max_caps_per_message: usize,
     /// Most messages a peer may queue on one of this vat's unresolved answers
-    /// (pipelining). Default 256. One more aborts the session.
+    /// (pipelining). Default 256; at least 16 (smaller values are raised to 16). One
+    /// more aborts the session. Announced in `hello` (`max_queued`): a peer that keeps
+    /// within it (this crate does) holds further sends to that answer back, in order,
+    /// until the answer's `return` arrives.
     pub max_queued_per_promise: usize,
     /// Most inbound connections served at once. Default 1,024. Past it, new
     /// connections are closed at once, before the TLS handshake.
@@ -108,15 +119,34 @@ pub struct Limits {
     /// answering altogether is still caught by `keepalive_dead`. Set it to bound every
     /// call of a vat; local calls and one-way sends have no deadline from it.
     pub call_timeout: Option<Duration>,
+    // ---- flow control of this vat's own sends (not announced; local only) ----
+    /// Bytes of arguments that [`crate::Ref::send_streaming`] keeps in flight per
+    /// session: sent and not yet acknowledged by the callee's answer. Default 256 KiB.
+    /// At the window, the next `send_streaming` waits (its future stays pending) until
+    /// answers make room; one call larger than the window goes alone.
+    pub stream_window: usize,
+    /// Bytes of calls posted to one session and not yet written to its connection
+    /// (arguments counted; the bound on what a producer can queue without waiting).
+    /// Default 16 MiB. A [`crate::Ref::send_only`] or [`crate::Ref::send`] that would
+    /// pass it breaks with [`crate::BrokenKind::TooLarge`] instead of queueing (for
+    /// `send_only`, the `Err` it returns); use [`crate::Ref::send_streaming`] to wait
+    /// for room instead.
+    pub max_unsent: usize,
 }
 
 impl Limits {
     /// The limits with the protocol's minimums applied (what a session announces and
     /// enforces): a frame limit of at least 8 KiB and at most 4 GiB - 1, at least 64
-    /// outstanding questions.
+    /// outstanding questions, and the minimums of the other announced limits
+    /// (PROTOCOL.md 9.1).
     pub(crate) fn normalized(mut self) -> Limits {
         self.max_frame = self.max_frame.clamp(wire::MIN_FRAME, u32::MAX as usize);
         self.max_inbound_questions = self.max_inbound_questions.max(wire::MIN_QUESTIONS);
+        self.max_queued_per_promise = self.max_queued_per_promise.max(wire::MIN_QUEUED);
+        self.max_imports = self.max_imports.max(wire::MIN_IMPORTS);
+        self.max_caps_per_message = self.max_caps_per_message.max(wire::MIN_CAPS);
+        self.max_cbor_depth = self.max_cbor_depth.max(wire::MIN_DEPTH);
+        self.max_cbor_items = self.max_cbor_items.max(wire::MIN_ITEMS);
         self
     }
 
@@ -155,6 +185,9 @@ impl Default for Limits {
             max_outbound_total: 64 << 20,
             // deadlines and cancellation
             call_timeout: None,
+            // flow control of this vat's own sends
+            stream_window: 256 << 10,
+            max_unsent: 16 << 20,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use captp::internal::wire::message::PROTOCOL_VERSION;
-use captp::internal::wire::{Message, Payload, ReturnResult, Target};
+use captp::internal::wire::{Hello, Message, Payload, ReturnResult, Target};
 use captp::{Limits, SwissNumber};
 use common::{
     Fixture, RawConn, Server, cbor, connected, decode_data, deliver, encode, hello, limits, within,
@@ -277,11 +277,10 @@ async fn unsupported_protocol_version_is_refused() {
         Limits::default(),
         &["unsupported protocol version 999"],
         async |raw, _| {
-            raw.send(&Message::Hello {
+            raw.send(&Message::Hello(Hello {
                 version: 999,
-                max_frame: 1 << 20,
-                max_questions: 1024,
-            })
+                ..Hello::MINIMUM
+            }))
             .await;
         },
     ))
@@ -320,14 +319,15 @@ async fn more_outstanding_questions_than_the_limit_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_messages_queued_on_one_promise_is_refused() {
+    // The protocol minimum (16): smaller values are raised to it.
     within(aborted_with(
-        limits(|l| l.max_queued_per_promise = 4),
-        &["more than 4 messages queued on one unresolved promise"],
+        limits(|l| l.max_queued_per_promise = 16),
+        &["more than 16 messages queued on one unresolved promise"],
         async |raw, server| {
             let export = raw.hello_and_fetch(server.uri.swiss()).await;
             raw.send(&deliver(Target::Export(export), "slow", &(), Some(2)))
                 .await;
-            for _ in 0..5 {
+            for _ in 0..17 {
                 raw.send(&deliver(Target::Answer(2), "name", &(), None))
                     .await;
             }
@@ -363,10 +363,10 @@ async fn one_byte_writes_still_make_a_valid_session() {
 
         assert!(matches!(
             raw.expect_message().await,
-            Message::Hello {
+            Message::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 ..
-            }
+            })
         ));
         let fetched = raw.expect_return(1).await;
         assert_eq!(fetched.caps.len(), 1, "{fetched:?}");

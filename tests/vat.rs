@@ -621,14 +621,14 @@ async fn sends_on_one_reference_arrive_in_order() {
 
         // Before the fetch resolves: all of these are pipelined on the fetch.
         for i in 0..200u32 {
-            obj.send_only("counter_push", (i,));
+            obj.send_only("counter_push", (i,)).unwrap();
         }
         let got: Vec<u32> = obj.send("counter_get", ()).await.expect("counter_get");
         assert_eq!(got, (0..200).collect::<Vec<_>>());
 
         // After it resolved: sent straight to the export.
         for i in 200..400u32 {
-            obj.send_only("counter_push", (i,));
+            obj.send_only("counter_push", (i,)).unwrap();
         }
         let got: Vec<u32> = obj.send("counter_get", ()).await.expect("counter_get");
         assert_eq!(got, (0..400).collect::<Vec<_>>());
@@ -656,7 +656,7 @@ async fn more_sends_than_the_queue_limit_pipelined_on_a_fetch_are_served() {
         let c = connected().await;
         let obj = &c.obj;
         for i in 0..1_000u32 {
-            obj.send_only("p", (i,));
+            obj.send_only("p", (i,)).unwrap();
         }
         let got: Vec<u32> = obj.send("counter_get", ()).await.expect("counter_get");
         assert_eq!(got, (0..1_000).collect::<Vec<_>>());
@@ -1026,7 +1026,7 @@ async fn hundred_clients_hundred_calls_each_and_tables_drain() {
                     assert_eq!(p.await.expect("add"), base + j);
                 }
                 // Ordered after every `finish` for the calls above.
-                obj.send_only("notify", (k,));
+                obj.send_only("notify", (k,)).unwrap();
                 (client, obj)
             });
         }
@@ -1146,8 +1146,8 @@ async fn shutdown_sends_what_was_queued_first() {
     within(async {
         let mut c = connected().await;
         let obj = &c.obj;
-        obj.send_only("notify", (7u64,));
-        obj.send_only("notify", (8u64,));
+        obj.send_only("notify", (7u64,)).unwrap();
+        obj.send_only("notify", (8u64,)).unwrap();
         c.client.shutdown().await;
         assert_eq!(c.server.next_note().await, Note::Notify(7));
         assert_eq!(c.server.next_note().await, Note::Notify(8));

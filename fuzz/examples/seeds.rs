@@ -8,12 +8,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use captp::Broken;
-use captp::internal::wire::message::PROTOCOL_VERSION;
+use captp::internal::proto::announce;
 use captp::internal::wire::{
     CAP_TAG, CapDescriptor, Message, Payload, ReturnResult, Target, WireBroken, encode_value,
 };
-use captp::{SturdyRef, SwissNumber};
+use captp::{Broken, Limits, SturdyRef, SwissNumber};
 
 fn body(msg: &Message) -> Vec<u8> {
     let mut out = Vec::new();
@@ -41,11 +40,7 @@ fn messages() -> Vec<(&'static str, Message)> {
     vec![
         (
             "hello",
-            Message::Hello {
-                version: PROTOCOL_VERSION,
-                max_frame: 1 << 20,
-                max_questions: 1024,
-            },
+            Message::Hello(announce(&Limits::default())),
         ),
         (
             "bootstrap",

@@ -31,11 +31,15 @@ use std::collections::{HashMap, HashSet};
 
 use arbitrary::Arbitrary;
 use captp::internal::proto::{
+    announce,
     AnswerId, Call, CloseReason, Event, ImportId, InCap, LocalTarget, OutCap, OutPayload,
     QuestionId, Session, SessionStats,
 };
 use captp::internal::wire::message::PROTOCOL_VERSION;
-use captp::internal::wire::{CapDescriptor, CborLimits, Message, Payload, ReturnResult, Target, WireBroken};
+use captp::internal::wire::{
+    CapDescriptor, CborLimits, Hello, MIN_CAPS, MIN_IMPORTS, MIN_QUEUED, Message, Payload,
+    ReturnResult, Target, WireBroken,
+};
 use captp::{Broken, Limits, SwissNumber};
 use captp::internal::wire::SINGLE_CAP_DATA as SINGLE_CAP;
 use libfuzzer_sys::fuzz_target;
@@ -384,10 +388,12 @@ fn pick<T: Copy>(list: &[T], i: u8) -> Option<T> {
 impl Harness {
     fn new(config: &Config) -> Harness {
         let mut limits = Limits::default();
-        limits.max_imports = 1 + usize::from(config.max_imports % 8);
+        // The announced limits start at their protocol minimums (the session would raise
+        // smaller values), so the fuzzer can still reach them.
+        limits.max_imports = MIN_IMPORTS + usize::from(config.max_imports % 8);
         limits.max_exports = 1 + usize::from(config.max_exports % 8);
-        limits.max_caps_per_message = 1 + usize::from(config.max_caps % 4);
-        limits.max_queued_per_promise = 1 + usize::from(config.max_queued % 4);
+        limits.max_caps_per_message = MIN_CAPS + usize::from(config.max_caps % 4);
+        limits.max_queued_per_promise = MIN_QUEUED + usize::from(config.max_queued % 4);
         limits.max_inbound_questions = usize::from(config.max_inbound);
         let s = Session::new(limits.clone(), std::time::Instant::now());
         // The session raises some limits; the model uses the raised ones.
@@ -602,12 +608,20 @@ impl Harness {
     fn expect(&self, msg: &Message) -> Expect {
         if !self.peer_hello_sent {
             return match msg {
-                Message::Hello {
-                    version,
-                    max_frame,
-                    max_questions,
-                } => {
-                    if *version == PROTOCOL_VERSION && *max_frame >= 8192 && *max_questions >= 64 {
+                Message::Hello(hello) => {
+                    let minimums = Hello {
+                        version: PROTOCOL_VERSION,
+                        ..Hello::MINIMUM
+                    };
+                    if hello.version == PROTOCOL_VERSION
+                        && hello.max_frame >= minimums.max_frame
+                        && hello.max_questions >= minimums.max_questions
+                        && hello.max_queued >= minimums.max_queued
+                        && hello.max_imports >= minimums.max_imports
+                        && hello.max_caps >= minimums.max_caps
+                        && hello.max_depth >= minimums.max_depth
+                        && hello.max_items >= minimums.max_items
+                    {
                         Expect::Valid
                     } else {
                         Expect::Invalid
@@ -1378,11 +1392,17 @@ impl Harness {
                 } else {
                     63 + u64::from(questions)
                 };
-                self.peer_send(Message::Hello {
-                    version: if version_ok { PROTOCOL_VERSION } else { 2 },
+                self.peer_send(Message::Hello(Hello {
+                    version: if version_ok {
+                        PROTOCOL_VERSION
+                    } else {
+                        PROTOCOL_VERSION + 1
+                    },
                     max_frame,
                     max_questions,
-                });
+                    // The other limits as a vat on default settings announces them.
+                    ..announce(&Limits::default())
+                }));
             }
             Op::Bootstrap { q, known } => {
                 let question = self.pick_peer_answer(q);

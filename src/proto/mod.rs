@@ -44,6 +44,6 @@ mod tests;
 
 pub use ids::{AnswerId, ExportId, ImportId, QuestionId};
 pub use session::{
-    Call, CloseReason, Deadline, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload, Session,
-    SessionStats, Violation,
+    Call, CloseReason, Deadline, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload,
+    PeerLimits, Session, SessionStats, Violation, announce,
 };

@@ -30,6 +30,7 @@ use super::object::{self, Args, ObjectHandle, Outcome, ReplyInner};
 use super::promise::{Resolver, Settled};
 use super::reference::{Ref, check_limits, out_caps};
 use super::shared::{VatInner, lock};
+use super::stream::call_bytes;
 use crate::broken::{Broken, BrokenKind};
 use crate::identity::VatId;
 use crate::limits::Limits;
@@ -117,6 +118,7 @@ pub(crate) async fn run(
         syncs: HashMap::new(),
         urgent: false,
         lazy_due: false,
+        unsent_applied: 0,
         quiet: Quiet::new(&limits, started),
         frames_waiting: false,
         reported: 0,
@@ -155,6 +157,8 @@ pub(crate) async fn run(
         if d.core.is_closed() {
             break;
         }
+        // Calls that broke without being written are released here.
+        d.release_unsent();
         let backlog = d.conn.writer.backlog();
         let write_now = backlog > 0 && (d.urgent || d.lazy_due);
         let lazy_waiting = backlog > 0 && !write_now && heard;
@@ -269,6 +273,10 @@ struct Driver {
     urgent: bool,
     /// Bookkeeping alone in the queue has waited its turn and goes out now.
     lazy_due: bool,
+    /// Bytes of calls taken from handles and not yet known to be written (they may sit
+    /// in the core's hold queue or the connection's queue): released to the handle's
+    /// count of unsent bytes once both are empty.
+    unsent_applied: usize,
     /// When the connection's buffers may be given back.
     quiet: Quiet,
     /// The read buffer may hold complete frames not yet handled (reading stopped for
@@ -356,6 +364,19 @@ impl Driver {
         if self.conn.writer.backlog() == 0 {
             self.urgent = false;
             self.lazy_due = false;
+            self.release_unsent();
+        }
+    }
+
+    /// Gives the bytes of the calls applied so far back to the handles' count of unsent
+    /// bytes, once nothing is held or waiting to be written (so every one of them went
+    /// out, or broke).
+    fn release_unsent(&mut self) {
+        if self.unsent_applied > 0 && self.conn.writer.backlog() == 0 && self.core.stats().held == 0
+        {
+            self.handle
+                .unsent()
+                .release(std::mem::take(&mut self.unsent_applied));
         }
         self.account();
     }
@@ -490,6 +511,7 @@ impl Driver {
     fn apply(&mut self, cmd: Command) {
         match cmd {
             Command::Send { call, watched } => {
+                self.unsent_applied += call_bytes(&call.method, &call.payload.data);
                 self.core.send(call);
                 self.watch(watched);
             }

@@ -16,8 +16,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::export::{Proxies, Watched};
 use super::object::ObjectHandle;
 use super::promise::{Asked, Asker, Resolver, Settled};
+use super::stream::{Unsent, Window};
 use crate::broken::Broken;
 use crate::identity::VatId;
+use crate::limits::Limits;
 use crate::proto::{Call, Deadline, ImportId, QuestionId, SessionStats};
 use crate::sturdy::SwissNumber;
 use crate::wire::CborLimits;
@@ -91,19 +93,23 @@ struct Shared {
     closed_watch: watch::Sender<Option<Broken>>,
     /// The proxies exported to this session's peer.
     proxies: Proxies,
+    /// Bytes of calls posted and not yet written (`Limits::max_unsent`).
+    unsent: Unsent,
+    /// The streaming window (`Limits::stream_window`).
+    window: Arc<Window>,
 }
 
 impl SessionHandle {
     /// A handle for a new session with `peer`, and the receiving end of its commands
-    /// for the session task. `cbor` is what the peer accepts, checked before sending.
-    /// `call_timeout` is the deadline of every question asked through it, unless a
-    /// call sets its own.
+    /// for the session task. `limits` are this vat's: its CBOR limits are checked
+    /// before sending and when decoding results, its flow-control limits bound what
+    /// handles may post, and its `call_timeout` is the deadline of every question asked
+    /// through it, unless a call sets its own.
     pub(crate) fn new(
         id: u64,
         peer: VatId,
         inbound: bool,
-        cbor: CborLimits,
-        call_timeout: Option<Duration>,
+        limits: &Limits,
     ) -> (SessionHandle, mpsc::UnboundedReceiver<Command>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = SessionHandle(Arc::new(Shared {
@@ -112,11 +118,13 @@ impl SessionHandle {
             inbound,
             tx,
             next_question: AtomicU64::new(1),
-            cbor,
-            call_timeout,
+            cbor: limits.cbor(),
+            call_timeout: limits.call_timeout,
             closed: OnceLock::new(),
             closed_watch: watch::Sender::new(None),
             proxies: Proxies::default(),
+            unsent: Unsent::new(limits.max_unsent),
+            window: Window::new(limits.stream_window),
         }));
         (handle, rx)
     }
@@ -196,6 +204,17 @@ impl SessionHandle {
     /// The proxies exported to this session's peer.
     pub(crate) fn proxies(&self) -> &Proxies {
         &self.0.proxies
+    }
+
+    /// Bytes of calls posted and not yet written: handles count them before posting,
+    /// the session task releases them once written.
+    pub(crate) fn unsent(&self) -> &Unsent {
+        &self.0.unsent
+    }
+
+    /// The session's streaming window.
+    pub(crate) fn window(&self) -> &Arc<Window> {
+        &self.0.window
     }
 
     /// Why the session ended, once it has.

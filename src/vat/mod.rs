@@ -17,10 +17,11 @@
 //! | file | what it holds | uses |
 //! |---|---|---|
 //! | `codec.rs` | `RefPayload`; serde for data carrying `Ref`s | (`reference`: the `Ref` type) |
-//! | `promise.rs` | `Settled`, `Resolver`, `Watch`, [`Promise`] | codec |
+//! | `stream.rs` | a session's streaming window and its count of unsent bytes | |
+//! | `promise.rs` | `Settled`, `Resolver`, `Watch`, [`Promise`] | codec, stream |
 //! | `object.rs` | [`Object`], [`Args`], [`Reply`], `ObjectHandle`, proxies' forwarding | codec, promise, (`reference`) |
 //! | `export.rs` | per-session proxy table, promise exports to watch | object, promise |
-//! | `handle.rs` | `SessionHandle`, `Command`: what a `Ref` posts to a session | export, object, promise |
+//! | `handle.rs` | `SessionHandle`, `Command`: what a `Ref` posts to a session | export, object, promise, stream |
 //! | `shared.rs` | `VatInner`: the vat's shared state; its one `spawn` | handle, object |
 //! | `local.rs` | the FIFO queue behind a local `Ref` | object, promise |
 //! | `reference.rs` | [`Ref`]: send, pipeline, drop, naming refs for a session | codec, export, handle, local, object, promise |
@@ -47,6 +48,7 @@ mod object;
 mod promise;
 mod reference;
 mod shared;
+mod stream;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -356,6 +358,8 @@ impl Vat {
                         writes: traffic.writes,
                         queued_bytes: traffic.queued,
                         queued_answer_bytes: traffic.queued_answers,
+                        unsent_bytes: handle.unsent().now(),
+                        peak_unsent_bytes: handle.unsent().peak(),
                     });
                 }
             }
@@ -456,6 +460,13 @@ pub struct SessionInfo {
     /// The part of `queued_bytes` that answers the peer (returns and pongs): what
     /// [`Limits::max_outbound_buffer`] bounds.
     pub queued_answer_bytes: usize,
+    /// Bytes of calls this vat's program posted to the peer and not yet written to the
+    /// connection (arguments and method names, plus a small allowance per call): what
+    /// a producer makes the vat hold for a slow peer. At most `Limits::max_unsent`
+    /// (past it, sends break with `too_large`), plus one call larger than that.
+    pub unsent_bytes: usize,
+    /// The most `unsent_bytes` has been since the session started.
+    pub peak_unsent_bytes: usize,
 }
 
 /// The sizes of one session's tables ([`SessionInfo::tables`]). Once everything is

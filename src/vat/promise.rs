@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{oneshot, watch};
 
 use super::codec::{self, RefPayload};
+use super::stream::StreamAck;
 use crate::broken::{Broken, BrokenKind};
 use crate::proto::{Deadline, QuestionId};
 use crate::wire::CborLimits;
@@ -35,6 +36,9 @@ pub(crate) enum Resolver {
     Once(oneshot::Sender<Settled>),
     /// Every holder of a promise [`Ref`](super::Ref).
     Watch(watch::Sender<Option<Settled>>),
+    /// A streaming send's window ([`Ref::send_streaming`](super::Ref::send_streaming)):
+    /// the answer acknowledges the call, and only its failure is kept.
+    Stream(StreamAck),
 }
 
 impl Resolver {
@@ -47,6 +51,7 @@ impl Resolver {
             Resolver::Watch(tx) => {
                 tx.send_replace(Some(settled));
             }
+            Resolver::Stream(ack) => ack.done(settled.err()),
         }
     }
 }

@@ -28,6 +28,7 @@ use super::handle::{Command, SessionHandle};
 use super::local::{LocalCall, LocalQueue};
 use super::object::{Args, Object, ObjectHandle};
 use super::promise::{Asked, Promise, Resolver, Watch, settled};
+use super::stream::{Window, call_bytes};
 use crate::broken::{Broken, BrokenKind};
 use crate::proto::{Call, LocalTarget, OutCap, OutPayload};
 use crate::wire::{self, CborLimits};
@@ -43,7 +44,7 @@ use crate::wire::{self, CborLimits};
 /// ```no_run
 /// # async fn demo(vat: captp::Vat, uri: captp::SturdyRef) -> Result<(), captp::Broken> {
 /// let log = vat.enliven(&uri);          // usable at once: no await
-/// log.send_only("log", ("foot",));       // one-way
+/// log.send_only("log", ("foot",))?;      // one-way
 /// let hits: Vec<(u64, String)> = log.send("search", ("foo",)).await?;
 /// # Ok(()) }
 /// ```
@@ -69,6 +70,9 @@ struct RemoteRef {
     target: LocalTarget,
     /// For promises (answers and promise imports): how they settle.
     promise: Option<Watch>,
+    /// The first failure of a streaming send on this reference, reported by every later
+    /// one ([`Ref::send_streaming`]).
+    stream_failure: Arc<OnceLock<Broken>>,
 }
 
 /// A local promise: the result of a call on a local object, or of a send on a promise.
@@ -118,6 +122,7 @@ impl Ref {
             session,
             target,
             promise,
+            stream_failure: Arc::new(OnceLock::new()),
         }))
     }
 
@@ -279,11 +284,92 @@ impl Ref {
     }
 
     /// Sends `method` with `args` and wants no answer: no question is allocated, and
-    /// failures are not reported.
-    pub fn send_only(&self, method: &str, args: impl Serialize) {
-        if let Err(b) = self.encode_and_send(method, &args, None) {
-            tracing::debug!(method, broken = %b, "send_only dropped");
+    /// failures at the callee are not reported.
+    ///
+    /// Returns at once, like [`Ref::send`]: nothing waits for the peer. A producer that
+    /// sends faster than the peer reads would make the vat queue without end, so the
+    /// bytes of calls waiting to be written to one peer are bounded
+    /// ([`Limits::max_unsent`](crate::Limits::max_unsent), 16 MiB by default); to keep
+    /// sending to a slow consumer, use [`Ref::send_streaming`], which waits for room.
+    ///
+    /// # Errors
+    ///
+    /// What is known at once: the arguments do not encode, the reference is broken or
+    /// its session has ended, or [`BrokenKind::TooLarge`] when the call would pass
+    /// `max_unsent` (the call is not sent). Ignoring the error (`let _ =`) is fine
+    /// where a lost one-way send is.
+    pub fn send_only(&self, method: &str, args: impl Serialize) -> Result<(), Broken> {
+        self.encode_and_send(method, &args, None).map(drop)
+    }
+
+    /// Sends `method` with `args` as a flow-controlled one-way stream: waits, if needed,
+    /// until the peer has acknowledged enough earlier streaming sends, so that a
+    /// producer that awaits each one keeps its memory bounded against a slow consumer.
+    ///
+    /// The call is made at once, in order with every other send on this reference
+    /// (before this returns a future); the future then resolves when the session's
+    /// streaming window has room again (not when this call is answered). The window
+    /// ([`Limits::stream_window`](crate::Limits::stream_window), 256 KiB by default)
+    /// counts the bytes of streaming calls sent and not yet answered on the session;
+    /// the callee's answer is the acknowledgement, and its value is dropped. So a
+    /// producer that awaits each send has at most the window plus one call in flight.
+    /// (Cap'n Proto's streaming calls work the same way.)
+    ///
+    /// # Errors
+    ///
+    /// What is known when it is called, as for [`Ref::send_only`]; and the failure of an
+    /// earlier streaming send on this reference (a method that returned an error, or
+    /// the session ending): once one fails, every later `send_streaming` on the same
+    /// reference returns that first failure without sending, as a stream that lost a
+    /// piece must not go on. On a local reference there is no window: the call is
+    /// queued for the object at once.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(log: captp::Ref) -> Result<(), captp::Broken> {
+    /// for line in ["a", "b", "c"] {
+    ///     log.send_streaming("log", (line,)).await?;
+    /// }
+    /// // Every line went out; wait for the last answers with a round trip if needed.
+    /// # Ok(()) }
+    /// ```
+    pub fn send_streaming(
+        &self,
+        method: &str,
+        args: impl Serialize,
+    ) -> impl std::future::Future<Output = Result<(), Broken>> + Send + 'static {
+        let sent = self.stream_call(method, &args);
+        async move {
+            match sent? {
+                Some(window) => {
+                    window.room().await;
+                    Ok(())
+                }
+                None => Ok(()),
+            }
         }
+    }
+
+    /// Makes a streaming call now; returns the window to wait on (none for a local
+    /// reference).
+    fn stream_call(
+        &self,
+        method: &str,
+        args: &impl Serialize,
+    ) -> Result<Option<Arc<Window>>, Broken> {
+        let RefInner::Remote(r) = &*self.inner else {
+            self.encode_and_send(method, args, None)?;
+            return Ok(None);
+        };
+        if let Some(b) = r.stream_failure.get() {
+            return Err(b.clone());
+        }
+        let payload = codec::encode(args).map_err(|e| encode_error(&e))?;
+        let window = r.session.window().clone();
+        let ack = window.open(call_bytes(method, &payload.data), &r.stream_failure);
+        self.forward(method.to_owned(), payload, Some(Resolver::Stream(ack)))?;
+        Ok(Some(window))
     }
 
     /// Sends `method` and returns a reference to its eventual result, to send to at once
@@ -328,23 +414,33 @@ impl Ref {
         match &*self.inner {
             RefInner::Remote(r) => {
                 check_limits(&payload.data, &r.session.cbor())?;
+                // Streaming calls are bounded by their window; every other call by
+                // `max_unsent`, counted here and released once written.
+                let bytes = call_bytes(&method, &payload.data);
+                if matches!(resolver, Some(Resolver::Stream(_))) {
+                    r.session.unsent().add(bytes);
+                } else {
+                    r.session.unsent().reserve(bytes)?;
+                }
                 let (caps, watched) = out_caps(&payload.refs, &r.session);
                 let question = resolver.as_ref().map(|_| r.session.next_question());
-                r.session.post(Command::Send {
-                    call: Call {
-                        target: r.target,
-                        method,
-                        payload: OutPayload {
-                            data: payload.data,
-                            caps,
+                r.session
+                    .post(Command::Send {
+                        call: Call {
+                            target: r.target,
+                            method,
+                            payload: OutPayload {
+                                data: payload.data,
+                                caps,
+                            },
+                            question,
+                            resolver,
+                            pipeline_refs: 0,
+                            deadline: question.and_then(|_| r.session.default_deadline()),
                         },
-                        question,
-                        resolver,
-                        pipeline_refs: 0,
-                        deadline: question.and_then(|_| r.session.default_deadline()),
-                    },
-                    watched,
-                })?;
+                        watched,
+                    })
+                    .inspect_err(|_| r.session.unsent().release(bytes))?;
                 Ok(question.map(|q| r.session.asked(q)))
             }
             RefInner::Local(object, queue) => {
@@ -380,6 +476,10 @@ impl Ref {
                 if let Err(b) = check_limits(&payload.data, &r.session.cbor()) {
                     return Ref::broken(b);
                 }
+                let bytes = call_bytes(&method, &payload.data);
+                if let Err(b) = r.session.unsent().reserve(bytes) {
+                    return Ref::broken(b);
+                }
                 let q = r.session.next_question();
                 let (tx, rx) = watch::channel(None);
                 let (caps, watched) = out_caps(&payload.refs, &r.session);
@@ -397,7 +497,10 @@ impl Ref {
                 };
                 match r.session.post(Command::Send { call, watched }) {
                     Ok(()) => Ref::remote(r.session.clone(), LocalTarget::Answer(q), Some(rx)),
-                    Err(b) => Ref::broken(b),
+                    Err(b) => {
+                        r.session.unsent().release(bytes);
+                        Ref::broken(b)
+                    }
                 }
             }
             RefInner::Broken(b) => Ref::broken(b.clone()),

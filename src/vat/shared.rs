@@ -113,13 +113,7 @@ impl VatInner {
         inbound: bool,
     ) -> (SessionHandle, mpsc::UnboundedReceiver<Command>) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (handle, rx) = SessionHandle::new(
-            id,
-            peer,
-            inbound,
-            self.limits.cbor(),
-            self.limits.call_timeout,
-        );
+        let (handle, rx) = SessionHandle::new(id, peer, inbound, &self.limits);
         lock(&self.sessions).insert(id, handle.clone());
         (handle, rx)
     }

@@ -15,7 +15,9 @@
 //! byte-string keys, no arrays in place of byte strings or field maps).
 
 use super::id::SwissNumber;
-use super::message::{CapDescriptor, Kind, Message, Payload, ReturnResult, Target, WireBroken};
+use super::message::{
+    CapDescriptor, Hello, Kind, Message, Payload, ReturnResult, Target, WireBroken,
+};
 
 const UINT: u8 = 0;
 const BYTES: u8 = 2;
@@ -125,15 +127,21 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>, detach: usize) -> Detache
     let mut detached = None;
     let kind = Kind::of(msg);
     match msg {
-        Message::Hello {
-            version,
-            max_frame,
-            max_questions,
-        } => {
-            open(out, kind, 3);
-            uint_field(out, "version", u64::from(*version));
-            uint_field(out, "max_frame", *max_frame);
-            uint_field(out, "max_questions", *max_questions);
+        Message::Hello(hello) => {
+            let values = [
+                u64::from(hello.version),
+                hello.max_frame,
+                hello.max_questions,
+                hello.max_queued,
+                hello.max_imports,
+                hello.max_caps,
+                hello.max_depth,
+                hello.max_items,
+            ];
+            open(out, kind, Hello::FIELDS.len() as u64);
+            for (name, value) in Hello::FIELDS.iter().zip(values) {
+                uint_field(out, name, value);
+            }
         }
         Message::Bootstrap { question, swiss } => {
             open(out, kind, 2);
@@ -297,15 +305,15 @@ impl<'a> Reader<'a> {
         what: &str,
         names: &[&str],
         mut field: impl FnMut(&mut Self, usize) -> Result<(), Shape>,
-    ) -> Result<u8, Shape> {
+    ) -> Result<u16, Shape> {
         let n = self.len(MAP, what)?;
-        let mut seen = 0u8;
+        let mut seen = 0u16;
         for _ in 0..n {
             let key = self.key(what)?;
             let Some(i) = names.iter().position(|name| name.as_bytes() == key) else {
                 return Err(format!("unknown field `{}` in {what}", lossy(key)));
             };
-            let bit = 1u8 << i;
+            let bit = 1u16 << i;
             if seen & bit != 0 {
                 return Err(format!("duplicate field `{}` in {what}", names[i]));
             }
@@ -342,7 +350,7 @@ fn type_name(major: u8) -> &'static str {
 
 /// Fails naming the first field of `names` whose bit is missing from `seen` among the
 /// `required` ones.
-fn require(seen: u8, required: u8, names: &[&str], what: &str) -> Result<(), Shape> {
+fn require(seen: u16, required: u16, names: &[&str], what: &str) -> Result<(), Shape> {
     let missing = required & !seen;
     if missing == 0 {
         return Ok(());
@@ -352,8 +360,8 @@ fn require(seen: u8, required: u8, names: &[&str], what: &str) -> Result<(), Sha
 }
 
 /// All fields of `names` required.
-fn all(names: &[&str]) -> u8 {
-    u8::MAX >> (8 - names.len())
+fn all(names: &[&str]) -> u16 {
+    u16::MAX >> (16 - names.len())
 }
 
 fn read_payload(r: &mut Reader<'_>) -> Result<Payload, Shape> {
@@ -454,15 +462,28 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
     let name = kind.as_str();
     let msg = match kind {
         Kind::Hello => {
-            let [version, max_frame, max_questions] =
-                uints(&mut r, name, ["version", "max_frame", "max_questions"])?;
-            let version = u32::try_from(version)
-                .map_err(|_| format!("version {version} does not fit in 32 bits"))?;
-            Message::Hello {
+            let [
                 version,
                 max_frame,
                 max_questions,
-            }
+                max_queued,
+                max_imports,
+                max_caps,
+                max_depth,
+                max_items,
+            ] = uints(&mut r, name, Hello::FIELDS)?;
+            let version = u32::try_from(version)
+                .map_err(|_| format!("version {version} does not fit in 32 bits"))?;
+            Message::Hello(Hello {
+                version,
+                max_frame,
+                max_questions,
+                max_queued,
+                max_imports,
+                max_caps,
+                max_depth,
+                max_items,
+            })
         }
         Kind::Bootstrap => {
             const NAMES: [&str; 2] = ["question", "swiss"];
@@ -617,15 +638,27 @@ mod tests {
 
     fn message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
-                |(version, max_frame, max_questions)| {
-                    Message::Hello {
-                        version,
-                        max_frame,
-                        max_questions,
-                    }
-                }
-            ),
+            (any::<u32>(), any::<[u64; 7]>()).prop_map(|(version, limits)| {
+                let [
+                    max_frame,
+                    max_questions,
+                    max_queued,
+                    max_imports,
+                    max_caps,
+                    max_depth,
+                    max_items,
+                ] = limits;
+                Message::Hello(Hello {
+                    version,
+                    max_frame,
+                    max_questions,
+                    max_queued,
+                    max_imports,
+                    max_caps,
+                    max_depth,
+                    max_items,
+                })
+            }),
             (any::<u64>(), any::<[u8; 32]>()).prop_map(|(question, swiss)| Message::Bootstrap {
                 question,
                 swiss: SwissNumber::from_bytes(swiss)

@@ -19,7 +19,73 @@ use super::{CborLimits, DecodeError, frame};
 use crate::broken::Broken;
 
 /// The protocol version this crate speaks, sent in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 added the flow-control limits to `hello` (`max_queued`, `max_imports`,
+/// `max_caps`, `max_depth`, `max_items`); a version-1 decoder refuses them as unknown
+/// fields, so the two versions do not interoperate (PROTOCOL.md, "Changes").
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// What a `hello` announces: the sender's protocol version and every limit on what it
+/// accepts that the receiver could pass by itself (PROTOCOL.md 9.1). The receiver keeps
+/// within each one (PROTOCOL.md 9.11); passing one is a violation at the sender.
+///
+/// Field names are the wire names. Build one for tests from [`Hello::MINIMUM`]:
+/// `Hello { max_frame: 1 << 20, ..Hello::MINIMUM }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize, Deserialize))]
+#[cfg_attr(test, serde(deny_unknown_fields))]
+pub struct Hello {
+    /// Protocol version; this crate speaks [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The largest frame body, in bytes, the sender accepts (at least
+    /// [`MIN_FRAME`](super::MIN_FRAME)).
+    pub max_frame: u64,
+    /// The most questions the sender accepts outstanding from the receiver (asked and
+    /// not yet finished; at least [`MIN_QUESTIONS`](super::MIN_QUESTIONS)).
+    pub max_questions: u64,
+    /// The most messages the sender accepts queued on one of its unresolved answers
+    /// (pipelined before the `return`; at least [`MIN_QUEUED`](super::MIN_QUEUED)).
+    pub max_queued: u64,
+    /// The most references the sender accepts imported from the receiver at once (at
+    /// least [`MIN_IMPORTS`](super::MIN_IMPORTS)).
+    pub max_imports: u64,
+    /// The most capability-table entries the sender accepts in one message (at least
+    /// [`MIN_CAPS`](super::MIN_CAPS)).
+    pub max_caps: u64,
+    /// The deepest CBOR nesting the sender accepts in one message or one payload's
+    /// data (at least [`MIN_DEPTH`](super::MIN_DEPTH)).
+    pub max_depth: u64,
+    /// The most CBOR data items the sender accepts in one message or one payload's
+    /// data (at least [`MIN_ITEMS`](super::MIN_ITEMS)).
+    pub max_items: u64,
+}
+
+impl Hello {
+    /// The current version with every limit at its protocol minimum: the least any
+    /// peer may announce, and what a session assumes until the peer's `hello` arrives.
+    pub const MINIMUM: Hello = Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: super::MIN_FRAME as u64,
+        max_questions: super::MIN_QUESTIONS as u64,
+        max_queued: super::MIN_QUEUED as u64,
+        max_imports: super::MIN_IMPORTS as u64,
+        max_caps: super::MIN_CAPS as u64,
+        max_depth: super::MIN_DEPTH as u64,
+        max_items: super::MIN_ITEMS as u64,
+    };
+
+    /// The wire names of the fields, in the order they are encoded.
+    pub(super) const FIELDS: [&'static str; 8] = [
+        "version",
+        "max_frame",
+        "max_questions",
+        "max_queued",
+        "max_imports",
+        "max_caps",
+        "max_depth",
+        "max_items",
+    ];
+}
 
 /// One captp message.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,17 +93,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[cfg_attr(test, serde(rename_all = "snake_case", deny_unknown_fields))]
 #[non_exhaustive]
 pub enum Message {
-    /// The first message each side sends: its protocol version and the largest frame it
-    /// accepts.
-    Hello {
-        /// Protocol version; this crate speaks [`PROTOCOL_VERSION`].
-        version: u32,
-        /// The largest frame body, in bytes, the sender accepts (at least 8192).
-        max_frame: u64,
-        /// The most questions the sender accepts outstanding from the receiver (asked
-        /// and not yet finished; at least 64).
-        max_questions: u64,
-    },
+    /// The first message each side sends: its protocol version and every limit the
+    /// receiver must respect when sending to it.
+    Hello(Hello),
     /// Asks for the object exported under a swiss number. Answered by a `return` whose
     /// payload is a single reference, or the error `unknown_object`.
     Bootstrap {
@@ -403,6 +461,28 @@ mod tests {
         assert_eq!(back, msg);
     }
 
+    /// The worked example of PROTOCOL.md 16.1, byte for byte.
+    #[test]
+    fn hello_encodes_as_protocol_md_16_1_shows() {
+        let hello = Message::Hello(Hello {
+            max_frame: 1 << 20,
+            max_questions: 1024,
+            max_queued: 256,
+            max_imports: 65_536,
+            max_caps: 256,
+            max_depth: 32,
+            max_items: 65_536,
+            ..Hello::MINIMUM
+        });
+        let mut out = Vec::new();
+        hello.encode_frame(&mut out).unwrap();
+        let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "00000077a16568656c6c6fa86776657273696f6e02696d61785f6672616d651a001000006d6d61785f7175657374696f6e731904006a6d61785f7175657565641901006b6d61785f696d706f7274731a00010000686d61785f63617073190100696d61785f64657074681820696d61785f6974656d731a00010000"
+        );
+    }
+
     #[test]
     fn every_message_round_trips() {
         let payload = Payload {
@@ -413,11 +493,16 @@ mod tests {
                 CapDescriptor::SenderPromise(2),
             ],
         };
-        round_trip(Message::Hello {
-            version: PROTOCOL_VERSION,
+        round_trip(Message::Hello(Hello {
             max_frame: 1 << 20,
             max_questions: 1024,
-        });
+            max_queued: 256,
+            max_imports: 65_536,
+            max_caps: 256,
+            max_depth: 32,
+            max_items: 65_536,
+            ..Hello::MINIMUM
+        }));
         round_trip(Message::Bootstrap {
             question: 1,
             swiss: SwissNumber::from_bytes([7; 32]),

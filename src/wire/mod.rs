@@ -25,7 +25,7 @@ pub mod scan;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use message::{CapDescriptor, Message, Payload, ReturnResult, Target, WireBroken};
+pub use message::{CapDescriptor, Hello, Message, Payload, ReturnResult, Target, WireBroken};
 pub use scan::{CborLimits, References, ScanError};
 
 /// The CBOR tag that marks a capability reference inside payload data; its content is an
@@ -39,6 +39,27 @@ pub const MIN_FRAME: usize = 8192;
 /// The fewest outstanding questions a peer may announce it accepts. Until the peer's
 /// `hello` arrives, a session sends at most this many.
 pub const MIN_QUESTIONS: usize = 64;
+
+/// The fewest messages a peer may announce it accepts queued on one unresolved answer
+/// (`max_queued`). Until the peer's `hello` arrives, a session pipelines at most this
+/// many on one of its questions.
+pub const MIN_QUEUED: usize = 16;
+
+/// The fewest references a peer may announce it accepts imported at once
+/// (`max_imports`).
+pub const MIN_IMPORTS: usize = 64;
+
+/// The fewest capability-table entries a peer may announce it accepts in one message
+/// (`max_caps`).
+pub const MIN_CAPS: usize = 16;
+
+/// The shallowest CBOR nesting limit a peer may announce (`max_depth`): every message
+/// shape (at most 6 levels) fits, with room for small payload data.
+pub const MIN_DEPTH: usize = 8;
+
+/// The fewest CBOR items a peer may announce it accepts in one message or payload
+/// (`max_items`): a message with [`MIN_CAPS`] references fits.
+pub const MIN_ITEMS: usize = 256;
 
 /// The encoding of a payload whose data is exactly one reference: `CAP_TAG(0)`.
 ///

@@ -82,7 +82,7 @@ async fn ada_counter_keeps_its_state_across_client_runs() {
         for expected in 1..=2u64 {
             let run = start_client().await;
             let counter = run.enliven(uri);
-            counter.send_only("foo", ()); // one-way; E-order delivers it before `bar`
+            counter.send_only("foo", ()).unwrap(); // one-way; E-order delivers it before `bar`
             assert_eq!(counter.send::<u64>("bar", ()).await.unwrap(), expected);
             run.shutdown().await;
         }
@@ -256,8 +256,8 @@ async fn name_service_registers_looks_up_and_forgets() {
             .unwrap();
         assert_eq!(hello, "Hello, ada!");
         let counter_ref: Ref = names.send("lookup", ("counter",)).await.unwrap();
-        counter_ref.send_only("foo", ());
-        counter_ref.send_only("foo", ());
+        counter_ref.send_only("foo", ()).unwrap();
+        counter_ref.send_only("foo", ()).unwrap();
         assert_eq!(counter_ref.send::<u64>("bar", ()).await.unwrap(), 2);
         // Two lookups of one name give the same reference.
         let again: Ref = names.send("lookup", ("counter",)).await.unwrap();
@@ -353,7 +353,7 @@ impl Object for Membership {
                     let seq = state.next_seq;
                     for (_, (_, listener)) in state.members.iter().filter(|(id, _)| **id != self.id)
                     {
-                        listener.send_only("deliver", (seq, &from, &text));
+                        let _ = listener.send_only("deliver", (seq, &from, &text));
                     }
                     Reply::ok(seq)
                 }
@@ -886,7 +886,7 @@ async fn two_hundred_clients_at_once_each_get_their_own_total() {
                 let vat = start_client().await;
                 let total = vat.enliven(&uri).send_ref("open", ());
                 for k in 0..ADDS {
-                    total.send_only("add", (i * 100 + k,));
+                    total.send_only("add", (i * 100 + k,)).unwrap();
                 }
                 let sum: u64 = total.send("total", ()).await.unwrap();
                 (i, sum, vat)

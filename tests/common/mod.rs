@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use captp::Host;
+use captp::internal::proto::announce;
 use captp::internal::transport::{self, TlsStream};
 use captp::internal::wire::message::PROTOCOL_VERSION;
 use captp::internal::wire::{
-    CapDescriptor, CborLimits, Message, Payload, ReturnResult, Target, WireBroken,
+    CapDescriptor, CborLimits, Hello, Message, Payload, ReturnResult, Target, WireBroken,
 };
 use captp::{
     Args, Broken, Identity, Limits, Object, Ref, Reply, SturdyRef, SwissNumber, Vat, VatId,
@@ -495,13 +496,13 @@ pub(crate) fn data_payload<T: Serialize + ?Sized>(value: &T) -> Payload {
     }
 }
 
-/// The `hello` a well-behaved peer sends first.
+/// The `hello` a well-behaved peer sends first (the default limits, with a frame limit
+/// of `RAW_MAX_FRAME`).
 pub(crate) fn hello() -> Message {
-    Message::Hello {
-        version: PROTOCOL_VERSION,
+    Message::Hello(Hello {
         max_frame: RAW_MAX_FRAME as u64,
-        max_questions: 1024,
-    }
+        ..announce(&Limits::default())
+    })
 }
 
 /// A `deliver` of `method(args)` to `target`, asking question `question` (or one-way).
@@ -702,9 +703,9 @@ impl RawConn {
     pub(crate) async fn handshake(&mut self) -> u64 {
         self.send(&hello()).await;
         match self.expect_message().await {
-            Message::Hello {
+            Message::Hello(Hello {
                 version, max_frame, ..
-            } => {
+            }) => {
                 assert_eq!(version, PROTOCOL_VERSION);
                 max_frame
             }

@@ -3,9 +3,11 @@
 //!
 //! An export counts how many times the peer received it; the peer gives the count back
 //! in `release`, and the export is freed at zero. Sending the same object again reuses
-//! its export. This room also holds the size checks every outgoing payload passes
-//! (frame size, references per message, exports per peer): a payload that fails them
-//! breaks locally and must never reach the peer, which would abort the session.
+//! its export. This room also holds the size checks every outgoing payload passes,
+//! against what the peer announced in its `hello` (frame size, references per message,
+//! CBOR depth and items, the peer's imports) and this vat's own `max_exports`: a payload
+//! that fails them breaks locally with `too_large` and must never reach the peer, which
+//! would abort the session (or refuse the data).
 
 use std::collections::HashSet;
 use std::hash::Hash;
@@ -13,13 +15,18 @@ use std::hash::Hash;
 use super::{OutCap, OutPayload, PromiseState, Session, Violation};
 use crate::broken::{Broken, BrokenKind};
 use crate::proto::ExportId;
-use crate::wire::{CapDescriptor, Message, Payload, ReturnResult, WireBroken};
+use crate::wire::{CapDescriptor, Message, Payload, ReturnResult, ScanError, WireBroken, scan};
 
 /// Bytes a message adds around its payload data and method name, counted generously
 /// for the local frame-size check.
 const MESSAGE_OVERHEAD: usize = 96;
 /// Bytes one capability descriptor may take on the wire, counted generously.
 const DESCRIPTOR_OVERHEAD: usize = 32;
+/// CBOR items in a `deliver`, `return` or `resolve` besides its capability table (the
+/// largest, a `deliver` with a question, has 17), counted generously.
+const ENVELOPE_ITEMS: usize = 24;
+/// CBOR items one capability descriptor adds to a message: a map, its key and its id.
+const ITEMS_PER_CAP: usize = 3;
 
 /// A local object this side exports to the peer.
 #[derive(Debug)]
@@ -34,6 +41,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// Turns local references into descriptors, exporting local objects.
     pub(super) fn give_payload(&mut self, payload: OutPayload<O>) -> Result<Payload, Broken> {
         self.check_caps_count(payload.caps.len())?;
+        self.check_data_limits(&payload.data)?;
         // An object named twice in one payload is one new export, not two.
         let fresh = payload
             .caps
@@ -46,12 +54,19 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             })
             .collect::<HashSet<_>>()
             .len();
-        if self.exports.len() + fresh > self.limits.max_exports {
+        // The peer imports each export once: its `max_imports` bounds our exports as
+        // much as our own `max_exports` does. (Its count of imports never exceeds our
+        // count of exports: it forgets an import before its `release` leaves.)
+        let (limit, whose) = if self.peer.max_imports < self.limits.max_exports {
+            (self.peer.max_imports, "the peer's limit of")
+        } else {
+            (self.limits.max_exports, "the limit of")
+        };
+        if self.exports.len() + fresh > limit {
             return Err(Broken::new(
                 BrokenKind::TooLarge,
                 format!(
-                    "exporting {fresh} more objects would pass the limit of {} exports to this peer",
-                    self.limits.max_exports
+                    "exporting {fresh} more objects would pass {whose} {limit} exports to this peer"
                 ),
             ));
         }
@@ -89,19 +104,41 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         })
     }
 
-    /// Checks the number of references in one outgoing message against
-    /// `max_caps_per_message` (which the peer enforces too, by aborting).
+    /// Checks the number of references in one outgoing message against what the peer
+    /// accepts (and enforces by aborting): its `max_caps`, and as many as fit its
+    /// `max_items` with the rest of the message.
     pub(super) fn check_caps_count(&self, count: usize) -> Result<(), Broken> {
-        if count > self.limits.max_caps_per_message {
+        let by_items = self.peer.cbor.max_items.saturating_sub(ENVELOPE_ITEMS) / ITEMS_PER_CAP;
+        let limit = self.peer.max_caps.min(by_items);
+        if count > limit {
             return Err(Broken::new(
                 BrokenKind::TooLarge,
                 format!(
-                    "{count} references in one message exceed the limit of {}",
-                    self.limits.max_caps_per_message
+                    "{count} references in one message exceed the peer's limit of {limit}: \
+                     pass fewer, or group them in an object"
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// Checks outgoing payload data against the CBOR limits the peer announced, which
+    /// it applies when it decodes the data: over them, the callee could only refuse it.
+    /// Only depth and item count are judged here: the data is the program's, and
+    /// whether it is well-formed is for the decoder at the other end (PROTOCOL.md 8.1).
+    fn check_data_limits(&self, data: &[u8]) -> Result<(), Broken> {
+        match scan::check(data, &self.peer.cbor) {
+            Err(e @ (ScanError::TooDeep { .. } | ScanError::TooManyItems { .. })) => {
+                Err(Broken::new(
+                    BrokenKind::TooLarge,
+                    format!(
+                        "the data exceeds the peer's CBOR limits (depth {}, {} items): {e}",
+                        self.peer.cbor.max_depth, self.peer.cbor.max_items
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Checks an outgoing payload against the peer's frame limit, with a generous
@@ -111,7 +148,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         method: Option<&str>,
         payload: &OutPayload<O>,
     ) -> Result<(), Broken> {
-        if frame_estimate(method, payload) <= self.peer_max_frame {
+        if frame_estimate(method, payload) <= self.peer.max_frame {
             return Ok(());
         }
         let message = match method {
@@ -120,12 +157,12 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                  the peer's frame limit of {} bytes",
                 payload.data.len(),
                 payload.caps.len(),
-                self.peer_max_frame,
+                self.peer.max_frame,
             ),
             None => format!(
                 "the result ({} bytes) exceeds the peer's frame limit of {} bytes",
                 payload.data.len(),
-                self.peer_max_frame
+                self.peer.max_frame
             ),
         };
         Err(Broken::new(BrokenKind::TooLarge, message))

@@ -1,11 +1,14 @@
-//! The hold queue: flow control against the peer's question limit, kept in E-order.
+//! The hold queue: flow control against the limits the peer announced, kept in E-order.
 //!
 //! A send that asks a question while the peer already has as many outstanding as it
 //! announced waits here, and so does every command given after it (a later command must
-//! not overtake an earlier one: E-order). They go out, in order, as answers come back.
-//! Before the peer's `hello` a call too large for the smallest frame limit a peer may
-//! announce ([`MIN_FRAME`]) waits here too, until that `hello` says how large a frame
-//! the peer takes (PROTOCOL.md 5).
+//! not overtake an earlier one: E-order). So does a send pipelined on one of our
+//! unanswered questions once the peer's `max_queued` messages are already queued on it.
+//! They go out, in order, as answers come back.
+//! Before the peer's `hello` a call that needs more than the least a peer may announce
+//! (a frame over [`MIN_FRAME`], more than [`MIN_CAPS`] references, data over
+//! [`MIN_DEPTH`] or [`MIN_ITEMS`]) waits here too, until that `hello` says what the
+//! peer takes (PROTOCOL.md 5, 9.1).
 //! This room must not reorder commands, nor hold one that has room and nothing ahead of
 //! it; it decides only *when* a command goes out, not how (that is `outgoing`).
 
@@ -17,7 +20,7 @@ use super::{Call, LocalTarget, OutCap, OutPayload, Session};
 use crate::broken::Broken;
 use crate::proto::{ImportId, QuestionId};
 use crate::sturdy::SwissNumber;
-use crate::wire::MIN_FRAME;
+use crate::wire::{self, CborLimits, MIN_CAPS, MIN_DEPTH, MIN_FRAME, MIN_ITEMS, ScanError};
 
 /// A local command held back by flow control.
 #[derive(Debug)]
@@ -66,6 +69,38 @@ impl<O: PartialEq, R> Held<O, R> {
         }
     }
 
+    /// Whether it fits the least any peer may announce: what may go out before the
+    /// peer's `hello`. Only calls can need more.
+    fn fits_minimums(&self) -> bool {
+        const LEAST: CborLimits = CborLimits {
+            max_depth: MIN_DEPTH,
+            max_items: MIN_ITEMS,
+        };
+        match self {
+            Held::Call(c) => {
+                self.frame_estimate() <= MIN_FRAME
+                    && c.payload.caps.len() <= MIN_CAPS
+                    // Scans at most a frame of MIN_FRAME bytes, and only before `hello`.
+                    && !matches!(
+                        wire::scan::check(&c.payload.data, &LEAST),
+                        Err(ScanError::TooDeep { .. } | ScanError::TooManyItems { .. })
+                    )
+            }
+            Held::Bootstrap { .. } | Held::DropImport(_) | Held::DropQuestionRef(_) => true,
+        }
+    }
+
+    /// The unanswered question whose answer it is pipelined on, if it is a call to one.
+    fn pipelined_on(&self) -> Option<QuestionId> {
+        match self {
+            Held::Call(c) => match c.target {
+                LocalTarget::Answer(q) => Some(q),
+                LocalTarget::Import(_) => None,
+            },
+            Held::Bootstrap { .. } | Held::DropImport(_) | Held::DropQuestionRef(_) => None,
+        }
+    }
+
     /// Whether it is a call whose arguments carry the local promise `object`.
     fn carries_promise(&self, object: &O) -> bool {
         match self {
@@ -85,43 +120,51 @@ impl<O: PartialEq, R> Held<O, R> {
 }
 
 impl<O: Clone + Eq + Hash, R> Session<O, R> {
-    /// Whether a command asking `question` (or none), in a frame of about `frame`
-    /// bytes, must wait in the hold queue: something is already waiting (E-order: it must
-    /// not overtake), it asks a question and the peer has no room for one, or the
-    /// peer's `hello` has not said yet whether a frame that large is welcome.
-    pub(super) fn must_hold(&self, question: Option<QuestionId>, frame: usize) -> bool {
-        !self.held.is_empty() || !self.may_send_now(question, frame)
+    /// Whether `command` must wait in the hold queue: something is already waiting
+    /// (E-order: it must not overtake), or the peer's limits have no room for it yet.
+    pub(super) fn must_hold(&self, command: &Held<O, R>) -> bool {
+        !self.held.is_empty() || !self.may_send_now(command)
     }
 
-    /// Whether a command asking `question` (or none), in a frame of about `frame` bytes,
-    /// may go out as far as the peer's limits go.
-    fn may_send_now(&self, question: Option<QuestionId>, frame: usize) -> bool {
-        (question.is_none() || self.peer_has_room())
-            && (frame <= MIN_FRAME || self.is_established())
+    /// Whether `command` may go out as far as the peer's limits go: a question needs
+    /// room under `max_questions`; a call pipelined on our unanswered question needs
+    /// room under `max_queued` on it; and before the peer's `hello`, a call must fit the
+    /// least a peer may announce.
+    fn may_send_now(&self, command: &Held<O, R>) -> bool {
+        (command.question().is_none() || self.peer_has_room())
+            && command
+                .pipelined_on()
+                .is_none_or(|q| self.answer_has_room(q))
+            && (self.is_established() || command.fits_minimums())
+    }
+
+    /// Whether the peer accepts one more message queued on the answer to our question
+    /// `q`. Only messages sent before its `return` arrived can be queued there: once the
+    /// `return` is here, the peer resolved the answer before any message still in
+    /// flight arrives, and delivers them at once.
+    fn answer_has_room(&self, q: QuestionId) -> bool {
+        match self.questions.get(&q) {
+            Some(question) if question.resolution.is_none() => {
+                question.pipelined < self.peer.max_queued
+            }
+            // Answered, broken or gone: nothing more queues at the peer (and
+            // `call_message` decides what becomes of the call).
+            _ => true,
+        }
     }
 
     /// Whether the peer accepts one more outstanding question.
     fn peer_has_room(&self) -> bool {
-        self.awaiting_return < self.peer_max_questions
+        self.awaiting_return < self.peer.max_questions
     }
 
-    pub(super) fn hold_call(&mut self, call: Call<O, R>) {
-        self.held.push_back(Held::Call(call));
-    }
-
-    pub(super) fn hold_bootstrap(
-        &mut self,
-        question: QuestionId,
-        swiss: SwissNumber,
-        resolver: Option<R>,
-        pipeline_refs: u32,
-    ) {
-        self.held.push_back(Held::Bootstrap {
-            question,
-            swiss,
-            resolver,
-            pipeline_refs,
-        });
+    /// Sends `command` now if nothing is held and the peer has room, or holds it.
+    pub(super) fn send_or_hold(&mut self, command: Held<O, R>) {
+        if self.must_hold(&command) {
+            self.held.push_back(command);
+        } else {
+            self.apply_held(command);
+        }
     }
 
     /// Drops one handle on an import after the held sends, which may still name it.
@@ -136,7 +179,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// Sends held commands, in order, while the peer has room.
     pub(super) fn drain_hold_queue(&mut self) {
         while let Some(front) = self.held.front() {
-            if !self.may_send_now(front.question(), front.frame_estimate()) {
+            if !self.may_send_now(front) {
                 break;
             }
             if let Some(held) = self.held.pop_front() {
@@ -145,7 +188,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         }
     }
 
-    /// Carries out a held command whose turn has come.
+    /// Carries out a command whose turn has come.
     fn apply_held(&mut self, held: Held<O, R>) {
         match held {
             Held::Call(call) => {

@@ -48,7 +48,10 @@ use super::{AnswerId, ExportId, ImportId, QuestionId};
 use crate::broken::Broken;
 use crate::limits::Limits;
 use crate::wire::message::{MAX_ERROR_MESSAGE, PROTOCOL_VERSION, truncate_at_char_boundary};
-use crate::wire::{CborLimits, DecodeError, MIN_FRAME, MIN_QUESTIONS, Message, SINGLE_CAP_DATA};
+use crate::wire::{
+    CborLimits, DecodeError, Hello, MIN_CAPS, MIN_DEPTH, MIN_FRAME, MIN_IMPORTS, MIN_ITEMS,
+    MIN_QUESTIONS, MIN_QUEUED, Message, SINGLE_CAP_DATA,
+};
 use answers::Answer;
 use exports::Export;
 use hold::Held;
@@ -65,10 +68,8 @@ pub struct Session<O, R> {
     limits: Limits,
     cbor: CborLimits,
     state: State,
-    /// The largest frame body the peer accepts (from its `hello`).
-    peer_max_frame: usize,
-    /// The most questions the peer accepts outstanding (from its `hello`).
-    peer_max_questions: usize,
+    /// What the peer accepts (from its `hello`; the protocol minimums until then).
+    peer: PeerLimits,
     /// Questions sent whose `finish` has not gone out: the peer counts them against its
     /// limit until then.
     awaiting_return: usize,
@@ -102,6 +103,43 @@ pub struct Session<O, R> {
     timers: Timers,
     outbox: VecDeque<Message>,
     events: VecDeque<Event<O, R>>,
+}
+
+/// The limits the peer announced in its `hello`, which this side keeps within when it
+/// sends (PROTOCOL.md 9.11). Until the `hello` arrives, the protocol minimums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// The largest frame body the peer accepts.
+    pub max_frame: usize,
+    /// The most questions the peer accepts outstanding.
+    pub max_questions: usize,
+    /// The most messages the peer accepts queued on one of its unresolved answers.
+    pub max_queued: usize,
+    /// The most references the peer accepts imported from this side at once.
+    pub max_imports: usize,
+    /// The most capability-table entries the peer accepts in one message.
+    pub max_caps: usize,
+    /// The CBOR limits the peer applies to a message and to a payload's data.
+    pub cbor: CborLimits,
+}
+
+impl PeerLimits {
+    /// What a `hello` announces, as sizes (values past `usize` are as good as unbounded;
+    /// a frame limit is at most 4 GiB - 1, the largest length prefix).
+    fn of(hello: &Hello) -> PeerLimits {
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        PeerLimits {
+            max_frame: size(hello.max_frame).min(u32::MAX as usize),
+            max_questions: size(hello.max_questions),
+            max_queued: size(hello.max_queued),
+            max_imports: size(hello.max_imports),
+            max_caps: size(hello.max_caps),
+            cbor: CborLimits {
+                max_depth: size(hello.max_depth),
+                max_items: size(hello.max_items),
+            },
+        }
+    }
 }
 
 /// Where a session is in its life. Closedness is kept here only.
@@ -174,17 +212,12 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     pub fn new(limits: Limits, now: Instant) -> Session<O, R> {
         let limits = limits.normalized();
         let mut outbox = VecDeque::new();
-        outbox.push_back(Message::Hello {
-            version: PROTOCOL_VERSION,
-            max_frame: limits.max_frame as u64,
-            max_questions: limits.max_inbound_questions as u64,
-        });
+        outbox.push_back(Message::Hello(announce(&limits)));
         Session {
             cbor: limits.cbor(),
-            // Until the peer says otherwise, assume the least a peer may announce (larger
-            // calls wait for its `hello`: see `hold`).
-            peer_max_frame: MIN_FRAME,
-            peer_max_questions: MIN_QUESTIONS,
+            // Until the peer says otherwise, assume the least a peer may announce (what
+            // needs more waits for its `hello`: see `hold`).
+            peer: PeerLimits::of(&Hello::MINIMUM),
             awaiting_return: 0,
             held: VecDeque::new(),
             settled_while_held: Vec::new(),
@@ -248,7 +281,13 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
 
     /// The largest frame body the peer accepts (from its `hello`).
     pub fn peer_max_frame(&self) -> usize {
-        self.peer_max_frame
+        self.peer.max_frame
+    }
+
+    /// Every limit the peer announced in its `hello` (the protocol minimums until it
+    /// arrives).
+    pub fn peer_limits(&self) -> PeerLimits {
+        self.peer
     }
 
     // ---- peer input ----
@@ -291,11 +330,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     fn dispatch(&mut self, msg: Message) -> Result<(), Violation> {
         if self.state == State::AwaitingHello {
             return match msg {
-                Message::Hello {
-                    version,
-                    max_frame,
-                    max_questions,
-                } => self.handle_hello(version, max_frame, max_questions),
+                Message::Hello(hello) => self.handle_hello(&hello),
                 Message::Abort { reason } => {
                     self.close(CloseReason::PeerAborted(reason));
                     Ok(())
@@ -339,26 +374,41 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     }
 
     /// The peer's `hello`: check what it announces, then open and send what was held
-    /// for it.
-    fn handle_hello(
-        &mut self,
-        version: u32,
-        max_frame: u64,
-        max_questions: u64,
-    ) -> Result<(), Violation> {
-        if version != PROTOCOL_VERSION {
-            return Err(Violation::UnsupportedVersion { version });
+    /// for it. Fields are checked in wire order; the first below its minimum is the
+    /// violation.
+    fn handle_hello(&mut self, hello: &Hello) -> Result<(), Violation> {
+        if hello.version != PROTOCOL_VERSION {
+            return Err(Violation::UnsupportedVersion {
+                version: hello.version,
+            });
         }
-        if max_frame < MIN_FRAME as u64 {
-            return Err(Violation::FrameLimitTooSmall { max_frame });
+        if hello.max_frame < MIN_FRAME as u64 {
+            return Err(Violation::FrameLimitTooSmall {
+                max_frame: hello.max_frame,
+            });
         }
-        if max_questions < MIN_QUESTIONS as u64 {
-            return Err(Violation::QuestionLimitTooSmall { max_questions });
+        if hello.max_questions < MIN_QUESTIONS as u64 {
+            return Err(Violation::QuestionLimitTooSmall {
+                max_questions: hello.max_questions,
+            });
         }
-        self.peer_max_frame = usize::try_from(max_frame)
-            .unwrap_or(usize::MAX)
-            .min(u32::MAX as usize);
-        self.peer_max_questions = usize::try_from(max_questions).unwrap_or(usize::MAX);
+        let minimums = [
+            ("max_queued", hello.max_queued, MIN_QUEUED),
+            ("max_imports", hello.max_imports, MIN_IMPORTS),
+            ("max_caps", hello.max_caps, MIN_CAPS),
+            ("max_depth", hello.max_depth, MIN_DEPTH),
+            ("max_items", hello.max_items, MIN_ITEMS),
+        ];
+        for (field, value, minimum) in minimums {
+            if value < minimum as u64 {
+                return Err(Violation::LimitTooSmall {
+                    field,
+                    value,
+                    minimum,
+                });
+            }
+        }
+        self.peer = PeerLimits::of(hello);
         self.state = State::Open;
         self.drain_hold_queue();
         Ok(())
@@ -440,6 +490,22 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     }
 }
 
+/// The `hello` a session with `limits` sends: every limit the peer must respect, after
+/// raising each to its protocol minimum.
+pub fn announce(limits: &Limits) -> Hello {
+    let limits = limits.clone().normalized();
+    Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: limits.max_frame as u64,
+        max_questions: limits.max_inbound_questions as u64,
+        max_queued: limits.max_queued_per_promise as u64,
+        max_imports: limits.max_imports as u64,
+        max_caps: limits.max_caps_per_message as u64,
+        max_depth: limits.max_cbor_depth as u64,
+        max_items: limits.max_cbor_items as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,11 +516,7 @@ mod tests {
     #[test]
     fn close_reports_questions_and_lost_exports_in_id_order() {
         let mut s: S = Session::new(Limits::default(), Instant::now());
-        s.handle_message(Message::Hello {
-            version: PROTOCOL_VERSION,
-            max_frame: 1 << 20,
-            max_questions: 1024,
-        });
+        s.handle_message(Message::Hello(announce(&Limits::default())));
         // Questions asked in an order unlike their ids; each call exports one object,
         // numbered against the export ids (e1 exports object 40, e2 object 39, ...).
         let ids = [17, 3, 29, 8, 1, 22, 11, 5, 26, 14];

@@ -12,7 +12,6 @@
 use std::hash::Hash;
 use std::time::Instant;
 
-use super::exports::frame_estimate;
 use super::hold::Held;
 use super::imports::{PayloadOrigin, Suspect};
 use super::{Call, Deadline, Event, LocalTarget, OutPayload, Resolution, Session, Violation};
@@ -31,6 +30,9 @@ pub(super) struct Question<O, R> {
     pub(super) pipeline_refs: u32,
     /// `None` until the `return` arrives.
     pub(super) resolution: Option<Resolution<O>>,
+    /// Messages sent to the answer before its `return` arrived: what the peer may have
+    /// queued on it, kept within the peer's `max_queued` by the hold queue.
+    pub(super) pipelined: usize,
     /// The `finish` is held back: the answer resolved to one of our own objects, and
     /// messages sent to the promise keep going through the peer (which forwards them
     /// back) so that they stay in order with those already sent.
@@ -56,6 +58,7 @@ impl<O, R> Question<O, R> {
             resolver,
             pipeline_refs,
             resolution: None,
+            pipelined: 0,
             finish_deferred: false,
             deadline,
             pipelined_on: false,
@@ -87,12 +90,12 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             return;
         }
         self.debug_assert_fresh_question(question);
-        // A bootstrap's frame (a question id and 32 bytes) is far below any frame limit.
-        if self.must_hold(Some(question), 0) {
-            self.hold_bootstrap(question, swiss, resolver, pipeline_refs);
-        } else {
-            self.transmit_bootstrap(question, swiss, resolver, pipeline_refs);
-        }
+        self.send_or_hold(Held::Bootstrap {
+            question,
+            swiss,
+            resolver,
+            pipeline_refs,
+        });
     }
 
     /// Sends a method call. Calls that cannot go out (the session is closed, the target
@@ -100,8 +103,10 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// comes back in an [`Event::Return`].
     ///
     /// A call that asks a question while the peer already has as many outstanding as it
-    /// accepts is held back, with every later send, and goes out in order as answers
-    /// come back ([`super::SessionStats::held`]).
+    /// accepts, or that is pipelined on one of our questions while the peer already has
+    /// as many messages queued on its answer as it accepts, is held back, with every
+    /// later send, and goes out in order as answers come back
+    /// ([`super::SessionStats::held`]).
     ///
     /// A question id already in use is a bug in the runtime: it panics in debug builds
     /// and breaks the new call otherwise.
@@ -109,23 +114,18 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// A call with a [`Call::deadline`] that is still unanswered then (held or asked)
     /// breaks with [`crate::BrokenKind::Timeout`] at [`Session::handle_timeout`].
     pub fn send(&mut self, call: Call<O, R>) {
-        if !self.is_closed() {
-            if let Some(q) = call.question {
-                self.debug_assert_fresh_question(q);
-                if let Some(d) = call.deadline {
-                    self.deadlines.insert((d.at, q));
-                }
-            }
-            if self.must_hold(
-                call.question,
-                frame_estimate(Some(&call.method), &call.payload),
-            ) {
-                self.hold_call(call);
-                return;
+        if self.is_closed() {
+            // Breaks at once, with the session's reason.
+            self.transmit_call(call);
+            return;
+        }
+        if let Some(q) = call.question {
+            self.debug_assert_fresh_question(q);
+            if let Some(d) = call.deadline {
+                self.deadlines.insert((d.at, q));
             }
         }
-        self.transmit_call(call);
-        self.resolve_settled_while_held();
+        self.send_or_hold(Held::Call(call));
     }
 
     /// Sends a bootstrap now (its turn has come and the peer has room).
@@ -238,6 +238,15 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             },
         };
         let payload = self.give_payload(payload)?;
+        // A message to an unanswered question may be queued at the peer: count it
+        // (the hold queue keeps the count within the peer's `max_queued`).
+        if let (LocalTarget::Answer(q), Target::Answer(_)) = (target, &wire_target) {
+            if let Some(question) = self.questions.get_mut(&q) {
+                if question.resolution.is_none() {
+                    question.pipelined += 1;
+                }
+            }
+        }
         Ok((wire_target, payload))
     }
 
@@ -257,6 +266,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     resolver: None,
                     pipeline_refs,
                     resolution: Some(Resolution::Broken(b.clone())),
+                    pipelined: 0,
                     finish_deferred: false,
                     deadline: None,
                     pipelined_on: false,
@@ -567,11 +577,11 @@ mod tests {
     /// A session whose peer's `hello` has arrived.
     fn open_session() -> S {
         let mut s: S = Session::new(Limits::default(), Instant::now());
-        s.handle_message(Message::Hello {
-            version: crate::wire::message::PROTOCOL_VERSION,
+        s.handle_message(Message::Hello(crate::wire::Hello {
             max_frame: 1 << 20,
             max_questions: 1024,
-        });
+            ..crate::wire::Hello::MINIMUM
+        }));
         assert!(s.is_established());
         s.poll_transmit();
         s

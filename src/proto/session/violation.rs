@@ -37,6 +37,17 @@ pub enum Violation {
         /// The limit the peer announced.
         max_questions: u64,
     },
+    /// A `hello` announcing one of its other limits (`max_queued`, `max_imports`,
+    /// `max_caps`, `max_depth`, `max_items`) below the protocol minimum.
+    #[error("the peer's hello announces {field} {value}, below the minimum of {minimum}")]
+    LimitTooSmall {
+        /// The field's wire name.
+        field: &'static str,
+        /// The value the peer announced.
+        value: u64,
+        /// The protocol minimum for that field.
+        minimum: usize,
+    },
     /// A second `hello`.
     #[error("hello sent twice")]
     DuplicateHello,

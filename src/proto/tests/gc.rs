@@ -344,11 +344,11 @@ fn cycle_collection_waits_for_a_drop_held_behind_sends() {
     // handle. The drop waits behind the held call, so the import stays until the call
     // has gone out to it; then the cycle is garbage and released, after the call.
     let mut s = new_session(Limits::default());
-    s.handle_message(Message::Hello {
-        version: PROTOCOL_VERSION,
+    s.handle_message(Message::Hello(Hello {
         max_frame: 1 << 20,
         max_questions: MIN_QUESTIONS as u64,
-    });
+        ..announce(&Limits::default())
+    }));
     s.bootstrap(QuestionId(1), swiss(1), Some(1), 1);
     s.handle_message(Message::Return {
         question: 1,
@@ -401,11 +401,11 @@ fn references_dropped_on_arrival_are_released_at_once_while_sends_are_held() {
     // the reference goes at once, even while a send is held by flow control: no held
     // send can name it, and the hold queue does not grow with what peers send.
     let mut s = new_session(Limits::default());
-    s.handle_message(Message::Hello {
-        version: PROTOCOL_VERSION,
+    s.handle_message(Message::Hello(Hello {
         max_frame: 1 << 20,
         max_questions: MIN_QUESTIONS as u64,
-    });
+        ..announce(&Limits::default())
+    }));
     for q in 1..=MIN_QUESTIONS as u64 + 1 {
         s.bootstrap(QuestionId(q), swiss(1), Some(u32::try_from(q).unwrap()), 0);
     }

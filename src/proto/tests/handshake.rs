@@ -13,19 +13,19 @@ fn hello_is_queued_first_and_establishes_both_sides() {
     assert_eq!(
         drain(&mut s),
         (
-            vec![Message::Hello {
-                version: PROTOCOL_VERSION,
+            vec![Message::Hello(Hello {
                 max_frame: 1 << 20,
                 max_questions: 1024,
-            }],
+                ..announce(&Limits::default())
+            })],
             vec![]
         )
     );
-    s.handle_message(Message::Hello {
-        version: PROTOCOL_VERSION,
+    s.handle_message(Message::Hello(Hello {
         max_frame: 10_000,
         max_questions: 1024,
-    });
+        ..announce(&Limits::default())
+    }));
     assert!(s.is_established() && !s.is_closed());
     assert_eq!(s.peer_max_frame(), 10_000);
     assert_eq!(drain(&mut s), (vec![], vec![]));
@@ -40,11 +40,11 @@ fn own_frame_limit_below_the_minimum_is_raised() {
     let (sent, _) = drain(&mut s);
     assert_eq!(
         sent,
-        [Message::Hello {
-            version: PROTOCOL_VERSION,
+        [Message::Hello(Hello {
             max_frame: MIN_FRAME as u64,
             max_questions: 1024,
-        }]
+            ..announce(&Limits::default())
+        })]
     );
 }
 
@@ -72,11 +72,11 @@ fn hello_exchange_learns_each_peers_frame_limit() {
 fn hello_with_a_frame_limit_below_the_minimum_is_a_violation() {
     let mut s = new_session(Limits::default());
     drain(&mut s);
-    s.handle_message(Message::Hello {
-        version: PROTOCOL_VERSION,
+    s.handle_message(Message::Hello(Hello {
         max_frame: MIN_FRAME as u64 - 1,
         max_questions: 1024,
-    });
+        ..announce(&Limits::default())
+    }));
     assert!(s.is_closed());
     let (sent, events) = drain(&mut s);
     let v = Violation::FrameLimitTooSmall {
@@ -98,11 +98,11 @@ fn hello_with_a_frame_limit_below_the_minimum_is_a_violation() {
 fn hello_with_a_question_limit_below_the_minimum_is_a_violation() {
     let mut s = new_session(Limits::default());
     drain(&mut s);
-    s.handle_message(Message::Hello {
-        version: PROTOCOL_VERSION,
+    s.handle_message(Message::Hello(Hello {
         max_frame: MIN_FRAME as u64,
         max_questions: MIN_QUESTIONS as u64 - 1,
-    });
+        ..announce(&Limits::default())
+    }));
     assert!(s.is_closed());
     let (sent, events) = drain(&mut s);
     let v = Violation::QuestionLimitTooSmall {
@@ -121,6 +121,88 @@ fn hello_with_a_question_limit_below_the_minimum_is_a_violation() {
 }
 
 #[test]
+fn hello_with_a_flow_control_limit_below_its_minimum_is_a_violation() {
+    /// A field of a hello, to set.
+    type Field = fn(&mut Hello) -> &mut u64;
+    let cases: [(&str, Field, usize); 5] = [
+        ("max_queued", |h| &mut h.max_queued, MIN_QUEUED),
+        ("max_imports", |h| &mut h.max_imports, MIN_IMPORTS),
+        ("max_caps", |h| &mut h.max_caps, MIN_CAPS),
+        ("max_depth", |h| &mut h.max_depth, MIN_DEPTH),
+        ("max_items", |h| &mut h.max_items, MIN_ITEMS),
+    ];
+    for (field, slot, minimum) in cases {
+        // The minimum itself is accepted.
+        let mut s = new_session(Limits::default());
+        drain(&mut s);
+        let mut hello = Hello::MINIMUM;
+        *slot(&mut hello) = minimum as u64;
+        s.handle_message(Message::Hello(hello));
+        assert!(s.is_established(), "{field} at its minimum");
+        // One below is not.
+        let mut s = new_session(Limits::default());
+        drain(&mut s);
+        *slot(&mut hello) = minimum as u64 - 1;
+        s.handle_message(Message::Hello(hello));
+        let v = Violation::LimitTooSmall {
+            field,
+            value: minimum as u64 - 1,
+            minimum,
+        };
+        assert!(
+            v.to_string().contains(&format!(
+                "{field} {}, below the minimum of {minimum}",
+                minimum - 1
+            )),
+            "{v}"
+        );
+        let (sent, events) = drain(&mut s);
+        assert_eq!(
+            sent,
+            [Message::Abort {
+                reason: v.to_string()
+            }]
+        );
+        assert!(
+            matches!(&events[..], [Seen::Closed(CloseReason::Violation(got))] if *got == v),
+            "{field}: {events:?}"
+        );
+    }
+}
+
+#[test]
+fn own_limits_below_the_minimums_are_raised_and_announced() {
+    let tiny = Limits {
+        max_frame: 1,
+        max_inbound_questions: 1,
+        max_queued_per_promise: 1,
+        max_imports: 1,
+        max_caps_per_message: 1,
+        max_cbor_depth: 1,
+        max_cbor_items: 1,
+        ..Limits::default()
+    };
+    assert_eq!(announce(&tiny), Hello::MINIMUM);
+    let mut s = new_session(tiny);
+    assert_eq!(drain(&mut s).0, [Message::Hello(Hello::MINIMUM)]);
+    // And the defaults are announced as they are.
+    let d = Limits::default();
+    assert_eq!(
+        announce(&d),
+        Hello {
+            version: PROTOCOL_VERSION,
+            max_frame: 1 << 20,
+            max_questions: 1024,
+            max_queued: 256,
+            max_imports: 65_536,
+            max_caps: 256,
+            max_depth: 32,
+            max_items: 65_536,
+        }
+    );
+}
+
+#[test]
 fn first_message_not_hello_is_a_violation() {
     let mut s = new_session(Limits::default());
     // Questions may be asked before the peer's hello arrives.
@@ -132,11 +214,11 @@ fn first_message_not_hello_is_a_violation() {
     assert_eq!(
         sent,
         [
-            Message::Hello {
-                version: PROTOCOL_VERSION,
+            Message::Hello(Hello {
                 max_frame: 1 << 20,
                 max_questions: 1024,
-            },
+                ..announce(&Limits::default())
+            }),
             Message::Bootstrap {
                 question: 1,
                 swiss: swiss(1)
@@ -162,11 +244,12 @@ fn first_message_not_hello_is_a_violation() {
 fn unsupported_version_is_a_violation() {
     let mut s = new_session(Limits::default());
     s.poll_transmit();
-    s.handle_message(Message::Hello {
+    s.handle_message(Message::Hello(Hello {
         version: PROTOCOL_VERSION + 1,
         max_frame: 1000,
         max_questions: 1024,
-    });
+        ..announce(&Limits::default())
+    }));
     let v = Violation::UnsupportedVersion {
         version: PROTOCOL_VERSION + 1,
     };
@@ -174,7 +257,7 @@ fn unsupported_version_is_a_violation() {
         drain(&mut s),
         (
             vec![Message::Abort {
-                reason: "unsupported protocol version 2 (this vat speaks 1)".to_owned()
+                reason: "unsupported protocol version 3 (this vat speaks 2)".to_owned()
             }],
             vec![Seen::Closed(CloseReason::Violation(v))]
         )
@@ -185,11 +268,11 @@ fn unsupported_version_is_a_violation() {
 #[test]
 fn duplicate_hello_is_a_violation() {
     let mut pair = Pair::victim(Limits::default(), Limits::default());
-    pair.b.session.handle_message(Message::Hello {
-        version: PROTOCOL_VERSION,
+    pair.b.session.handle_message(Message::Hello(Hello {
         max_frame: 1000,
         max_questions: 1024,
-    });
+        ..announce(&Limits::default())
+    }));
     pair.drive();
     assert_eq!(expect_violation(&mut pair, Violation::DuplicateHello), []);
 }

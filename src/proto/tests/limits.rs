@@ -1,6 +1,7 @@
-//! Local limits: what the peer would refuse breaks here with `too_large` before it is
-//! sent, and questions past the peer's question limit are held back and sent in order
-//! as answers come back (flow control).
+//! Local limits: what the peer would refuse (by the limits it announced in `hello`)
+//! breaks here with `too_large` before it is sent, and questions past the peer's
+//! question limit, or sends pipelined past its queue limit on one answer, are held back
+//! and sent in order as answers come back (flow control).
 //!
 //! What happens to a peer that passes this side's limits is in `violations`.
 
@@ -93,18 +94,19 @@ fn result_larger_than_the_askers_frame_limit_breaks_with_too_large() {
 
 #[test]
 fn too_many_caps_in_a_local_send_breaks_with_too_large() {
-    let la = Limits {
-        max_caps_per_message: 2,
+    // The peer's announced limit counts, not this side's own.
+    let lb = Limits {
+        max_caps_per_message: MIN_CAPS,
         ..Limits::default()
     };
-    let mut pair = Pair::with_limits(la, Limits::default());
+    let mut pair = Pair::with_limits(Limits::default(), lb);
     let obj = pair.a_imports_b_obj(1);
     pair.a.session.send(ask(
         LocalTarget::Import(obj),
         "many",
         OutPayload {
             data: data(&()),
-            caps: vec![OutCap::Local(1), OutCap::Local(2), OutCap::Local(3)],
+            caps: (1..=MIN_CAPS as u32 + 1).map(OutCap::Local).collect(),
         },
         2,
     ));
@@ -119,17 +121,19 @@ fn too_many_caps_in_a_local_send_breaks_with_too_large() {
         panic!("{events:?}")
     };
     assert_eq!(b.kind(), BrokenKind::TooLarge);
+    assert!(b.message().contains("the peer's limit of 16"), "{b}");
     assert_eq!(pair.a.session.poll_transmit(), None);
     assert_tables!(pair.a, imports: 1);
 }
 
 #[test]
 fn result_with_too_many_caps_breaks_with_too_large() {
-    let lb = Limits {
-        max_caps_per_message: 2,
+    // The asker's announced limit counts, not the answerer's own.
+    let la = Limits {
+        max_caps_per_message: MIN_CAPS,
         ..Limits::default()
     };
-    let mut pair = Pair::with_limits(Limits::default(), lb);
+    let mut pair = Pair::with_limits(la, Limits::default());
     let obj = pair.a_imports_b_obj(1);
     let promise = b_answers_with_a_promise(&mut pair, 2, 300);
     pair.a.session.send(Call {
@@ -138,12 +142,12 @@ fn result_with_too_many_caps_breaks_with_too_large() {
     });
     pair.drive();
     pair.b.take_events();
-    let three = OutPayload {
+    let too_many = OutPayload {
         data: data(&()),
-        caps: vec![OutCap::Local(301), OutCap::Local(302), OutCap::Local(303)],
+        caps: (301..=301 + MIN_CAPS as u32).map(OutCap::Local).collect(),
     };
-    pair.b.session.answer(AnswerId(3), Ok(three.clone()));
-    pair.b.session.resolve_export(&300, Ok(three));
+    pair.b.session.answer(AnswerId(3), Ok(too_many.clone()));
+    pair.b.session.resolve_export(&300, Ok(too_many));
     pair.drive();
     let events = pair.a.take_events();
     let [
@@ -186,6 +190,223 @@ fn result_past_the_export_limit_breaks_with_too_large() {
         panic!("{seen:?}")
     };
     assert_eq!(b.kind(), BrokenKind::TooLarge);
+    assert_tables!(pair.a, imports: 1);
+    assert_tables!(pair.b, exports: 1);
+}
+
+#[test]
+fn exports_stop_at_the_peers_import_limit() {
+    let lb = Limits {
+        max_imports: MIN_IMPORTS,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    assert_eq!(pair.a.session.peer_limits().max_imports, MIN_IMPORTS);
+    let obj = pair.a_imports_b_obj(1);
+    let caps = |objs: std::ops::RangeInclusive<u32>| OutPayload {
+        data: data(&()),
+        caps: objs.map(OutCap::Local).collect(),
+    };
+    let last = MIN_IMPORTS as u32;
+    pair.a
+        .session
+        .send(ask(LocalTarget::Import(obj), "fill", caps(1..=last), 2));
+    pair.drive();
+    assert_eq!(pair.b.take_events().len(), 1);
+    assert_tables!(pair.b, answers: 1, imports: MIN_IMPORTS, exports: 1);
+    // One more object would pass the peer's 64 imports: the call breaks here, nothing
+    // is exported or sent, and the session goes on.
+    pair.a.session.send(ask(
+        LocalTarget::Import(obj),
+        "more",
+        caps(last + 1..=last + 1),
+        3,
+    ));
+    let events = pair.a.take_events();
+    let [
+        Seen::Return {
+            resolver: 3,
+            result: Err(b),
+        },
+    ] = &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(b.kind(), BrokenKind::TooLarge);
+    assert!(
+        b.message().contains("the peer's limit of 64 exports"),
+        "{b}"
+    );
+    assert_eq!(pair.a.session.poll_transmit(), None);
+    assert_tables!(pair.a, questions: 1, imports: 1, exports: MIN_IMPORTS);
+    assert!(!pair.b.session.is_closed());
+}
+
+#[test]
+fn data_over_the_peers_cbor_limits_breaks_with_too_large() {
+    let lb = Limits {
+        max_cbor_depth: MIN_DEPTH,
+        max_cbor_items: MIN_ITEMS,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    // Arrays nested `depth` deep around a 0; an array of `items - 1` zeros.
+    let nested = |depth: usize| [vec![0x81; depth], vec![0x00]].concat();
+    let zeros = |items: usize| data(&vec![0u8; items - 1]);
+    let cases = [
+        (nested(MIN_DEPTH), true),
+        (nested(MIN_DEPTH + 1), false),
+        (zeros(MIN_ITEMS), true),
+        (zeros(MIN_ITEMS + 1), false),
+    ];
+    for (n, (bytes, fits)) in cases.into_iter().enumerate() {
+        let q = 2 + n as u64;
+        pair.a.session.send(ask(
+            LocalTarget::Import(obj),
+            "take",
+            OutPayload::data(bytes),
+            q,
+        ));
+        pair.drive();
+        let delivered = pair.b.take_events().len();
+        let events = pair.a.take_events();
+        if fits {
+            assert_eq!((delivered, events.len()), (1, 0), "case {n}: {events:?}");
+            pair.b
+                .session
+                .answer(AnswerId(q), Ok(OutPayload::data(data(&()))));
+            pair.drive();
+            pair.a.take_events();
+        } else {
+            assert_eq!(delivered, 0, "case {n}");
+            let [Seen::Return { result: Err(b), .. }] = &events[..] else {
+                panic!("case {n}: {events:?}")
+            };
+            assert_eq!(b.kind(), BrokenKind::TooLarge, "case {n}");
+            assert!(b.message().contains("the peer's CBOR limits"), "{b}");
+        }
+    }
+    assert!(!pair.b.session.is_closed());
+    assert_tables!(pair.a, imports: 1);
+}
+
+#[test]
+fn before_hello_only_what_fits_the_minimums_goes_out() {
+    let mut s = new_session(Limits::default());
+    s.poll_transmit();
+    s.bootstrap(QuestionId(1), swiss(1), Some(1), 1);
+    // Until the peer's hello, it may accept only MIN_QUEUED messages on one answer,
+    // MIN_CAPS references in a message, and data of MIN_DEPTH levels.
+    for _ in 0..MIN_QUEUED {
+        s.send(tell(LocalTarget::Answer(QuestionId(1)), "fits", no_args()));
+    }
+    assert_eq!(s.stats().held, 0);
+    s.send(tell(
+        LocalTarget::Answer(QuestionId(1)),
+        "queued",
+        no_args(),
+    ));
+    assert_eq!(s.stats().held, 1);
+    let mut s = new_session(Limits::default());
+    s.poll_transmit();
+    s.bootstrap(QuestionId(1), swiss(1), Some(1), 1);
+    s.send(tell(
+        LocalTarget::Answer(QuestionId(1)),
+        "many",
+        OutPayload {
+            data: data(&()),
+            caps: (1..=MIN_CAPS as u32 + 1).map(OutCap::Local).collect(),
+        },
+    ));
+    s.send(tell(
+        LocalTarget::Answer(QuestionId(1)),
+        "deep",
+        OutPayload::data([vec![0x81; MIN_DEPTH + 1], vec![0x00]].concat()),
+    ));
+    assert_eq!(s.stats().held, 2);
+    let sent: Vec<_> = std::iter::from_fn(|| s.poll_transmit()).collect();
+    assert!(matches!(&sent[..], [Message::Bootstrap { .. }]), "{sent:?}");
+    // The hello (with the default limits) lets both out, in order.
+    s.handle_message(Message::Hello(announce(&Limits::default())));
+    assert_eq!(s.stats().held, 0);
+    let methods: Vec<_> = std::iter::from_fn(|| s.poll_transmit())
+        .map(|m| match m {
+            Message::Deliver { method, .. } => method,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(methods, ["many", "deep"]);
+}
+
+// ---- flow control: the peer's queue limit on one answer ----
+
+#[test]
+fn pipelining_past_the_peers_queue_limit_is_held_and_ends_in_order() {
+    // The peer accepts only the protocol minimum of messages queued on one answer;
+    // this side pipelines 10,000 one-way sends on the answer of a call the peer answers
+    // later. Before the limit was honoured, message 17 aborted the session.
+    let lb = Limits {
+        max_queued_per_promise: MIN_QUEUED,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    assert_eq!(pair.a.session.peer_limits().max_queued, MIN_QUEUED);
+    let obj = pair.a_imports_b_obj(1);
+    pair.a.session.send(Call {
+        pipeline_refs: 1,
+        ..ask(LocalTarget::Import(obj), "later", no_args(), 2)
+    });
+    const N: u64 = 10_000;
+    for n in 0..N {
+        pair.a.session.send(tell(
+            LocalTarget::Answer(QuestionId(2)),
+            "next",
+            OutPayload::data(data(&n)),
+        ));
+    }
+    pair.pump(A);
+    pair.drive();
+    // The call and exactly MIN_QUEUED sends went out; the rest wait, in order.
+    let to_answer = |sent: &[Message]| {
+        sent.iter()
+            .filter(|m| {
+                matches!(
+                    m,
+                    Message::Deliver {
+                        target: Target::Answer(2),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let sent = pair.a.take_sent();
+    assert_eq!((sent.len(), to_answer(&sent)), (1 + MIN_QUEUED, MIN_QUEUED));
+    assert_eq!(pair.a.session.stats().held, N as usize - MIN_QUEUED);
+    assert_eq!(
+        pair.b.take_events(),
+        [delivered(B_OBJ, "later", in_data(data(&())), Some(2))]
+    );
+    assert!(!pair.b.session.is_closed());
+    // The answer (B's object itself) releases the rest, straight to the object.
+    pair.b.session.answer(
+        AnswerId(2),
+        Ok(OutPayload::single_cap(OutCap::Local(B_OBJ))),
+    );
+    pair.pump(B);
+    pair.pump(A);
+    pair.drive();
+    assert_eq!(pair.a.session.stats().held, 0);
+    let expected: Vec<Seen> = (0..N)
+        .map(|n| delivered(B_OBJ, "next", in_data(data(&n)), None))
+        .collect();
+    assert_eq!(pair.b.take_events(), expected);
+    assert_eq!(to_answer(&pair.a.take_sent()), 0);
+    assert!(!pair.a.session.is_closed() && !pair.b.session.is_closed());
+    pair.a.session.drop_question_ref(QuestionId(2));
+    pair.drive();
+    pair.a.take_events();
     assert_tables!(pair.a, imports: 1);
     assert_tables!(pair.b, exports: 1);
 }

@@ -19,8 +19,9 @@ use crate::limits::Limits;
 use crate::sturdy::SwissNumber;
 use crate::wire::message::PROTOCOL_VERSION;
 use crate::wire::{
-    self, CapDescriptor, CborLimits, DecodeError, MIN_FRAME, MIN_QUESTIONS, Message, Payload,
-    ReturnResult, SINGLE_CAP_DATA, ScanError, Target, WireBroken, frame,
+    self, CapDescriptor, CborLimits, DecodeError, Hello, MIN_CAPS, MIN_DEPTH, MIN_FRAME,
+    MIN_IMPORTS, MIN_ITEMS, MIN_QUESTIONS, MIN_QUEUED, Message, Payload, ReturnResult,
+    SINGLE_CAP_DATA, ScanError, Target, WireBroken, frame,
 };
 
 // ---- harness ----
@@ -367,8 +368,8 @@ impl Pair {
     }
 
     fn build(a: Limits, b: Limits, codec: bool) -> Pair {
-        let a_hello = (a.max_frame as u64, a.max_inbound_questions as u64);
-        let b_hello = (b.max_frame as u64, b.max_inbound_questions as u64);
+        let a_hello = Message::Hello(announce(&a));
+        let b_hello = Message::Hello(announce(&b));
         let mut pair = Pair {
             a: Peer::new(a, &[(2, A_OBJ)]),
             b: Peer::new(b, &[(1, B_OBJ)]),
@@ -376,13 +377,8 @@ impl Pair {
         };
         pair.drive();
         assert!(pair.a.session.is_established() && pair.b.session.is_established());
-        let hello = |(max_frame, max_questions)| Message::Hello {
-            version: PROTOCOL_VERSION,
-            max_frame,
-            max_questions,
-        };
-        assert_eq!(pair.a.take_sent(), [hello(a_hello)]);
-        assert_eq!(pair.b.take_sent(), [hello(b_hello)]);
+        assert_eq!(pair.a.take_sent(), [a_hello]);
+        assert_eq!(pair.b.take_sent(), [b_hello]);
         assert_eq!(pair.a.take_events(), []);
         assert_eq!(pair.b.take_events(), []);
         pair
@@ -588,11 +584,11 @@ fn b_answers_with_a_promise(pair: &mut Pair, q: u64, promise: u32) -> ImportId {
 /// it was given, and only the questions' pipelined handles keep the imports.
 fn session_holding_unheld_promises(promises: u64) -> S {
     let mut s = new_session(Limits::default());
-    s.handle_message(Message::Hello {
-        version: PROTOCOL_VERSION,
+    s.handle_message(Message::Hello(Hello {
         max_frame: 1 << 20,
         max_questions: 1024,
-    });
+        ..announce(&Limits::default())
+    }));
     for p in 1..=promises {
         s.bootstrap(QuestionId(p), swiss(1), Some(u32::try_from(p).unwrap()), 1);
         s.handle_message(Message::Return {

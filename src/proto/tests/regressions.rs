@@ -796,11 +796,11 @@ fn long_chain_of_calls_pipelined_on_a_broken_answer_does_not_overflow_the_stack(
                 ..Limits::default()
             };
             let mut s = new_session(limits);
-            s.handle_message(Message::Hello {
-                version: PROTOCOL_VERSION,
+            s.handle_message(Message::Hello(Hello {
                 max_frame: 1 << 20,
                 max_questions: 1024,
-            });
+                ..announce(&Limits::default())
+            }));
             s.handle_message(Message::Bootstrap {
                 question: 1,
                 swiss: swiss(1),

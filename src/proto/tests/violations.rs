@@ -334,14 +334,14 @@ fn too_many_inbound_questions_is_a_violation() {
 #[test]
 fn too_many_messages_queued_on_one_promise_is_a_violation() {
     let lb = Limits {
-        max_queued_per_promise: 3,
+        max_queued_per_promise: MIN_QUEUED,
         ..Limits::default()
     };
     let mut pair = Pair::victim(Limits::default(), lb);
     pair.a
         .session
         .bootstrap(QuestionId(1), swiss(1), Some(1), 1);
-    for _ in 0..3 {
+    for _ in 0..MIN_QUEUED {
         pair.a.session.send(tell(
             LocalTarget::Answer(QuestionId(1)),
             "queued",
@@ -351,13 +351,24 @@ fn too_many_messages_queued_on_one_promise_is_a_violation() {
     pair.drive();
     assert_eq!(pair.b.take_events().len(), 1);
     assert!(!pair.b.session.is_closed());
-    pair.a.session.send(tell(
-        LocalTarget::Answer(QuestionId(1)),
-        "one_more",
-        no_args(),
-    ));
+    // A well-behaved sender holds the next one back until the answer's `return`.
+    pair.a
+        .session
+        .send(tell(LocalTarget::Answer(QuestionId(1)), "held", no_args()));
     pair.drive();
-    let v = Violation::TooManyQueued { limit: 3 };
+    assert_eq!(pair.a.session.stats().held, 1);
+    // A peer that ignores the announced limit is aborted.
+    pair.b.session.handle_message(Message::Deliver {
+        target: Target::Answer(1),
+        method: "one_more".into(),
+        payload: Payload {
+            data: data(&()),
+            caps: vec![],
+        },
+        question: None,
+    });
+    pair.drive();
+    let v = Violation::TooManyQueued { limit: MIN_QUEUED };
     let text = v.to_string();
     assert_eq!(
         expect_violation(&mut pair, v),
@@ -371,22 +382,27 @@ fn too_many_messages_queued_on_one_promise_is_a_violation() {
 #[test]
 fn too_many_caps_in_one_message_is_a_violation() {
     let lb = Limits {
-        max_caps_per_message: 2,
+        max_caps_per_message: MIN_CAPS,
         ..Limits::default()
     };
     let mut pair = Pair::victim(Limits::default(), lb);
     let obj = pair.a_imports_b_obj(1);
-    pair.a.session.send(tell(
-        LocalTarget::Import(obj),
-        "many",
-        OutPayload {
+    // A well-behaved sender keeps within the announced limit (see `limits.rs`); a peer
+    // that ignores it is aborted.
+    pair.b.session.handle_message(Message::Deliver {
+        target: Target::Export(obj.0),
+        method: "many".into(),
+        payload: Payload {
             data: data(&()),
-            caps: vec![OutCap::Local(1), OutCap::Local(2), OutCap::Local(3)],
+            caps: (1..=MIN_CAPS as u64 + 1)
+                .map(CapDescriptor::SenderHosted)
+                .collect(),
         },
-    ));
+        question: None,
+    });
     pair.drive();
     assert_eq!(
-        expect_violation(&mut pair, Violation::TooManyCaps { limit: 2 }),
+        expect_violation(&mut pair, Violation::TooManyCaps { limit: MIN_CAPS }),
         []
     );
 }
@@ -394,21 +410,24 @@ fn too_many_caps_in_one_message_is_a_violation() {
 #[test]
 fn too_many_caps_in_a_return_is_a_violation() {
     let lb = Limits {
-        max_caps_per_message: 2,
+        max_caps_per_message: MIN_CAPS,
         ..Limits::default()
     };
     let mut pair = Pair::victim(Limits::default(), lb);
-    // A answers B's pending bootstrap with three references.
-    pair.a.session.answer(
-        AnswerId(900),
-        Ok(OutPayload {
+    // B's pending bootstrap answered, by a peer ignoring the limit, with one reference
+    // too many.
+    pair.b.session.handle_message(Message::Return {
+        question: 900,
+        result: ReturnResult::Ok(Payload {
             data: data(&()),
-            caps: vec![OutCap::Local(1), OutCap::Local(2), OutCap::Local(3)],
+            caps: (1..=MIN_CAPS as u64 + 1)
+                .map(CapDescriptor::SenderHosted)
+                .collect(),
         }),
-    );
+    });
     pair.drive();
     assert_eq!(
-        expect_violation(&mut pair, Violation::TooManyCaps { limit: 2 }),
+        expect_violation(&mut pair, Violation::TooManyCaps { limit: MIN_CAPS }),
         []
     );
 }
@@ -416,7 +435,7 @@ fn too_many_caps_in_a_return_is_a_violation() {
 #[test]
 fn too_many_caps_in_a_resolve_is_a_violation() {
     let lb = Limits {
-        max_caps_per_message: 2,
+        max_caps_per_message: MIN_CAPS,
         ..Limits::default()
     };
     let mut pair = Pair::victim(Limits::default(), lb);
@@ -428,16 +447,21 @@ fn too_many_caps_in_a_resolve_is_a_violation() {
     ));
     pair.drive();
     assert_eq!(pair.b.take_events().len(), 1);
-    pair.a.session.resolve_export(
-        &A_OBJ,
-        Ok(OutPayload {
+    assert_tables!(pair.b, questions: 1, imports: 1, exports: 1);
+    // The promise (A's first export) resolved, by a peer ignoring the limit, with one
+    // reference too many.
+    pair.b.session.handle_message(Message::Resolve {
+        export: 1,
+        result: ReturnResult::Ok(Payload {
             data: data(&()),
-            caps: vec![OutCap::Local(1), OutCap::Local(2), OutCap::Local(3)],
+            caps: (1..=MIN_CAPS as u64 + 1)
+                .map(CapDescriptor::SenderHosted)
+                .collect(),
         }),
-    );
+    });
     pair.drive();
     assert_eq!(
-        expect_violation(&mut pair, Violation::TooManyCaps { limit: 2 }),
+        expect_violation(&mut pair, Violation::TooManyCaps { limit: MIN_CAPS }),
         []
     );
 }
@@ -445,33 +469,42 @@ fn too_many_caps_in_a_resolve_is_a_violation() {
 #[test]
 fn too_many_imports_is_a_violation() {
     let lb = Limits {
-        max_imports: 2,
+        max_imports: MIN_IMPORTS,
         ..Limits::default()
     };
     let mut pair = Pair::victim(Limits::default(), lb);
     let obj = pair.a_imports_b_obj(1);
-    let caps = |objs: &[u32]| OutPayload {
+    let caps = |objs: std::ops::RangeInclusive<u32>| OutPayload {
         data: data(&()),
-        caps: objs.iter().map(|&o| OutCap::Local(o)).collect(),
+        caps: objs.map(OutCap::Local).collect(),
     };
+    let last = MIN_IMPORTS as u32;
     pair.a
         .session
-        .send(tell(LocalTarget::Import(obj), "two", caps(&[1, 2])));
+        .send(tell(LocalTarget::Import(obj), "all", caps(1..=last)));
     pair.drive();
     assert_eq!(pair.b.take_events().len(), 1);
-    assert_tables!(pair.b, questions: 1, imports: 2, exports: 1);
+    assert_tables!(pair.b, questions: 1, imports: MIN_IMPORTS, exports: 1);
     // Sending an already imported reference again does not count.
     pair.a
         .session
-        .send(tell(LocalTarget::Import(obj), "again", caps(&[2])));
+        .send(tell(LocalTarget::Import(obj), "again", caps(last..=last)));
     pair.drive();
     assert_eq!(pair.b.take_events().len(), 1);
-    pair.a
-        .session
-        .send(tell(LocalTarget::Import(obj), "third", caps(&[3])));
+    // A well-behaved sender does not export one more (see `limits.rs`); a peer that
+    // ignores the announced limit is aborted.
+    pair.b.session.handle_message(Message::Deliver {
+        target: Target::Export(obj.0),
+        method: "one_more".into(),
+        payload: Payload {
+            data: data(&()),
+            caps: vec![CapDescriptor::SenderHosted(10_000)],
+        },
+        question: None,
+    });
     pair.drive();
     assert_eq!(
-        expect_violation(&mut pair, Violation::TooManyImports { limit: 2 }),
+        expect_violation(&mut pair, Violation::TooManyImports { limit: MIN_IMPORTS }),
         []
     );
 }
