@@ -122,7 +122,10 @@ pub use identity::{Identity, IdentityError, VatId};
 pub use limits::Limits;
 pub use sturdy::{Host, HostError, ParseError, PortError, SturdyRef};
 pub use transport::TransportError;
-pub use vat::{Args, Object, Promise, Ref, Reply, SessionInfo, Tables, Vat, VatBuilder, VatStats};
+pub use vat::{
+    Args, ConnectionStats, Object, Promise, Ref, Reply, SessionInfo, Tables, Vat, VatBuilder,
+    VatStats,
+};
 pub use wire::id::{IdKind, IdTextError, SwissHash, SwissNumber};
 
 /// The engine, for this crate's own tests, fuzz targets and benchmark: not part of the

@@ -53,8 +53,12 @@ pub struct Limits {
     /// Most messages a peer may queue on one of this vat's unresolved answers
     /// (pipelining). Default 256. One more aborts the session.
     pub max_queued_per_promise: usize,
-    /// Most inbound connections served at once. Default 1,024. Past it, new
-    /// connections are closed at once, before the TLS handshake.
+    /// Most inbound sessions established at once (past the peer's `hello`). Default
+    /// 1,024. While all are taken, new TCP connections are closed at once, before the TLS
+    /// handshake, and a session whose `hello` arrives when the last slot has just gone
+    /// is aborted ("this vat already serves N connections"). Connections still in the
+    /// handshake count against [`max_handshaking`](Self::max_handshaking) instead, so
+    /// they cannot take these slots.
     pub max_connections: usize,
     /// Bytes of outgoing data buffered for one peer before the vat stops reading from
     /// it (until the peer reads). Default 8 MiB. This bounds what a peer that never
@@ -70,6 +74,24 @@ pub struct Limits {
     /// Silence after which the peer is declared dead and the session ends: every
     /// pending promise breaks with [`crate::BrokenKind::Disconnected`]. Default 90 s.
     pub keepalive_dead: Duration,
+
+    // Connection admission: budgets for connections before the peer's `hello`.
+    /// Most inbound connections in the handshake at once: from TCP accept, through TLS,
+    /// until the peer's `hello`. Default 128; at least 1. When they are all taken, a new
+    /// connection takes the slot of the oldest handshake from the source (address) with
+    /// the most, if that source holds at least two more than the newcomer's; otherwise
+    /// the new connection is closed at once, before TLS. While more than half are taken,
+    /// a new connection must finish TLS and send `hello` within a quarter of
+    /// [`handshake_timeout`](Self::handshake_timeout), or it is dropped. 128 handshakes
+    /// of about one round trip each refill all 1,024 established slots in about a second
+    /// at 100 ms of latency, and cost a few MiB of TLS state at most.
+    pub max_handshaking: usize,
+    /// Most connections in the handshake from one source: an IPv4 address, or an IPv6
+    /// /64 prefix. Default 16; at least 1. Past it, a new connection from that source is
+    /// closed at once, before TLS; its other connections carry on. Sixteen concurrent
+    /// handshakes is far more than one client needs, and leaves room for a few clients
+    /// behind one NAT address reconnecting together.
+    pub max_handshaking_per_address: usize,
 }
 
 impl Limits {
@@ -107,6 +129,9 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             keepalive_idle: Duration::from_secs(30),
             keepalive_dead: Duration::from_secs(90),
+            // Connection admission.
+            max_handshaking: 128,
+            max_handshaking_per_address: 16,
         }
     }
 }

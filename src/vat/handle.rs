@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -80,7 +80,15 @@ struct Shared {
     closed_watch: watch::Sender<Option<Broken>>,
     /// The proxies exported to this session's peer.
     proxies: Proxies,
+    /// Run once when the peer's `hello` arrives (the listener's admission); see
+    /// [`SessionHandle::established`].
+    on_established: Mutex<Option<Promotion>>,
 }
+
+/// What the listener runs when an inbound session's peer has sent `hello`: it moves the
+/// connection from the handshake budget to the established one, or says why the vat will
+/// not serve it.
+pub(crate) type Promotion = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 impl SessionHandle {
     /// A handle for a new session with `peer`, and the receiving end of its commands
@@ -102,8 +110,32 @@ impl SessionHandle {
             closed: OnceLock::new(),
             closed_watch: watch::Sender::new(None),
             proxies: Proxies::default(),
+            on_established: Mutex::new(None),
         }));
         (handle, rx)
+    }
+
+    /// Sets what [`established`](Self::established) runs. The listener calls this
+    /// before the session task starts.
+    pub(crate) fn on_established(&self, hook: Promotion) {
+        *self
+            .0
+            .on_established
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(hook);
+    }
+
+    /// The peer's `hello` has arrived: runs the hook set by
+    /// [`on_established`](Self::on_established), once. An error is the reason to abort
+    /// the session with (the vat has no room for it). Only the session task calls this.
+    pub(crate) fn established(&self) -> Result<(), String> {
+        let hook = self
+            .0
+            .on_established
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        hook.map_or(Ok(()), |hook| hook())
     }
 
     /// Queues a command; fails with the session's end reason once it has ended.

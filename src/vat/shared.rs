@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::admission::Admission;
 use super::handle::{Command, SessionHandle};
 use super::object::ObjectHandle;
 use crate::identity::{Identity, VatId};
@@ -43,6 +44,9 @@ pub(crate) struct VatInner {
     /// Every task the vat started; shutdown drains it.
     pub(crate) tasks: Mutex<JoinSet<()>>,
     runtime: tokio::runtime::Handle,
+    /// Connection admission (part: connection budgets): the handshake and established
+    /// budgets the listener and `Vat::stats` share.
+    pub(crate) admission: Arc<Admission>,
 }
 
 impl VatInner {
@@ -54,9 +58,11 @@ impl VatInner {
         advertise: Option<Host>,
         runtime: tokio::runtime::Handle,
     ) -> VatInner {
+        let limits = limits.normalized();
         VatInner {
             identity,
-            limits: limits.normalized(),
+            admission: Arc::new(Admission::new(&limits)),
+            limits,
             local_addr,
             advertise,
             registry: Mutex::new(Registry::new()),
