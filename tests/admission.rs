@@ -38,8 +38,8 @@ const GOOD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The bound on one flood test.
 const FLOOD_TIMEOUT: Duration = Duration::from_secs(180);
 /// Polls of `Vat::stats` while waiting for the vat to catch up with sockets already
-/// connected.
-const MAX_POLLS: usize = 10_000;
+/// connected (a backstop: the wait is bounded by [`IO_TIMEOUT`] first).
+const MAX_POLLS: usize = 10_000_000;
 
 /// `127.0.0.n`.
 fn local(n: u8) -> Ipv4Addr {
@@ -73,17 +73,24 @@ fn still_open(tcp: &TcpStream) -> bool {
 }
 
 /// Polls the vat's connection counts until `done` holds; panics with the last counts
-/// after [`MAX_POLLS`].
+/// after [`IO_TIMEOUT`] (or [`MAX_POLLS`], whichever comes first).
 async fn wait_for(vat: &Vat, what: &str, done: impl Fn(&ConnectionStats) -> bool) {
     let mut last = ConnectionStats::default();
-    for _ in 0..MAX_POLLS {
-        last = vat.stats().await.connections;
-        if done(&last) {
-            return;
+    let reached = tokio::time::timeout(IO_TIMEOUT, async {
+        for _ in 0..MAX_POLLS {
+            last = vat.stats().await.connections;
+            if done(&last) {
+                return true;
+            }
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
-    }
-    panic!("{what}: never reached; last counts {last:?}");
+        false
+    })
+    .await;
+    assert!(
+        matches!(reached, Ok(true)),
+        "{what}: never reached; last counts {last:?}"
+    );
 }
 
 /// One attacker socket: connects from `source`, sends nothing, and reconnects as soon
@@ -155,15 +162,17 @@ async fn flood(server: &Server, sources: &[Ipv4Addr]) -> Outcome {
     for round in 0..GOOD_ROUNDS {
         let client = Vat::builder().start().await.expect("a client vat starts");
         let obj = client.enliven(&server.uri);
-        let result = tokio::time::timeout(GOOD_CALL_TIMEOUT, obj.send::<i64>("add", (round, 1_000)))
-            .await;
+        let result =
+            tokio::time::timeout(GOOD_CALL_TIMEOUT, obj.send::<i64>("add", (round, 1_000))).await;
         match result {
             Ok(Ok(sum)) if sum == round + 1_000 => outcome.served += 1,
-            Ok(Ok(sum)) => outcome.failures.push(format!("round {round}: wrong sum {sum}")),
-            Ok(Err(broken)) => outcome.failures.push(format!("round {round}: {broken}")),
-            Err(_) => outcome
+            Ok(Ok(sum)) => outcome
                 .failures
-                .push(format!("round {round}: no answer within {GOOD_CALL_TIMEOUT:?}")),
+                .push(format!("round {round}: wrong sum {sum}")),
+            Ok(Err(broken)) => outcome.failures.push(format!("round {round}: {broken}")),
+            Err(_) => outcome.failures.push(format!(
+                "round {round}: no answer within {GOOD_CALL_TIMEOUT:?}"
+            )),
         }
         drop(obj);
         client.shutdown().await;
@@ -180,7 +189,10 @@ async fn flood(server: &Server, sources: &[Ipv4Addr]) -> Outcome {
         while attackers.join_next().await.is_some() {}
     })
     .await;
-    assert!(joined.is_ok(), "the attacker tasks did not stop within 10 s");
+    assert!(
+        joined.is_ok(),
+        "the attacker tasks did not stop within 10 s"
+    );
     outcome.attacker_connects = connects.load(Ordering::Relaxed);
     outcome.last = server.vat.stats().await.connections;
     outcome
@@ -310,7 +322,11 @@ async fn one_address_gets_at_most_its_cap_of_handshakes() {
             .expect("the good client is served");
         assert_eq!(sum, 1_001);
         let c = server.vat.stats().await.connections;
-        assert_eq!((c.established, c.handshaking, c.refused), (1, 5, 2), "{c:?}");
+        assert_eq!(
+            (c.established, c.handshaking, c.refused),
+            (1, 5, 2),
+            "{c:?}"
+        );
 
         // Dropping a held socket frees its slot for the same address.
         drop(sockets.remove(0));
@@ -371,7 +387,10 @@ async fn handshaking_sockets_cannot_take_established_slots() {
         assert_eq!(sum, 1_003);
         let c = server.vat.stats().await.connections;
         assert_eq!((c.established, c.handshaking, c.cut), (3, 7, 1), "{c:?}");
-        assert!(closed_within(&mut idle[0], IO_TIMEOUT).await, "the oldest was cut");
+        assert!(
+            closed_within(&mut idle[0], IO_TIMEOUT).await,
+            "the oldest was cut"
+        );
         assert!(idle[1..8].iter().all(still_open));
 
         client.shutdown().await;
