@@ -243,6 +243,11 @@ impl Admission {
         }
     }
 
+    /// Connections refused at accept so far (cheaper than [`stats`](Self::stats)).
+    pub(crate) fn refused(&self) -> u64 {
+        lock(&self.state).refused
+    }
+
     /// The connection `id` reported the peer's `hello`.
     fn promote(&self, id: u64) -> Result<(), String> {
         let mut state = lock(&self.state);

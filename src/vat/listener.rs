@@ -44,7 +44,7 @@ pub(crate) async fn listen(vat: Arc<VatInner>, listener: TcpListener, acceptor: 
                         drop(tcp);
                         // A flood would flood the log too: warn at the 1st, 2nd, 4th,
                         // 8th... refusal, and count them all in `Vat::stats`.
-                        let refused = vat.admission.stats().refused;
+                        let refused = vat.admission.refused();
                         if refused.is_power_of_two() {
                             tracing::warn!(%addr, %refusal, refused,
                                 "refused a connection before TLS");
