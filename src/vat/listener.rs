@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::admission::Ticket;
+use super::admission::{Admitted, Ticket, Waiter};
 use super::driver;
 use super::shared::VatInner;
 use crate::broken::Broken;
@@ -35,10 +35,11 @@ pub(crate) async fn listen(vat: Arc<VatInner>, listener: TcpListener, acceptor: 
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, addr)) => match vat.admission.admit(addr.ip(), Instant::now()) {
-                    Ok(ticket) => {
-                        let vat2 = vat.clone();
-                        let acceptor = acceptor.clone();
-                        vat.spawn(serve_inbound(vat2, tcp, acceptor, ticket));
+                    Ok(Admitted::Now(ticket)) => {
+                        vat.spawn(serve_inbound(vat.clone(), tcp, acceptor.clone(), ticket));
+                    }
+                    Ok(Admitted::Wait(waiter)) => {
+                        vat.spawn(wait_and_serve(vat.clone(), tcp, acceptor.clone(), waiter));
                     }
                     Err(refusal) => {
                         drop(tcp);
@@ -60,6 +61,20 @@ pub(crate) async fn listen(vat: Arc<VatInner>, listener: TcpListener, acceptor: 
             },
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+/// Holds an accepted connection, unread, until admission hands it a handshake slot,
+/// then serves it; closes it if none comes in time or the vat shuts down.
+async fn wait_and_serve(vat: Arc<VatInner>, tcp: TcpStream, acceptor: TlsAcceptor, waiter: Waiter) {
+    let mut shutdown = vat.shutdown.subscribe();
+    let ticket = tokio::select! {
+        ticket = waiter.admitted() => ticket,
+        _ = shutdown.wait_for(|down| *down) => None,
+    };
+    match ticket {
+        Some(ticket) => serve_inbound(vat, tcp, acceptor, ticket).await,
+        None => tracing::debug!("closed a connection that found no handshake slot in time"),
     }
 }
 
