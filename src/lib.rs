@@ -104,7 +104,9 @@
 //! default and what happens past it: frame size (1 MiB), CBOR depth and items (32 /
 //! 65,536), outstanding questions per peer (1,024), exports and imports per session
 //! (65,536 each), messages queued on one unresolved promise (256), inbound connections
-//! (1,024 established; 128 more before `hello`, 16 of those per address), handshake timeout and keepalive (10 s; ping after 30 s idle, dead after 90 s).
+//! (1,024 established; 128 more before `hello`, 16 of those per address, and 1,024
+//! waiting for a handshake slot), handshake timeout and keepalive (10 s; ping after 30 s
+//! idle, dead after 90 s).
 
 mod broken;
 mod error;
