@@ -104,9 +104,10 @@
 //! default and what happens past it: frame size (1 MiB), CBOR depth and items (32 /
 //! 65,536), outstanding questions per peer (1,024), exports and imports per session
 //! (65,536 each), messages queued on one unresolved promise (256), inbound connections
-//! (1,024), handshake timeout and keepalive (10 s; ping after 30 s idle, dead after 90 s),
-//! unsent answers per peer and over the vat (8 MiB / 64 MiB: past them the vat stops
-//! taking work from the peers that do not read).
+//! (1,024 established; 128 more before `hello`, 16 of those per address, and 1,024
+//! waiting for a handshake slot), handshake timeout and keepalive (10 s; ping after 30 s
+//! idle, dead after 90 s), unsent answers per peer and over the vat (8 MiB / 64 MiB:
+//! past them the vat stops taking work from the peers that do not read).
 
 mod broken;
 mod error;
@@ -124,7 +125,10 @@ pub use identity::{Identity, IdentityError, VatId};
 pub use limits::Limits;
 pub use sturdy::{Host, HostError, ParseError, PortError, SturdyRef};
 pub use transport::TransportError;
-pub use vat::{Args, Object, Promise, Ref, Reply, SessionInfo, Tables, Vat, VatBuilder, VatStats};
+pub use vat::{
+    Args, ConnectionStats, Object, Promise, Ref, Reply, SessionInfo, Tables, Vat, VatBuilder,
+    VatStats,
+};
 pub use wire::id::{IdKind, IdTextError, SwissHash, SwissNumber};
 
 /// The engine, for this crate's own tests, fuzz targets and benchmark: not part of the

@@ -64,8 +64,12 @@ pub struct Limits {
     /// within it (this crate does) holds further sends to that answer back, in order,
     /// until the answer's `return` arrives.
     pub max_queued_per_promise: usize,
-    /// Most inbound connections served at once. Default 1,024. Past it, new
-    /// connections are closed at once, before the TLS handshake.
+    /// Most inbound sessions established at once (past the peer's `hello`). Default
+    /// 1,024. While all are taken, new TCP connections are closed at once, before the TLS
+    /// handshake, and a session whose `hello` arrives when the last slot has just gone
+    /// is aborted ("this vat already serves N connections"). Connections still in the
+    /// handshake count against [`max_handshaking`](Self::max_handshaking) instead, so
+    /// they cannot take these slots.
     pub max_connections: usize,
     /// Bytes of answers (returns and pongs: what the peer asked for) queued for one
     /// peer and not yet written, at which the vat takes no more work from that peer: it
@@ -132,6 +136,36 @@ pub struct Limits {
     /// `send_only`, the `Err` it returns); use [`crate::Ref::send_streaming`] to wait
     /// for room instead.
     pub max_unsent: usize,
+    // Connection admission: budgets for connections before the peer's `hello`.
+    /// Most inbound connections in the handshake at once: from TCP accept, through TLS,
+    /// until the peer's `hello`. Default 128; at least 1. When they are all taken, a new
+    /// connection takes the slot of the oldest handshake from the source (address) with
+    /// the most, if that source holds at least two more than the newcomer's; otherwise
+    /// the new connection waits for a slot (see
+    /// [`max_handshake_queue`](Self::max_handshake_queue)). While more than half are taken,
+    /// a new connection must finish TLS and send `hello` within a quarter of
+    /// [`handshake_timeout`](Self::handshake_timeout), or it is dropped. 128 handshakes
+    /// of about one round trip each refill all 1,024 established slots in about a second
+    /// at 100 ms of latency, and cost a few MiB of TLS state at most.
+    pub max_handshaking: usize,
+    /// Most connections in the handshake from one source: an IPv4 address, or an IPv6
+    /// /64 prefix. Default 16; at least 1. Past it, a new connection from that source
+    /// waits, unread, in the queue of [`max_handshake_queue`](Self::max_handshake_queue)
+    /// until one of its source's handshakes ends. Sixteen concurrent handshakes is far
+    /// more than one client needs; a burst from one address (clients behind one NAT) is
+    /// served sixteen at a time.
+    pub max_handshaking_per_address: usize,
+    /// Most inbound connections waiting for a handshake slot: accepted, nothing read
+    /// yet, over their source's cap or arriving while every slot is held by sources
+    /// with no more than their share. Default 1,024. Each waits at most a quarter of
+    /// [`handshake_timeout`](Self::handshake_timeout) and is then closed; a freed slot
+    /// goes to the source with the fewest handshakes, its longest waiting connection
+    /// first. When the queue is full, a newcomer takes the place of the longest waiting
+    /// connection from the source with the most waiting, if that source has at least two
+    /// more than the newcomer's; otherwise the newcomer is closed at once. A waiting
+    /// connection costs one socket and no TLS work; 1,024 lets every established slot
+    /// reconnect at once (after a restart, say) without a refusal.
+    pub max_handshake_queue: usize,
 }
 
 impl Limits {
@@ -188,6 +222,10 @@ impl Default for Limits {
             // flow control of this vat's own sends
             stream_window: 256 << 10,
             max_unsent: 16 << 20,
+            // Connection admission.
+            max_handshaking: 128,
+            max_handshaking_per_address: 16,
+            max_handshake_queue: 1_024,
         }
     }
 }

@@ -137,6 +137,8 @@ pub(crate) async fn run(
     // a listening side's `hello` waits for the peer's first bytes: the connecting side
     // always speaks first, and the `hello` then leaves with the first answer.
     let mut heard = !handle.inbound();
+    // Whether the listener has been told of the peer's `hello` (connection admission).
+    let mut admitted = false;
     let mut inline_write = true;
     // One timer for every deadline the task has (see `Driver::next_wakeup`).
     let timer = tokio::time::sleep_until(started);
@@ -200,6 +202,12 @@ pub(crate) async fn run(
                     heard = true;
                     d.frames_waiting = true;
                     d.read_frames();
+                    if !admitted && d.core.is_established() {
+                        admitted = true;
+                        if let Err(reason) = handle.established() {
+                            d.core.abort(reason);
+                        }
+                    }
                 }
                 Err(e) => d.core.handle_connection_lost(format!("read failed: {e}")),
             },

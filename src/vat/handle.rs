@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -97,7 +97,15 @@ struct Shared {
     unsent: Unsent,
     /// The streaming window (`Limits::stream_window`).
     window: Arc<Window>,
+    /// Run once when the peer's `hello` arrives (the listener's admission); see
+    /// [`SessionHandle::established`].
+    on_established: Mutex<Option<Promotion>>,
 }
+
+/// What the listener runs when an inbound session's peer has sent `hello`: it moves the
+/// connection from the handshake budget to the established one, or says why the vat will
+/// not serve it.
+pub(crate) type Promotion = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 impl SessionHandle {
     /// A handle for a new session with `peer`, and the receiving end of its commands
@@ -125,8 +133,32 @@ impl SessionHandle {
             proxies: Proxies::default(),
             unsent: Unsent::new(limits.max_unsent),
             window: Window::new(limits.stream_window),
+            on_established: Mutex::new(None),
         }));
         (handle, rx)
+    }
+
+    /// Sets what [`established`](Self::established) runs. The listener calls this
+    /// before the session task starts.
+    pub(crate) fn on_established(&self, hook: Promotion) {
+        *self
+            .0
+            .on_established
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(hook);
+    }
+
+    /// The peer's `hello` has arrived: runs the hook set by
+    /// [`on_established`](Self::on_established), once. An error is the reason to abort
+    /// the session with (the vat has no room for it). Only the session task calls this.
+    pub(crate) fn established(&self) -> Result<(), String> {
+        let hook = self
+            .0
+            .on_established
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        hook.map_or(Ok(()), |hook| hook())
     }
 
     /// Queues a command; fails with the session's end reason once it has ended.

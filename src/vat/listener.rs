@@ -1,46 +1,57 @@
-//! The accept loop: takes TCP connections, bounds how many are open at once, completes
-//! the TLS handshake and hands each established connection to a session task.
+//! The accept loop: takes TCP connections, admits them against the vat's connection
+//! budgets ([`super::admission`]), completes the TLS handshake and hands each connection
+//! to a session task.
 //!
-//! A connection over the budget is closed at once, before its handshake, so a flood of
-//! connections costs no TLS work. This module must not read or write frames, and must
-//! not block the loop on one peer: each handshake runs in its own task.
+//! A connection over a budget is closed at once, before its handshake, so a flood of
+//! connections costs no TLS work. A connection cut during its handshake (to make room
+//! for a newcomer, or at the shortened deadline under pressure) is dropped wherever it
+//! is, TLS or the wait for `hello`. This module must not read or write frames, and must
+//! not block the loop on one peer: each connection runs in its own task.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use super::admission::{Admitted, Ticket, Waiter};
 use super::driver;
 use super::shared::VatInner;
+use crate::broken::Broken;
 use crate::transport;
 
 /// How long the loop waits after a failed accept (out of file descriptors, say)
 /// before the next, instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Accepts connections until the vat shuts down, at most
-/// [`Limits::max_connections`](crate::Limits::max_connections) open at once.
+/// Accepts connections until the vat shuts down, within the budgets of
+/// [`Limits::max_connections`](crate::Limits::max_connections),
+/// [`Limits::max_handshaking`](crate::Limits::max_handshaking) and
+/// [`Limits::max_handshaking_per_address`](crate::Limits::max_handshaking_per_address).
 pub(crate) async fn listen(vat: Arc<VatInner>, listener: TcpListener, acceptor: TlsAcceptor) {
-    let permits = Arc::new(Semaphore::new(vat.limits.max_connections));
     let mut shutdown = vat.shutdown.subscribe();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, addr)) => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let vat2 = vat.clone();
-                        let acceptor = acceptor.clone();
-                        vat.spawn(async move {
-                            serve_inbound(vat2, tcp, acceptor).await;
-                            drop(permit);
-                        });
+                Ok((tcp, addr)) => match vat.admission.admit(addr.ip(), Instant::now()) {
+                    Ok(Admitted::Now(ticket)) => {
+                        vat.spawn(serve_inbound(vat.clone(), tcp, acceptor.clone(), ticket));
                     }
-                    Err(_) => {
-                        tracing::warn!(%addr, limit = vat.limits.max_connections,
-                            "connection limit reached; refusing a connection");
+                    Ok(Admitted::Wait(waiter)) => {
+                        vat.spawn(wait_and_serve(vat.clone(), tcp, acceptor.clone(), waiter));
+                    }
+                    Err(refusal) => {
                         drop(tcp);
+                        // A flood would flood the log too: warn at the 1st, 2nd, 4th,
+                        // 8th... refusal, and count them all in `Vat::stats`.
+                        let refused = vat.admission.refused();
+                        if refused.is_power_of_two() {
+                            tracing::warn!(%addr, %refusal, refused,
+                                "refused a connection before TLS");
+                        } else {
+                            tracing::debug!(%addr, %refusal, "refused a connection before TLS");
+                        }
                     }
                 },
                 Err(e) => {
@@ -53,13 +64,57 @@ pub(crate) async fn listen(vat: Arc<VatInner>, listener: TcpListener, acceptor: 
     }
 }
 
-/// Completes the handshake of one accepted connection and serves its session.
-async fn serve_inbound(vat: Arc<VatInner>, tcp: TcpStream, acceptor: TlsAcceptor) {
-    match transport::accept(tcp, &acceptor, vat.limits.handshake_timeout).await {
-        Ok((stream, peer)) => {
-            let (handle, rx) = vat.new_session(peer, true);
-            driver::run(vat, handle, rx, stream).await;
-        }
-        Err(e) => tracing::debug!(error = %e, "inbound handshake failed"),
+/// Holds an accepted connection, unread, until admission hands it a handshake slot,
+/// then serves it; closes it if none comes in time or the vat shuts down.
+async fn wait_and_serve(vat: Arc<VatInner>, tcp: TcpStream, acceptor: TlsAcceptor, waiter: Waiter) {
+    let mut shutdown = vat.shutdown.subscribe();
+    let ticket = tokio::select! {
+        ticket = waiter.admitted() => ticket,
+        _ = shutdown.wait_for(|down| *down) => None,
+    };
+    match ticket {
+        Some(ticket) => serve_inbound(vat, tcp, acceptor, ticket).await,
+        None => tracing::debug!("closed a connection that found no handshake slot in time"),
     }
+}
+
+/// Completes the handshake of one accepted connection and serves its session, unless
+/// admission cuts it before the peer's `hello`. The ticket gives its place back when
+/// this ends.
+async fn serve_inbound(
+    vat: Arc<VatInner>,
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    mut ticket: Ticket,
+) {
+    let timeout = ticket.tls_timeout(Instant::now());
+    // `biased`: a cut connection is dropped before any more of its bytes are handled.
+    let accepted = tokio::select! {
+        biased;
+        why = ticket.cut() => {
+            tracing::debug!(why, "inbound connection cut during TLS");
+            return;
+        }
+        accepted = transport::accept(tcp, &acceptor, timeout) => accepted,
+    };
+    let (stream, peer) = match accepted {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::debug!(error = %e, "inbound handshake failed");
+            return;
+        }
+    };
+    let (handle, rx) = vat.new_session(peer, true);
+    handle.on_established(ticket.promotion());
+    let why = tokio::select! {
+        biased;
+        why = ticket.cut() => why,
+        () = driver::run(vat.clone(), handle.clone(), rx, stream) => return,
+    };
+    // Cut before the peer's `hello`: the session task is dropped with the connection.
+    // The peer had no `hello` from it answered, so it holds nothing of ours and we
+    // nothing of its; only the vat's session list still names it.
+    tracing::debug!(%peer, why, "inbound connection cut before hello");
+    handle.mark_closed(&Broken::disconnected(why));
+    vat.forget_session(&handle);
 }

@@ -22,11 +22,12 @@
 //! | `object.rs` | [`Object`], [`Args`], [`Reply`], `ObjectHandle`, proxies' forwarding | codec, promise, (`reference`) |
 //! | `export.rs` | per-session proxy table, promise exports to watch | object, promise |
 //! | `handle.rs` | `SessionHandle`, `Command`: what a `Ref` posts to a session | export, object, promise, stream |
-//! | `shared.rs` | `VatInner`: the vat's shared state; its one `spawn` | handle, object |
+//! | `admission.rs` | `Admission`, `Ticket`: the connection budgets | handle |
+//! | `shared.rs` | `VatInner`: the vat's shared state; its one `spawn` | admission, handle, object |
 //! | `local.rs` | the FIFO queue behind a local `Ref` | object, promise |
 //! | `reference.rs` | [`Ref`]: send, pipeline, drop, naming refs for a session | codec, export, handle, local, object, promise |
 //! | `driver.rs` | the session task: `run`, `connect_and_run`, `Driver` | all of the above |
-//! | `listener.rs` | the accept loop and the connection budget | driver, shared |
+//! | `listener.rs` | the accept loop; admits and cuts connections | admission, driver, shared |
 //! | `mod.rs` | [`Vat`], [`VatBuilder`], stats | all |
 //!
 //! # Tasks
@@ -38,6 +39,7 @@
 //! local promise (both run on the current tokio runtime, and end when their last handle
 //! is gone).
 
+mod admission;
 mod codec;
 mod driver;
 mod export;
@@ -60,6 +62,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
+pub use admission::ConnectionStats;
 pub use object::{Args, Object, Reply};
 pub use promise::Promise;
 pub use reference::Ref;
@@ -368,6 +371,7 @@ impl Vat {
             sessions,
             sturdy_refs: lock(&self.inner.registry).len(),
             queued_answer_bytes: self.inner.queued_answers.load(Ordering::Relaxed),
+            connections: self.inner.admission.stats(),
         }
     }
 
@@ -435,6 +439,9 @@ pub struct VatStats {
     /// [`Limits::max_outbound_total`] bounds. Read when the stats are taken, after the
     /// sessions' entries.
     pub queued_answer_bytes: usize,
+    /// Inbound connections against their budgets: established, in the handshake, and
+    /// how many were refused or cut so far. All zero for a vat that does not listen.
+    pub connections: ConnectionStats,
 }
 
 /// One session in [`VatStats`].

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::admission::Admission;
 use super::handle::{Command, SessionHandle};
 use super::object::ObjectHandle;
 use crate::identity::{Identity, VatId};
@@ -47,6 +48,9 @@ pub(crate) struct VatInner {
     /// [`Limits::max_outbound_total`] bounds. Each session task adds and removes its
     /// own, and removes what is left when it ends.
     pub(crate) queued_answers: AtomicUsize,
+    /// Connection admission (part: connection budgets): the handshake and established
+    /// budgets the listener and `Vat::stats` share.
+    pub(crate) admission: Arc<Admission>,
 }
 
 impl VatInner {
@@ -58,9 +62,11 @@ impl VatInner {
         advertise: Option<Host>,
         runtime: tokio::runtime::Handle,
     ) -> VatInner {
+        let limits = limits.normalized();
         VatInner {
             identity,
-            limits: limits.normalized(),
+            admission: Arc::new(Admission::new(&limits)),
+            limits,
             local_addr,
             advertise,
             registry: Mutex::new(Registry::new()),
