@@ -106,6 +106,10 @@
 //! (65,536 each), messages queued on one unresolved promise (256), inbound connections
 //! (1,024), handshake timeout and keepalive (10 s; ping after 30 s idle, dead after 90 s).
 
+// Lets the code `#[captp::interface]` generates name `::captp` inside this crate too
+// (its unit tests and doctests).
+extern crate self as captp;
+
 mod broken;
 mod error;
 mod identity;
@@ -123,6 +127,20 @@ pub use limits::Limits;
 pub use sturdy::{Host, HostError, ParseError, PortError, SturdyRef};
 pub use transport::TransportError;
 pub use vat::{Args, Object, Promise, Ref, Reply, SessionInfo, Tables, Vat, VatBuilder, VatStats};
+pub use vat::{
+    CallContext, CallError, DESCRIBE_METHOD, Interface, InterfaceInfo, MethodInfo, ParamInfo,
+    ResultPromise,
+};
+
+/// Typed interfaces: turns a trait into a typed client stub and a server adapter.
+/// The guide is in the [`typed`] module's documentation.
+#[cfg(feature = "macros")]
+pub use captp_macros::interface;
+
+/// What `#[captp::interface]` generates code against. Not part of the API: no
+/// stability promise; use the items at the crate root.
+#[doc(hidden)]
+pub use vat::private as __private;
 pub use wire::id::{IdKind, IdTextError, SwissHash, SwissNumber};
 
 /// The engine, for this crate's own tests, fuzz targets and benchmark: not part of the

@@ -1315,6 +1315,7 @@ impl Harness {
             WResult::Err => ReturnResult::Err(WireBroken {
                 kind: "failed".into(),
                 message: "no".into(),
+                data: None,
             }),
             WResult::SenderCap(i) => ReturnResult::Ok(Payload {
                 data: SINGLE_CAP.to_vec(),
@@ -1622,6 +1623,7 @@ impl Harness {
                     result: ReturnResult::Err(WireBroken {
                         kind: "failed".into(),
                         message: "clean-up".into(),
+                        data: None,
                     }),
                 });
                 self.check_invariants();

@@ -26,6 +26,7 @@
 //! | `reference.rs` | [`Ref`]: send, pipeline, drop, naming refs for a session | codec, export, handle, local, object, promise |
 //! | `driver.rs` | the session task: `run`, `connect_and_run`, `Driver` | all of the above |
 //! | `listener.rs` | the accept loop and the connection budget | driver, shared |
+//! | `typed.rs` | what `#[captp::interface]` code calls: [`Interface`], [`CallError`], typed error data | codec, object, promise, reference |
 //! | `mod.rs` | [`Vat`], [`VatBuilder`], stats | all |
 //!
 //! # Tasks
@@ -47,6 +48,7 @@ mod object;
 mod promise;
 mod reference;
 mod shared;
+mod typed;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -60,6 +62,12 @@ use tokio_rustls::TlsAcceptor;
 pub use object::{Args, Object, Reply};
 pub use promise::Promise;
 pub use reference::Ref;
+pub use typed::{
+    CallContext, CallError, DESCRIBE_METHOD, Interface, InterfaceInfo, MethodInfo, ParamInfo,
+    ResultPromise,
+};
+#[doc(hidden)]
+pub use typed::private;
 
 use self::handle::Command;
 use self::object::ObjectHandle;

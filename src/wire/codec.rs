@@ -107,11 +107,15 @@ fn result(out: &mut Vec<u8>, r: &ReturnResult, detach: usize, detached: &mut Det
         }
         ReturnResult::Err(w) => {
             text(out, "err");
-            head(out, MAP, 2);
+            head(out, MAP, if w.data.is_some() { 3 } else { 2 });
             text(out, "kind");
             text(out, &w.kind);
             text(out, "message");
             text(out, &w.message);
+            if let Some(data) = &w.data {
+                text(out, "data");
+                bytes(out, data);
+            }
         }
     }
 }
@@ -389,20 +393,22 @@ fn read_result(r: &mut Reader<'_>) -> Result<ReturnResult, Shape> {
     match r.union("result")? {
         b"ok" => Ok(ReturnResult::Ok(read_payload(r)?)),
         b"err" => {
-            const NAMES: [&str; 2] = ["kind", "message"];
-            let (mut kind, mut message) = ("", "");
+            // `data` is optional (protocol version 2); the other two are required.
+            const NAMES: [&str; 3] = ["kind", "message", "data"];
+            let (mut kind, mut message, mut data) = ("", "", None);
             let seen = r.fields("err", &NAMES, |r, i| {
-                if i == 0 {
-                    kind = r.text("kind")?;
-                } else {
-                    message = r.text("message")?;
+                match i {
+                    0 => kind = r.text("kind")?,
+                    1 => message = r.text("message")?,
+                    _ => data = Some(r.bytes("err data")?),
                 }
                 Ok(())
             })?;
-            require(seen, all(&NAMES), &NAMES, "err")?;
+            require(seen, 0b011, &NAMES, "err")?;
             Ok(ReturnResult::Err(WireBroken {
                 kind: kind.to_owned(),
                 message: message.to_owned(),
+                data: data.map(<[u8]>::to_vec),
             }))
         }
         other => Err(format!("unknown result `{}`", lossy(other))),
@@ -610,8 +616,16 @@ mod tests {
     fn result() -> impl Strategy<Value = ReturnResult> {
         prop_oneof![
             payload().prop_map(ReturnResult::Ok),
-            (".{0,20}", ".{0,300}")
-                .prop_map(|(kind, message)| ReturnResult::Err(WireBroken { kind, message })),
+            (
+                ".{0,20}",
+                ".{0,300}",
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))
+            )
+                .prop_map(|(kind, message, data)| ReturnResult::Err(WireBroken {
+                    kind,
+                    message,
+                    data
+                })),
         ]
     }
 
