@@ -62,12 +62,12 @@ use tokio_rustls::TlsAcceptor;
 pub use object::{Args, Object, Reply};
 pub use promise::Promise;
 pub use reference::Ref;
+#[doc(hidden)]
+pub use typed::private;
 pub use typed::{
     CallContext, CallError, DESCRIBE_METHOD, Interface, InterfaceInfo, MethodInfo, ParamInfo,
     ResultPromise,
 };
-#[doc(hidden)]
-pub use typed::private;
 
 use self::handle::Command;
 use self::object::ObjectHandle;

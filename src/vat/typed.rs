@@ -298,7 +298,7 @@ pub mod private {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
-    use super::{Args, Broken, Interface, Ref, Reply};
+    use super::{Args, Broken, Interface, InterfaceInfo, MethodInfo, ParamInfo, Ref, Reply};
 
     pub use serde;
     pub use serde_bytes;
@@ -311,6 +311,37 @@ pub mod private {
     )]
     pub trait Data: Serialize + DeserializeOwned {}
     impl<T: Serialize + DeserializeOwned> Data for T {}
+
+    /// An interface's description.
+    pub fn interface_info(interface: &str, methods: Vec<MethodInfo>) -> InterfaceInfo {
+        InterfaceInfo {
+            interface: interface.to_owned(),
+            methods,
+        }
+    }
+
+    /// One method's description; `params` are (name, type) pairs.
+    pub fn method_info(
+        name: &str,
+        params: &[(&str, &str)],
+        returns: &str,
+        interface: bool,
+        oneway: bool,
+    ) -> MethodInfo {
+        MethodInfo {
+            name: name.to_owned(),
+            params: params
+                .iter()
+                .map(|(name, ty)| ParamInfo {
+                    name: (*name).to_owned(),
+                    ty: (*ty).to_owned(),
+                })
+                .collect(),
+            returns: returns.to_owned(),
+            interface,
+            oneway,
+        }
+    }
 
     /// Asserts `T: Data` (generated at the type's span, so the error points at it).
     pub fn assert_data<T: Data>() {}
