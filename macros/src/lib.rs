@@ -149,6 +149,14 @@ fn method(f: &TraitItemFn) -> syn::Result<Method> {
             "an interface method cannot have an `extern` ABI",
         ));
     }
+    if let Some(lt) = sig.generics.lifetimes().next() {
+        return Err(Error::new(
+            lt.span(),
+            "interface methods cannot name lifetimes: arguments are decoded into owned \
+             values at the callee; remove the lifetime and use an owned type (`String`, \
+             `Vec<T>`) or a plain `&T`",
+        ));
+    }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         return Err(Error::new(
             sig.generics.span(),
@@ -560,30 +568,33 @@ fn generate(item: &ItemTrait, methods: &[Method]) -> Tokens {
                 }
             })
             .collect();
+        // Spanned at the method's name: a type that cannot travel is reported there
+        // (and, by the checks below, at the type itself), not at the attribute.
+        let sp = mname.span();
         let args = match parts.len() {
-            0 => quote!(()),
-            _ => quote!((#(#parts,)*)),
+            0 => quote_spanned!(sp=> ()),
+            _ => quote_spanned!(sp=> (#(#parts,)*)),
         };
         let (ret, body) = match &m.returns {
             _ if m.oneway => (
                 quote!(()),
-                quote!(#private::send_only(&self.0, #wire, #args)),
+                quote_spanned!(sp=> #private::send_only(&self.0, #wire, #args)),
             ),
             Returns::Unit => (
                 quote!(#krate::Promise<()>),
-                quote!(self.0.send(#wire, #args)),
+                quote_spanned!(sp=> self.0.send(#wire, #args)),
             ),
             Returns::Data(t) | Returns::ResultBroken(t) => (
                 quote_spanned!(t.span()=> #krate::Promise<#t>),
-                quote!(self.0.send(#wire, #args)),
+                quote_spanned!(sp=> self.0.send(#wire, #args)),
             ),
             Returns::ResultApp(t, e) => (
                 quote_spanned!(t.span()=> #krate::ResultPromise<#t, #e>),
-                quote!(#krate::ResultPromise::new(self.0.send(#wire, #args))),
+                quote_spanned!(sp=> #krate::ResultPromise::new(self.0.send(#wire, #args))),
             ),
             Returns::Interface(_, s) => (
                 quote!(#s),
-                quote!(<#s as ::core::convert::From<#krate::Ref>>::from(self.0.send_ref(#wire, #args))),
+                quote_spanned!(sp=> <#s as ::core::convert::From<#krate::Ref>>::from(self.0.send_ref(#wire, #args))),
             ),
         };
         quote! {
@@ -615,7 +626,7 @@ fn generate(item: &ItemTrait, methods: &[Method]) -> Tokens {
             },
         );
         let ctx = m.context.then(|| quote!(#krate::CallContext::of(&args),));
-        let decode = quote! {
+        let decode = quote_spanned! {mname.span()=>
             let (#(#names,)*): (#(#owned,)*) = match #private::decode(&args) {
                 ::core::result::Result::Ok(v) => v,
                 ::core::result::Result::Err(reply) => return reply,
