@@ -162,7 +162,7 @@ pub enum ReturnResult {
 #[cfg_attr(test, derive(Serialize, Deserialize))]
 #[cfg_attr(test, serde(deny_unknown_fields))]
 pub struct WireBroken {
-    /// The kind's wire name, as [`BrokenKind::as_str`] gives it.
+    /// The kind's wire name, as [`BrokenKind::as_str`](crate::BrokenKind::as_str) gives it.
     pub kind: String,
     /// The message, for people.
     pub message: String,
