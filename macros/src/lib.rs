@@ -45,7 +45,7 @@ enum Returns {
     /// `Result<T, Broken>`: the caller gets `Promise<T>`.
     ResultBroken(Type),
     /// `Result<T, E>`: the caller gets `ResultPromise<T, E>`.
-    ResultApp(Type, Type),
+    ResultApp(Type, Box<Type>),
     /// `impl Foo`: the caller gets `FooRef` at once (pipelined); the server returns a
     /// `FooRef`. Holds the interface's path and its stub's path.
     Interface(syn::Path, syn::Path),
@@ -326,7 +326,7 @@ fn returns(output: &ReturnType) -> syn::Result<(Returns, Tokens)> {
         return Ok(if last_ident_is(&err, "Broken") {
             (Returns::ResultBroken(ok), server)
         } else {
-            (Returns::ResultApp(ok, err), server)
+            (Returns::ResultApp(ok, Box::new(err)), server)
         });
     }
     check_no_lifetimes_or_impl(ty)?;

@@ -792,4 +792,75 @@ mod tests {
         ]));
         assert!(tagged.unwrap_err().contains("found a tag"));
     }
+
+    #[test]
+    fn error_data_is_an_optional_byte_string() {
+        let with = |data: Option<Vec<u8>>| Message::Return {
+            question: 3,
+            result: ReturnResult::Err(WireBroken {
+                kind: "failed".into(),
+                message: "no".into(),
+                data,
+            }),
+        };
+        let mut body = Vec::new();
+        encode(&with(Some(vec![0x18, 0x64])), &mut body, usize::MAX);
+        // ... "err": {"kind": "failed", "message": "no", "data": h'1864'}
+        let err: Vec<u8> = [
+            &[0x63][..],
+            b"err",
+            &[0xa3, 0x64],
+            b"kind",
+            &[0x66],
+            b"failed",
+            &[0x67],
+            b"message",
+            &[0x62],
+            b"no",
+            &[0x64],
+            b"data",
+            &[0x42, 0x18, 0x64],
+        ]
+        .concat();
+        assert!(body.ends_with(&err), "{body:02x?}");
+        assert_eq!(
+            decode(&body).map(|(m, _)| m),
+            Ok(with(Some(vec![0x18, 0x64])))
+        );
+        // Without data the error is the version 1 form, two fields.
+        let mut body = Vec::new();
+        encode(&with(None), &mut body, usize::MAX);
+        assert!(body.windows(4).any(|w| w == [0x63, b'e', b'r', b'r']));
+        assert!(!body.windows(4).any(|w| w == *b"data"));
+        assert_eq!(decode(&body).map(|(m, _)| m), Ok(with(None)));
+        // `data` must be a byte string, and `kind` and `message` stay required.
+        use ciborium::Value;
+        let t = |s: &str| Value::Text(s.into());
+        let err_of = |fields: Vec<(Value, Value)>| {
+            let v = Value::Map(vec![(
+                t("return"),
+                Value::Map(vec![
+                    (t("question"), Value::Integer(3.into())),
+                    (
+                        t("result"),
+                        Value::Map(vec![(t("err"), Value::Map(fields))]),
+                    ),
+                ]),
+            )]);
+            let mut out = Vec::new();
+            ciborium::into_writer(&v, &mut out).unwrap();
+            decode(&out)
+        };
+        let array = err_of(vec![
+            (t("kind"), t("failed")),
+            (t("message"), t("no")),
+            (t("data"), Value::Array(vec![])),
+        ]);
+        assert!(array.is_err());
+        let missing = err_of(vec![
+            (t("kind"), t("failed")),
+            (t("data"), Value::Bytes(vec![])),
+        ]);
+        assert!(missing.unwrap_err().contains("missing field `message`"));
+    }
 }
