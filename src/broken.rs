@@ -114,6 +114,9 @@ pub struct Broken {
     /// The peer's name for a kind this version does not know (`kind` is then `Other`),
     /// kept so that it is shown, and passed on unchanged by a vat that forwards it.
     unknown_kind: Option<Box<str>>,
+    /// Structured error data for programs: one CBOR item, as the method's typed error
+    /// encoded it (`data` on the wire, PROTOCOL.md 12). Never a reference.
+    data: Option<Box<[u8]>>,
 }
 
 impl Broken {
@@ -123,6 +126,7 @@ impl Broken {
             kind,
             message: message.into(),
             unknown_kind: None,
+            data: None,
         }
     }
 
@@ -135,7 +139,16 @@ impl Broken {
             message,
             unknown_kind: (known == BrokenKind::Other && kind != BrokenKind::Other.as_str())
                 .then(|| kind.into_boxed_str()),
+            data: None,
         }
+    }
+
+    /// This error with `data` (one CBOR item, unchecked here) as its structured data,
+    /// replacing any it had. The typed layer (`Broken::with_data`, in `vat/typed.rs`)
+    /// encodes and bounds it; a peer's data arrives here as sent.
+    pub(crate) fn with_data_bytes(mut self, data: Vec<u8>) -> Broken {
+        self.data = Some(data.into_boxed_slice());
+        self
     }
 
     /// An application error: what a method returns when it refuses or fails.
@@ -222,6 +235,13 @@ impl Broken {
     /// `Display` does), never raw to a terminal.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The structured error data as it travels: the bytes of one CBOR item, or `None`
+    /// when the error has none. Programs decode it with `Broken::data`; this is for
+    /// tools that show it raw. It may come from a peer.
+    pub fn data_bytes(&self) -> Option<&[u8]> {
+        self.data.as_deref()
     }
 }
 

@@ -82,6 +82,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Methods here are strings matched by hand. With a trait marked
+//! [`#[captp::interface]`](interface) the compiler checks them instead: it generates a
+//! typed stub (`TaxmanRef`, whose methods give typed promises, or typed references at
+//! once for pipelining) and a server adapter. Both layers speak the same wire format.
+//!
 //! # Security
 //!
 //! - **Mutual TLS, always** (TLS 1.3 only, ALPN `captp/1`). The client checks, in constant
@@ -109,6 +114,10 @@
 //! idle, dead after 90 s), unsent answers per peer and over the vat (8 MiB / 64 MiB:
 //! past them the vat stops taking work from the peers that do not read).
 
+// Lets the code `#[captp::interface]` generates name `::captp` inside this crate too
+// (its unit tests and doctests).
+extern crate self as captp;
+
 mod broken;
 mod error;
 mod identity;
@@ -129,6 +138,161 @@ pub use vat::{
     Args, ConnectionStats, Object, Promise, Ref, Reply, SessionInfo, Tables, Vat, VatBuilder,
     VatStats,
 };
+pub use vat::{
+    CallContext, CallError, DESCRIBE_METHOD, Interface, InterfaceInfo, MethodInfo, ParamInfo,
+    ResultPromise,
+};
+
+/// Typed interfaces: `#[captp::interface]` on a trait generates a typed client stub and
+/// a server adapter, so methods are checked by the compiler instead of matched by name.
+///
+/// For `trait Car` it generates:
+///
+/// - **the trait** itself, which a server implements. Methods take `&self` (an object
+///   is shared by all its callers); `async fn` methods become
+///   `fn m(&self, ..) -> impl Future<Output = ..> + Send`, and an `impl` may still
+///   write them as `async fn` (the future must be `Send`: it runs on the runtime).
+/// - **`CarRef`, the client stub**: a [`Ref`] with typed methods. `Clone + Send + Sync`,
+///   as cheap as a `Ref`; converts from and into a `Ref` (`CarRef::from(vat.enliven(&uri))`);
+///   travels in arguments and results exactly like a `Ref`, struct fields included;
+///   implements [`Interface`]. `CarRef::serve(my_car)` is a reference to a local object.
+/// - **`CarServer<T>`, the server adapter**: an [`Object`] serving a `T: Car`, for
+///   [`Vat::export`]. It decodes each call's arguments with the exact arity and types
+///   (else `bad_arguments`), answers `unknown_method` for other names, and answers the
+///   reserved method [`DESCRIBE_METHOD`] with the interface's [`InterfaceInfo`].
+///
+/// What a caller gets depends on what the method declares:
+///
+/// | declared | the stub method returns | on the wire |
+/// |---|---|---|
+/// | `-> T` (any serde data), or nothing | [`Promise<T>`](Promise) | a question |
+/// | `-> Result<T, Broken>` | [`Promise<T>`](Promise) | a question; `Err` breaks it |
+/// | `-> Result<T, E>` | [`ResultPromise<T, E>`], awaiting `Result<T, CallError<E>>` | `Err(e)` is `failed` with `e` as data |
+/// | `-> impl Foo` (an interface) | `FooRef`, at once: pipelined | a question, sent to at once |
+/// | `#[oneway]`, no result | nothing | a one-way `deliver` |
+///
+/// An interface result is a promise you can call before it arrives: `factory.make(..)
+/// .drive()` is one round trip. On the server the method returns `FooRef` (make one
+/// with `FooRef::serve`); to fail, return a broken one
+/// (`FooRef::from(Ref::broken(..))`). An application error `E` must be serde data and
+/// `Debug`; it travels as a `failed` error whose message is its `Debug` form and whose
+/// data is `E` ([`Broken::with_data`]), and arrives as [`CallError::App`]. An error type
+/// written `Broken` is captp's.
+///
+/// Parameters are any serde data: owned types, or `&str`, `&[T]` and `&T` (the server
+/// decodes the owned value and lends it). `Vec<u8>` and `&[u8]` parameters and
+/// `Vec<u8>` results travel as CBOR byte strings (inside your own types, mark such
+/// fields `#[serde(with = "serde_bytes")]`). A typed reference parameter is the stub
+/// type (`watcher: WatcherRef`). A first parameter of type [`CallContext`] is not sent
+/// by the caller: the runtime fills in who delivered the call (identity, never
+/// authority).
+///
+/// A typed call is the same on the wire as the dynamic one: the method's name and its
+/// arguments as an array (one argument is an array of one; none is `null`), so typed
+/// and dynamic code, and other languages, call each other freely.
+///
+/// Refused at compile time, with an error at the mistake: generic methods, named
+/// lifetimes, `&mut self` or no `self`, default bodies, `&mut` parameters, a `#[oneway]`
+/// method with a result, and parameter or result types that are not serde data.
+///
+/// # Examples
+///
+/// ```
+/// use captp::{Broken, Vat};
+///
+/// #[captp::interface]
+/// trait CarFactory {
+///     /// A new car, which the caller can drive before it arrives.
+///     fn make(&self, color: String, model: String) -> impl Car;
+/// }
+///
+/// #[captp::interface]
+/// trait Car {
+///     async fn drive(&self) -> Result<String, Broken>;
+///     #[oneway]
+///     fn honk(&self, times: u32);
+/// }
+///
+/// struct Factory;
+///
+/// impl CarFactory for Factory {
+///     fn make(&self, color: String, model: String) -> CarRef {
+///         CarRef::serve(Zoomer { color, model })
+///     }
+/// }
+///
+/// struct Zoomer {
+///     color: String,
+///     model: String,
+/// }
+///
+/// impl Car for Zoomer {
+///     async fn drive(&self) -> Result<String, Broken> {
+///         Ok(format!("Vroom! I'm a {} {} car!", self.color, self.model))
+///     }
+///
+///     fn honk(&self, _times: u32) {}
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Vat::builder().listen("127.0.0.1:0").start().await?;
+/// let uri = server.export(CarFactoryServer::new(Factory))?;
+///
+/// let client = Vat::builder().start().await?;
+/// let factory = CarFactoryRef::from(client.enliven(&uri));
+/// let car = factory.make("red".into(), "zoomracer".into()); // a CarRef, at once
+/// car.honk(2);                                              // one-way
+/// let vroom = car.drive().await?;                           // one round trip in all
+/// assert_eq!(vroom, "Vroom! I'm a red zoomracer car!");
+/// # client.shutdown().await;
+/// # server.shutdown().await;
+/// # Ok(()) }
+/// ```
+///
+/// A typed error:
+///
+/// ```
+/// use captp::{CallError, Ref};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+/// enum BankError {
+///     Insufficient { balance: u64 },
+/// }
+///
+/// #[captp::interface]
+/// trait Account {
+///     fn withdraw(&self, amount: u64) -> Result<u64, BankError>;
+/// }
+///
+/// struct Empty;
+///
+/// impl Account for Empty {
+///     fn withdraw(&self, _amount: u64) -> Result<u64, BankError> {
+///         Err(BankError::Insufficient { balance: 0 })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let account = AccountRef::serve(Empty);
+/// match account.withdraw(10).await {
+///     Err(CallError::App(BankError::Insufficient { balance })) => assert_eq!(balance, 0),
+///     other => panic!("{other:?}"),
+/// }
+/// // The same call, dynamically: a `failed` error carrying the data.
+/// let b = Ref::from(account).send::<u64>("withdraw", (10u64,)).await.unwrap_err();
+/// assert_eq!(b.data::<BankError>(), Some(BankError::Insufficient { balance: 0 }));
+/// # }
+/// ```
+#[cfg(feature = "macros")]
+pub use captp_macros::interface;
+
+/// What `#[captp::interface]` generates code against. Not part of the API: no
+/// stability promise; use the items at the crate root.
+#[doc(hidden)]
+pub use vat::private as __private;
 pub use wire::id::{IdKind, IdTextError, SwissHash, SwissNumber};
 
 /// The engine, for this crate's own tests, fuzz targets and benchmark: not part of the

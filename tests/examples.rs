@@ -432,6 +432,9 @@ fn bad_arguments_exit_with_code_2() {
         ("car_factory", &["call", uri, "red"]),
         ("car_factory", &["demo", "extra"]),
         ("car_factory", &["serve", "extra"]),
+        ("typed_car_factory", &[]),
+        ("typed_car_factory", &["call", uri, "red"]),
+        ("typed_car_factory", &["demo", "extra"]),
         ("name_service", &[]),
         ("name_service", &["bogus"]),
         ("name_service", &["register", uri]),
@@ -773,6 +776,50 @@ fn car_factory_demo_runs() {
             .lines()
             .any(|l| l == "Vroom! I'm a red roadster car!"),
         "car_factory demo: {run}"
+    );
+}
+
+#[test]
+fn typed_car_factory_drives_a_pipelined_car_and_refuses_a_tank() {
+    let mut server = Server::start("typed_car_factory", &["serve"]);
+    let made = run(
+        "typed_car_factory",
+        &["call", &server.uri, "red", "roadster"],
+    );
+    assert_eq!(made.code(), Some(0), "typed_car_factory call: {made}");
+    assert_eq!(
+        made.stdout, "Vroom! I'm a red roadster car!\n",
+        "typed_car_factory call: {made}"
+    );
+    let tank = run("typed_car_factory", &["call", &server.uri, "grey", "tank"]);
+    assert_eq!(tank.code(), Some(1), "typed_car_factory call tank: {tank}");
+    assert!(
+        tank.stderr.contains("the factory does not make \"tank\""),
+        "typed_car_factory call tank: {tank}"
+    );
+    // The dynamic client speaks to the typed server: the wire format is the same.
+    let dynamic = run("car_factory", &["call", &server.uri, "blue", "van"]);
+    assert_eq!(
+        dynamic.code(),
+        Some(0),
+        "car_factory call, typed server: {dynamic}"
+    );
+    assert_eq!(dynamic.stdout, "Vroom! I'm a blue van car!\n");
+    server.assert_running();
+}
+
+#[test]
+fn typed_car_factory_demo_runs() {
+    let run = run("typed_car_factory", &["demo"]);
+    assert_eq!(run.code(), Some(0), "typed_car_factory demo: {run}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines.contains(&"Vroom! I'm a red roadster car!"),
+        "typed_car_factory demo: {run}"
+    );
+    assert!(
+        lines.contains(&"refused, as a typed error: NotACar { model: \"tank\" }"),
+        "typed_car_factory demo: {run}"
     );
 }
 

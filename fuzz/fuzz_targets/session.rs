@@ -1355,6 +1355,7 @@ impl Harness {
             WResult::Err => ReturnResult::Err(WireBroken {
                 kind: "failed".into(),
                 message: "no".into(),
+                data: None,
             }),
             WResult::SenderCap(i) => ReturnResult::Ok(Payload {
                 data: SINGLE_CAP.to_vec(),
@@ -1668,6 +1669,7 @@ impl Harness {
                     result: ReturnResult::Err(WireBroken {
                         kind: "failed".into(),
                         message: "clean-up".into(),
+                        data: None,
                     }),
                 });
                 self.check_invariants();

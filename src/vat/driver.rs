@@ -572,7 +572,8 @@ impl Driver {
                 payload,
                 answer,
             } => {
-                let args = Args::new(payload.data, self.refs(payload.caps), self.cbor);
+                let args = Args::new(payload.data, self.refs(payload.caps), self.cbor)
+                    .with_caller(self.handle.peer());
                 let reply = match (target, answer) {
                     // A one-way call to a proxy stays one-way on its way on.
                     (InCap::Local(object), None) => match object.proxied() {

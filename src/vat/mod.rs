@@ -28,6 +28,7 @@
 //! | `reference.rs` | [`Ref`]: send, pipeline, drop, naming refs for a session | codec, export, handle, local, object, promise |
 //! | `driver.rs` | the session task: `run`, `connect_and_run`, `Driver` | all of the above |
 //! | `listener.rs` | the accept loop; admits and cuts connections | admission, driver, shared |
+//! | `typed.rs` | what `#[captp::interface]` code calls: [`Interface`], [`CallError`], typed error data | codec, object, promise, reference |
 //! | `mod.rs` | [`Vat`], [`VatBuilder`], stats | all |
 //!
 //! # Tasks
@@ -51,6 +52,7 @@ mod promise;
 mod reference;
 mod shared;
 mod stream;
+mod typed;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -66,6 +68,12 @@ pub use admission::ConnectionStats;
 pub use object::{Args, Object, Reply};
 pub use promise::Promise;
 pub use reference::Ref;
+#[doc(hidden)]
+pub use typed::private;
+pub use typed::{
+    CallContext, CallError, DESCRIBE_METHOD, Interface, InterfaceInfo, MethodInfo, ParamInfo,
+    ResultPromise,
+};
 
 use self::handle::Command;
 use self::object::ObjectHandle;

@@ -227,11 +227,34 @@ pub struct Args {
     data: Vec<u8>,
     refs: Vec<Ref>,
     cbor: CborLimits,
+    caller: Option<VatId>,
 }
 
 impl Args {
     pub(crate) fn new(data: Vec<u8>, refs: Vec<Ref>, cbor: CborLimits) -> Args {
-        Args { data, refs, cbor }
+        Args {
+            data,
+            refs,
+            cbor,
+            caller: None,
+        }
+    }
+
+    /// These arguments as delivered by the session to `peer`.
+    pub(crate) fn with_caller(mut self, peer: VatId) -> Args {
+        self.caller = Some(peer);
+        self
+    }
+
+    /// The vat whose session delivered this call, or `None` for a call made in this
+    /// vat (a send on a local reference).
+    ///
+    /// This is the *immediate* sender: a call forwarded by a proxy in another vat names
+    /// that vat, not the one that first sent it. It is identity, never authority: use
+    /// it to label, count or log, not to decide who may call (whoever holds the
+    /// reference may, by design).
+    pub fn caller(&self) -> Option<VatId> {
+        self.caller
     }
 
     /// Decodes the arguments. Senders pass a tuple for several arguments (`("foo", 3)`)
@@ -270,6 +293,7 @@ impl std::fmt::Debug for Args {
         f.debug_struct("Args")
             .field("bytes", &self.data.len())
             .field("refs", &self.refs.len())
+            .field("caller", &self.caller)
             .finish()
     }
 }

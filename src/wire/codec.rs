@@ -109,11 +109,15 @@ fn result(out: &mut Vec<u8>, r: &ReturnResult, detach: usize, detached: &mut Det
         }
         ReturnResult::Err(w) => {
             text(out, "err");
-            head(out, MAP, 2);
+            head(out, MAP, if w.data.is_some() { 3 } else { 2 });
             text(out, "kind");
             text(out, &w.kind);
             text(out, "message");
             text(out, &w.message);
+            if let Some(data) = &w.data {
+                text(out, "data");
+                bytes(out, data);
+            }
         }
     }
 }
@@ -397,20 +401,22 @@ fn read_result(r: &mut Reader<'_>) -> Result<ReturnResult, Shape> {
     match r.union("result")? {
         b"ok" => Ok(ReturnResult::Ok(read_payload(r)?)),
         b"err" => {
-            const NAMES: [&str; 2] = ["kind", "message"];
-            let (mut kind, mut message) = ("", "");
+            // `data` is optional (protocol version 2); the other two are required.
+            const NAMES: [&str; 3] = ["kind", "message", "data"];
+            let (mut kind, mut message, mut data) = ("", "", None);
             let seen = r.fields("err", &NAMES, |r, i| {
-                if i == 0 {
-                    kind = r.text("kind")?;
-                } else {
-                    message = r.text("message")?;
+                match i {
+                    0 => kind = r.text("kind")?,
+                    1 => message = r.text("message")?,
+                    _ => data = Some(r.bytes("err data")?),
                 }
                 Ok(())
             })?;
-            require(seen, all(&NAMES), &NAMES, "err")?;
+            require(seen, 0b011, &NAMES, "err")?;
             Ok(ReturnResult::Err(WireBroken {
                 kind: kind.to_owned(),
                 message: message.to_owned(),
+                data: data.map(<[u8]>::to_vec),
             }))
         }
         other => Err(format!("unknown result `{}`", lossy(other))),
@@ -631,8 +637,16 @@ mod tests {
     fn result() -> impl Strategy<Value = ReturnResult> {
         prop_oneof![
             payload().prop_map(ReturnResult::Ok),
-            (".{0,20}", ".{0,300}")
-                .prop_map(|(kind, message)| ReturnResult::Err(WireBroken { kind, message })),
+            (
+                ".{0,20}",
+                ".{0,300}",
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))
+            )
+                .prop_map(|(kind, message, data)| ReturnResult::Err(WireBroken {
+                    kind,
+                    message,
+                    data
+                })),
         ]
     }
 
@@ -810,5 +824,76 @@ mod tests {
             (t("count"), u(2)),
         ]));
         assert!(tagged.unwrap_err().contains("found a tag"));
+    }
+
+    #[test]
+    fn error_data_is_an_optional_byte_string() {
+        let with = |data: Option<Vec<u8>>| Message::Return {
+            question: 3,
+            result: ReturnResult::Err(WireBroken {
+                kind: "failed".into(),
+                message: "no".into(),
+                data,
+            }),
+        };
+        let mut body = Vec::new();
+        encode(&with(Some(vec![0x18, 0x64])), &mut body, usize::MAX);
+        // ... "err": {"kind": "failed", "message": "no", "data": h'1864'}
+        let err: Vec<u8> = [
+            &[0x63][..],
+            b"err",
+            &[0xa3, 0x64],
+            b"kind",
+            &[0x66],
+            b"failed",
+            &[0x67],
+            b"message",
+            &[0x62],
+            b"no",
+            &[0x64],
+            b"data",
+            &[0x42, 0x18, 0x64],
+        ]
+        .concat();
+        assert!(body.ends_with(&err), "{body:02x?}");
+        assert_eq!(
+            decode(&body).map(|(m, _)| m),
+            Ok(with(Some(vec![0x18, 0x64])))
+        );
+        // Without data the error is the version 1 form, two fields.
+        let mut body = Vec::new();
+        encode(&with(None), &mut body, usize::MAX);
+        assert!(body.windows(4).any(|w| w == [0x63, b'e', b'r', b'r']));
+        assert!(!body.windows(4).any(|w| w == *b"data"));
+        assert_eq!(decode(&body).map(|(m, _)| m), Ok(with(None)));
+        // `data` must be a byte string, and `kind` and `message` stay required.
+        use ciborium::Value;
+        let t = |s: &str| Value::Text(s.into());
+        let err_of = |fields: Vec<(Value, Value)>| {
+            let v = Value::Map(vec![(
+                t("return"),
+                Value::Map(vec![
+                    (t("question"), Value::Integer(3.into())),
+                    (
+                        t("result"),
+                        Value::Map(vec![(t("err"), Value::Map(fields))]),
+                    ),
+                ]),
+            )]);
+            let mut out = Vec::new();
+            ciborium::into_writer(&v, &mut out).unwrap();
+            decode(&out)
+        };
+        let array = err_of(vec![
+            (t("kind"), t("failed")),
+            (t("message"), t("no")),
+            (t("data"), Value::Array(vec![])),
+        ]);
+        assert!(array.is_err());
+        let missing = err_of(vec![
+            (t("kind"), t("failed")),
+            (t("data"), Value::Bytes(vec![])),
+        ]);
+        assert!(missing.unwrap_err().contains("missing field `message`"));
     }
 }

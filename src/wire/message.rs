@@ -225,11 +225,23 @@ pub struct WireBroken {
     pub kind: String,
     /// The message, for people.
     pub message: String,
+    /// Structured data for programs (protocol version 2): one CBOR item, as a byte
+    /// string; absent on the wire when `None`.
+    #[cfg_attr(
+        test,
+        serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")
+    )]
+    pub data: Option<Vec<u8>>,
 }
 
 /// Longest error message sent to a peer, in bytes; longer ones are cut (at a character
 /// boundary) so that an error can never exceed the peer's frame limit.
 pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// Longest error data sent to a peer, in bytes. Longer data is left out, never cut (cut
+/// CBOR is not CBOR): with [`MAX_ERROR_MESSAGE`] it keeps an error within the smallest
+/// frame a peer may announce ([`super::MIN_FRAME`]).
+pub const MAX_ERROR_DATA: usize = 2048;
 
 /// The longest prefix of `text` that has at most `max` bytes and ends at a character
 /// boundary: how a text is cut to fit a limit in bytes without splitting a character.
@@ -246,13 +258,21 @@ impl From<&Broken> for WireBroken {
         WireBroken {
             kind: b.kind_name().to_owned(),
             message: truncate_at_char_boundary(b.message(), MAX_ERROR_MESSAGE).to_owned(),
+            data: b
+                .data_bytes()
+                .filter(|d| d.len() <= MAX_ERROR_DATA)
+                .map(<[u8]>::to_vec),
         }
     }
 }
 
 impl From<WireBroken> for Broken {
     fn from(w: WireBroken) -> Broken {
-        Broken::from_wire(w.kind, w.message)
+        let b = Broken::from_wire(w.kind, w.message);
+        match w.data {
+            Some(data) => b.with_data_bytes(data),
+            None => b,
+        }
     }
 }
 

@@ -50,6 +50,7 @@ fn bootstrap_unknown_swiss_breaks_with_unknown_object() {
             result: ReturnResult::Err(WireBroken {
                 kind: "unknown_object".to_owned(),
                 message: Broken::unknown_object().message().to_owned(),
+                data: None,
             })
         }]
     );

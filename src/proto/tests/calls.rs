@@ -126,7 +126,8 @@ fn remote_error_keeps_kind_and_message() {
             question: 2,
             result: ReturnResult::Err(WireBroken {
                 kind: "failed".to_owned(),
-                message: "insufficient funds".to_owned()
+                message: "insufficient funds".to_owned(),
+                data: None
             })
         }]
     );
@@ -149,6 +150,7 @@ fn unknown_error_kind_from_a_newer_peer_becomes_other_and_keeps_its_name() {
         result: ReturnResult::Err(WireBroken {
             kind: "from_the_future".to_owned(),
             message: "new".to_owned(),
+            data: None,
         }),
     });
     let events = pair.a.take_events();

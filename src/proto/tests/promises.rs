@@ -233,7 +233,8 @@ fn promise_resolves_to_an_error() {
             export: 2,
             result: ReturnResult::Err(WireBroken {
                 kind: "failed".to_owned(),
-                message: "the disk is full".to_owned()
+                message: "the disk is full".to_owned(),
+                data: None
             })
         }]
     );

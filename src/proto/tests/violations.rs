@@ -269,6 +269,7 @@ fn resolve_of_an_import_that_is_not_a_promise_is_a_violation() {
         result: ReturnResult::Err(WireBroken {
             kind: "failed".to_owned(),
             message: "x".to_owned(),
+            data: None,
         }),
     });
     pair.drive();

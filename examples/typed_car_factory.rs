@@ -1,0 +1,180 @@
+//! The car factory of `car_factory.rs`, written with a typed interface
+//! (`#[captp::interface]`) instead of methods matched by name: `factory.make(color,
+//! model)` gives a `CarRef` at once, and `car.drive()` on it is pipelined, so both
+//! calls cost one round trip. A model the factory does not make is refused with a
+//! typed error (`MakeError`) that arrives as that type, not as a string.
+//!
+//! The wire format is the same as `car_factory`'s: either client talks to either
+//! server.
+//!
+//! Run the factory in one terminal:
+//!
+//! ```text
+//! cargo run --example typed_car_factory -- serve
+//! ```
+//!
+//! and, with the `captp://...` line it printed, the client in another:
+//!
+//! ```text
+//! cargo run --example typed_car_factory -- call 'captp://<vat-id>@127.0.0.1:<port>/<swiss>' red roadster
+//! ```
+//!
+//! which prints `Vroom! I'm a red roadster car!` (and, for the model `tank`, says the
+//! factory refused it). Or both in one process, over real TLS on 127.0.0.1:
+//!
+//! ```text
+//! cargo run --example typed_car_factory -- demo
+//! ```
+//!
+//! `serve` takes `--listen <addr>` (default `127.0.0.1:0`, a free port) and
+//! `--identity <dir>` (keep the vat's key in `<dir>`, so the vat ID survives restarts)
+//! and serves until Ctrl-C.
+
+#[path = "common/client.rs"]
+mod client;
+#[path = "common/server.rs"]
+mod server;
+
+use captp::{Broken, CallError, Ref, Vat};
+use serde::{Deserialize, Serialize};
+
+const USAGE: &str = "typed_car_factory serve [--listen <addr>] [--identity <dir>]
+       typed_car_factory call <captp://URI> <color> <model>
+       typed_car_factory demo";
+
+/// Makes cars.
+#[captp::interface]
+trait CarFactory {
+    /// A new car of `color` and `model`: a reference the caller can drive at once.
+    fn make(&self, color: String, model: String) -> impl Car;
+    /// Whether the factory makes `model`, or why not.
+    fn check(&self, model: String) -> Result<(), MakeError>;
+}
+
+/// A car: whoever holds it can drive it.
+#[captp::interface]
+trait Car {
+    /// What the car says when driven.
+    async fn drive(&self) -> Result<String, Broken>;
+}
+
+/// Why the factory refuses a model: travels to the caller as this type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum MakeError {
+    /// Not a car this factory makes.
+    NotACar { model: String },
+}
+
+struct Factory;
+
+impl CarFactory for Factory {
+    fn make(&self, color: String, model: String) -> CarRef {
+        eprintln!("typed_car_factory: make({color:?}, {model:?})");
+        match self.check(model.clone()) {
+            Ok(()) => CarRef::serve(Roadster { color, model }),
+            // A broken reference: `drive` on it breaks with this reason.
+            Err(e) => CarRef::from(Ref::broken(Broken::failed(format!("{e:?}")))),
+        }
+    }
+
+    fn check(&self, model: String) -> Result<(), MakeError> {
+        if model == "tank" {
+            return Err(MakeError::NotACar { model });
+        }
+        Ok(())
+    }
+}
+
+struct Roadster {
+    color: String,
+    model: String,
+}
+
+impl Car for Roadster {
+    async fn drive(&self) -> Result<String, Broken> {
+        Ok(format!("Vroom! I'm a {} {} car!", self.color, self.model))
+    }
+}
+
+/// Checks the model, then makes a car and drives it, pipelined: one round trip for
+/// `make` and `drive` together.
+async fn make_and_drive(
+    factory: &CarFactoryRef,
+    color: &str,
+    model: &str,
+) -> Result<String, Broken> {
+    match factory.check(model.to_owned()).await {
+        Ok(()) => {}
+        Err(CallError::App(MakeError::NotACar { model })) => {
+            return Err(Broken::failed(format!(
+                "the factory does not make {model:?}"
+            )));
+        }
+        Err(CallError::Broken(b)) => return Err(b),
+    }
+    let car = factory.make(color.to_owned(), model.to_owned());
+    car.drive().await
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => {
+            server::serve("typed_car_factory serve", CarFactoryServer::new(Factory)).await
+        }
+        Some("call") => {
+            let [_, uri, color, model] = args.as_slice() else {
+                client::usage(
+                    "typed_car_factory call: expected a URI, a color and a model",
+                    USAGE,
+                );
+            };
+            let sturdy = client::parse_uri(uri);
+            let vat = Vat::builder().start().await?;
+            let factory = CarFactoryRef::from(vat.enliven(&sturdy));
+            let vroom = make_and_drive(&factory, color, model).await;
+            drop(factory);
+            vat.shutdown().await;
+            match vroom {
+                Ok(vroom) => {
+                    println!("{vroom}");
+                    Ok(())
+                }
+                Err(broken) => client::fail(&broken),
+            }
+        }
+        Some("demo") if args.len() == 1 => demo().await,
+        Some("demo") => client::usage("typed_car_factory demo: expected no arguments", USAGE),
+        Some(other) => client::usage(
+            &format!("typed_car_factory: unknown command {other:?}"),
+            USAGE,
+        ),
+        None => client::usage("typed_car_factory: expected a command", USAGE),
+    }
+}
+
+/// The server and the client in one process, over real TLS on 127.0.0.1.
+async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    let server = Vat::builder().listen("127.0.0.1:0").start().await?;
+    let uri = server.export(CarFactoryServer::new(Factory))?;
+    println!("server vat {} exports the car factory at", server.vat_id());
+    println!("  {uri}");
+
+    let client = Vat::builder().start().await?;
+    let factory = CarFactoryRef::from(client.enliven(&uri));
+    println!("client: make(\"red\", \"roadster\"), then drive() on the car it will answer");
+    let vroom = make_and_drive(&factory, "red", "roadster").await;
+    println!("client: check(\"tank\")");
+    let tank = factory.check("tank".into()).await;
+
+    drop(factory);
+    client.shutdown().await;
+    server.shutdown().await;
+    println!("{}", vroom?);
+    match tank {
+        Err(CallError::App(e)) => println!("refused, as a typed error: {e:?}"),
+        other => return Err(format!("expected a typed refusal, got {other:?}").into()),
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+#[captp::interface]
+trait Store {
+    fn put<T>(&self, value: T);
+}
+
+fn main() {}

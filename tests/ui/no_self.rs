@@ -1,0 +1,6 @@
+#[captp::interface]
+trait Counter {
+    fn zero() -> u64;
+}
+
+fn main() {}
