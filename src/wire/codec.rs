@@ -132,18 +132,8 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>, detach: usize) -> Detache
     let kind = Kind::of(msg);
     match msg {
         Message::Hello(hello) => {
-            let values = [
-                u64::from(hello.version),
-                hello.max_frame,
-                hello.max_questions,
-                hello.max_queued,
-                hello.max_imports,
-                hello.max_caps,
-                hello.max_depth,
-                hello.max_items,
-            ];
             open(out, kind, Hello::FIELDS.len() as u64);
-            for (name, value) in Hello::FIELDS.iter().zip(values) {
+            for (name, value) in Hello::FIELDS.iter().zip(hello.values()) {
                 uint_field(out, name, value);
             }
         }
@@ -468,28 +458,10 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
     let name = kind.as_str();
     let msg = match kind {
         Kind::Hello => {
-            let [
-                version,
-                max_frame,
-                max_questions,
-                max_queued,
-                max_imports,
-                max_caps,
-                max_depth,
-                max_items,
-            ] = uints(&mut r, name, Hello::FIELDS)?;
+            let [version, limits @ ..] = uints(&mut r, name, Hello::FIELDS)?;
             let version = u32::try_from(version)
                 .map_err(|_| format!("version {version} does not fit in 32 bits"))?;
-            Message::Hello(Hello {
-                version,
-                max_frame,
-                max_questions,
-                max_queued,
-                max_imports,
-                max_caps,
-                max_depth,
-                max_items,
-            })
+            Message::Hello(Hello::from_values(version, limits))
         }
         Kind::Bootstrap => {
             const NAMES: [&str; 2] = ["question", "swiss"];

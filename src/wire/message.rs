@@ -74,6 +74,43 @@ impl Hello {
         max_items: super::MIN_ITEMS as u64,
     };
 
+    /// The fields as numbers, in the order they are encoded ([`Hello::FIELDS`]).
+    pub(super) fn values(&self) -> [u64; 8] {
+        [
+            u64::from(self.version),
+            self.max_frame,
+            self.max_questions,
+            self.max_queued,
+            self.max_imports,
+            self.max_caps,
+            self.max_depth,
+            self.max_items,
+        ]
+    }
+
+    /// A hello from its version and its limits, in the order they are encoded.
+    pub(super) fn from_values(version: u32, limits: [u64; 7]) -> Hello {
+        let [
+            max_frame,
+            max_questions,
+            max_queued,
+            max_imports,
+            max_caps,
+            max_depth,
+            max_items,
+        ] = limits;
+        Hello {
+            version,
+            max_frame,
+            max_questions,
+            max_queued,
+            max_imports,
+            max_caps,
+            max_depth,
+            max_items,
+        }
+    }
+
     /// The wire names of the fields, in the order they are encoded.
     pub(super) const FIELDS: [&'static str; 8] = [
         "version",
@@ -481,19 +518,18 @@ mod tests {
         assert_eq!(back, msg);
     }
 
+    /// The hello of a vat with default limits.
+    fn default_hello() -> Message {
+        Message::Hello(Hello::from_values(
+            PROTOCOL_VERSION,
+            [1 << 20, 1024, 256, 65_536, 256, 32, 65_536],
+        ))
+    }
+
     /// The worked example of PROTOCOL.md 16.1, byte for byte.
     #[test]
     fn hello_encodes_as_protocol_md_16_1_shows() {
-        let hello = Message::Hello(Hello {
-            max_frame: 1 << 20,
-            max_questions: 1024,
-            max_queued: 256,
-            max_imports: 65_536,
-            max_caps: 256,
-            max_depth: 32,
-            max_items: 65_536,
-            ..Hello::MINIMUM
-        });
+        let hello = default_hello();
         let mut out = Vec::new();
         hello.encode_frame(&mut out).unwrap();
         let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
@@ -513,16 +549,7 @@ mod tests {
                 CapDescriptor::SenderPromise(2),
             ],
         };
-        round_trip(Message::Hello(Hello {
-            max_frame: 1 << 20,
-            max_questions: 1024,
-            max_queued: 256,
-            max_imports: 65_536,
-            max_caps: 256,
-            max_depth: 32,
-            max_items: 65_536,
-            ..Hello::MINIMUM
-        }));
+        round_trip(default_hello());
         round_trip(Message::Bootstrap {
             question: 1,
             swiss: SwissNumber::from_bytes([7; 32]),

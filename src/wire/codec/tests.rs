@@ -45,27 +45,8 @@ fn result() -> impl Strategy<Value = ReturnResult> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u32>(), any::<[u64; 7]>()).prop_map(|(version, limits)| {
-            let [
-                max_frame,
-                max_questions,
-                max_queued,
-                max_imports,
-                max_caps,
-                max_depth,
-                max_items,
-            ] = limits;
-            Message::Hello(Hello {
-                version,
-                max_frame,
-                max_questions,
-                max_queued,
-                max_imports,
-                max_caps,
-                max_depth,
-                max_items,
-            })
-        }),
+        (any::<u32>(), any::<[u64; 7]>())
+            .prop_map(|(version, limits)| Message::Hello(Hello::from_values(version, limits))),
         (any::<u64>(), any::<[u8; 32]>()).prop_map(|(question, swiss)| Message::Bootstrap {
             question,
             swiss: SwissNumber::from_bytes(swiss)
