@@ -4,14 +4,22 @@
 //! cargo bench --bench captp              # the full run (about 30 s on two cores)
 //! cargo bench --bench captp -- --quick   # every count shrunk: a smoke run of seconds
 //! cargo bench --bench captp -- rtt       # only the phases whose name contains "rtt"
+//! cargo bench --bench captp -- typed     # only the typed ones (no dynamic figure to divide by)
 //! cargo bench --bench captp -- --awake   # keep idle CPUs polling (needs root; see below)
 //! cargo bench --bench captp -- --rounds 5  # rounds per phase (full run: 3, quick: 1)
 //! ```
 //!
-//! Two peers answer the same calls on 127.0.0.1:
+//! Two peers answer the same calls on 127.0.0.1, and captp answers some of them twice:
 //!
 //! - **captp**: a server [`Vat`] exporting one object (`echo`, `blob`, `next`, `value`),
 //!   called from client vats through [`Ref::send`] / [`Ref::send_ref`].
+//! - **typed**: the same server vat and the same calls, written with
+//!   `#[captp::interface]` (the trait [`Chain`]): client vats call the generated stub
+//!   `ChainRef` (`echo`, `next`, `value`), and the object is the generated adapter
+//!   `ChainServer` around a plain `impl Chain`. A typed call with one argument sends it
+//!   as an array of one where the dynamic call sends the value alone (one byte more);
+//!   otherwise the messages are the same. Measured in the `rtt` and `chain` phases, to
+//!   show what the typed layer costs over the dynamic one.
 //! - **floor**: tokio-rustls with *captp's own* TLS configuration
 //!   ([`transport::server_config`], [`transport::client_config`], [`transport::connect`]
 //!   and [`transport::accept`]: TLS 1.3, mutual authentication, aws-lc-rs, no
@@ -29,12 +37,14 @@
 //! code and the server sessions do: two busy threads in all, one per core of the target
 //! machine.
 //!
-//! Metrics (one JSON object per line on stdout, then a table of captp/floor ratios with
-//! the targets from the issue):
+//! Metrics (one JSON object per line on stdout, then a table of captp/floor and
+//! typed/captp ratios with the targets from the issues):
 //!
-//! - `rtt`: sequential echo of a small struct (`Ping`), one call outstanding.
+//! - `rtt`: sequential echo of a small struct (`Ping`), one call outstanding (all three
+//!   peers).
 //! - `inflight`: the same call with 64 and 256 calls outstanding on one connection.
-//! - `chain`: 100 dependent calls, awaited one by one or pipelined (captp only).
+//! - `chain`: 100 dependent calls, awaited one by one or pipelined (captp and typed; the
+//!   floor has no pipelining, and its awaited chain is 100 round trips).
 //! - `setup`: connect, mutual TLS handshake, fetch of the sturdy ref, first call answered.
 //! - `blob`: echo of a 64 KiB byte string with 16 outstanding; MB/s (10^6 bytes) one way.
 //! - `stream`: one-way throughput with flow control against a slow consumer (captp
@@ -49,10 +59,12 @@
 //!   with 1, 10 and 100 connections each doing sequential calls.
 //! - `process`: the peak RSS of the whole process (captp and floor runs together).
 //!
-//! A full run measures each phase (but memory) in three rounds, captp and floor
-//! alternating which goes first, each round with a third of the counts; every figure
-//! printed is the median of its rounds (the JSON lines carry `"rounds":3`). A virtual
-//! machine's speed drifts over seconds, and this keeps both peers under the same drift.
+//! A full run measures each phase (but memory) in three rounds, each with a third of the
+//! counts: captp and floor alternate which goes first, and where typed runs too it runs
+//! between them (captp, typed, floor, then floor, typed, captp), so it is always next to
+//! the dynamic figure it is divided by. Every figure printed is the median of its
+//! rounds (the JSON lines carry `"rounds":3`). A virtual machine's speed drifts over
+//! seconds, and this keeps the peers under the same drift.
 //!
 //! Progress goes to stderr; stdout holds only the JSON lines and the table, which also
 //! says how much CPU other processes took during the run. Every loop is bounded by a
