@@ -4,14 +4,22 @@
 //! cargo bench --bench captp              # the full run (about 30 s on two cores)
 //! cargo bench --bench captp -- --quick   # every count shrunk: a smoke run of seconds
 //! cargo bench --bench captp -- rtt       # only the phases whose name contains "rtt"
+//! cargo bench --bench captp -- typed     # only the typed ones (no dynamic figure to divide by)
 //! cargo bench --bench captp -- --awake   # keep idle CPUs polling (needs root; see below)
 //! cargo bench --bench captp -- --rounds 5  # rounds per phase (full run: 3, quick: 1)
 //! ```
 //!
-//! Two peers answer the same calls on 127.0.0.1:
+//! Two peers answer the same calls on 127.0.0.1, and captp answers some of them twice:
 //!
 //! - **captp**: a server [`Vat`] exporting one object (`echo`, `blob`, `next`, `value`),
 //!   called from client vats through [`Ref::send`] / [`Ref::send_ref`].
+//! - **typed**: the same server vat and the same calls, written with
+//!   `#[captp::interface]` (the trait [`Chain`]): client vats call the generated stub
+//!   `ChainRef` (`echo`, `next`, `value`), and the object is the generated adapter
+//!   `ChainServer` around a plain `impl Chain`. A typed call with one argument sends it
+//!   as an array of one where the dynamic call sends the value alone (one byte more);
+//!   otherwise the messages are the same. Measured in the `rtt` and `chain` phases, to
+//!   show what the typed layer costs over the dynamic one.
 //! - **floor**: tokio-rustls with *captp's own* TLS configuration
 //!   ([`transport::server_config`], [`transport::client_config`], [`transport::connect`]
 //!   and [`transport::accept`]: TLS 1.3, mutual authentication, aws-lc-rs, no
@@ -29,12 +37,14 @@
 //! code and the server sessions do: two busy threads in all, one per core of the target
 //! machine.
 //!
-//! Metrics (one JSON object per line on stdout, then a table of captp/floor ratios with
-//! the targets from the issue):
+//! Metrics (one JSON object per line on stdout, then a table of captp/floor and
+//! typed/captp ratios with the targets from the issues):
 //!
-//! - `rtt`: sequential echo of a small struct (`Ping`), one call outstanding.
+//! - `rtt`: sequential echo of a small struct (`Ping`), one call outstanding (all three
+//!   peers).
 //! - `inflight`: the same call with 64 and 256 calls outstanding on one connection.
-//! - `chain`: 100 dependent calls, awaited one by one or pipelined (captp only).
+//! - `chain`: 100 dependent calls, awaited one by one or pipelined (captp and typed; the
+//!   floor has no pipelining, and its awaited chain is 100 round trips).
 //! - `setup`: connect, mutual TLS handshake, fetch of the sturdy ref, first call answered.
 //! - `blob`: echo of a 64 KiB byte string with 16 outstanding; MB/s (10^6 bytes) one way.
 //! - `stream`: one-way throughput with flow control against a slow consumer (captp
@@ -49,10 +59,12 @@
 //!   with 1, 10 and 100 connections each doing sequential calls.
 //! - `process`: the peak RSS of the whole process (captp and floor runs together).
 //!
-//! A full run measures each phase (but memory) in three rounds, captp and floor
-//! alternating which goes first, each round with a third of the counts; every figure
-//! printed is the median of its rounds (the JSON lines carry `"rounds":3`). A virtual
-//! machine's speed drifts over seconds, and this keeps both peers under the same drift.
+//! A full run measures each phase (but memory) in three rounds, each with a third of the
+//! counts: captp and floor alternate which goes first, and where typed runs too it runs
+//! between them (captp, typed, floor, then floor, typed, captp), so it is always next to
+//! the dynamic figure it is divided by. Every figure printed is the median of its
+//! rounds (the JSON lines carry `"rounds":3`). A virtual machine's speed drifts over
+//! seconds, and this keeps the peers under the same drift.
 //!
 //! Progress goes to stderr; stdout holds only the JSON lines and the table, which also
 //! says how much CPU other processes took during the run. Every loop is bounded by a
@@ -69,12 +81,13 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use captp::internal::transport::{self, TlsStream};
-use captp::{Args, Identity, Object, Reply, SturdyRef, Vat, VatId};
+use captp::{Args, Identity, Object, Promise, Reply, SturdyRef, Vat, VatId};
 use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::de::DeserializeOwned;
@@ -209,21 +222,39 @@ impl Ping {
     }
 }
 
-/// A value both peers echo: the captp method that echoes it, and the tag that marks it
-/// in a floor frame.
+/// A value both peers echo: the captp method that echoes it, the tag that marks it in a
+/// floor frame, and the typed stub's method for the same call.
 trait Payload: Serialize + DeserializeOwned + PartialEq + Send + Sync + 'static {
     const METHOD: &'static str;
     const TAG: u8;
+
+    /// The echo of `msg` through the typed stub: the call `Ref::send(METHOD, msg)`
+    /// makes, written with the method [`Chain`] declares for it.
+    fn typed_echo(node: &ChainRef, msg: &Self) -> Promise<Self>;
 }
 
 impl Payload for Ping {
     const METHOD: &'static str = "echo";
     const TAG: u8 = 1;
+
+    fn typed_echo(node: &ChainRef, msg: &Ping) -> Promise<Ping> {
+        // A typed method takes its argument by value, and the caller keeps `msg` to
+        // check the echo: one clone of a 10-byte string, which a dynamic call passing
+        // `&msg` does not make (tens of nanoseconds against a round trip of tens of
+        // microseconds).
+        node.echo(msg.clone())
+    }
 }
 
 impl Payload for ByteBuf {
     const METHOD: &'static str = "blob";
     const TAG: u8 = 2;
+
+    fn typed_echo(node: &ChainRef, msg: &ByteBuf) -> Promise<ByteBuf> {
+        // A copy of the whole blob per call: a typed blob phase would measure it too,
+        // which is why there is none.
+        node.blob(msg.clone())
+    }
 }
 
 fn check_echo<T: PartialEq>(sent: &T, got: &T) -> BenchResult<()> {
@@ -305,24 +336,77 @@ impl Peer for Captp {
         window: usize,
         total: usize,
     ) -> BenchResult<Duration> {
-        let started = Instant::now();
-        let mut pending = FuturesUnordered::new();
-        let (mut sent, mut done) = (0, 0);
-        while done < total {
-            while sent < total && pending.len() < window {
-                pending.push(conn.send::<T>(T::METHOD, &msg));
-                sent += 1;
-            }
-            let echo = pending.next().await.ok_or("the window emptied early")??;
-            check_echo(&msg, &echo)?;
-            done += 1;
-        }
-        Ok(started.elapsed())
+        windowed_promises(msg, window, total, |msg| conn.send::<T>(T::METHOD, msg)).await
     }
 
     async fn release(client: Vat) {
         client.shutdown().await;
     }
+}
+
+/// The typed captp peer: the same server vat as [`Captp`], called through the stub
+/// [`ChainRef`] that `#[captp::interface]` generates, on an object served by the
+/// generated [`ChainServer`]. Its figures are reported as the peer `typed`, to compare
+/// with `captp` (the dynamic `Ref::send` on a hand-written `Object`).
+#[derive(Clone)]
+struct Typed {
+    uri: SturdyRef,
+}
+
+impl Peer for Typed {
+    type Client = Vat;
+    type Conn = ChainRef;
+    const NAME: &'static str = "typed";
+
+    async fn prepare(&self) -> BenchResult<Vat> {
+        // A client vat built as `Captp`'s is.
+        Ok(Vat::builder().start().await?)
+    }
+
+    async fn connect(&self, client: &Vat) -> BenchResult<ChainRef> {
+        Ok(ChainRef::from(client.enliven(&self.uri)))
+    }
+
+    async fn call<T: Payload>(conn: &mut ChainRef, msg: &T) -> BenchResult<T> {
+        Ok(T::typed_echo(conn, msg).await?)
+    }
+
+    async fn windowed<T: Payload>(
+        conn: ChainRef,
+        msg: T,
+        window: usize,
+        total: usize,
+    ) -> BenchResult<Duration> {
+        windowed_promises(msg, window, total, |msg| T::typed_echo(&conn, msg)).await
+    }
+
+    async fn release(client: Vat) {
+        client.shutdown().await;
+    }
+}
+
+/// `total` calls of `msg`, each started by `start`, with `window` kept outstanding; the
+/// time they took. The windowed loop of both captp peers, so that they differ only in
+/// how a call is made.
+async fn windowed_promises<T: Payload>(
+    msg: T,
+    window: usize,
+    total: usize,
+    start: impl Fn(&T) -> Promise<T>,
+) -> BenchResult<Duration> {
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    let (mut sent, mut done) = (0, 0);
+    while done < total {
+        while sent < total && pending.len() < window {
+            pending.push(start(&msg));
+            sent += 1;
+        }
+        let echo = pending.next().await.ok_or("the window emptied early")??;
+        check_echo(&msg, &echo)?;
+        done += 1;
+    }
+    Ok(started.elapsed())
 }
 
 /// The floor peer: where the TLS echo server listens, and its vat ID (the same identity
@@ -498,6 +582,46 @@ impl Object for Node {
     }
 }
 
+/// The typed twin of [`Node`]: the same methods under the same names, so a typed call is
+/// on the wire the dynamic call (with its one argument as an array of one), served by
+/// the generated `ChainServer` instead of a hand-written `match`.
+#[captp::interface]
+trait Chain {
+    /// The `echo` of [`Ping`] (the `rtt` phase).
+    fn echo(&self, ping: Ping) -> Ping;
+    /// The `blob` echo (no typed phase uses it: see `Payload::typed_echo`).
+    fn blob(&self, data: ByteBuf) -> ByteBuf;
+    /// The next node of the chain: a `ChainRef` at once, pipelined.
+    fn next(&self) -> impl Chain;
+    /// The node's depth.
+    fn value(&self) -> u64;
+}
+
+/// The typed server's object: a node of a chain at `depth`, as [`Node`].
+struct ChainNode {
+    depth: u64,
+}
+
+impl Chain for ChainNode {
+    fn echo(&self, ping: Ping) -> Ping {
+        ping
+    }
+
+    fn blob(&self, data: ByteBuf) -> ByteBuf {
+        data
+    }
+
+    fn next(&self) -> ChainRef {
+        ChainRef::serve(ChainNode {
+            depth: self.depth + 1,
+        })
+    }
+
+    fn value(&self) -> u64 {
+        self.depth
+    }
+}
+
 /// The `stream` phase's consumer: each `take` answers when the consumer's clock gives
 /// it a turn, [`STREAM_RATE`] a second.
 struct SlowConsumer {
@@ -586,8 +710,9 @@ async fn floor_listen(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor
     }
 }
 
-/// Starts both servers on the current (server) runtime.
-async fn start_servers() -> BenchResult<(Vat, Captp, Floor)> {
+/// Starts both servers on the current (server) runtime: the captp vat exports the
+/// dynamic and the typed benchmark objects.
+async fn start_servers() -> BenchResult<(Vat, Captp, Typed, Floor)> {
     let identity = Identity::generate()?;
     let vat = Vat::builder()
         .identity(identity.clone())
@@ -595,6 +720,9 @@ async fn start_servers() -> BenchResult<(Vat, Captp, Floor)> {
         .start()
         .await?;
     let uri = vat.export(Node { depth: 0 })?;
+    let typed = Typed {
+        uri: vat.export(ChainServer::new(ChainNode { depth: 0 }))?,
+    };
     let stream_uri = vat.export(SlowConsumer::start())?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let floor = Floor {
@@ -603,7 +731,7 @@ async fn start_servers() -> BenchResult<(Vat, Captp, Floor)> {
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(transport::server_config(&identity)?);
     tokio::spawn(floor_listen(listener, acceptor));
-    Ok((vat, Captp { uri, stream_uri }, floor))
+    Ok((vat, Captp { uri, stream_uri }, typed, floor))
 }
 
 // ---- the metrics -----------------------------------------------------------------
@@ -653,12 +781,44 @@ async fn inflight<P: Peer>(peer: P, counts: Counts) -> BenchResult<Vec<Line>> {
     Ok(lines)
 }
 
-/// `chain` for captp: `length` dependent `next` calls, awaited one by one (a `value`
-/// call awaited after each step) or pipelined (only the last `value` awaited).
-async fn captp_chain(peer: Captp, counts: Counts) -> BenchResult<Vec<Line>> {
+/// A reference to a chain node, dynamic or typed, as `captp_chain` steps along it.
+trait Hop: Clone + Send + Sync + 'static {
+    /// The next node, pipelined: `send_ref("next", ())` or the stub's `next()`.
+    fn next_hop(&self) -> Self;
+    /// The node's depth: `send("value", ())` or the stub's `value()`.
+    fn depth(&self) -> Promise<u64>;
+}
+
+impl Hop for captp::Ref {
+    fn next_hop(&self) -> captp::Ref {
+        self.send_ref("next", ())
+    }
+
+    fn depth(&self) -> Promise<u64> {
+        self.send::<u64>("value", ())
+    }
+}
+
+impl Hop for ChainRef {
+    fn next_hop(&self) -> ChainRef {
+        self.next()
+    }
+
+    fn depth(&self) -> Promise<u64> {
+        self.value()
+    }
+}
+
+/// `chain` for captp, dynamic or typed: `length` dependent `next` calls, awaited one by
+/// one (a `value` call awaited after each step) or pipelined (only the last `value`
+/// awaited).
+async fn captp_chain<P: Peer>(peer: P, counts: Counts) -> BenchResult<Vec<Line>>
+where
+    P::Conn: Hop,
+{
     let client = peer.prepare().await?;
     let mut root = peer.connect(&client).await?;
-    ping::<Captp>(&mut root, &mut Ping::new()).await?;
+    ping::<P>(&mut root, &mut Ping::new()).await?;
     let length = counts.chain_length;
     let mut lines = Vec::new();
     for (mode, pipelined) in [("awaited", false), ("pipelined", true)] {
@@ -668,9 +828,9 @@ async fn captp_chain(peer: Captp, counts: Counts) -> BenchResult<Vec<Line>> {
             let mut node = root.clone();
             let mut value = 0;
             for step in 0..length {
-                node = node.send_ref("next", ());
+                node = node.next_hop();
                 if !pipelined || step + 1 == length {
-                    value = node.send::<u64>("value", ()).await?;
+                    value = node.depth().await?;
                 }
             }
             let took = started.elapsed();
@@ -681,10 +841,10 @@ async fn captp_chain(peer: Captp, counts: Counts) -> BenchResult<Vec<Line>> {
                 samples.push(took);
             }
         }
-        lines.push(chain_line(Captp::NAME, mode, length, &samples));
+        lines.push(chain_line(P::NAME, mode, length, &samples));
     }
     drop(root);
-    Captp::release(client).await;
+    P::release(client).await;
     Ok(lines)
 }
 
@@ -1164,6 +1324,7 @@ impl Report {
     ) {
         let c = Captp::NAME;
         let f = Floor::NAME;
+        let t = Typed::NAME;
         let [w_small, w_large] = counts.inflight_windows.map(|w| format!("window={w}"));
         let length = counts.chain_length;
         let awaited = format!("chain mode=awaited length={length} p50_us");
@@ -1182,6 +1343,13 @@ impl Report {
             Row::new("rtt p90 (us)", (c, "rtt p90_us")).vs_floor(),
             Row::new("rtt p99 (us)", (c, "rtt p99_us")).vs_floor(),
             Row::new("rtt mean (us)", (c, "rtt mean_us")).vs_floor(),
+            // The typed stub and server against the dynamic `Ref` and `Object`: the
+            // first column is the typed figure, `vs` the dynamic one.
+            Row::new("typed / dynamic: rtt p50 (us)", (t, "rtt p50_us"))
+                .vs((c, "rtt p50_us".to_owned()))
+                .at_most(1.03),
+            Row::new("typed / dynamic: rtt mean (us)", (t, "rtt mean_us"))
+                .vs((c, "rtt mean_us".to_owned())),
             Row::new(
                 format!("inflight {w_small} (calls/s)"),
                 (c, format!("inflight {w_small} calls_per_s")),
@@ -1207,10 +1375,21 @@ impl Report {
             .at_most(10.0),
             Row::new(
                 format!("chain {length} pipelined / captp awaited"),
-                (c, pipelined),
+                (c, pipelined.clone()),
             )
-            .vs((c, awaited))
+            .vs((c, awaited.clone()))
             .at_most(0.2),
+            Row::new(
+                format!("typed / dynamic: chain {length} pipelined"),
+                (t, pipelined.clone()),
+            )
+            .vs((c, pipelined))
+            .at_most(1.03),
+            Row::new(
+                format!("typed / dynamic: chain {length} awaited"),
+                (t, awaited.clone()),
+            )
+            .vs((c, awaited)),
             Row::new("setup p50 (us)", (c, "setup p50_us"))
                 .vs_floor()
                 .at_most(1.15),
@@ -1433,11 +1612,30 @@ struct Bench<'a> {
     report: Report,
 }
 
+/// One round of one peer's variant of a phase, ready to run.
+type PhaseFuture = Pin<Box<dyn Future<Output = BenchResult<Vec<Line>>> + Send>>;
+
+/// One peer's variant of a phase: the peer's name and how to start a round of it.
+struct Variant<'a> {
+    peer: &'static str,
+    round: Box<dyn Fn() -> PhaseFuture + 'a>,
+}
+
+impl<'a> Variant<'a> {
+    fn new<R, RF>(peer: &'static str, round: R) -> Variant<'a>
+    where
+        R: Fn() -> RF + 'a,
+        RF: Future<Output = BenchResult<Vec<Line>>> + Send + 'static,
+    {
+        Variant {
+            peer,
+            round: Box::new(move || Box::pin(round())),
+        }
+    }
+}
+
 impl Bench<'_> {
-    /// Runs the captp and the floor variant of a phase, each unless the filter leaves it
-    /// out, `rounds` times, alternating which goes first; each figure printed is the
-    /// median of its rounds. A virtual machine's speed drifts over seconds: alternating
-    /// short rounds exposes both peers to the same drift, so their ratio holds still.
+    /// Runs the captp and the floor variant of a phase (see [`Bench::compare`]).
     fn both<C, CF, F, FF>(&mut self, name: &str, captp: C, floor: F) -> BenchResult<()>
     where
         C: Fn() -> CF,
@@ -1445,22 +1643,39 @@ impl Bench<'_> {
         F: Fn() -> FF,
         FF: Future<Output = BenchResult<Vec<Line>>> + Send + 'static,
     {
-        let c_label = format!("{} {name}", Captp::NAME);
-        let f_label = format!("{} {name}", Floor::NAME);
-        let (mut c_rounds, mut f_rounds) = (Vec::new(), Vec::new());
+        self.compare(
+            name,
+            &[
+                Variant::new(Captp::NAME, captp),
+                Variant::new(Floor::NAME, floor),
+            ],
+        )
+    }
+
+    /// Runs each variant of a phase, unless the filter leaves it out, `rounds` times:
+    /// in the order given in even rounds and in reverse in odd ones. Each figure printed
+    /// is the median of its rounds. A virtual machine's speed drifts over seconds:
+    /// alternating short rounds exposes every peer to the same drift, so their ratios
+    /// hold still. With two variants they take turns going first; with three (captp,
+    /// typed, floor) the middle one always runs next to both others.
+    fn compare(&mut self, name: &str, variants: &[Variant<'_>]) -> BenchResult<()> {
+        let labels: Vec<String> = variants
+            .iter()
+            .map(|v| format!("{} {name}", v.peer))
+            .collect();
+        let mut rounds: Vec<Vec<Vec<Line>>> = variants.iter().map(|_| Vec::new()).collect();
         for round in 0..self.rounds {
-            let captp_first = round % 2 == 0;
-            if captp_first {
-                c_rounds.extend(self.phase(&c_label, captp())?);
+            let mut order: Vec<usize> = (0..variants.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
             }
-            f_rounds.extend(self.phase(&f_label, floor())?);
-            if !captp_first {
-                c_rounds.extend(self.phase(&c_label, captp())?);
+            for i in order {
+                rounds[i].extend(self.phase(&labels[i], (variants[i].round)())?);
             }
         }
-        for rounds in [c_rounds, f_rounds] {
-            if !rounds.is_empty() {
-                let lines = median_lines(rounds)?;
+        for variant_rounds in rounds {
+            if !variant_rounds.is_empty() {
+                let lines = median_lines(variant_rounds)?;
                 self.report.emit(lines);
             }
         }
@@ -1506,7 +1721,7 @@ fn run(quick: bool, awake: bool, rounds: usize, filter: Option<&str>) -> BenchRe
     let cpu_at_start = CpuTimes::now()?;
     let server_rt = runtime("bench-server")?;
     let client_rt = runtime("bench-client")?;
-    let (server_vat, c, f) = server_rt.block_on(start_servers())?;
+    let (server_vat, c, t, f) = server_rt.block_on(start_servers())?;
     eprintln!(
         "captp bench ({}): captp {} vs floor {}",
         if quick { "quick" } else { "full" },
@@ -1530,16 +1745,27 @@ fn run(quick: bool, awake: bool, rounds: usize, filter: Option<&str>) -> BenchRe
     bench.rounds = rounds;
     // Every other phase: `rounds` rounds, each with a share of the issue's counts.
     let share = counts.per_round(rounds);
-    bench.both("rtt", || rtt(c.clone(), share), || rtt(f.clone(), share))?;
+    // The typed stub next to the dynamic `Ref`, in the same rounds (see `compare`).
+    bench.compare(
+        "rtt",
+        &[
+            Variant::new(Captp::NAME, || rtt(c.clone(), share)),
+            Variant::new(Typed::NAME, || rtt(t.clone(), share)),
+            Variant::new(Floor::NAME, || rtt(f.clone(), share)),
+        ],
+    )?;
     bench.both(
         "inflight",
         || inflight(c.clone(), share),
         || inflight(f.clone(), share),
     )?;
-    bench.both(
+    bench.compare(
         "chain",
-        || captp_chain(c.clone(), share),
-        || sequential_chain(f.clone(), share),
+        &[
+            Variant::new(Captp::NAME, || captp_chain(c.clone(), share)),
+            Variant::new(Typed::NAME, || captp_chain(t.clone(), share)),
+            Variant::new(Floor::NAME, || sequential_chain(f.clone(), share)),
+        ],
     )?;
     bench.both(
         "setup",
