@@ -395,7 +395,7 @@ fn tax_client_reports_the_remote_error() {
     assert_eq!(run.code(), Some(1), "tax_client -5: {run}");
     assert!(
         run.stderr
-            .contains("error: failed: amount must not be negative: -5 cents"),
+            .contains("error: the tax computer refused: amount must not be negative: -5 cents"),
         "tax_client -5: {run}"
     );
     assert!(run.stdout.is_empty(), "tax_client -5: {run}");
