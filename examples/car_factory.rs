@@ -1,10 +1,18 @@
-//! The car factory of the OCapN test suite: `factory.make(color, model)` answers a new
-//! car (an object), and `car.drive()` answers `"Vroom! I'm a <color> <model> car!"`.
+//! The car factory of the OCapN test suite, as typed interfaces: `factory.make(color,
+//! model)` answers a new car (an object), and `car.drive()` answers `"Vroom! I'm a
+//! <color> <model> car!"`.
 //!
-//! The client drives the car before it has it: it sends `make` with
-//! `Ref::send_ref`, which gives a reference to the car-to-be at once, and sends `drive`
-//! to that reference. Both calls leave together and the server aims `drive` at the
-//! answer of `make`, so the client gets its Vroom in one round trip.
+//! `#[captp::interface]` on the two traits below generates `CarFactoryRef` and `CarRef`
+//! (the client's typed references) and `CarFactoryServer` (the object the server
+//! exports). `make` is declared `-> impl Car`, so `factory.make(..)` gives a `CarRef`
+//! at once, before the factory has answered, and `drive()` on it is pipelined: both
+//! calls leave together and cost one round trip. A model the factory does not make is
+//! refused by `check` with a typed error (`MakeError`) that arrives as that type, not
+//! as a string.
+//!
+//! On the wire a typed call is a method name and a CBOR array of arguments, as a
+//! dynamic one is: the `dynamic` example's client drives this factory's cars, and
+//! `dynamic methods <URI>` lists this factory's methods.
 //!
 //! Run the factory in one terminal:
 //!
@@ -18,8 +26,8 @@
 //! cargo run --example car_factory -- call 'captp://<vat-id>@127.0.0.1:<port>/<swiss>' red roadster
 //! ```
 //!
-//! which prints `Vroom! I'm a red roadster car!`. Or both in one process, over real
-//! TLS on 127.0.0.1:
+//! which prints `Vroom! I'm a red roadster car!` (and, for the model `tank`, says the
+//! factory refused it). Or both in one process, over real TLS on 127.0.0.1:
 //!
 //! ```text
 //! cargo run --example car_factory -- demo
@@ -34,59 +42,88 @@ mod client;
 #[path = "common/server.rs"]
 mod server;
 
-use captp::{Args, Broken, Object, Ref, Reply, Vat};
+use captp::{Broken, CallError, Ref, Vat};
+use serde::{Deserialize, Serialize};
 
 const USAGE: &str = "car_factory serve [--listen <addr>] [--identity <dir>]
        car_factory call <captp://URI> <color> <model>
        car_factory demo";
 
 /// Makes cars.
-struct Factory;
-
-impl Object for Factory {
-    fn call(&self, method: &str, args: Args) -> Reply {
-        match method {
-            "make" => match args.decode::<(String, String)>() {
-                Ok((color, model)) => {
-                    eprintln!("car_factory: make({color:?}, {model:?})");
-                    Reply::object(Car { color, model })
-                }
-                Err(e) => Reply::err(e),
-            },
-            _ => Reply::unknown_method(method),
-        }
-    }
+#[captp::interface]
+trait CarFactory {
+    /// A new car of `color` and `model`: a reference the caller can drive at once.
+    fn make(&self, color: String, model: String) -> impl Car;
+    /// Whether the factory makes `model`, or why not.
+    fn check(&self, model: &str) -> Result<(), MakeError>;
 }
 
 /// A car: whoever holds it can drive it.
-struct Car {
+#[captp::interface]
+trait Car {
+    /// What the car says when driven.
+    async fn drive(&self) -> Result<String, Broken>;
+}
+
+/// Why the factory refuses a model: travels to the caller as this type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum MakeError {
+    /// Not a car this factory makes.
+    NotACar { model: String },
+}
+
+struct Factory;
+
+impl CarFactory for Factory {
+    fn make(&self, color: String, model: String) -> CarRef {
+        eprintln!("car_factory: make({color:?}, {model:?})");
+        match self.check(&model) {
+            Ok(()) => CarRef::serve(Roadster { color, model }),
+            // A method that answers an interface fails by answering a broken reference:
+            // `drive` on it, pipelined or not, breaks with this reason.
+            Err(e) => CarRef::from(Ref::broken(Broken::failed(format!("{e:?}")))),
+        }
+    }
+
+    fn check(&self, model: &str) -> Result<(), MakeError> {
+        if model == "tank" {
+            return Err(MakeError::NotACar {
+                model: model.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+struct Roadster {
     color: String,
     model: String,
 }
 
-impl Object for Car {
-    fn call(&self, method: &str, args: Args) -> Reply {
-        match method {
-            "drive" => args
-                .decode::<()>()
-                .map(|()| format!("Vroom! I'm a {} {} car!", self.color, self.model))
-                .into(),
-            _ => Reply::unknown_method(method),
-        }
+impl Car for Roadster {
+    async fn drive(&self) -> Result<String, Broken> {
+        Ok(format!("Vroom! I'm a {} {} car!", self.color, self.model))
     }
 }
 
-/// Makes a car and drives it, pipelined: one round trip for both calls.
-async fn make_and_drive(factory: &Ref, color: &str, model: &str) -> Result<String, Broken> {
-    let car = factory.send_ref("make", (color, model));
-    car.send("drive", ()).await
+/// Checks the model (a round trip), then makes a car and drives it, pipelined: one
+/// more round trip for `make` and `drive` together.
+async fn make_and_drive(
+    factory: &CarFactoryRef,
+    color: &str,
+    model: &str,
+) -> Result<String, CallError<MakeError>> {
+    factory.check(model).await?;
+    let car = factory.make(color.to_owned(), model.to_owned());
+    // A `Broken` converts into `CallError::Broken`, so `?` works here too.
+    Ok(car.drive().await?)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve") => server::serve("car_factory serve", Factory).await,
+        Some("serve") => server::serve("car_factory serve", CarFactoryServer::new(Factory)).await,
         Some("call") => {
             let [_, uri, color, model] = args.as_slice() else {
                 client::usage(
@@ -96,14 +133,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let sturdy = client::parse_uri(uri);
             let vat = Vat::builder().start().await?;
-            let vroom = make_and_drive(&vat.enliven(&sturdy), color, model).await;
+            let factory = CarFactoryRef::from(vat.enliven(&sturdy));
+            let vroom = make_and_drive(&factory, color, model).await;
             vat.shutdown().await;
             match vroom {
                 Ok(vroom) => {
                     println!("{vroom}");
                     Ok(())
                 }
-                Err(broken) => client::fail(&broken),
+                Err(CallError::App(MakeError::NotACar { model })) => {
+                    eprintln!("error: the factory does not make {model:?}");
+                    std::process::exit(1);
+                }
+                Err(CallError::Broken(broken)) => client::fail(&broken),
             }
         }
         Some("demo") if args.len() == 1 => demo().await,
@@ -116,17 +158,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The server and the client in one process, over real TLS on 127.0.0.1.
 async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     let server = Vat::builder().listen("127.0.0.1:0").start().await?;
-    let uri = server.export(Factory)?;
+    let uri = server.export(CarFactoryServer::new(Factory))?;
     println!("server vat {} exports the car factory at", server.vat_id());
     println!("  {uri}");
 
     let client = Vat::builder().start().await?;
-    let factory = client.enliven(&uri);
+    let factory = CarFactoryRef::from(client.enliven(&uri));
     println!("client: make(\"red\", \"roadster\"), then drive() on the car it will answer");
     let vroom = make_and_drive(&factory, "red", "roadster").await;
+    println!("client: check(\"tank\")");
+    let tank = factory.check("tank").await;
 
     client.shutdown().await;
     server.shutdown().await;
     println!("{}", vroom?);
+    match tank {
+        Err(CallError::App(e)) => println!("refused, as a typed error: {e:?}"),
+        other => return Err(format!("expected a typed refusal, got {other:?}").into()),
+    }
     Ok(())
 }

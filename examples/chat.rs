@@ -7,6 +7,11 @@
 //! its authority to speak under its nick, change the nick and leave. Nobody can speak
 //! as someone else: there is no nick argument to forge, only the membership one holds.
 //!
+//! The three kinds of object are typed interfaces (`#[captp::interface]`): `Room`,
+//! `Membership` and `Listener`, declared together below, so the room and its members
+//! are checked against one contract. `join` answers an interface, so the member can
+//! call its membership before the answer arrives.
+//!
 //! Each line a member types goes to the room, and every *other* member prints it as
 //! `[HH:MM:SS] <nick>: <text>` (the time is the room's clock, in UTC). `/nick <new>`
 //! renames (the others see `* <old> is now <new>`) and `/quit` (or end of input)
@@ -14,10 +19,11 @@
 //!
 //! A member that goes away without `/quit` (its process dies, its network fails) is
 //! noticed twice over: the session that ended held the member's membership, so the
-//! room's lost-client hook (`Object::lost_client`) fires on it; and the member's
-//! listener, a reference over that session, breaks (`Ref::when_broken`). Either one
-//! drops the member and tells the others `* <nick> left`, once. A listener that breaks
-//! for any reason drops its member the same way.
+//! room's lost-client hook (`Object::lost_client`, added by a small wrapper around the
+//! generated `MembershipServer`) fires on it; and the member's listener, a reference
+//! over that session, breaks (`Ref::when_broken`). Either one drops the member and
+//! tells the others `* <nick> left`, once. A listener that breaks for any reason drops
+//! its member the same way.
 //!
 //! Run the room in one terminal:
 //!
@@ -49,7 +55,7 @@ use std::io::BufRead;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use captp::{Args, Broken, BrokenKind, Object, Ref, Reply, Vat, VatId};
+use captp::{Args, Broken, BrokenKind, Interface, Object, Ref, Reply, Vat, VatId};
 use tokio::sync::{mpsc, oneshot};
 
 const USAGE: &str = "chat serve [--listen <addr>] [--identity <dir>]
@@ -60,11 +66,47 @@ const MAX_NICK: usize = 32;
 /// The longest line the room accepts, in characters.
 const MAX_TEXT: usize = 2000;
 
+// ---- The interfaces: what travels between the room and its members ----
+
+/// The room. Its sturdy ref is the authority to join.
+#[captp::interface]
+trait Room {
+    /// Adds a member called `nick`, who hears the others through `listener`, and answers
+    /// its membership (pipelined: the caller can use it at once).
+    fn join(&self, nick: String, listener: ListenerRef) -> impl Membership;
+}
+
+/// One member's authority in the room: to speak under its nick, rename, see who is
+/// here, and leave. Only the member that joined holds it.
+#[captp::interface]
+trait Membership {
+    /// Says `text` to everyone else.
+    fn say(&self, text: &str) -> Result<(), Broken>;
+    /// Takes the nick `new`, if nobody has it.
+    fn nick(&self, new: String) -> Result<(), Broken>;
+    /// Everyone else here, by nick.
+    fn who(&self) -> Result<Vec<String>, Broken>;
+    /// Leaves the room.
+    fn leave(&self);
+}
+
+/// What a member passes to the room, to be told what happens. One-way: the room waits
+/// for no member.
+#[captp::interface]
+trait Listener {
+    /// `nick` said `text` at `time` (the room's clock, seconds since the Unix epoch).
+    #[oneway]
+    fn said(&self, time: u64, nick: &str, text: &str);
+    /// Someone joined, left or was renamed.
+    #[oneway]
+    fn notice(&self, text: &str);
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve") => server::serve("chat serve", Room::default()).await,
+        Some("serve") => server::serve("chat serve", RoomServer::new(ChatRoom::default())).await,
         Some("join") => {
             let [_, uri, nick] = args.as_slice() else {
                 client::usage("chat join: expected a URI and a nick", USAGE);
@@ -81,9 +123,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 // ---- The room ----
 
-/// The room: who is in it. Exported by sturdy ref; its one method is `join`.
+/// The room: who is in it.
 #[derive(Clone, Default)]
-struct Room(Arc<Mutex<Members>>);
+struct ChatRoom(Arc<Mutex<Members>>);
 
 #[derive(Default)]
 struct Members {
@@ -93,7 +135,7 @@ struct Members {
 
 struct Member {
     nick: String,
-    listener: Ref,
+    listener: ListenerRef,
     /// Dropping this (when the member is removed) stops the task that watches the
     /// listener for breakage.
     _watching: oneshot::Sender<()>,
@@ -104,36 +146,53 @@ impl Members {
         self.by_id.values().any(|m| m.nick == nick)
     }
 
-    /// Sends `method(args)` to every listener but `except`'s. One-way: the room waits
-    /// for nobody, and a listener that breaks is noticed by its watcher. Called with
-    /// the lock held, so every member hears everything in the same order.
-    fn tell_others(&self, except: u64, method: &str, args: &impl serde::Serialize) {
+    /// Tells every listener but `except`'s. The calls are one-way: the room waits for
+    /// nobody, and a listener that breaks is noticed by its watcher. Called with the
+    /// lock held, so every member hears everything in the same order.
+    fn tell_others(&self, except: u64, tell: impl Fn(&ListenerRef)) {
         for (_, member) in self.by_id.iter().filter(|(id, _)| **id != except) {
-            // Refused only if that listener's session is gone (its watcher notices) or
-            // it reads far too slowly: it misses this message, and nobody else does.
-            let _ = member.listener.send_only(method, args);
+            // A send refused (that listener's session is gone, or it reads far too
+            // slowly) loses this message for that member only.
+            tell(&member.listener);
         }
     }
 
     fn notice_others(&self, except: u64, text: &str) {
-        self.tell_others(except, "notice", &(text,));
+        self.tell_others(except, |listener| listener.notice(text));
     }
 }
 
-impl Room {
+impl ChatRoom {
     fn members(&self) -> MutexGuard<'_, Members> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `join(nick, listener)`: adds a member and answers with its membership.
-    fn join(&self, nick: String, listener: Ref) -> Reply {
+    /// Removes a member, if it is still here, and tells the others it left.
+    fn remove(&self, id: u64, why: &str) {
+        let mut members = self.members();
+        if let Some(member) = members.by_id.remove(&id) {
+            members.notice_others(id, &format!("{} left", member.nick));
+            eprintln!(
+                "chat serve: {} left ({why}; {} here)",
+                member.nick,
+                members.by_id.len()
+            );
+        }
+    }
+}
+
+impl Room for ChatRoom {
+    fn join(&self, nick: String, listener: ListenerRef) -> MembershipRef {
+        // A method that answers an interface refuses by answering a broken reference:
+        // the caller's promise, and every call pipelined on it, break with the reason.
+        let refuse = |b: Broken| MembershipRef::from(Ref::broken(b));
         if let Err(problem) = check_nick(&nick) {
-            return Reply::err(Broken::bad_arguments(problem));
+            return refuse(Broken::bad_arguments(problem));
         }
         let (watching, stop) = oneshot::channel();
         let mut members = self.members();
         if members.nick_taken(&nick) {
-            return Reply::err(Broken::failed(format!("the nick {nick} is taken")));
+            return refuse(Broken::failed(format!("the nick {nick} is taken")));
         }
         let id = members.next_id;
         members.next_id += 1;
@@ -153,53 +212,32 @@ impl Room {
         let room = self.clone();
         tokio::spawn(async move {
             tokio::select! {
-                broken = listener.when_broken() => {
+                broken = listener.as_ref().when_broken() => {
                     room.remove(id, &format!("its listener broke: {broken}"));
                 }
                 _ = stop => {}
             }
         });
 
-        Reply::object(Membership {
+        let seat = Seat {
             room: self.clone(),
             id,
-        })
-    }
-
-    /// Removes a member, if it is still here, and tells the others it left.
-    fn remove(&self, id: u64, why: &str) {
-        let mut members = self.members();
-        if let Some(member) = members.by_id.remove(&id) {
-            members.notice_others(id, &format!("{} left", member.nick));
-            eprintln!(
-                "chat serve: {} left ({why}; {} here)",
-                member.nick,
-                members.by_id.len()
-            );
-        }
+        };
+        MembershipRef::from(Ref::from_object(Held(
+            MembershipServer::new(seat.clone()),
+            seat,
+        )))
     }
 }
 
-impl Object for Room {
-    fn call(&self, method: &str, args: Args) -> Reply {
-        match method {
-            "join" => match args.decode::<(String, Ref)>() {
-                Ok((nick, listener)) => self.join(nick, listener),
-                Err(e) => Reply::err(e),
-            },
-            _ => Reply::unknown_method(method),
-        }
-    }
-}
-
-/// One member's authority in the room: to speak under its nick, rename, see who is
-/// here, and leave. Only the member that joined holds it.
-struct Membership {
-    room: Room,
+/// A member's place in the room: what its membership acts on.
+#[derive(Clone)]
+struct Seat {
+    room: ChatRoom,
     id: u64,
 }
 
-impl Membership {
+impl Membership for Seat {
     fn say(&self, text: &str) -> Result<(), Broken> {
         if text.chars().count() > MAX_TEXT {
             return Err(Broken::bad_arguments(format!(
@@ -208,11 +246,12 @@ impl Membership {
         }
         let members = self.room.members();
         let me = members.by_id.get(&self.id).ok_or_else(not_here)?;
-        members.tell_others(self.id, "said", &(now(), me.nick.as_str(), text));
+        let time = now();
+        members.tell_others(self.id, |listener| listener.said(time, &me.nick, text));
         Ok(())
     }
 
-    fn rename(&self, new: String) -> Result<(), Broken> {
+    fn nick(&self, new: String) -> Result<(), Broken> {
         check_nick(&new).map_err(Broken::bad_arguments)?;
         let mut members = self.room.members();
         let old = members
@@ -235,7 +274,6 @@ impl Membership {
         Ok(())
     }
 
-    /// Everyone else here, by nick.
     fn who(&self) -> Result<Vec<String>, Broken> {
         let members = self.room.members();
         members.by_id.get(&self.id).ok_or_else(not_here)?;
@@ -246,33 +284,27 @@ impl Membership {
             .map(|(_, m)| m.nick.clone())
             .collect())
     }
+
+    fn leave(&self) {
+        self.room.remove(self.id, "called leave()");
+    }
 }
 
-impl Object for Membership {
+/// A membership as the room hands it out: the generated `MembershipServer` answers the
+/// calls, and this adds `Object::lost_client`, which an interface does not declare.
+struct Held(MembershipServer<Seat>, Seat);
+
+impl Object for Held {
     fn call(&self, method: &str, args: Args) -> Reply {
-        match method {
-            "say" => args
-                .decode::<(String,)>()
-                .and_then(|(text,)| self.say(&text))
-                .into(),
-            "nick" => args
-                .decode::<(String,)>()
-                .and_then(|(new,)| self.rename(new))
-                .into(),
-            "who" => args.decode::<()>().and_then(|()| self.who()).into(),
-            "leave" => args
-                .decode::<()>()
-                .map(|()| self.room.remove(self.id, "called leave()"))
-                .into(),
-            _ => Reply::unknown_method(method),
-        }
+        self.0.call(method, args)
     }
 
     /// The session that held this membership ended: the member's vat went away
     /// without leaving. (Nothing happens if it left already.)
     fn lost_client(&self, peer: VatId) {
-        self.room
-            .remove(self.id, &format!("lost client: vat {peer} disconnected"));
+        let Held(_, seat) = self;
+        seat.room
+            .remove(seat.id, &format!("lost client: vat {peer} disconnected"));
     }
 }
 
@@ -301,24 +333,16 @@ fn now() -> u64 {
 
 // ---- A member ----
 
-/// The object a member passes to the room: it prints what the room tells it.
-struct Listener;
+/// The listener a member passes to the room: it prints what the room tells it.
+struct Printer;
 
-impl Object for Listener {
-    fn call(&self, method: &str, args: Args) -> Reply {
-        match method {
-            "said" => args
-                .decode::<(u64, String, String)>()
-                .map(|(time, nick, text)| {
-                    println!("[{}] {}: {}", clock(time), clean(&nick), clean(&text));
-                })
-                .into(),
-            "notice" => args
-                .decode::<(String,)>()
-                .map(|(text,)| println!("* {}", clean(&text)))
-                .into(),
-            _ => Reply::unknown_method(method),
-        }
+impl Listener for Printer {
+    fn said(&self, time: u64, nick: &str, text: &str) {
+        println!("[{}] {}: {}", clock(time), clean(nick), clean(text));
+    }
+
+    fn notice(&self, text: &str) {
+        println!("* {}", clean(text));
     }
 }
 
@@ -341,13 +365,13 @@ fn clean(text: &str) -> String {
 async fn join(uri: &str, nick: &str) -> Result<(), Box<dyn std::error::Error>> {
     let sturdy = client::parse_uri(uri);
     let vat = Vat::builder().start().await?;
-    let room = vat.enliven(&sturdy);
+    let room = RoomRef::from(vat.enliven(&sturdy));
 
     // The listener travels inside the arguments; the room gets a live reference to it.
     // `who` is pipelined on the membership before it exists: joining, and learning who
     // else is here, take one round trip (and a refused join breaks both).
-    let membership = room.send_ref("join", (nick, Ref::from_object(Listener)));
-    let others = match membership.send::<Vec<String>>("who", ()).await {
+    let membership = room.join(nick.to_owned(), ListenerRef::serve(Printer));
+    let others = match membership.who().await {
         Ok(others) => others,
         Err(broken) => {
             vat.shutdown().await;
@@ -375,16 +399,16 @@ async fn join(uri: &str, nick: &str) -> Result<(), Box<dyn std::error::Error>> {
     let outcome = loop {
         let line = tokio::select! {
             line = lines.recv() => line,
-            broken = membership.when_broken() => break Err(broken),
+            broken = membership.as_ref().when_broken() => break Err(broken),
         };
         let Some(line) = line else {
-            break membership.send::<()>("leave", ()).await; // end of input
+            break membership.leave().await; // end of input
         };
         let line = line.trim();
         let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
         let sent = match command {
             "" => continue,
-            "/quit" => break membership.send::<()>("leave", ()).await,
+            "/quit" => break membership.leave().await,
             "/nick" => {
                 let new = rest.trim();
                 match check_nick(new) {
@@ -397,7 +421,7 @@ async fn join(uri: &str, nick: &str) -> Result<(), Box<dyn std::error::Error>> {
                         continue;
                     }
                     Ok(()) => membership
-                        .send::<()>("nick", (new,))
+                        .nick(new.to_owned())
                         .await
                         .map(|()| println!("* you are now {new}")),
                 }
@@ -406,7 +430,7 @@ async fn join(uri: &str, nick: &str) -> Result<(), Box<dyn std::error::Error>> {
                 eprintln!("chat: unknown command {command}; try /nick <new nick> or /quit");
                 continue;
             }
-            _ => membership.send::<()>("say", (line,)).await,
+            _ => membership.say(line).await,
         };
         match sent {
             Ok(()) => {}

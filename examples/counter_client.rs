@@ -1,7 +1,8 @@
-//! Ada's remote counter, the client side: it enlivens the counter's sturdy ref URI,
-//! calls `foo()` (which answers nothing, so it is a one-way send) and then awaits
-//! `bar()`, which answers the count. E-order delivers `foo` before `bar`, so the count
-//! it prints already includes its own `foo`.
+//! Ada's remote counter, the client side: it enlivens the counter's sturdy ref URI as
+//! a typed `CounterRef` (the interface is in `examples/common/counter.rs`), calls
+//! `foo()` (declared `#[oneway]`: it answers nothing, so nothing is awaited) and then
+//! awaits `bar()`, which answers the count. E-order delivers `foo` before `bar`, so
+//! the count it prints already includes its own `foo`.
 //!
 //! Run the `counter_server` example in one terminal:
 //!
@@ -26,8 +27,11 @@
 
 #[path = "common/client.rs"]
 mod client;
+#[path = "common/counter.rs"]
+mod counter;
 
 use captp::Vat;
+use counter::CounterRef;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,16 +45,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sturdy = client::parse_uri(uri);
 
     let vat = Vat::builder().start().await?;
-    let counter = vat.enliven(&sturdy);
+    let counter = CounterRef::from(vat.enliven(&sturdy));
 
     println!("Calling Foo...");
-    // A one-way send refused at once (the connection already failed, say) is explained
-    // like the call's failure below.
-    let count = async {
-        counter.send_only("foo", ())?;
-        counter.send::<u64>("bar", ()).await
-    }
-    .await;
+    // `foo` is one-way; if the connection fails, `bar` breaks and says why.
+    counter.foo();
+    let count = counter.bar().await;
 
     vat.shutdown().await;
     match count {

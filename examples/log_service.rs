@@ -1,6 +1,9 @@
 //! E's log service as a standalone server: a vat that exports a log object and serves
 //! it until Ctrl-C. Pair it with the `log_client` example.
 //!
+//! The log is a typed interface, `trait Log` in `examples/common/log.rs`, which this
+//! server implements and `log_client` calls through the generated `LogRef`.
+//!
 //! The server prints the log's sturdy ref URI as the first line of stdout (that line is
 //! the capability: whoever has it can log and search) and then logs each call it
 //! serves to stderr.
@@ -40,21 +43,15 @@ mod log;
 #[path = "common/server.rs"]
 mod server;
 
-use captp::{Args, Object, Reply};
+use log::{LogServer, LogService};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let service = log::LogService::default();
-    // A closure is an object too: this one says what it is asked, then passes the call
-    // on to the log service.
-    let traced = move |method: &str, args: Args| -> Reply {
-        match (method, args.decode::<(String,)>()) {
-            ("log", Ok((line,))) => eprintln!("log_service: log({line:?})"),
-            ("search", Ok((needle,))) => eprintln!("log_service: search({needle:?})"),
-            ("topic", Ok((name,))) => eprintln!("log_service: topic({name:?})"),
-            _ => eprintln!("log_service: {method:?}(..)"),
-        }
-        service.call(method, args)
-    };
-    server::serve("log_service", traced).await
+    // `LogServer` is the object `#[captp::interface]` generated for the `Log` trait: it
+    // checks each call's arguments against the trait and runs the method.
+    server::serve(
+        "log_service",
+        LogServer::new(LogService::traced("log_service")),
+    )
+    .await
 }

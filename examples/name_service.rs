@@ -11,6 +11,10 @@
 //! yet.) When a service's vat goes away, its reference breaks and the registry forgets
 //! the name.
 //!
+//! The registry, a registration and the greeter are typed interfaces
+//! (`#[captp::interface]`, declared below). `lookup` answers an interface, so
+//! `registry.lookup(name).greet(who)` is one pipelined round trip.
+//!
 //! Run the registry in one terminal:
 //!
 //! ```text
@@ -54,7 +58,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use captp::{Args, Broken, Object, Ref, Reply, Vat};
+use captp::{Broken, Interface, Ref, Vat};
 use tokio::sync::oneshot;
 
 const USAGE: &str = "name_service serve [--listen <addr>] [--identity <dir>]
@@ -77,7 +81,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     match args.first().map(String::as_str) {
-        Some("serve") => server::serve("name_service serve", Registry::default()).await,
+        Some("serve") => {
+            server::serve(
+                "name_service serve",
+                RegistryServer::new(Services::default()),
+            )
+            .await
+        }
         Some("register") => {
             let [_, uri, name] = args.as_slice() else {
                 client::usage("name_service register: expected a URI and a name", USAGE);
@@ -120,49 +130,92 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+// ---- The interfaces ----
+
+/// Services by name. Its sturdy ref is the authority to register and to look up.
+///
+/// This registry holds greeters, so that a lookup answers a `GreeterRef` the client can
+/// call at once. One for services of any kind would take and answer plain `Ref`s, and
+/// its clients would convert them (`GreeterRef::from(r)`) after the answer arrived.
+#[captp::interface]
+trait Registry {
+    /// Registers `service` under `name`, and answers the registration: the only way to
+    /// take the name back.
+    fn register(&self, name: String, service: GreeterRef) -> impl Registration;
+    /// The service registered under `name`: usable at once, pipelined.
+    fn lookup(&self, name: String) -> impl Greeter;
+    /// The names registered, in order.
+    fn names(&self) -> Vec<String>;
+}
+
+/// The authority to take one name back: only the service that registered holds it.
+#[captp::interface]
+trait Registration {
+    /// Unregisters the name (if it is still this registration's).
+    fn cancel(&self);
+}
+
+/// The service `register` offers.
+#[captp::interface]
+trait Greeter {
+    /// A greeting for `who`.
+    fn greet(&self, who: &str) -> String;
+}
+
 // ---- The registry ----
 
-/// Services by name. Exported by sturdy ref; `register(name, service)`,
-/// `lookup(name)`, `names()`.
 #[derive(Clone, Default)]
-struct Registry(Arc<Mutex<Services>>);
+struct Services(Arc<Mutex<ByName>>);
 
 #[derive(Default)]
-struct Services {
+struct ByName {
     next_id: u64,
-    by_name: BTreeMap<String, Entry>,
+    entries: BTreeMap<String, Entry>,
 }
 
 struct Entry {
-    service: Ref,
+    service: GreeterRef,
     /// Which registration this is, so a stale `cancel` cannot remove a newer one.
     id: u64,
     /// Dropping this (when the entry goes) stops the task watching the service.
     _watching: oneshot::Sender<()>,
 }
 
-impl Registry {
-    fn services(&self) -> MutexGuard<'_, Services> {
+impl Services {
+    fn lock(&self) -> MutexGuard<'_, ByName> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn register(&self, name: String, service: Ref) -> Reply {
+    /// Removes `name` if it is still registration `id`.
+    fn forget(&self, name: &str, id: u64, why: &str) {
+        let mut services = self.lock();
+        if services.entries.get(name).is_some_and(|e| e.id == id) {
+            services.entries.remove(name);
+            eprintln!("name_service serve: forgot {name} ({why})");
+        }
+    }
+}
+
+impl Registry for Services {
+    fn register(&self, name: String, service: GreeterRef) -> RegistrationRef {
+        // A method that answers an interface refuses by answering a broken reference.
+        let refuse = |b: Broken| RegistrationRef::from(Ref::broken(b));
         if let Err(problem) = check_name(&name) {
-            return Reply::err(Broken::bad_arguments(problem));
+            return refuse(Broken::bad_arguments(problem));
         }
-        let mut services = self.services();
-        if services.by_name.contains_key(&name) {
-            return Reply::err(Broken::failed(format!("name_taken: {name}")));
+        let mut services = self.lock();
+        if services.entries.contains_key(&name) {
+            return refuse(Broken::failed(format!("name_taken: {name}")));
         }
-        if services.by_name.len() >= MAX_SERVICES {
-            return Reply::err(Broken::failed(format!(
+        if services.entries.len() >= MAX_SERVICES {
+            return refuse(Broken::failed(format!(
                 "registry_full: the registry holds at most {MAX_SERVICES} names"
             )));
         }
         let id = services.next_id;
         services.next_id += 1;
         let (watching, stop) = oneshot::channel();
-        services.by_name.insert(
+        services.entries.insert(
             name.clone(),
             Entry {
                 service: service.clone(),
@@ -178,90 +231,55 @@ impl Registry {
         let watched = name.clone();
         tokio::spawn(async move {
             tokio::select! {
-                broken = service.when_broken() => {
+                broken = service.as_ref().when_broken() => {
                     registry.forget(&watched, id, &format!("its reference broke: {broken}"));
                 }
                 _ = stop => {}
             }
         });
-        Reply::object(Registration {
+        RegistrationRef::serve(Registered {
             registry: self.clone(),
             name,
             id,
         })
     }
 
-    /// Removes `name` if it is still registration `id`.
-    fn forget(&self, name: &str, id: u64, why: &str) {
-        let mut services = self.services();
-        if services.by_name.get(name).is_some_and(|e| e.id == id) {
-            services.by_name.remove(name);
-            eprintln!("name_service serve: forgot {name} ({why})");
+    fn lookup(&self, name: String) -> GreeterRef {
+        match self.lock().entries.get(&name) {
+            Some(entry) => entry.service.clone(),
+            None => GreeterRef::from(Ref::broken(Broken::failed(format!("not_found: {name}")))),
         }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.lock().entries.keys().cloned().collect()
     }
 }
 
-impl Object for Registry {
-    fn call(&self, method: &str, args: Args) -> Reply {
-        match method {
-            "register" => match args.decode::<(String, Ref)>() {
-                Ok((name, service)) => self.register(name, service),
-                Err(e) => Reply::err(e),
-            },
-            "lookup" => match args.decode::<(String,)>() {
-                Ok((name,)) => match self.services().by_name.get(&name) {
-                    Some(entry) => Reply::reference(entry.service.clone()),
-                    None => Reply::err(Broken::failed(format!("not_found: {name}"))),
-                },
-                Err(e) => Reply::err(e),
-            },
-            "names" => args
-                .decode::<()>()
-                .map(|()| self.services().by_name.keys().cloned().collect::<Vec<_>>())
-                .into(),
-            _ => Reply::unknown_method(method),
-        }
-    }
-}
-
-/// The authority to take one name back: only the service that registered holds it.
-struct Registration {
-    registry: Registry,
+/// One registration, as `register` answers it.
+struct Registered {
+    registry: Services,
     name: String,
     id: u64,
 }
 
-impl Object for Registration {
-    fn call(&self, method: &str, args: Args) -> Reply {
-        match method {
-            "cancel" => args
-                .decode::<()>()
-                .map(|()| self.registry.forget(&self.name, self.id, "cancelled"))
-                .into(),
-            _ => Reply::unknown_method(method),
-        }
+impl Registration for Registered {
+    fn cancel(&self) {
+        self.registry.forget(&self.name, self.id, "cancelled");
     }
 }
 
 // ---- A service ----
 
-/// The service `register` offers: `greet(who)`.
-struct Greeter {
+/// The greeter a `register` process offers, under its name.
+struct Hello {
     name: String,
 }
 
-impl Object for Greeter {
-    fn call(&self, method: &str, args: Args) -> Reply {
-        match method {
-            "greet" => args
-                .decode::<(String,)>()
-                .map(|(who,)| {
-                    eprintln!("name_service register: greet({who:?})");
-                    format!("Hello, {who}! (from {})", self.name)
-                })
-                .into(),
-            _ => Reply::unknown_method(method),
-        }
+impl Greeter for Hello {
+    fn greet(&self, who: &str) -> String {
+        eprintln!("name_service register: greet({who:?})");
+        format!("Hello, {who}! (from {})", self.name)
     }
 }
 
@@ -269,17 +287,17 @@ impl Object for Greeter {
 /// unregisters it) or until the registry goes away.
 async fn register(sturdy: &captp::SturdyRef, name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let vat = Vat::builder().start().await?;
-    let registry = vat.enliven(sturdy);
-    let greeter = Ref::from_object(Greeter {
+    let registry = RegistryRef::from(vat.enliven(sturdy));
+    let greeter = GreeterRef::serve(Hello {
         name: name.to_owned(),
     });
-    let registration: Ref = match registry.send("register", (name, greeter)).await {
-        Ok(registration) => registration,
-        Err(broken) => {
-            vat.shutdown().await;
-            client::fail(&broken);
-        }
-    };
+    let registration = registry.register(name.to_owned(), greeter);
+    // Wait for the answer before saying so: the registration is pipelined, and would
+    // break only later if the registry refused the name.
+    if let Err(broken) = registration.as_ref().when_settled::<Ref>().await {
+        vat.shutdown().await;
+        client::fail(&broken);
+    }
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "registered {name}")?;
     stdout.flush()?;
@@ -289,7 +307,7 @@ async fn register(sturdy: &captp::SturdyRef, name: &str) -> Result<(), Box<dyn s
     tokio::select! {
         signal = tokio::signal::ctrl_c() => {
             signal?;
-            let cancelled = registration.send::<()>("cancel", ()).await;
+            let cancelled = registration.cancel().await;
             vat.shutdown().await;
             match cancelled {
                 Ok(()) => {
@@ -299,7 +317,7 @@ async fn register(sturdy: &captp::SturdyRef, name: &str) -> Result<(), Box<dyn s
                 Err(broken) => client::fail(&broken),
             }
         }
-        broken = registry.when_broken() => {
+        broken = registry.as_ref().when_broken() => {
             vat.shutdown().await;
             client::fail(&broken);
         }
@@ -308,11 +326,8 @@ async fn register(sturdy: &captp::SturdyRef, name: &str) -> Result<(), Box<dyn s
 
 /// Looks `name` up and calls `greet(who)` on it: pipelined, so the lookup and the
 /// call leave together.
-async fn lookup_and_greet(registry: &Ref, name: &str, who: &str) -> Result<String, Broken> {
-    registry
-        .send_ref("lookup", (name,))
-        .send("greet", (who,))
-        .await
+async fn lookup_and_greet(registry: &RegistryRef, name: &str, who: &str) -> Result<String, Broken> {
+    registry.lookup(name.to_owned()).greet(who).await
 }
 
 /// `lookup <URI> <name> <who>`.
@@ -322,7 +337,8 @@ async fn lookup(
     who: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let vat = Vat::builder().start().await?;
-    let greeting = lookup_and_greet(&vat.enliven(sturdy), name, who).await;
+    let registry = RegistryRef::from(vat.enliven(sturdy));
+    let greeting = lookup_and_greet(&registry, name, who).await;
     vat.shutdown().await;
     match greeting {
         Ok(greeting) => {
@@ -336,7 +352,7 @@ async fn lookup(
 /// `list <URI>`: the registered names, one per line.
 async fn list(sturdy: &captp::SturdyRef) -> Result<(), Box<dyn std::error::Error>> {
     let vat = Vat::builder().start().await?;
-    let names = vat.enliven(sturdy).send::<Vec<String>>("names", ()).await;
+    let names = RegistryRef::from(vat.enliven(sturdy)).names().await;
     vat.shutdown().await;
     match names {
         Ok(names) => {
@@ -353,7 +369,7 @@ async fn list(sturdy: &captp::SturdyRef) -> Result<(), Box<dyn std::error::Error
 /// process over real TLS on 127.0.0.1.
 async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     let registry_vat = Vat::builder().listen("127.0.0.1:0").start().await?;
-    let uri = registry_vat.export(Registry::default())?;
+    let uri = registry_vat.export(RegistryServer::new(Services::default()))?;
     println!(
         "registry vat {} exports the registry at",
         registry_vat.vat_id()
@@ -361,18 +377,18 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     println!("  {uri}");
 
     let service_vat = Vat::builder().start().await?;
-    let greeter = Ref::from_object(Greeter {
+    let greeter = GreeterRef::serve(Hello {
         name: "greeter".to_owned(),
     });
-    let registration: Ref = service_vat
-        .enliven(&uri)
-        .send("register", ("greeter", greeter))
-        .await?;
+    let registration =
+        RegistryRef::from(service_vat.enliven(&uri)).register("greeter".to_owned(), greeter);
+    // The registration is pipelined; wait for it before another vat looks the name up.
+    registration.as_ref().when_settled::<Ref>().await?;
     println!("service vat {} registered greeter", service_vat.vat_id());
 
     let client_vat = Vat::builder().start().await?;
-    let registry = client_vat.enliven(&uri);
-    let names: Vec<String> = registry.send("names", ()).await?;
+    let registry = RegistryRef::from(client_vat.enliven(&uri));
+    let names = registry.names().await?;
     println!(
         "client vat {} sees: {}",
         client_vat.vat_id(),
@@ -380,7 +396,7 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("{}", lookup_and_greet(&registry, "greeter", "ada").await?);
 
-    registration.send::<()>("cancel", ()).await?;
+    registration.cancel().await?;
     let gone = lookup_and_greet(&registry, "greeter", "ada").await;
     match gone {
         Err(broken) => println!("after cancel: {broken}"),

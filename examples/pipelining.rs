@@ -1,9 +1,11 @@
 //! Promise pipelining, measured: a chain of dependent calls costs one round trip.
 //!
-//! `pipelining serve` exports the first link of a chain: `next()` answers a new link
-//! (an object), and the n-th link answers `value()` with n, starting from 0.
-//! `pipelining call <URI> <depth>` sends `depth` chained `next()` calls, each one to the
-//! promised result of the one before (`Ref::send_ref`) without waiting for it, then
+//! `pipelining serve` exports the first link of a chain, a typed interface `Link`:
+//! `next()` answers a new link (an object), and the n-th link answers `value()` with n,
+//! starting from 0. `next` is declared `-> impl Link`, so on the client it gives a
+//! `LinkRef` at once, a reference to the promised result. `pipelining call <URI>
+//! <depth>` sends `depth` chained `next()` calls, each one to the promised result of
+//! the one before without waiting for it, then
 //! `value()` to the last, and awaits only that. All the calls leave at once; the server
 //! answers each as it arrives and aims the next at the answer, so the chain costs one
 //! network round trip (plus the time to handle its messages at both ends).
@@ -52,7 +54,7 @@ mod server;
 
 use std::time::{Duration, Instant};
 
-use captp::{Args, Broken, Object, Ref, Reply, Vat};
+use captp::{Broken, Ref, Vat};
 
 const USAGE: &str = "pipelining serve [--listen <addr>] [--identity <dir>]
        pipelining call <captp://URI> <depth>   (depth: 0 to 1000)";
@@ -60,19 +62,25 @@ const USAGE: &str = "pipelining serve [--listen <addr>] [--identity <dir>]
 /// The deepest chain `call` sends; see the module documentation.
 const MAX_DEPTH: u32 = 1000;
 
-/// The n-th link of the chain.
-struct Link(u64);
+/// A link of a chain.
+#[captp::interface]
+trait Link {
+    /// The next link: a new object, which the caller can send to before it arrives.
+    fn next(&self) -> impl Link;
+    /// How far along the chain this link is (the first is 0).
+    fn value(&self) -> u64;
+}
 
-impl Object for Link {
-    fn call(&self, method: &str, args: Args) -> Reply {
-        if let Err(e) = args.decode::<()>() {
-            return Reply::err(e);
-        }
-        match method {
-            "next" => Reply::object(Link(self.0 + 1)),
-            "value" => Reply::ok(self.0),
-            _ => Reply::unknown_method(method),
-        }
+/// The n-th link of the chain.
+struct Nth(u64);
+
+impl Link for Nth {
+    fn next(&self) -> LinkRef {
+        LinkRef::serve(Nth(self.0 + 1))
+    }
+
+    fn value(&self) -> u64 {
+        self.0
     }
 }
 
@@ -80,7 +88,7 @@ impl Object for Link {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve") => server::serve("pipelining serve", Link(0)).await,
+        Some("serve") => server::serve("pipelining serve", LinkServer::new(Nth(0))).await,
         Some("call") => {
             let [_, uri, depth] = args.as_slice() else {
                 client::usage("pipelining call: expected a URI and a depth", USAGE);
@@ -94,7 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let sturdy = client::parse_uri(uri);
             let vat = Vat::builder().start().await?;
-            let first = vat.enliven(&sturdy);
+            let first = LinkRef::from(vat.enliven(&sturdy));
             let measured = measure(&first, depth).await;
             vat.shutdown().await;
             match measured {
@@ -110,14 +118,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Warms the connection, times one round trip, the pipelined chain and the awaited
 /// chain, prints them, and returns the value at the end of the chain.
-async fn measure(first: &Ref, depth: u32) -> Result<u64, Broken> {
-    let (_, took) = timed(first.send::<u64>("value", ())).await?;
+async fn measure(first: &LinkRef, depth: u32) -> Result<u64, Broken> {
+    let (_, took) = timed(first.value()).await?;
     println!(
         "connected: {} (TCP, TLS handshake, fetch, value())",
         ms(took)
     );
 
-    let (_, round_trip) = timed(first.send::<u64>("value", ())).await?;
+    let (_, round_trip) = timed(first.value()).await?;
     println!(
         "one round trip: {} (value() on the warm connection)",
         ms(round_trip)
@@ -128,9 +136,9 @@ async fn measure(first: &Ref, depth: u32) -> Result<u64, Broken> {
     let (value, pipelined) = timed(async {
         let mut link = first.clone();
         for _ in 0..depth {
-            link = link.send_ref("next", ());
+            link = link.next();
         }
-        link.send::<u64>("value", ()).await
+        link.value().await
     })
     .await?;
     println!(
@@ -140,13 +148,14 @@ async fn measure(first: &Ref, depth: u32) -> Result<u64, Broken> {
     );
 
     // The same chain without pipelining: wait for each link before asking it for the
-    // next.
+    // next. (A typed reference to an answer is a promise; `when_settled` waits for
+    // what it settles to.)
     let (awaited_value, awaited) = timed(async {
         let mut link = first.clone();
         for _ in 0..depth {
-            link = link.send::<Ref>("next", ()).await?;
+            link = LinkRef::from(Ref::from(link.next()).when_settled::<Ref>().await?);
         }
-        link.send::<u64>("value", ()).await
+        link.value().await
     })
     .await?;
     println!(

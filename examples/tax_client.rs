@@ -1,7 +1,10 @@
 //! Go's tax computer, the client side: it enlivens the tax computer's sturdy ref URI,
-//! asks for the tax on an amount in cents, and prints it. A negative amount is refused
-//! by the server; its error (`failed: ...`) comes back through the promise and is
-//! printed to stderr, with exit code 1.
+//! asks for the tax on an amount in cents through the typed `TaxComputerRef`
+//! (`examples/common/tax.rs`), and prints it. A negative amount is refused by the
+//! server with a `TaxError`, which arrives as that value (`CallError::App`), not as a
+//! message to parse; the client prints it to stderr and exits with code 1. A call
+//! that gets no answer at all (`CallError::Broken`) is explained like any other
+//! client's.
 //!
 //! Run the `tax_server` example in one terminal:
 //!
@@ -16,12 +19,15 @@
 //! ```
 //!
 //! It prints `Tax on 300 cents is 15 cents`. With `-5` instead of `300` it prints
-//! `error: failed: amount must not be negative: -5 cents` to stderr.
+//! `error: the tax computer refused: amount must not be negative: -5 cents` to stderr.
 
 #[path = "common/client.rs"]
 mod client;
+#[path = "common/tax.rs"]
+mod tax;
 
-use captp::Vat;
+use captp::{CallError, Vat};
+use tax::TaxComputerRef;
 
 const USAGE: &str = "tax_client <captp://URI> <cents>";
 
@@ -40,8 +46,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sturdy = client::parse_uri(uri);
 
     let vat = Vat::builder().start().await?;
-    let computer = vat.enliven(&sturdy);
-    let tax = computer.send::<i64>("tax", (cents,)).await;
+    let computer = TaxComputerRef::from(vat.enliven(&sturdy));
+    let tax = computer.tax(cents).await;
 
     vat.shutdown().await;
     match tax {
@@ -49,6 +55,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("Tax on {cents} cents is {tax} cents");
             Ok(())
         }
-        Err(broken) => client::fail(&broken),
+        // The server's own refusal, as the `TaxError` it returned.
+        Err(CallError::App(refused)) => {
+            eprintln!("error: the tax computer refused: {refused}");
+            std::process::exit(1);
+        }
+        // No answer at all: the connection, the URI, the server.
+        Err(CallError::Broken(broken)) => client::fail(&broken),
     }
 }

@@ -1,7 +1,8 @@
 //! Go's tax computer (the classic net/rpc example) as a server: `tax(cents)` answers 5%
 //! of an amount in cents, rounded half away from zero, and refuses a negative amount
-//! with an application error (`Broken::failed`) that reaches the caller as is. Pair it
-//! with the `tax_client` example.
+//! with an application error of its own type, `TaxError::Negative { cents }`, that
+//! reaches the caller as that value. The interface, `TaxComputer`, is in
+//! `examples/common/tax.rs`. Pair it with the `tax_client` example.
 //!
 //! The server prints the tax computer's sturdy ref URI as the first line of stdout and
 //! logs each call to stderr.
@@ -25,11 +26,13 @@
 
 #[path = "common/server.rs"]
 mod server;
+#[path = "common/tax.rs"]
+mod tax;
 
-use captp::{Args, Broken, Reply};
+use tax::{TaxComputer, TaxComputerServer, TaxError};
 
 /// 5% of `cents`, rounded half away from zero; `None` for a negative amount.
-fn tax(cents: i64) -> Option<i64> {
+fn five_percent(cents: i64) -> Option<i64> {
     if cents < 0 {
         return None;
     }
@@ -38,29 +41,20 @@ fn tax(cents: i64) -> Option<i64> {
     Some(cents / 20 + i64::from(cents % 20 >= 10))
 }
 
-fn tax_computer(method: &str, args: Args) -> Reply {
-    match method {
-        "tax" => match args.decode::<(i64,)>() {
-            Ok((cents,)) => match tax(cents) {
-                Some(tax) => {
-                    eprintln!("tax_server: tax({cents}) -> {tax}");
-                    Reply::ok(tax)
-                }
-                None => {
-                    eprintln!("tax_server: tax({cents}) refused: negative amount");
-                    Reply::err(Broken::failed(format!(
-                        "amount must not be negative: {cents} cents"
-                    )))
-                }
-            },
-            Err(e) => {
-                eprintln!("tax_server: tax(..) with bad arguments");
-                Reply::err(e)
+/// The tax computer: it holds nothing, so every caller gets the same answers.
+struct Computer;
+
+impl TaxComputer for Computer {
+    fn tax(&self, cents: i64) -> Result<i64, TaxError> {
+        match five_percent(cents) {
+            Some(tax) => {
+                eprintln!("tax_server: tax({cents}) -> {tax}");
+                Ok(tax)
             }
-        },
-        _ => {
-            eprintln!("tax_server: {method:?}(): no such method");
-            Reply::unknown_method(method)
+            None => {
+                eprintln!("tax_server: tax({cents}) refused: negative amount");
+                Err(TaxError::Negative { cents })
+            }
         }
     }
 }
@@ -69,9 +63,9 @@ fn tax_computer(method: &str, args: Args) -> Reply {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Check the rounding before offering it to anyone.
     for (cents, expected) in [(300, 15), (10, 1), (9, 0), (29, 1), (30, 2), (0, 0)] {
-        if tax(cents) != Some(expected) {
+        if five_percent(cents) != Some(expected) {
             return Err(format!("tax({cents}) is not {expected}").into());
         }
     }
-    server::serve("tax_server", tax_computer).await
+    server::serve("tax_server", TaxComputerServer::new(Computer)).await
 }

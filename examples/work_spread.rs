@@ -2,9 +2,10 @@
 //! parallel kernels), done with capabilities: a coordinator sends one job to each
 //! worker without waiting, gathers the promises, and combines the results.
 //!
-//! A worker is an object with one method, `count_primes(from, to)`, which counts the
-//! primes in `from..to` (on a blocking thread, so the worker's connections stay
-//! responsive) and answers `(from, to, count)`. The coordinator splits `0..limit` into
+//! A worker is an object with one method, the typed interface `Worker`:
+//! `count_primes(from, to)`, an `async fn`, counts the primes in `from..to` (on a
+//! blocking thread, so the worker's connections stay responsive) and answers
+//! `(from, to, count)`. The coordinator splits `0..limit` into
 //! one range per worker, sends every job at once (each send returns a promise
 //! immediately), and only then awaits the promises, so the workers run in parallel.
 //!
@@ -46,7 +47,7 @@ mod client;
 #[path = "common/server.rs"]
 mod server;
 
-use captp::{Args, Broken, Object, Ref, Reply, Vat};
+use captp::{Broken, Vat};
 
 const USAGE: &str = "work_spread worker [--listen <addr>] [--identity <dir>]
        work_spread coordinate <limit> <captp://URI>...
@@ -65,7 +66,7 @@ const DEMO_WORKERS: usize = 4;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("worker") => server::serve("work_spread worker", Worker).await,
+        Some("worker") => server::serve("work_spread worker", WorkerServer::new(Counting)).await,
         Some("coordinate") => {
             let Some((limit, uris)) = args[1..].split_first() else {
                 client::usage("work_spread coordinate: expected a limit and URIs", USAGE);
@@ -85,7 +86,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let sturdies: Vec<_> = uris.iter().map(|uri| client::parse_uri(uri)).collect();
             let vat = Vat::builder().start().await?;
-            let workers: Vec<Ref> = sturdies.iter().map(|s| vat.enliven(s)).collect();
+            let workers: Vec<WorkerRef> = sturdies
+                .iter()
+                .map(|s| WorkerRef::from(vat.enliven(s)))
+                .collect();
             let total = spread(&workers, limit).await;
             vat.shutdown().await;
             match total {
@@ -110,40 +114,42 @@ fn count_primes(from: u64, to: u64) -> u64 {
     (from..to).filter(|&n| is_prime(n)).count() as u64
 }
 
-/// A worker: `count_primes(from, to)` answers `(from, to, count)`.
-struct Worker;
+/// What a worker does.
+#[captp::interface]
+trait Worker {
+    /// The number of primes in `from..to`, answered as `(from, to, count)` so the
+    /// coordinator can print which range it was.
+    async fn count_primes(&self, from: u64, to: u64) -> Result<(u64, u64, u64), Broken>;
+}
 
-impl Object for Worker {
-    fn call(&self, method: &str, args: Args) -> Reply {
-        match method {
-            "count_primes" => match args.decode::<(u64, u64)>() {
-                Ok((from, to)) if from > to || to > MAX_LIMIT => Reply::err(Broken::bad_arguments(
-                    format!("expected from <= to <= {MAX_LIMIT}"),
-                )),
-                Ok((from, to)) => Reply::later(async move {
-                    let count = tokio::task::spawn_blocking(move || count_primes(from, to))
-                        .await
-                        .map_err(|e| Broken::failed(format!("worker_failed: {e}")))?;
-                    eprintln!("work_spread worker: {count} primes in {from}..{to}");
-                    Ok((from, to, count))
-                }),
-                Err(e) => Reply::err(e),
-            },
-            _ => Reply::unknown_method(method),
+/// A worker that counts on a blocking thread, so its vat stays responsive.
+struct Counting;
+
+impl Worker for Counting {
+    async fn count_primes(&self, from: u64, to: u64) -> Result<(u64, u64, u64), Broken> {
+        if from > to || to > MAX_LIMIT {
+            return Err(Broken::bad_arguments(format!(
+                "expected from <= to <= {MAX_LIMIT}"
+            )));
         }
+        let count = tokio::task::spawn_blocking(move || count_primes(from, to))
+            .await
+            .map_err(|e| Broken::failed(format!("worker_failed: {e}")))?;
+        eprintln!("work_spread worker: {count} primes in {from}..{to}");
+        Ok((from, to, count))
     }
 }
 
 /// Splits `0..limit` over the workers, sends every job at once, then gathers the
 /// promises: prints each worker's partial count and answers the total.
-async fn spread(workers: &[Ref], limit: u64) -> Result<u64, Broken> {
+async fn spread(workers: &[WorkerRef], limit: u64) -> Result<u64, Broken> {
     let n = workers.len() as u64;
     let jobs: Vec<_> = workers
         .iter()
         .zip(0..)
         .map(|(worker, i)| {
             let (from, to) = (limit * i / n, limit * (i + 1) / n);
-            worker.send::<(u64, u64, u64)>("count_primes", (from, to))
+            worker.count_primes(from, to)
         })
         .collect();
     // Every job is on its way; now wait for them, in any order of finishing.
@@ -162,13 +168,16 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     let mut uris = Vec::new();
     for i in 1..=DEMO_WORKERS {
         let vat = Vat::builder().listen("127.0.0.1:0").start().await?;
-        uris.push(vat.export(Worker)?);
+        uris.push(vat.export(WorkerServer::new(Counting))?);
         println!("worker {i} is vat {}", vat.vat_id());
         worker_vats.push(vat);
     }
     let coordinator = Vat::builder().start().await?;
     println!("coordinator is vat {}", coordinator.vat_id());
-    let workers: Vec<Ref> = uris.iter().map(|uri| coordinator.enliven(uri)).collect();
+    let workers: Vec<WorkerRef> = uris
+        .iter()
+        .map(|uri| WorkerRef::from(coordinator.enliven(uri)))
+        .collect();
     let started = std::time::Instant::now();
     let total = spread(&workers, DEMO_LIMIT).await?;
     println!(

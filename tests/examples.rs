@@ -395,7 +395,7 @@ fn tax_client_reports_the_remote_error() {
     assert_eq!(run.code(), Some(1), "tax_client -5: {run}");
     assert!(
         run.stderr
-            .contains("error: failed: amount must not be negative: -5 cents"),
+            .contains("error: the tax computer refused: amount must not be negative: -5 cents"),
         "tax_client -5: {run}"
     );
     assert!(run.stdout.is_empty(), "tax_client -5: {run}");
@@ -432,9 +432,11 @@ fn bad_arguments_exit_with_code_2() {
         ("car_factory", &["call", uri, "red"]),
         ("car_factory", &["demo", "extra"]),
         ("car_factory", &["serve", "extra"]),
-        ("typed_car_factory", &[]),
-        ("typed_car_factory", &["call", uri, "red"]),
-        ("typed_car_factory", &["demo", "extra"]),
+        ("dynamic", &[]),
+        ("dynamic", &["call", uri, "red"]),
+        ("dynamic", &["methods"]),
+        ("dynamic", &["demo", "extra"]),
+        ("dynamic", &["serve", "--bogus"]),
         ("name_service", &[]),
         ("name_service", &["bogus"]),
         ("name_service", &["register", uri]),
@@ -737,7 +739,7 @@ fn pipelining_chain_reaches_its_depth() {
 }
 
 #[test]
-fn car_factory_drives_a_pipelined_car() {
+fn car_factory_drives_a_pipelined_car_and_refuses_a_tank() {
     let mut server = Server::start("car_factory", &["serve"]);
     let made = run("car_factory", &["call", &server.uri, "red", "roadster"]);
     assert_eq!(made.code(), Some(0), "car_factory call: {made}");
@@ -745,6 +747,14 @@ fn car_factory_drives_a_pipelined_car() {
         made.stdout, "Vroom! I'm a red roadster car!\n",
         "car_factory call: {made}"
     );
+    let tank = run("car_factory", &["call", &server.uri, "grey", "tank"]);
+    assert_eq!(tank.code(), Some(1), "car_factory call tank: {tank}");
+    assert!(
+        tank.stderr
+            .contains("error: the factory does not make \"tank\""),
+        "car_factory call tank: {tank}"
+    );
+    assert!(tank.stdout.is_empty(), "car_factory call tank: {tank}");
     server.assert_running();
 
     let wrong = run(
@@ -762,6 +772,10 @@ fn car_factory_drives_a_pipelined_car() {
         "car_factory call, wrong swiss: {wrong}"
     );
     assert!(
+        wrong.stderr.contains("wrong or revoked swiss number"),
+        "car_factory call, wrong swiss: {wrong}"
+    );
+    assert!(
         wrong.stdout.is_empty(),
         "car_factory call, wrong swiss: {wrong}"
     );
@@ -771,55 +785,97 @@ fn car_factory_drives_a_pipelined_car() {
 fn car_factory_demo_runs() {
     let run = run("car_factory", &["demo"]);
     assert_eq!(run.code(), Some(0), "car_factory demo: {run}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(
-        run.stdout
-            .lines()
-            .any(|l| l == "Vroom! I'm a red roadster car!"),
+        lines.contains(&"Vroom! I'm a red roadster car!"),
+        "car_factory demo: {run}"
+    );
+    assert!(
+        lines.contains(&"refused, as a typed error: NotACar { model: \"tank\" }"),
         "car_factory demo: {run}"
     );
 }
 
 #[test]
-fn typed_car_factory_drives_a_pipelined_car_and_refuses_a_tank() {
-    let mut server = Server::start("typed_car_factory", &["serve"]);
-    let made = run(
-        "typed_car_factory",
-        &["call", &server.uri, "red", "roadster"],
-    );
-    assert_eq!(made.code(), Some(0), "typed_car_factory call: {made}");
-    assert_eq!(
-        made.stdout, "Vroom! I'm a red roadster car!\n",
-        "typed_car_factory call: {made}"
-    );
-    let tank = run("typed_car_factory", &["call", &server.uri, "grey", "tank"]);
-    assert_eq!(tank.code(), Some(1), "typed_car_factory call tank: {tank}");
-    assert!(
-        tank.stderr.contains("the factory does not make \"tank\""),
-        "typed_car_factory call tank: {tank}"
-    );
-    // The dynamic client speaks to the typed server: the wire format is the same.
-    let dynamic = run("car_factory", &["call", &server.uri, "blue", "van"]);
+fn dynamic_client_drives_the_typed_factory_and_lists_its_methods() {
+    let mut server = Server::start("car_factory", &["serve"]);
+    // The wire format is the same: a dynamic client calls a typed server.
+    let dynamic = run("dynamic", &["call", &server.uri, "blue", "van"]);
     assert_eq!(
         dynamic.code(),
         Some(0),
-        "car_factory call, typed server: {dynamic}"
+        "dynamic call, typed server: {dynamic}"
     );
-    assert_eq!(dynamic.stdout, "Vroom! I'm a blue van car!\n");
+    assert_eq!(
+        dynamic.stdout, "Vroom! I'm a blue van car!\n",
+        "dynamic call, typed server: {dynamic}"
+    );
+    // A typed server says what it answers.
+    let methods = run("dynamic", &["methods", &server.uri]);
+    assert_eq!(methods.code(), Some(0), "dynamic methods: {methods}");
+    assert_eq!(
+        methods.stdout,
+        "CarFactory\n\
+         \x20 make(color: String, model: String) -> Car (pipelined)\n\
+         \x20 check(model: &str) -> Result<(), MakeError>\n",
+        "dynamic methods: {methods}"
+    );
     server.assert_running();
 }
 
 #[test]
-fn typed_car_factory_demo_runs() {
-    let run = run("typed_car_factory", &["demo"]);
-    assert_eq!(run.code(), Some(0), "typed_car_factory demo: {run}");
-    let lines: Vec<&str> = run.stdout.lines().collect();
-    assert!(
-        lines.contains(&"Vroom! I'm a red roadster car!"),
-        "typed_car_factory demo: {run}"
+fn typed_client_drives_the_dynamic_factory() {
+    let mut server = Server::start("dynamic", &["serve"]);
+    let made = run("car_factory", &["call", &server.uri, "red", "roadster"]);
+    assert_eq!(
+        made.code(),
+        Some(0),
+        "car_factory call, dynamic server: {made}"
+    );
+    assert_eq!(
+        made.stdout, "Vroom! I'm a red roadster car!\n",
+        "car_factory call, dynamic server: {made}"
+    );
+    // The dynamic server's refusal carries the data the typed client decodes as its
+    // own `MakeError`.
+    let tank = run("car_factory", &["call", &server.uri, "grey", "tank"]);
+    assert_eq!(
+        tank.code(),
+        Some(1),
+        "car_factory call tank, dynamic server: {tank}"
     );
     assert!(
-        lines.contains(&"refused, as a typed error: NotACar { model: \"tank\" }"),
-        "typed_car_factory demo: {run}"
+        tank.stderr
+            .contains("error: the factory does not make \"tank\""),
+        "car_factory call tank, dynamic server: {tank}"
+    );
+    // A hand-written object does not answer the reserved describe method.
+    let methods = run("dynamic", &["methods", &server.uri]);
+    assert_eq!(
+        methods.code(),
+        Some(1),
+        "dynamic methods, dynamic server: {methods}"
+    );
+    assert!(
+        methods.stderr.contains("unknown_method"),
+        "dynamic methods, dynamic server: {methods}"
+    );
+    assert!(
+        methods.stdout.is_empty(),
+        "dynamic methods, dynamic server: {methods}"
+    );
+    server.assert_running();
+}
+
+#[test]
+fn dynamic_demo_runs() {
+    let run = run("dynamic", &["demo"]);
+    assert_eq!(run.code(), Some(0), "dynamic demo: {run}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l == "Vroom! I'm a red roadster car!"),
+        "dynamic demo: {run}"
     );
 }
 
