@@ -573,10 +573,18 @@ impl Object for Node {
         match method {
             Ping::METHOD => Reply::from(args.decode::<Ping>()),
             ByteBuf::METHOD => Reply::from(args.decode::<ByteBuf>()),
-            "next" => Reply::object(Node {
-                depth: self.depth + 1,
-            }),
-            "value" => Reply::ok(self.depth),
+            // `next` and `value` take no arguments, and check it (as a generated server
+            // does: the typed phases compare the typed layer, not the check).
+            "next" => match args.decode::<()>() {
+                Ok(()) => Reply::object(Node {
+                    depth: self.depth + 1,
+                }),
+                Err(e) => Reply::err(e),
+            },
+            "value" => match args.decode::<()>() {
+                Ok(()) => Reply::ok(self.depth),
+                Err(e) => Reply::err(e),
+            },
             _ => Reply::unknown_method(method),
         }
     }
