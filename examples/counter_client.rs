@@ -60,7 +60,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (reconnect, uri) = match args.as_slice() {
         [uri] if uri != "--reconnect" => (false, uri),
         [flag, uri] if flag == "--reconnect" => (true, uri),
-        _ => client::usage("counter_client: expected a URI, after --reconnect or not", USAGE),
+        _ => client::usage(
+            "counter_client: expected a URI, after --reconnect or not",
+            USAGE,
+        ),
     };
     let sturdy = client::parse_uri(uri);
 
@@ -109,7 +112,10 @@ async fn rounds_on_stdin(vat: &Vat, sturdy: &SturdyRef) -> Result<(), Box<dyn st
         println!("Calling Foo...");
         live.foo();
         match live.bar().await {
-            Ok(count) => println!("Calling Bar: {count} (reconnected {} times)", counter.reconnects()),
+            Ok(count) => println!(
+                "Calling Bar: {count} (reconnected {} times)",
+                counter.reconnects()
+            ),
             // In flight when the connection broke: fail-stop, never sent again.
             Err(broken) if broken.kind() == BrokenKind::Disconnected => {
                 println!("call lost: {broken}; the next round reconnects");

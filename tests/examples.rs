@@ -1186,7 +1186,10 @@ fn named_uri_survives_a_server_restart_and_clients_read_cap_files() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&cap).expect("metadata").permissions().mode();
+        let mode = std::fs::metadata(&cap)
+            .expect("metadata")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let before = run("counter_client", &[&format!("@{cap_arg}")]);
@@ -1202,7 +1205,11 @@ fn named_uri_survives_a_server_restart_and_clients_read_cap_files() {
     // The old URI, as text and from the file, reaches the restarted server.
     for arg in [uri.clone(), format!("@{cap_arg}")] {
         let after = run("counter_client", &[&arg]);
-        assert_eq!(after.code(), Some(0), "counter_client after restart: {after}");
+        assert_eq!(
+            after.code(),
+            Some(0),
+            "counter_client after restart: {after}"
+        );
         assert_eq!(bar_counts(&after.stdout).len(), 1, "{after}");
     }
     // `captp inspect` takes the file too, and prints no secret.
@@ -1264,11 +1271,18 @@ fn counter_client_reconnects_across_a_server_restart() {
     }
     assert_eq!(bar_counts(&text).len(), 2, "{text}\n{}", stderr.text());
     assert!(text.contains("(reconnected 1 times)"), "{text}");
-    assert!(text.lines().filter(|l| l.starts_with("call lost")).count() <= 1, "{text}");
+    assert!(
+        text.lines().filter(|l| l.starts_with("call lost")).count() <= 1,
+        "{text}"
+    );
 
     drop(stdin); // end of input: the client exits
     let end = stdout.wait_for_end();
     let status = client.0.wait().expect("wait for the client");
-    assert!(status.success(), "client: {status}\n{end}\n{}", stderr.text());
+    assert!(
+        status.success(),
+        "client: {status}\n{end}\n{}",
+        stderr.text()
+    );
     drop(server);
 }
