@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use captp::{Args, BrokenKind, Reconnect, Reply, SwissNumber, Vat};
 use common::within;
+use tokio::sync::mpsc;
 
 /// A fresh identity directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -207,6 +208,65 @@ async fn reconnecting_ref_does_not_retry_an_unknown_object() {
         assert_eq!(again.kind(), BrokenKind::UnknownObject);
         client.shutdown().await;
         server.shutdown().await;
+    })
+    .await;
+}
+
+/// An object whose `hang()` never answers and whose `add(n)` answers `n`; it tells
+/// `calls` the name of each method called.
+fn hanging(
+    calls: mpsc::UnboundedSender<String>,
+) -> impl Fn(&str, Args) -> Reply + Send + Sync + 'static {
+    move |method: &str, args: Args| {
+        let _ = calls.send(method.to_owned());
+        match method {
+            "hang" => Reply::later(std::future::pending::<Result<u64, captp::Broken>>()),
+            "add" => match args.decode::<(u64,)>() {
+                Ok((n,)) => Reply::ok(n),
+                Err(e) => Reply::err(e),
+            },
+            _ => Reply::unknown_method(method),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_call_in_flight_breaks_and_is_not_sent_again() {
+    within(async {
+        let dir = TempDir::new();
+        let first = server(&dir, "127.0.0.1:0").await;
+        let listen = format!("127.0.0.1:{}", first.local_addr().unwrap().port());
+        let (tx, mut first_calls) = mpsc::unbounded_channel();
+        let uri = first.export_named("h", hanging(tx)).unwrap();
+
+        let client = Vat::builder().start().await.unwrap();
+        let h = client.enliven_reconnecting(&uri);
+        assert_eq!(h.send::<u64>("add", (5,)).await.unwrap(), 5);
+        let in_flight = tokio::spawn({
+            let h = h.clone();
+            async move { h.send::<u64>("hang", ()).await }
+        });
+        // Both calls reached the first server before it goes away.
+        assert_eq!(first_calls.recv().await.as_deref(), Some("add"));
+        assert_eq!(first_calls.recv().await.as_deref(), Some("hang"));
+        let live = h.current().await.unwrap();
+        first.shutdown().await;
+        let broken = in_flight.await.unwrap().unwrap_err();
+        assert_eq!(broken.kind(), BrokenKind::Disconnected);
+        live.when_broken().await;
+
+        // The restarted server gets the next call only: the hung one is not repeated.
+        let second = server(&dir, &listen).await;
+        let (tx, mut second_calls) = mpsc::unbounded_channel();
+        second.export_named("h", hanging(tx)).unwrap();
+        assert_eq!(h.send::<u64>("add", (6,)).await.unwrap(), 6);
+        second.shutdown().await;
+        assert_eq!(second_calls.recv().await.as_deref(), Some("add"));
+        // The object (and so its sender) is gone with the vat: nothing else came.
+        drop(second);
+        assert_eq!(second_calls.try_recv().ok(), None);
+        assert_eq!(h.reconnects(), 1);
+        client.shutdown().await;
     })
     .await;
 }

@@ -171,9 +171,11 @@ enum IdentitySource {
 
 impl VatBuilder {
     /// Loads the vat's identity from `dir`, creating it there on first use (the private
-    /// key file is written with mode 0600). The same directory always gives the same
-    /// vat ID, so sturdy refs stay valid across restarts. Without this (or
-    /// [`identity`](Self::identity)) the vat gets a fresh ephemeral identity.
+    /// key `vat.key` and the export secret `swiss.key` are written with mode 0600). The
+    /// same directory always gives the same vat ID, and the same URI for each name
+    /// given to [`Vat::export_named`], so those sturdy refs stay valid across restarts
+    /// (on the same port). Without this (or [`identity`](Self::identity)) the vat gets
+    /// a fresh ephemeral identity and export secret.
     pub fn identity_dir(mut self, dir: impl Into<PathBuf>) -> VatBuilder {
         self.identity = Some(IdentitySource::Dir(dir.into()));
         self
@@ -290,6 +292,9 @@ impl Vat {
     }
 
     /// Exports `object` under a fresh swiss number and returns its sturdy ref.
+    ///
+    /// The URI dies with the process; for one that a restarted program serves again, use
+    /// [`Vat::export_named`].
     ///
     /// # Authority
     ///
