@@ -42,7 +42,7 @@
 //! press Enter again: the client reconnects and carries on. A round whose call was in
 //! flight when the server went away is reported as lost (`call lost: ...`), never
 //! silently repeated: live references are fail-stop. The next round reconnects. When the
-//! server stays away for the whole backoff (about 6 s), the client says so and exits
+//! server stays away for the whole backoff (about 11 s), the client says so and exits
 //! with code 1.
 
 #[path = "common/client.rs"]

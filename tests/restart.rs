@@ -270,3 +270,30 @@ async fn a_call_in_flight_breaks_and_is_not_sent_again() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn default_policy_gives_up_after_eight_attempts_on_paused_time() {
+    within(async {
+        let dir = TempDir::new();
+        let gone = server(&dir, "127.0.0.1:0").await;
+        let uri = gone.export_named("counter", counter(0)).unwrap();
+        gone.shutdown().await;
+        drop(gone);
+
+        let client = Vat::builder().start().await.unwrap();
+        let counter_ref = client.enliven_reconnecting(&uri);
+        let started = tokio::time::Instant::now();
+        let err = counter_ref.send::<u64>("add", (1,)).await.unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(err.kind(), BrokenKind::Unreachable, "{err}");
+        assert!(
+            err.message()
+                .starts_with("gave up reconnecting after 8 attempts over "),
+            "{err}"
+        );
+        // 100 ms doubling, capped at 5 s: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 5 s.
+        assert!(waited >= Duration::from_millis(11_300), "{waited:?}");
+        client.shutdown().await;
+    })
+    .await;
+}

@@ -25,7 +25,8 @@ use crate::sturdy::SturdyRef;
 /// then each waits twice as long as the one before, from `initial_delay` up to
 /// `max_delay`, for at most `max_attempts` attempts in all.
 ///
-/// The defaults (100 ms, 5 s, 8 attempts) wait about 6.4 s in all before giving up.
+/// The defaults (100 ms, 5 s, 8 attempts) wait 11.3 s in all (0.1 + 0.2 + 0.4 + 0.8 +
+/// 1.6 + 3.2 + 5 s) before giving up.
 ///
 /// # Examples
 ///
@@ -78,7 +79,7 @@ impl Default for Reconnect {
 ///
 /// When the server stays away for `max_attempts` attempts, the send breaks with
 /// [`BrokenKind::Unreachable`] and a message saying how many attempts over how long
-/// ("gave up reconnecting after 8 attempts over 6.4s: ..."), and the reference stays
+/// ("gave up reconnecting after 8 attempts over 11.3s: ..."), and the reference stays
 /// broken like a plain [`Ref`]: make a new one to try again. An answer that no
 /// reconnection can change ([`BrokenKind::UnknownObject`]: revoked or never exported;
 /// [`BrokenKind::VatIdMismatch`]) breaks it at once, and so does the local vat shutting
