@@ -23,28 +23,54 @@
 //! Calling Bar: 1
 //! ```
 //!
-//! and `Calling Bar: 2` the second time.
+//! and `Calling Bar: 2` the second time. Wherever a URI goes, `@file.cap` works too
+//! (a file the server wrote with `--cap-file file.cap`).
+//!
+//! # Surviving a server restart
+//!
+//! With `--reconnect`, the client makes one round of calls for each line it reads on
+//! stdin (press Enter), over a reference that reconnects
+//! ([`captp::Vat::enliven_reconnecting`]). Start the server with a kept identity and a
+//! fixed port, so that a restart prints the same URI:
+//!
+//! ```text
+//! cargo run --example counter_server -- --identity certs/counter --listen 127.0.0.1:4433 --cap-file counter.cap
+//! cargo run --example counter_client -- --reconnect @counter.cap
+//! ```
+//!
+//! Press Enter, stop the server with Ctrl-C, start it again with the same command, and
+//! press Enter again: the client reconnects and carries on. A round whose call was in
+//! flight when the server went away is reported as lost (`call lost: ...`), never
+//! silently repeated: live references are fail-stop. The next round reconnects. When the
+//! server stays away for the whole backoff (about 11 s), the client says so and exits
+//! with code 1.
 
 #[path = "common/client.rs"]
 mod client;
 #[path = "common/counter.rs"]
 mod counter;
 
-use captp::Vat;
+use captp::{BrokenKind, SturdyRef, Vat};
 use counter::CounterRef;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    const USAGE: &str = "counter_client [--reconnect] <captp://URI | @file.cap>";
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [uri] = args.as_slice() else {
-        client::usage(
-            "counter_client: expected one argument",
-            "counter_client <captp://URI>",
-        );
+    let (reconnect, uri) = match args.as_slice() {
+        [uri] if uri != "--reconnect" => (false, uri),
+        [flag, uri] if flag == "--reconnect" => (true, uri),
+        _ => client::usage(
+            "counter_client: expected a URI, after --reconnect or not",
+            USAGE,
+        ),
     };
     let sturdy = client::parse_uri(uri);
 
     let vat = Vat::builder().start().await?;
+    if reconnect {
+        return rounds_on_stdin(&vat, &sturdy).await;
+    }
     let counter = CounterRef::from(vat.enliven(&sturdy));
 
     println!("Calling Foo...");
@@ -60,4 +86,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(broken) => client::fail(&broken),
     }
+}
+
+/// `--reconnect`: one `foo`, `bar` round per line on stdin, over a reference that
+/// reconnects after the server restarts; ends at the end of stdin.
+async fn rounds_on_stdin(vat: &Vat, sturdy: &SturdyRef) -> Result<(), Box<dyn std::error::Error>> {
+    let counter = vat.enliven_reconnecting(sturdy);
+    // Lines from a thread: std's stdin blocks, the runtime must not.
+    let (tx, mut lines) = tokio::sync::mpsc::channel::<()>(1);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            if line.is_err() || tx.blocking_send(()).is_err() {
+                break;
+            }
+        }
+    });
+    eprintln!("counter_client: one round of calls per line on stdin (press Enter)");
+    while lines.recv().await.is_some() {
+        // The live reference of the current connection, reconnecting first if the
+        // last one broke.
+        let live = match counter.current().await {
+            Ok(live) => CounterRef::from(live),
+            Err(broken) => client::fail(&broken),
+        };
+        println!("Calling Foo...");
+        live.foo();
+        match live.bar().await {
+            Ok(count) => println!(
+                "Calling Bar: {count} (reconnected {} times)",
+                counter.reconnects()
+            ),
+            // In flight when the connection broke: fail-stop, never sent again.
+            Err(broken) if broken.kind() == BrokenKind::Disconnected => {
+                println!("call lost: {broken}; the next round reconnects");
+            }
+            Err(broken) => client::fail(&broken),
+        }
+    }
+    vat.shutdown().await;
+    Ok(())
 }

@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [uri] = args.as_slice() else {
         client::usage(
             "log_client: expected one argument",
-            "log_client <captp://URI>",
+            "log_client <captp://URI | @file.cap>",
         );
     };
     let sturdy = client::parse_uri(uri);

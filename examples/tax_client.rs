@@ -29,7 +29,7 @@ mod tax;
 use captp::{CallError, Vat};
 use tax::TaxComputerRef;
 
-const USAGE: &str = "tax_client <captp://URI> <cents>";
+const USAGE: &str = "tax_client <captp://URI | @file.cap> <cents>";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

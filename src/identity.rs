@@ -7,9 +7,15 @@
 //! carrier for the public key: it is self-signed, its names mean nothing and
 //! its validity period is never checked.
 //!
-//! This module must not print or log private key material (the `Debug` of
-//! [`Identity`] shows the vat ID only), must not load a key file that other
-//! users can read, and must not overwrite an existing key file.
+//! Beside the key, an identity directory keeps the vat's export secret
+//! (`swiss.key`): 32 random bytes from which [`crate::Vat::export_named`]
+//! derives swiss numbers (HMAC-SHA256 over the export's name), so that a
+//! named export prints the same URI after a restart.
+//!
+//! This module must not print or log private key material or the export
+//! secret (the `Debug` of [`Identity`] shows the vat ID only), must not load
+//! a key or secret file that other users can read, and must not overwrite an
+//! existing one.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -22,14 +28,19 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use subtle::ConstantTimeEq;
 
 use crate::error::TlsError;
-use crate::wire::id::{self, IdKind, IdTextError};
+use crate::wire::id::{self, IdKind, IdTextError, SwissNumber};
 
 /// File name of the private key inside an identity directory.
 const KEY_FILE: &str = "vat.key";
 /// File name of the (informational) certificate inside an identity directory.
 const CERT_FILE: &str = "vat.crt";
+/// File name of the export secret (for named exports) inside an identity directory.
+const SECRET_FILE: &str = "swiss.key";
 /// Common name put in the self-signed certificate. Nothing checks it.
 const CERT_COMMON_NAME: &str = "captp vat";
+/// What the HMAC of a named export starts with, so that its output cannot be confused
+/// with any other use of the secret (a later version would change the tag).
+const NAMED_EXPORT_DOMAIN: &[u8] = b"captp named export v1\0";
 
 /// The identity of a vat: SHA-256 of its certificate's DER
 /// `SubjectPublicKeyInfo`.
@@ -143,6 +154,16 @@ pub enum IdentityError {
     /// The generated certificate could not be parsed back (a bug).
     #[error("the generated vat certificate does not parse: {0}")]
     Certificate(#[source] TlsError),
+    /// The export secret file exists but does not hold a secret.
+    #[error(
+        "the export secret in {} is not 43 characters of base64url; restore it from a \
+         backup, or move it away to make a new one (every named export then gets a new URI)",
+        path.display()
+    )]
+    SecretParse {
+        /// The secret file.
+        path: PathBuf,
+    },
     /// [`Identity::load`] found no key file.
     #[error(
         "no vat key at {}; create one with Identity::load_or_create or point at the right directory",
@@ -161,6 +182,25 @@ pub struct Identity {
     key: PrivateKeyDer<'static>,
     certificate: CertificateDer<'static>,
     vat_id: VatId,
+    export_secret: ExportSecret,
+}
+
+/// The 32-byte secret named exports are derived from. No `Debug` of its bytes.
+#[derive(Clone)]
+struct ExportSecret {
+    bytes: [u8; 32],
+    /// Whether it was read from (or written to) an identity directory.
+    persistent: bool,
+}
+
+impl ExportSecret {
+    /// A fresh secret that lives only in memory.
+    fn ephemeral() -> ExportSecret {
+        ExportSecret {
+            bytes: *SwissNumber::generate().as_bytes(),
+            persistent: false,
+        }
+    }
 }
 
 impl Clone for Identity {
@@ -169,6 +209,7 @@ impl Clone for Identity {
             key: self.key.clone_key(),
             certificate: self.certificate.clone(),
             vat_id: self.vat_id,
+            export_secret: self.export_secret.clone(),
         }
     }
 }
@@ -184,10 +225,13 @@ impl fmt::Debug for Identity {
 impl Identity {
     /// Generates a fresh ephemeral identity (ECDSA P-256), kept in memory
     /// only.
+    ///
+    /// Its export secret is ephemeral too: named exports of a vat with this
+    /// identity get new URIs when the program restarts.
     pub fn generate() -> Result<Identity, IdentityError> {
         let key =
             rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_error)?;
-        Identity::from_key_pair(&key)
+        Identity::from_key_pair(&key, ExportSecret::ephemeral())
     }
 
     /// Loads the identity stored in `dir`, creating `dir` and a new identity
@@ -199,8 +243,12 @@ impl Identity {
     /// so an expired or missing `vat.crt` never matters; `vat.crt` is
     /// rewritten only if missing.
     ///
-    /// On unix, a key file readable or writable by group or others is
-    /// refused with [`IdentityError::InsecurePermissions`].
+    /// The export secret for named exports is kept beside the key in
+    /// `dir/swiss.key` (43 characters of base64url, mode 0600), created on
+    /// first use by this function and by [`Identity::load`] alike.
+    ///
+    /// On unix, a key or secret file readable or writable by group or others
+    /// is refused with [`IdentityError::InsecurePermissions`].
     pub fn load_or_create(dir: impl AsRef<Path>) -> Result<Identity, IdentityError> {
         let dir = dir.as_ref();
         let key_path = dir.join(KEY_FILE);
@@ -208,9 +256,10 @@ impl Identity {
             return Ok(identity);
         }
         create_dir(dir)?;
+        let secret = load_or_create_secret(dir)?;
         let key =
             rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_error)?;
-        let identity = Identity::from_key_pair(&key)?;
+        let identity = Identity::from_key_pair(&key, secret)?;
         match write_new_key_file(&key_path, key.serialize_pem().as_bytes()) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -255,6 +304,27 @@ impl Identity {
         self.vat_id
     }
 
+    /// Whether the export secret comes from an identity directory, so that named
+    /// exports keep their URIs across restarts (`false` for [`Identity::generate`]).
+    pub fn has_persistent_export_secret(&self) -> bool {
+        self.export_secret.persistent
+    }
+
+    /// The swiss number of the export named `name`: HMAC-SHA256 under the export
+    /// secret of a domain tag followed by the name. The same secret and name always
+    /// give the same number; without the secret it cannot be derived.
+    pub(crate) fn named_swiss(&self, name: &str) -> SwissNumber {
+        let key =
+            aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.export_secret.bytes);
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&key);
+        ctx.update(NAMED_EXPORT_DOMAIN);
+        ctx.update(name.as_bytes());
+        let tag = ctx.sign();
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(tag.as_ref());
+        SwissNumber::from_bytes(bytes)
+    }
+
     /// This vat's self-signed certificate (DER).
     pub(crate) fn certificate(&self) -> &CertificateDer<'static> {
         &self.certificate
@@ -275,7 +345,8 @@ impl Identity {
             path: key_path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let identity = Identity::from_key_pair(&key)?;
+        let secret = load_or_create_secret(dir)?;
+        let identity = Identity::from_key_pair(&key, secret)?;
         let cert_path = dir.join(CERT_FILE);
         match fs::symlink_metadata(&cert_path) {
             Ok(_) => {}
@@ -301,7 +372,10 @@ impl Identity {
         Ok(Some(identity))
     }
 
-    fn from_key_pair(key: &rcgen::KeyPair) -> Result<Identity, IdentityError> {
+    fn from_key_pair(
+        key: &rcgen::KeyPair,
+        export_secret: ExportSecret,
+    ) -> Result<Identity, IdentityError> {
         let mut params = rcgen::CertificateParams::default();
         let mut name = rcgen::DistinguishedName::new();
         name.push(rcgen::DnType::CommonName, CERT_COMMON_NAME);
@@ -315,6 +389,7 @@ impl Identity {
             key,
             certificate,
             vat_id,
+            export_secret,
         })
     }
 }
@@ -353,6 +428,50 @@ fn read_key_file(path: &Path) -> Result<Option<String>, IdentityError> {
     let mut pem = String::new();
     file.read_to_string(&mut pem).map_err(io_err("read"))?;
     Ok(Some(pem))
+}
+
+/// Reads `dir/swiss.key`, or creates it with a fresh random secret (mode 0600) if it
+/// does not exist. Refuses a file others can read, as for the key.
+fn load_or_create_secret(dir: &Path) -> Result<ExportSecret, IdentityError> {
+    let path = dir.join(SECRET_FILE);
+    for _ in 0..2 {
+        if let Some(text) = read_key_file(&path)? {
+            // Never quote the file's content: it is the secret.
+            let bytes = id::parse_id(text.trim(), IdKind::SwissNumber)
+                .map_err(|_| IdentityError::SecretParse { path: path.clone() })?;
+            return Ok(ExportSecret {
+                bytes,
+                persistent: true,
+            });
+        }
+        let secret = SwissNumber::generate();
+        let line = format!("{}\n", secret.expose_base64());
+        match write_new_key_file(&path, line.as_bytes()) {
+            Ok(()) => {
+                return Ok(ExportSecret {
+                    bytes: *secret.as_bytes(),
+                    persistent: true,
+                });
+            }
+            // Another process wrote one first: read theirs.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(IdentityError::Io {
+                    action: "write",
+                    path,
+                    source,
+                });
+            }
+        }
+    }
+    Err(IdentityError::Io {
+        action: "create",
+        path,
+        source: io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the file appeared and vanished while it was being created",
+        ),
+    })
 }
 
 /// Creates `dir` and its parents (mode 0700 on unix for directories we
@@ -512,6 +631,81 @@ mod tests {
         let third = Identity::load(&sub).unwrap();
         assert_eq!(first.vat_id(), third.vat_id());
         assert!(sub.join(CERT_FILE).exists());
+    }
+
+    #[test]
+    fn export_secret_is_kept_private_and_gives_stable_named_swiss_numbers() {
+        let dir = TempDir::new();
+        let first = Identity::load_or_create(&dir.0).unwrap();
+        assert!(first.has_persistent_export_secret());
+        let secret_path = dir.0.join(SECRET_FILE);
+        let text = fs::read_to_string(&secret_path).unwrap();
+        assert_eq!(text.trim().len(), 43);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&secret_path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let log = first.named_swiss("log");
+        // Same directory, same name: same swiss number; other names differ.
+        let again = Identity::load(&dir.0).unwrap();
+        assert_eq!(again.named_swiss("log"), log);
+        assert_ne!(first.named_swiss("log2"), log);
+        assert_ne!(first.named_swiss(""), log);
+        // The derivation is HMAC-SHA256(secret, tag || name), nothing else.
+        let bytes = id::parse_id(text.trim(), IdKind::SwissNumber).unwrap();
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &bytes);
+        let tag = aws_lc_rs::hmac::sign(&key, b"captp named export v1\0log");
+        assert_eq!(log.as_bytes().as_slice(), tag.as_ref());
+        // Another secret (another directory, or an ephemeral identity): another number.
+        let other = TempDir::new();
+        assert_ne!(
+            Identity::load_or_create(&other.0)
+                .unwrap()
+                .named_swiss("log"),
+            log
+        );
+        let ephemeral = Identity::generate().unwrap();
+        assert!(!ephemeral.has_persistent_export_secret());
+        assert_ne!(ephemeral.named_swiss("log"), log);
+    }
+
+    #[test]
+    fn missing_export_secret_is_created_for_an_old_identity_dir() {
+        let dir = TempDir::new();
+        let first = Identity::load_or_create(&dir.0).unwrap();
+        fs::remove_file(dir.0.join(SECRET_FILE)).unwrap();
+        let second = Identity::load(&dir.0).unwrap();
+        assert_eq!(first.vat_id(), second.vat_id());
+        assert!(dir.0.join(SECRET_FILE).exists());
+        assert_ne!(first.named_swiss("x"), second.named_swiss("x"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn readable_or_garbled_export_secret_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = TempDir::new();
+        Identity::load_or_create(&dir.0).unwrap();
+        let secret_path = dir.0.join(SECRET_FILE);
+        fs::set_permissions(&secret_path, fs::Permissions::from_mode(0o640)).unwrap();
+        match Identity::load(&dir.0).unwrap_err() {
+            IdentityError::InsecurePermissions { path, mode } => {
+                assert_eq!(path, secret_path);
+                assert_eq!(mode, 0o640);
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+        fs::set_permissions(&secret_path, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(
+            &secret_path,
+            "not-a-secret-but-long-enough-to-be-quoted-maybe\n",
+        )
+        .unwrap();
+        let err = Identity::load(&dir.0).unwrap_err();
+        assert!(matches!(err, IdentityError::SecretParse { .. }), "{err:?}");
+        assert!(!err.to_string().contains("not-a-secret"), "{err}");
     }
 
     #[test]

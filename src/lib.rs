@@ -132,11 +132,11 @@ pub use broken::{Broken, BrokenKind};
 pub use error::{Error, TlsError};
 pub use identity::{Identity, IdentityError, VatId};
 pub use limits::Limits;
-pub use sturdy::{Host, HostError, ParseError, PortError, SturdyRef};
+pub use sturdy::{CapFileError, Host, HostError, ParseError, PortError, SturdyRef};
 pub use transport::TransportError;
 pub use vat::{
-    Args, ConnectionStats, Object, Promise, Ref, Reply, SessionInfo, Tables, Vat, VatBuilder,
-    VatStats,
+    Args, ConnectionStats, Object, Promise, Reconnect, ReconnectingRef, Ref, Reply, SessionInfo,
+    Tables, Vat, VatBuilder, VatStats,
 };
 pub use vat::{
     CallContext, CallError, DESCRIBE_METHOD, Interface, InterfaceInfo, MethodInfo, ParamInfo,

@@ -16,6 +16,7 @@
 //! [`SwissNumber`] itself, and the 43-character text form it shares with vat
 //! IDs, live in [`crate::wire::id`], since messages carry swiss numbers too.
 
+mod capfile;
 mod host;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use crate::identity::VatId;
 use crate::wire::id::{self, IdKind, IdTextError};
 
 pub(crate) use crate::wire::id::{SwissHash, SwissNumber};
+pub use capfile::CapFileError;
 pub use host::{Host, HostError};
 
 /// The expected shape of a sturdy ref, quoted in error messages.

@@ -483,7 +483,10 @@ fn identity_dir_keeps_the_vat_id_across_restarts() {
     let second = Server::start("counter_server", &["--identity", dir_arg]).sturdy();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(first.vat_id(), second.vat_id());
-    assert_ne!(first.swiss(), second.swiss());
+    // The servers export by name, and the swiss number of a name comes from the
+    // directory's export secret: the same on both runs (the ports differ here).
+    assert_eq!(first.swiss(), second.swiss());
+    assert_ne!(first.port(), second.port());
 }
 
 #[test]
@@ -1117,4 +1120,169 @@ fn topic_store_sets_gets_deletes_and_dumps() {
         );
     }
     store.assert_running();
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (bound to port 0, then closed), for a
+/// server that must come back on the same port.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("a bound address").port()
+}
+
+/// A fresh, not yet existing directory under the system temp dir, removed on drop.
+struct TempPath(PathBuf);
+
+impl TempPath {
+    fn new(tag: &str) -> TempPath {
+        let swiss = SwissNumber::generate().expose_base64();
+        let path = std::env::temp_dir().join(format!(
+            "captp-examples-{tag}-{}-{}",
+            std::process::id(),
+            &swiss[..8]
+        ));
+        TempPath(path)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The number in a `Calling Bar: <n>` line of `stdout`, if there is one.
+fn bar_counts(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("Calling Bar: "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+#[test]
+fn named_uri_survives_a_server_restart_and_clients_read_cap_files() {
+    let dir = TempPath::new("restart");
+    let cap = dir.0.join("counter.cap");
+    let cap_arg = cap.to_str().expect("a UTF-8 path").to_owned();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = [
+        "--identity",
+        dir.arg(),
+        "--listen",
+        &listen,
+        "--cap-file",
+        &cap_arg,
+    ];
+
+    let first = Server::start("counter_server", &args);
+    // The .cap file holds the printed URI, on one line, readable by its owner only.
+    let saved = std::fs::read_to_string(&cap).expect("the server wrote the .cap file");
+    assert_eq!(saved, format!("{}\n", first.uri));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&cap)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let before = run("counter_client", &[&format!("@{cap_arg}")]);
+    assert_eq!(before.code(), Some(0), "counter_client @file: {before}");
+    let counted = bar_counts(&before.stdout);
+    assert_eq!(counted.len(), 1, "{before}");
+    assert!(counted[0] >= 1, "{before}");
+    let uri = first.uri.clone();
+    drop(first); // killed and reaped: the port is free again
+
+    let second = Server::start("counter_server", &args);
+    assert_eq!(second.uri, uri, "the restarted server printed another URI");
+    // The old URI, as text and from the file, reaches the restarted server.
+    for arg in [uri.clone(), format!("@{cap_arg}")] {
+        let after = run("counter_client", &[&arg]);
+        assert_eq!(
+            after.code(),
+            Some(0),
+            "counter_client after restart: {after}"
+        );
+        assert_eq!(bar_counts(&after.stdout).len(), 1, "{after}");
+    }
+    // `captp inspect` takes the file too, and prints no secret.
+    let inspect = Command::new(env!("CARGO_BIN_EXE_captp"))
+        .args(["inspect", &format!("@{cap_arg}")])
+        .output()
+        .expect("run captp inspect");
+    let out = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.status.success(), "captp inspect: {out}");
+    assert!(out.contains(&listen), "{out}");
+    let swiss = second.sturdy().swiss().expose_base64();
+    assert!(!out.contains(&swiss), "inspect printed the swiss number");
+}
+
+#[test]
+fn counter_client_reconnects_across_a_server_restart() {
+    let dir = TempPath::new("reconnect");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = ["--identity", dir.arg(), "--listen", &listen];
+    let server = Server::start("counter_server", &args);
+
+    let mut client = spawn(
+        "counter_client",
+        &["--reconnect", &server.uri],
+        Stdio::piped(),
+    );
+    let mut stdin: ChildStdin = client.0.stdin.take().expect("piped stdin");
+    let stdout = Log::drain(client.0.stdout.take().expect("piped stdout"));
+    let stderr = Log::drain(client.0.stderr.take().expect("piped stderr"));
+    let round = |stdin: &mut ChildStdin, done: usize| -> String {
+        stdin.write_all(b"\n").expect("write to the client");
+        stdin.flush().expect("flush the client's stdin");
+        // Wait for this round's outcome: one more result or lost-call line.
+        stdout.wait_until(|log| {
+            log.ended
+                || log
+                    .text
+                    .lines()
+                    .filter(|l| l.starts_with("Calling Bar: ") || l.starts_with("call lost: "))
+                    .count()
+                    > done
+        })
+    };
+
+    let text = round(&mut stdin, 0);
+    assert_eq!(bar_counts(&text).len(), 1, "{text}\n{}", stderr.text());
+    assert!(text.contains("(reconnected 0 times)"), "{text}");
+    drop(server);
+    let server = Server::start("counter_server", &args);
+
+    // At most one round is lost (its call was in flight on the dead connection, had
+    // the client not yet seen the connection end); the next one reconnects.
+    let mut text = String::new();
+    for done in 1..=3 {
+        text = round(&mut stdin, done);
+        if bar_counts(&text).len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(bar_counts(&text).len(), 2, "{text}\n{}", stderr.text());
+    assert!(text.contains("(reconnected 1 times)"), "{text}");
+    assert!(
+        text.lines().filter(|l| l.starts_with("call lost")).count() <= 1,
+        "{text}"
+    );
+
+    drop(stdin); // end of input: the client exits
+    let end = stdout.wait_for_end();
+    let status = client.0.wait().expect("wait for the client");
+    assert!(
+        status.success(),
+        "client: {status}\n{end}\n{}",
+        stderr.text()
+    );
+    drop(server);
 }

@@ -10,15 +10,16 @@ pub(crate) fn usage(problem: &str, usage: &str) -> ! {
     std::process::exit(2);
 }
 
-/// Parses a sturdy ref URI, or prints why it is not one and exits with code 1.
+/// Parses a sturdy ref URI, or `@` and the path of a `.cap` file holding one, or prints
+/// why it is not one and exits with code 1.
 ///
-/// The parse error never quotes the input, so a mistyped URI does not end up in the
-/// terminal's scrollback twice.
+/// The error never quotes the input or the file, so a mistyped URI does not end up in
+/// the terminal's scrollback twice.
 pub(crate) fn parse_uri(text: &str) -> SturdyRef {
-    match text.parse() {
+    match SturdyRef::from_arg(text) {
         Ok(sturdy) => sturdy,
         Err(e) => {
-            eprintln!("error: that is not a sturdy ref URI: {e}");
+            eprintln!("error: {e}");
             std::process::exit(1);
         }
     }

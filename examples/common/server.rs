@@ -1,6 +1,11 @@
-//! What every server example does around its object: read `--listen <addr>` and
-//! `--identity <dir>`, start a listening vat, export the object, print its sturdy ref URI
-//! as the first line of stdout, and serve until Ctrl-C.
+//! What every server example does around its object: read `--listen <addr>`,
+//! `--identity <dir>` and `--cap-file <path>`, start a listening vat, export the object
+//! under the program's name, print its sturdy ref URI as the first line of stdout (and
+//! save it to the `.cap` file if asked), and serve until Ctrl-C.
+//!
+//! The export is named ([`Vat::export_named`]), so with `--identity` and a fixed
+//! `--listen` port a restarted server prints the same URI, and clients holding it carry
+//! on.
 //!
 //! The URI is the capability: whoever reads it can call the object. So it goes to
 //! stdout, once, for the person (or script) that started the server to hand on, and
@@ -13,14 +18,18 @@ use captp::{Object, Vat};
 /// The options, as the usage message explains them.
 const OPTIONS: &str = "\
   --listen <addr>    address to listen on (default 127.0.0.1:0, a free port)
-  --identity <dir>   keep the vat's key in <dir> (created on first use), so that
-                     the vat ID in the URI stays the same across restarts
+  --identity <dir>   keep the vat's key and export secret in <dir> (created on
+                     first use), so that with a fixed --listen port the URI stays
+                     the same across restarts
+  --cap-file <path>  also write the URI to <path> (mode 0600), for clients to
+                     read with @<path>
 ";
 
 /// Where and as whom a server example runs.
 struct Options {
     listen: String,
     identity: Option<String>,
+    cap_file: Option<String>,
 }
 
 /// Parses the server options, or prints usage to stderr and exits with code 2.
@@ -30,19 +39,21 @@ struct Options {
 fn parse_options(name: &str) -> Options {
     let usage = |problem: &str| -> ! {
         eprintln!("{name}: {problem}");
-        eprintln!("usage: {name} [--listen <addr>] [--identity <dir>]");
+        eprintln!("usage: {name} [--listen <addr>] [--identity <dir>] [--cap-file <path>]");
         eprint!("{OPTIONS}");
         std::process::exit(2);
     };
     let mut options = Options {
         listen: "127.0.0.1:0".to_owned(),
         identity: None,
+        cap_file: None,
     };
     let mut args = std::env::args().skip(name.split_whitespace().count());
     while let Some(flag) = args.next() {
         let slot = match flag.as_str() {
             "--listen" => &mut options.listen,
             "--identity" => options.identity.insert(String::new()),
+            "--cap-file" => options.cap_file.insert(String::new()),
             _ => usage(&format!("unknown argument {flag:?}")),
         };
         match args.next() {
@@ -53,8 +64,9 @@ fn parse_options(name: &str) -> Options {
     options
 }
 
-/// Runs a server example: starts a vat with the command-line options, exports `object`,
-/// prints its sturdy ref URI as the first line of stdout, and serves until Ctrl-C.
+/// Runs a server example: starts a vat with the command-line options, exports `object`
+/// under the name `name`, prints its sturdy ref URI as the first line of stdout (and
+/// writes it to the `--cap-file`), and serves until Ctrl-C.
 /// `name` is the program, or the program and its subcommand (`"chat serve"`): the
 /// options are read after those words, and messages are prefixed with them.
 ///
@@ -75,7 +87,14 @@ pub(crate) async fn serve(
             std::process::exit(1);
         }
     };
-    let uri = vat.export(object)?;
+    // Named: the same identity directory and port give the same URI after a restart.
+    let uri = vat.export_named(name, object)?;
+    if let Some(path) = &options.cap_file {
+        if let Err(e) = uri.save(path) {
+            eprintln!("{name}: error: could not write the .cap file: {e}");
+            std::process::exit(1);
+        }
+    }
 
     // First line of stdout, flushed at once: a script waiting for it must not wait for
     // a buffer to fill.
@@ -88,7 +107,10 @@ pub(crate) async fn serve(
         .local_addr()
         .map_or_else(|| "nowhere".to_owned(), |a| a.to_string());
     match &options.identity {
-        Some(dir) => eprintln!("{name}: vat {} (key in {dir})", vat.vat_id()),
+        Some(dir) => eprintln!(
+            "{name}: vat {} (key and export secret in {dir}: the URI survives restarts on the same port)",
+            vat.vat_id()
+        ),
         None => eprintln!("{name}: vat {} (fresh key)", vat.vat_id()),
     }
     eprintln!("{name}: listening on {address}; the sturdy ref URI is on stdout");

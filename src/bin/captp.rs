@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! captp id <dir>       load or create the vat identity in <dir>; print its vat ID
-//! captp inspect <uri>  check a sturdy ref URI; print its vat ID, host and port
+//! captp inspect <uri>  check a sturdy ref URI (or @file.cap); print its vat ID, host and port
 //! ```
 //!
 //! `inspect` never prints the swiss number: the URI is a secret capability, and this
@@ -14,7 +14,8 @@ use captp::{Identity, SturdyRef};
 
 const USAGE: &str = "usage:
   captp id <dir>        load or create the vat identity in <dir> and print its vat ID
-  captp inspect <uri>   check a sturdy ref URI and print where it points (never the secret)";
+  captp inspect <uri>   check a sturdy ref URI, or @file.cap, and print where it points
+                        (never the secret)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        ["inspect", uri] => match uri.parse::<SturdyRef>() {
+        ["inspect", uri] => match SturdyRef::from_arg(uri) {
             Ok(sturdy) => {
                 println!("vat id:  {}", sturdy.vat_id());
                 println!("address: {}", sturdy.address());
@@ -38,7 +39,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("captp: not a valid sturdy ref: {e}");
+                eprintln!("captp: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -29,6 +29,7 @@
 //! | `driver.rs` | the session task: `run`, `connect_and_run`, `Driver` | all of the above |
 //! | `listener.rs` | the accept loop; admits and cuts connections | admission, driver, shared |
 //! | `typed.rs` | what `#[captp::interface]` code calls: [`Interface`], [`CallError`], typed error data | codec, object, promise, reference |
+//! | `reconnect.rs` | [`ReconnectingRef`], [`Reconnect`]: re-enliven a sturdy ref after a break | promise, reference, shared, (`mod`: `enliven`) |
 //! | `mod.rs` | [`Vat`], [`VatBuilder`], stats | all |
 //!
 //! # Tasks
@@ -49,6 +50,7 @@ mod listener;
 mod local;
 mod object;
 mod promise;
+mod reconnect;
 mod reference;
 mod shared;
 mod stream;
@@ -67,6 +69,7 @@ use tokio_rustls::TlsAcceptor;
 pub use admission::ConnectionStats;
 pub use object::{Args, Object, Reply};
 pub use promise::Promise;
+pub use reconnect::{Reconnect, ReconnectingRef};
 pub use reference::Ref;
 #[doc(hidden)]
 pub use typed::private;
@@ -168,9 +171,11 @@ enum IdentitySource {
 
 impl VatBuilder {
     /// Loads the vat's identity from `dir`, creating it there on first use (the private
-    /// key file is written with mode 0600). The same directory always gives the same
-    /// vat ID, so sturdy refs stay valid across restarts. Without this (or
-    /// [`identity`](Self::identity)) the vat gets a fresh ephemeral identity.
+    /// key `vat.key` and the export secret `swiss.key` are written with mode 0600). The
+    /// same directory always gives the same vat ID, and the same URI for each name
+    /// given to [`Vat::export_named`], so those sturdy refs stay valid across restarts
+    /// (on the same port). Without this (or [`identity`](Self::identity)) the vat gets
+    /// a fresh ephemeral identity and export secret.
     pub fn identity_dir(mut self, dir: impl Into<PathBuf>) -> VatBuilder {
         self.identity = Some(IdentitySource::Dir(dir.into()));
         self
@@ -288,6 +293,9 @@ impl Vat {
 
     /// Exports `object` under a fresh swiss number and returns its sturdy ref.
     ///
+    /// The URI dies with the process; for one that a restarted program serves again, use
+    /// [`Vat::export_named`].
+    ///
     /// # Authority
     ///
     /// Whoever holds the returned sturdy ref (its URI) can call the object. Share it on
@@ -297,6 +305,65 @@ impl Vat {
     ///
     /// [`Error::NotListening`] when the vat has no listen address.
     pub fn export(&self, object: impl Object) -> Result<SturdyRef, Error> {
+        let sturdy = self.sturdy_ref(SwissNumber::generate())?;
+        lock(&self.inner.registry).insert(sturdy.swiss(), ObjectHandle::new(object));
+        Ok(sturdy)
+    }
+
+    /// Exports `object` under `name` and returns its sturdy ref, whose swiss number is
+    /// derived from the name and the vat's export secret (HMAC-SHA256). The same name
+    /// gives the same URI every time, also after a restart, as long as the vat keeps its
+    /// identity directory ([`VatBuilder::identity_dir`]), its listen port and its
+    /// advertised host. Exporting a name again replaces the object behind that URI.
+    ///
+    /// With an ephemeral identity ([`Vat::builder`] without `identity_dir`, or
+    /// [`Identity::generate`]) the export secret is ephemeral too: the URI is stable
+    /// only for the life of the process.
+    ///
+    /// # Authority
+    ///
+    /// The name is not a secret and grants nothing: the URI can only be computed with
+    /// the export secret in `swiss.key`, which never leaves the vat. Whoever holds the
+    /// returned URI can call the object; whoever holds the identity directory can derive
+    /// the URI of every named export, so guard it like the private key.
+    /// [`Vat::revoke`] removes a named export until the name is exported again (in
+    /// memory: a restarted program that exports the name again serves it again).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotListening`] when the vat has no listen address.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = std::env::temp_dir().join(format!("captp-doc-named-{}", std::process::id()));
+    /// let first = captp::Vat::builder().identity_dir(&dir).listen("127.0.0.1:0").start().await?;
+    /// let port = first.local_addr().map(|a| a.port()).unwrap_or_default();
+    /// let uri = first.export_named("log", |m: &str, _: captp::Args| captp::Reply::unknown_method(m))?;
+    /// first.shutdown().await;
+    ///
+    /// // A "restart": same identity directory, same port, same name, same URI.
+    /// let second = captp::Vat::builder()
+    ///     .identity_dir(&dir)
+    ///     .listen(format!("127.0.0.1:{port}"))
+    ///     .start()
+    ///     .await?;
+    /// let again = second.export_named("log", |m: &str, _: captp::Args| captp::Reply::unknown_method(m))?;
+    /// assert_eq!(uri.to_string(), again.to_string());
+    /// second.shutdown().await;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn export_named(&self, name: &str, object: impl Object) -> Result<SturdyRef, Error> {
+        let sturdy = self.sturdy_ref(self.inner.identity.named_swiss(name))?;
+        lock(&self.inner.registry).insert(sturdy.swiss(), ObjectHandle::new(object));
+        Ok(sturdy)
+    }
+
+    /// The sturdy ref for `swiss` at this vat's advertised address.
+    fn sturdy_ref(&self, swiss: SwissNumber) -> Result<SturdyRef, Error> {
         let Some(addr) = self.inner.local_addr else {
             return Err(Error::NotListening);
         };
@@ -309,8 +376,6 @@ impl Vat {
                 IpAddr::V6(ip) => Host::Ipv6(ip),
             },
         };
-        let swiss = SwissNumber::generate();
-        lock(&self.inner.registry).insert(&swiss, ObjectHandle::new(object));
         Ok(SturdyRef::new(self.vat_id(), host, addr.port(), swiss))
     }
 
@@ -335,21 +400,26 @@ impl Vat {
     ///
     /// Never; the vat's own runtime runs the connection.
     pub fn enliven(&self, sturdy: &SturdyRef) -> Ref {
-        if *self.inner.shutdown.borrow() {
-            return Ref::broken(crate::Broken::disconnected("the local vat has shut down"));
-        }
-        let session = driver::outbound_session(&self.inner, sturdy.vat_id(), sturdy.address());
-        let question = session.next_question();
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        let cmd = Command::Bootstrap {
-            question,
-            swiss: sturdy.swiss().clone(),
-            resolver: Resolver::Watch(tx),
-        };
-        match session.post(cmd) {
-            Ok(()) => Ref::remote(session, LocalTarget::Answer(question), Some(rx)),
-            Err(b) => Ref::broken(b),
-        }
+        enliven(&self.inner, sturdy)
+    }
+
+    /// Turns a sturdy ref into a reference that reconnects: after its connection
+    /// breaks, its next send enlivens `sturdy` again, with the default [`Reconnect`]
+    /// policy. Calls in flight when the connection breaks still break (live references
+    /// are fail-stop); see [`ReconnectingRef`].
+    ///
+    /// Nothing is connected until the first send.
+    pub fn enliven_reconnecting(&self, sturdy: &SturdyRef) -> ReconnectingRef {
+        self.enliven_reconnecting_with(sturdy, Reconnect::default())
+    }
+
+    /// [`Vat::enliven_reconnecting`] with a policy of the caller's.
+    pub fn enliven_reconnecting_with(
+        &self,
+        sturdy: &SturdyRef,
+        policy: Reconnect,
+    ) -> ReconnectingRef {
+        ReconnectingRef::new(self.inner.clone(), sturdy.clone(), policy)
     }
 
     /// The sizes of every session's tables, for monitoring and for checking that
@@ -408,6 +478,26 @@ impl Vat {
     /// to finish (at most about two seconds before they are stopped).
     pub async fn shutdown(&self) {
         shared::drain(self.inner.begin_shutdown(), SHUTDOWN_GRACE).await;
+    }
+}
+
+/// What [`Vat::enliven`] does, for holders of the shared state (a reconnecting
+/// reference holds that, not a `Vat`, so as not to keep the vat running).
+pub(crate) fn enliven(inner: &Arc<VatInner>, sturdy: &SturdyRef) -> Ref {
+    if *inner.shutdown.borrow() {
+        return Ref::broken(crate::Broken::disconnected("the local vat has shut down"));
+    }
+    let session = driver::outbound_session(inner, sturdy.vat_id(), sturdy.address());
+    let question = session.next_question();
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let cmd = Command::Bootstrap {
+        question,
+        swiss: sturdy.swiss().clone(),
+        resolver: Resolver::Watch(tx),
+    };
+    match session.post(cmd) {
+        Ok(()) => Ref::remote(session, LocalTarget::Answer(question), Some(rx)),
+        Err(b) => Ref::broken(b),
     }
 }
 
