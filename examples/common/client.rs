@@ -15,6 +15,7 @@ pub(crate) fn usage(problem: &str, usage: &str) -> ! {
 /// The parse error never quotes the input, so a mistyped URI does not end up in the
 /// terminal's scrollback twice.
 pub(crate) fn parse_uri(text: &str) -> SturdyRef {
+    init_logging();
     match text.parse() {
         Ok(sturdy) => sturdy,
         Err(e) => {
@@ -22,6 +23,18 @@ pub(crate) fn parse_uri(text: &str) -> SturdyRef {
             std::process::exit(1);
         }
     }
+}
+
+/// Installs a log subscriber on stderr filtered by `RUST_LOG` (default: warnings only),
+/// with the `log` crate's records (rustls) bridged. Called by [`parse_uri`], which every
+/// client runs first.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Prints what went wrong with a call, in terms a person can act on, and exits with
