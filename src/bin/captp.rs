@@ -16,8 +16,8 @@
 //! library's log on stderr.
 //!
 //! Call arguments are JSON values (`42`, `'"text"'`, `'[1,2]'`; a word that is not JSON
-//! is taken as a string) sent as CBOR: none is `null`, one is itself, several are an
-//! array. Results print as JSON, a reference in them as `{"$ref": N}` (N indexes the
+//! is taken as a string) sent as CBOR the way `Ref::send` sends a Rust tuple: none is
+//! `null`, one or more an array (so `captp call URI tax 300` is `send("tax", (300,))`). Results print as JSON, a reference in them as `{"$ref": N}` (N indexes the
 //! result's references); `--then` calls a method on the reference the first call
 //! returns, pipelined: one round trip for the chain.
 //!
@@ -355,12 +355,12 @@ fn json_arg(text: &str) -> Json {
     serde_json::from_str(text).unwrap_or_else(|_| Json::String(text.to_owned()))
 }
 
-/// The arguments of one call: none is `null`, one is itself, several are an array.
+/// The arguments of one call as [`captp::Ref::send`] sends a tuple of them: none is
+/// `null` (Rust's `()`), one or more an array (`(a,)`, `(a, b)`).
 fn call_args(args: &[String]) -> Json {
     match args {
         [] => Json::Null,
-        [one] => json_arg(one),
-        many => Json::Array(many.iter().map(|a| json_arg(a)).collect()),
+        some => Json::Array(some.iter().map(|a| json_arg(a)).collect()),
     }
 }
 
@@ -537,8 +537,10 @@ fn escape(text: &str) -> String {
         .collect()
 }
 
-/// The object `serve-echo` exports: `echo` returns its arguments, `child` returns a new
-/// echo object (to try `--then`), `fail` fails with its argument as the message.
+/// The object `serve-echo` exports: `echo` returns its arguments (the array of them),
+/// `child` returns a new echo object (to try `--then`), `fail` fails with its argument
+/// as the message, `wait MS` answers `MS` after that many milliseconds (to try
+/// `--deadline`; at most a minute).
 struct Echo;
 
 impl Object for Echo {
@@ -550,9 +552,18 @@ impl Object for Echo {
             },
             "child" => Reply::object(Echo),
             "fail" => {
-                let why = args.decode::<String>().unwrap_or_else(|_| "asked to fail".to_owned());
+                let why = args
+                    .decode::<(String,)>()
+                    .map_or_else(|_| "asked to fail".to_owned(), |(why,)| why);
                 Reply::err(Broken::new(BrokenKind::Failed, why))
             }
+            "wait" => match args.decode::<(u64,)>() {
+                Ok((ms,)) => Reply::later(async move {
+                    tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+                    Ok::<u64, Broken>(ms)
+                }),
+                Err(b) => Reply::err(b),
+            },
             other => Reply::unknown_method(other),
         }
     }
@@ -608,7 +619,7 @@ mod tests {
     #[test]
     fn args_none_one_many() {
         assert_eq!(call_args(&[]), Json::Null);
-        assert_eq!(call_args(&["42".to_owned()]), json!(42));
+        assert_eq!(call_args(&["42".to_owned()]), json!([42]));
         assert_eq!(call_args(&["hi".to_owned(), "[1,2]".to_owned()]), json!(["hi", [1, 2]]));
     }
 
