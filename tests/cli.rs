@@ -75,10 +75,15 @@ struct Server {
 impl Server {
     /// Starts `program args` (with `RUST_LOG=captp=info`) and waits for its URI line.
     fn start(program: PathBuf, args: &[&str]) -> Server {
+        Server::start_logging(program, args, "captp=info")
+    }
+
+    /// Starts `program args` with `RUST_LOG=filter` and waits for its URI line.
+    fn start_logging(program: PathBuf, args: &[&str], filter: &str) -> Server {
         let mut child = Killed(
             Command::new(&program)
                 .args(args)
-                .env("RUST_LOG", "captp=info")
+                .env("RUST_LOG", filter)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -106,7 +111,10 @@ impl Server {
             let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
         let line = rx.recv_timeout(TIMEOUT).unwrap_or_default();
-        assert!(line.starts_with("captp://"), "no URI from {program:?}: {line:?}");
+        assert!(
+            line.starts_with("captp://"),
+            "no URI from {program:?}: {line:?}"
+        );
         Server {
             uri: line.trim_end().to_owned(),
             stderr,
@@ -123,7 +131,10 @@ impl Server {
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits, within [`TIMEOUT`], until the stderr contains `needle`; returns it then.
@@ -193,8 +204,15 @@ fn run(args: &[&str]) -> Run {
 
 /// Fails the test if `text` holds `swiss` in base64url or hex.
 fn assert_no_swiss(text: &str, swiss: &SwissNumber) {
-    let hex: String = swiss.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    assert!(!text.contains(&swiss.expose_base64()), "swiss number printed:\n{text}");
+    let hex: String = swiss
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        !text.contains(&swiss.expose_base64()),
+        "swiss number printed:\n{text}"
+    );
     assert!(!text.contains(&hex), "swiss number printed as hex:\n{text}");
 }
 
@@ -209,12 +227,23 @@ fn temp_dir(name: &str) -> PathBuf {
 fn help_and_version_and_usage_errors() {
     let help = run(&["--help"]);
     assert_eq!(help.code(), Some(0), "{help}");
-    for sub in ["id", "keygen", "inspect", "ping", "call", "methods", "serve-echo"] {
+    for sub in [
+        "id",
+        "keygen",
+        "inspect",
+        "ping",
+        "call",
+        "methods",
+        "serve-echo",
+    ] {
         assert!(help.stdout.contains(sub), "--help lacks {sub}: {help}");
     }
     let version = run(&["--version"]);
     assert_eq!(version.code(), Some(0), "{version}");
-    assert_eq!(version.stdout, format!("captp {}\n", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        version.stdout,
+        format!("captp {}\n", env!("CARGO_PKG_VERSION"))
+    );
     let bad = run(&["frobnicate"]);
     assert_eq!(bad.code(), Some(2), "{bad}");
     assert!(bad.stdout.is_empty(), "{bad}");
@@ -229,7 +258,11 @@ fn keygen_creates_once_and_id_reads_it_back() {
     let made = run(&["keygen", dir_arg]);
     assert_eq!(made.code(), Some(0), "{made}");
     let vat_id = made.stdout.trim().to_owned();
-    assert_eq!(vat_id.len(), 43, "a vat ID is 43 base64url characters: {made}");
+    assert_eq!(
+        vat_id.len(),
+        43,
+        "a vat ID is 43 base64url characters: {made}"
+    );
     let again = run(&["id", dir_arg]);
     assert_eq!(again.code(), Some(0), "{again}");
     assert_eq!(again.stdout.trim(), vat_id);
@@ -239,7 +272,10 @@ fn keygen_creates_once_and_id_reads_it_back() {
     // keygen never overwrites a key.
     let refused = run(&["keygen", dir_arg]);
     assert_eq!(refused.code(), Some(1), "{refused}");
-    assert!(refused.stderr.contains("already holds an identity"), "{refused}");
+    assert!(
+        refused.stderr.contains("already holds an identity"),
+        "{refused}"
+    );
     assert_eq!(run(&["id", dir_arg]).stdout.trim(), vat_id);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -250,9 +286,15 @@ fn inspect_parses_files_and_connects_without_printing_the_swiss() {
     let sturdy = server.sturdy();
     let parsed = run(&["inspect", &server.uri]);
     assert_eq!(parsed.code(), Some(0), "{parsed}");
-    assert!(parsed.stdout.contains(&sturdy.vat_id().to_string()), "{parsed}");
+    assert!(
+        parsed.stdout.contains(&sturdy.vat_id().to_string()),
+        "{parsed}"
+    );
     assert!(parsed.stdout.contains(&sturdy.address()), "{parsed}");
-    assert!(!parsed.stdout.contains("TLS"), "no connection without --connect: {parsed}");
+    assert!(
+        !parsed.stdout.contains("TLS"),
+        "no connection without --connect: {parsed}"
+    );
     assert_no_swiss(&format!("{parsed}"), sturdy.swiss());
 
     // The @file form: the content is read and trimmed, never echoed.
@@ -265,9 +307,17 @@ fn inspect_parses_files_and_connects_without_printing_the_swiss() {
     assert_eq!(connected.code(), Some(0), "{connected}");
     let json: serde_json::Value = serde_json::from_str(connected.stdout.trim()).expect("JSON");
     assert_eq!(json["vat_id"], sturdy.vat_id().to_string().as_str());
-    assert_eq!(json["connect"]["vat_id_verified"], sturdy.vat_id().to_string().as_str());
+    assert_eq!(
+        json["connect"]["vat_id_verified"],
+        sturdy.vat_id().to_string().as_str()
+    );
     assert_eq!(json["connect"]["tls_version"], "TLSv1_3");
-    assert!(json["connect"]["handshake_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{connected}");
+    assert!(
+        json["connect"]["handshake_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0),
+        "{connected}"
+    );
     assert_no_swiss(&format!("{connected}"), sturdy.swiss());
 
     // A URI naming another vat at that address: the server cannot prove that key.
@@ -308,7 +358,12 @@ fn ping_times_each_round_trip() {
 
     // An unknown swiss number at a live vat, and a port nobody listens on.
     let sturdy = server.sturdy();
-    let unknown = SturdyRef::new(sturdy.vat_id(), sturdy.host().clone(), sturdy.port(), SwissNumber::generate());
+    let unknown = SturdyRef::new(
+        sturdy.vat_id(),
+        sturdy.host().clone(),
+        sturdy.port(),
+        SwissNumber::generate(),
+    );
     let refused = run(&["ping", &unknown.to_string(), "--count", "1"]);
     assert_eq!(refused.code(), Some(5), "{refused}");
     assert!(refused.stderr.contains("unknown_object"), "{refused}");
@@ -316,7 +371,12 @@ fn ping_times_each_round_trip() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
-    let nowhere = SturdyRef::new(sturdy.vat_id(), sturdy.host().clone(), port, SwissNumber::generate());
+    let nowhere = SturdyRef::new(
+        sturdy.vat_id(),
+        sturdy.host().clone(),
+        port,
+        SwissNumber::generate(),
+    );
     let unreachable = run(&["ping", &nowhere.to_string(), "--count", "1"]);
     assert_eq!(unreachable.code(), Some(3), "{unreachable}");
 }
@@ -341,7 +401,10 @@ fn call_prints_results_as_json_and_exits_by_kind() {
 
     let unknown = run(&["call", uri, "nope"]);
     assert_eq!(unknown.code(), Some(6), "{unknown}");
-    assert!(unknown.stderr.starts_with("captp: unknown_method: "), "{unknown}");
+    assert!(
+        unknown.stderr.starts_with("captp: unknown_method: "),
+        "{unknown}"
+    );
     let failed = run(&["call", uri, "fail", "oops", "--json"]);
     assert_eq!(failed.code(), Some(8), "{failed}");
     let err: serde_json::Value = serde_json::from_str(failed.stderr.trim()).expect("JSON error");
@@ -353,11 +416,16 @@ fn call_prints_results_as_json_and_exits_by_kind() {
     let started = Instant::now();
     let late = run(&["call", uri, "wait", "20000", "--deadline", "0.2"]);
     assert_eq!(late.code(), Some(9), "{late}");
-    assert!(started.elapsed() < Duration::from_secs(15), "--deadline did not cut the wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "--deadline did not cut the wait"
+    );
     let on_time = run(&["call", uri, "wait", "10", "--deadline", "10"]);
     assert_eq!(on_time.stdout, "10\n", "{on_time}");
 
-    for r in [&echoed, &json, &child, &then, &unknown, &failed, &bad, &late, &on_time] {
+    for r in [
+        &echoed, &json, &child, &then, &unknown, &failed, &bad, &late, &on_time,
+    ] {
         assert_no_swiss(&format!("{r}"), server.sturdy().swiss());
     }
 }
@@ -379,7 +447,15 @@ fn methods_lists_a_typed_interface() {
     assert_eq!(parsed["interface"], "CarFactory");
     assert_eq!(parsed["methods"][0]["name"], "make");
     // A call on a typed server, pipelined through the car it returns.
-    let drive = run(&["call", &server.uri, "make", "blue", "van", "--then", "drive"]);
+    let drive = run(&[
+        "call",
+        &server.uri,
+        "make",
+        "blue",
+        "van",
+        "--then",
+        "drive",
+    ]);
     assert_eq!(drive.code(), Some(0), "{drive}");
     assert_eq!(drive.stdout, "\"Vroom! I'm a blue van car!\"\n", "{drive}");
     // An object without a typed interface cannot list its methods.
@@ -404,7 +480,10 @@ fn a_client_exit_is_an_orderly_close_and_sigterm_stops_the_server() {
     assert!(!log.contains("https://"), "{log}");
 
     let pid = server.child.0.id().to_string();
-    let kill = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(kill.success());
     let deadline = Instant::now() + TIMEOUT;
     let status = loop {
@@ -415,4 +494,33 @@ fn a_client_exit_is_an_orderly_close_and_sigterm_stops_the_server() {
         thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0), "{}", server.stderr());
+}
+
+/// A client killed mid-call (no TLS `close_notify`) is a lost connection on the server,
+/// logged in plain words at `INFO`: no warning, no error, no link to a manual.
+#[cfg(unix)]
+#[test]
+fn a_vanished_client_is_a_lost_connection_not_an_alarm() {
+    let server = Server::start_logging(captp(), &["serve-echo"], "captp=debug");
+    let mut client = Killed(
+        Command::new(captp())
+            .args(["call", &server.uri, "wait", "30000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("could not start captp"),
+    );
+    // The session is up once the server has answered the client's bootstrap (the
+    // `wait` call follows it; whether it has arrived does not matter here).
+    let started = server.wait_for_log("bootstrap: found the object");
+    assert!(started.contains("bootstrap: found the object"), "{started}");
+    client.0.kill().expect("SIGKILL the client");
+    let _ = client.0.wait();
+    let log = server.wait_for_log("connection lost");
+    assert!(log.contains("connection lost"), "{log}");
+    assert!(log.contains("went away without closing"), "{log}");
+    assert!(!log.contains("https://"), "{log}");
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+    assert!(!log.contains("aborted"), "{log}");
 }

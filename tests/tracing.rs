@@ -103,7 +103,10 @@ async fn a_full_session_at_trace_never_logs_a_swiss_number() {
     let addr = server.local_addr().expect("listening");
     let wrong = SturdyRef::from_socket_addr(server.vat_id(), addr, wrong_swiss.clone());
     let missing = client.enliven(&wrong);
-    let refused = missing.send::<i64>("add", (1, 1)).await.expect_err("unknown object");
+    let refused = missing
+        .send::<i64>("add", (1, 1))
+        .await
+        .expect_err("unknown object");
     assert_eq!(refused.kind(), BrokenKind::UnknownObject);
 
     client.shutdown().await;
@@ -113,7 +116,10 @@ async fn a_full_session_at_trace_never_logs_a_swiss_number() {
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let text = log_text();
-            if text.lines().any(|l| l.contains(&client_id) && l.contains("the peer closed the session")) {
+            if text
+                .lines()
+                .any(|l| l.contains(&client_id) && l.contains("the peer closed the session"))
+            {
                 return;
             }
             tokio::task::yield_now().await;
@@ -123,15 +129,24 @@ async fn a_full_session_at_trace_never_logs_a_swiss_number() {
     .await;
     server.shutdown().await;
     let text = log_text();
-    assert!(closed.is_ok(), "no orderly close logged for {client_id}:\n{text}");
+    assert!(
+        closed.is_ok(),
+        "no orderly close logged for {client_id}:\n{text}"
+    );
 
     // The secrets, in every form, are nowhere.
     for swiss in [uri.swiss(), &wrong_swiss] {
         for form in forms(swiss) {
-            assert!(!text.contains(&form), "a swiss number leaked into the log as {form}");
+            assert!(
+                !text.contains(&form),
+                "a swiss number leaked into the log as {form}"
+            );
         }
     }
-    assert!(!text.contains(&uri.to_string()), "the sturdy ref URI leaked into the log");
+    assert!(
+        !text.contains(&uri.to_string()),
+        "the sturdy ref URI leaked into the log"
+    );
 
     // What was logged, with the documented fields.
     let mine: Vec<&str> = text
@@ -141,10 +156,14 @@ async fn a_full_session_at_trace_never_logs_a_swiss_number() {
     let count = |needle: &str| mine.iter().filter(|l| l.contains(needle)).count();
     assert!(count("direction=\"inbound\"") > 0, "{text}");
     assert!(count("direction=\"outbound\"") > 0, "{text}");
-    assert_eq!(count(" call method=add") , 1, "one successful add:\n{text}");
+    assert_eq!(count(" call method=add"), 1, "one successful add:\n{text}");
     assert_eq!(count("outcome=\"failed\""), 1, "{text}");
     assert_eq!(count("call refused method=nope"), 1, "{text}");
-    assert_eq!(count("call refused method=add"), 1, "bad arguments:\n{text}");
+    assert_eq!(
+        count("call refused method=add"),
+        1,
+        "bad arguments:\n{text}"
+    );
     assert_eq!(
         count("bootstrap refused: no object under that swiss number"),
         1,
@@ -154,7 +173,10 @@ async fn a_full_session_at_trace_never_logs_a_swiss_number() {
     assert!(count("message out kind=") >= 6, "{text}");
     // The inbound side logs its handshake before it knows the peer's vat ID.
     assert!(count("TLS handshake complete") >= 1, "{text}");
-    assert!(text.matches("TLS handshake complete").count() >= 2, "{text}");
+    assert!(
+        text.matches("TLS handshake complete").count() >= 2,
+        "{text}"
+    );
     // An orderly shutdown is not an abort.
     assert_eq!(count("the peer aborted the session"), 0, "{text}");
 }

@@ -13,7 +13,10 @@ use captp::{Object, Vat};
 
 /// Where and as whom a server example runs.
 #[derive(clap::Parser)]
-#[command(version, about = "Serves one object and prints its sturdy ref URI on stdout")]
+#[command(
+    version,
+    about = "Serves one object and prints its sturdy ref URI on stdout"
+)]
 struct Options {
     /// Address to listen on (the default picks a free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]

@@ -56,7 +56,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CAP_TAG: u64 = captp::internal::wire::CAP_TAG;
 
 #[derive(Parser)]
-#[command(name = "captp", version, about = "Tools for captp vats: identities, sturdy refs, calls")]
+#[command(
+    name = "captp",
+    version,
+    about = "Tools for captp vats: identities, sturdy refs, calls"
+)]
 struct Cli {
     /// Print one JSON document per line, stable for scripts.
     #[arg(long, global = true)]
@@ -177,7 +181,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if json {
-                eprintln!("{}", json!({"error": {"kind": f.kind, "message": f.message}}));
+                eprintln!(
+                    "{}",
+                    json!({"error": {"kind": f.kind, "message": f.message}})
+                );
             } else {
                 eprintln!("captp: {}: {}", f.kind, f.message);
             }
@@ -201,7 +208,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let json = cli.json;
     match cli.command {
         Command::Id { dir } => {
-            let identity = Identity::load_or_create(&dir).map_err(|e| Failure::local(e.to_string()))?;
+            let identity =
+                Identity::load_or_create(&dir).map_err(|e| Failure::local(e.to_string()))?;
             print_id(json, &identity, &dir);
             Ok(())
         }
@@ -212,7 +220,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     dir.display()
                 )));
             }
-            let identity = Identity::load_or_create(&dir).map_err(|e| Failure::local(e.to_string()))?;
+            let identity =
+                Identity::load_or_create(&dir).map_err(|e| Failure::local(e.to_string()))?;
             print_id(json, &identity, &dir);
             Ok(())
         }
@@ -232,7 +241,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 fn print_id(json: bool, identity: &Identity, dir: &Path) {
     if json {
-        println!("{}", json!({"vat_id": identity.vat_id().to_string(), "dir": dir.display().to_string()}));
+        println!(
+            "{}",
+            json!({"vat_id": identity.vat_id().to_string(), "dir": dir.display().to_string()})
+        );
     } else {
         println!("{}", identity.vat_id());
     }
@@ -281,7 +293,9 @@ async fn inspect(json: bool, target: &str, connect: bool) -> Result<(), Failure>
                 .await
                 .map_err(|e| {
                     let kind = match e {
-                        transport::TransportError::VatIdMismatch { .. } => BrokenKind::VatIdMismatch,
+                        transport::TransportError::VatIdMismatch { .. } => {
+                            BrokenKind::VatIdMismatch
+                        }
                         _ => BrokenKind::Unreachable,
                     };
                     Failure::broken(&Broken::new(kind, e.to_string()))
@@ -304,9 +318,16 @@ async fn inspect(json: bool, target: &str, connect: bool) -> Result<(), Failure>
         println!("swiss:    <present, 32 bytes, not shown>");
         if let Some(c) = out.get("connect") {
             println!("verified: the server holds the key of that vat ID");
-            println!("tls:      {} {}", str_of(&c["tls_version"]), str_of(&c["cipher"]));
+            println!(
+                "tls:      {} {}",
+                str_of(&c["tls_version"]),
+                str_of(&c["cipher"])
+            );
             println!("group:    {}", str_of(&c["group"]));
-            println!("handshake: {:.2} ms", c["handshake_ms"].as_f64().unwrap_or(0.0));
+            println!(
+                "handshake: {:.2} ms",
+                c["handshake_ms"].as_f64().unwrap_or(0.0)
+            );
         }
     }
     Ok(())
@@ -336,16 +357,25 @@ async fn ping(json: bool, target: &str, count: u32) -> Result<(), Failure> {
         if json {
             println!("{}", json!({"seq": seq, "ms": ms}));
         } else {
-            println!("round trip {seq}: {ms:.3} ms{}", if seq == 0 { " (connect and fetch)" } else { "" });
+            println!(
+                "round trip {seq}: {ms:.3} ms{}",
+                if seq == 0 { " (connect and fetch)" } else { "" }
+            );
         }
     }
     vat.shutdown().await;
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     let max = times.iter().copied().fold(0.0, f64::max);
     if json {
-        println!("{}", json!({"count": times.len(), "min_ms": min, "max_ms": max}));
+        println!(
+            "{}",
+            json!({"count": times.len(), "min_ms": min, "max_ms": max})
+        );
     } else {
-        println!("{} round trips, min {min:.3} ms, max {max:.3} ms", times.len());
+        println!(
+            "{} round trips, min {min:.3} ms, max {max:.3} ms",
+            times.len()
+        );
     }
     Ok(())
 }
@@ -374,10 +404,9 @@ async fn call(
 ) -> Result<(), Failure> {
     let sturdy = sturdy_ref(target)?;
     let deadline = match deadline {
-        Some(secs) => Some(
-            Duration::try_from_secs_f64(secs)
-                .map_err(|_| Failure::local(format!("--deadline {secs}: not a duration in seconds")))?,
-        ),
+        Some(secs) => Some(Duration::try_from_secs_f64(secs).map_err(|_| {
+            Failure::local(format!("--deadline {secs}: not a duration in seconds"))
+        })?),
         None => None,
     };
     let vat = client_vat().await?;
@@ -425,7 +454,11 @@ impl<'de> serde::Deserialize<'de> for Answer {
 fn take_refs(value: &ciborium::Value, refs: &mut Vec<captp::Ref>) -> Result<(), String> {
     use ciborium::Value as V;
     match value {
-        V::Tag(CAP_TAG, _) => refs.push(value.deserialized::<captp::Ref>().map_err(|e| e.to_string())?),
+        V::Tag(CAP_TAG, _) => refs.push(
+            value
+                .deserialized::<captp::Ref>()
+                .map_err(|e| e.to_string())?,
+        ),
         V::Tag(_, inner) => take_refs(inner, refs)?,
         V::Array(items) => {
             for item in items {
@@ -508,7 +541,10 @@ async fn methods(json: bool, target: &str) -> Result<(), Failure> {
                 })
             })
             .collect();
-        println!("{}", json!({"interface": escape(&info.interface), "methods": methods}));
+        println!(
+            "{}",
+            json!({"interface": escape(&info.interface), "methods": methods})
+        );
     } else {
         println!("interface {}", escape(&info.interface));
         for m in &info.methods {
@@ -518,7 +554,12 @@ async fn methods(json: bool, target: &str) -> Result<(), Failure> {
                 .map(|p| format!("{}: {}", escape(&p.name), escape(&p.ty)))
                 .collect();
             let oneway = if m.oneway { " (one-way)" } else { "" };
-            println!("  {}({}) -> {}{oneway}", escape(&m.name), params.join(", "), escape(&m.returns));
+            println!(
+                "  {}({}) -> {}{oneway}",
+                escape(&m.name),
+                params.join(", "),
+                escape(&m.returns)
+            );
         }
     }
     Ok(())
@@ -620,7 +661,10 @@ mod tests {
     fn args_none_one_many() {
         assert_eq!(call_args(&[]), Json::Null);
         assert_eq!(call_args(&["42".to_owned()]), json!([42]));
-        assert_eq!(call_args(&["hi".to_owned(), "[1,2]".to_owned()]), json!(["hi", [1, 2]]));
+        assert_eq!(
+            call_args(&["hi".to_owned(), "[1,2]".to_owned()]),
+            json!(["hi", [1, 2]])
+        );
     }
 
     #[test]

@@ -17,11 +17,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tracing::Instrument;
 use futures_util::future::{AbortHandle, Abortable, BoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::codec::RefPayload;
 use super::export::Watched;
@@ -36,17 +36,14 @@ use crate::broken::{Broken, BrokenKind};
 use crate::identity::VatId;
 use crate::limits::Limits;
 use crate::proto::{
-    AnswerId, CloseReason, Event, ImportId, InCap, InPayload, LocalTarget, OutCap, OutPayload, Session,
+    AnswerId, CloseReason, Event, ImportId, InCap, InPayload, LocalTarget, OutCap, OutPayload,
+    SHUTDOWN_REASON, Session,
 };
 use crate::transport::{self, Connection, TlsStream, TransportError};
 use crate::wire::{CborLimits, Message};
 
 /// Commands taken from the channel per wake-up, so one busy handle cannot starve reads.
 const COMMAND_BATCH: usize = 256;
-/// The `abort` reason a vat sends to every peer when it shuts down. A receiving vat
-/// recognises it and logs an orderly close rather than an abort; the wire is unchanged
-/// (it is an ordinary `abort`).
-pub(crate) const SHUTDOWN_REASON: &str = "the vat is shutting down";
 /// Time allowed to flush the last frames (an `abort`, say) when a session closes.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
@@ -298,7 +295,10 @@ impl CallTrace {
 fn is_refusal(kind: BrokenKind) -> bool {
     matches!(
         kind,
-        BrokenKind::UnknownMethod | BrokenKind::BadArguments | BrokenKind::TooLarge | BrokenKind::UnknownObject
+        BrokenKind::UnknownMethod
+            | BrokenKind::BadArguments
+            | BrokenKind::TooLarge
+            | BrokenKind::UnknownObject
     )
 }
 
@@ -325,11 +325,14 @@ fn log_close(reason: &CloseReason) {
         CloseReason::Violation(_) => {
             tracing::warn!(ending = "violation", %reason, "aborted the session: the peer broke the protocol")
         }
-        CloseReason::ConnectionLost(_) => {
-            tracing::info!(ending = "connection_lost", %reason, "connection lost")
+        CloseReason::ConnectionLost(why) => {
+            tracing::info!(ending = "connection_lost", reason = %why, "connection lost")
         }
         CloseReason::Local(r) if r == SHUTDOWN_REASON => {
-            tracing::debug!(ending = "local_shutdown", "closed the session: this vat is shutting down")
+            tracing::debug!(
+                ending = "local_shutdown",
+                "closed the session: this vat is shutting down"
+            )
         }
         CloseReason::Local(_) => {
             tracing::info!(ending = "local_abort", %reason, "aborted the session")

@@ -8,9 +8,9 @@
 //! is, TLS or the wait for `hello`. This module must not read or write frames, and must
 //! not block the loop on one peer: each connection runs in its own task.
 
-use tracing::Instrument;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;

@@ -40,7 +40,7 @@ use std::time::Instant;
 
 pub use types::{
     Call, CloseReason, Deadline, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload,
-    SessionStats,
+    SHUTDOWN_REASON, SessionStats,
 };
 pub use violation::Violation;
 
