@@ -6,11 +6,15 @@
 //! of a multi-threaded runtime do not see a thread-local default); each test looks only
 //! for what its own vats log, told apart by their vat IDs.
 
+mod common;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use captp::internal::wire::Message;
 use captp::{Args, Broken, BrokenKind, Reply, SturdyRef, SwissNumber, Vat};
+use common::{RawConn, within};
 
 /// Everything logged by every test in this file, as text without colours.
 fn captured() -> Arc<Mutex<Vec<u8>>> {
@@ -179,4 +183,76 @@ async fn a_full_session_at_trace_never_logs_a_swiss_number() {
     );
     // An orderly shutdown is not an abort.
     assert_eq!(count("the peer aborted the session"), 0, "{text}");
+    // rustls's own records, through the `log` bridge.
+    assert!(
+        text.contains("rustls::"),
+        "no rustls record bridged:\n{text}"
+    );
+}
+
+/// Waits (boundedly) until the log holds `needle`; returns the log then.
+async fn wait_for_log(needle: &str) -> String {
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let text = log_text();
+            if text.contains(needle) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("never logged {needle:?}:\n{}", log_text()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_aborts_are_warnings_with_the_peers_reason_escaped() {
+    captured();
+    let server = Vat::builder()
+        .listen("127.0.0.1:0")
+        .start()
+        .await
+        .expect("server");
+    let uri = server.export(adder).expect("export");
+
+    // A peer that aborts with words of its own, a terminal escape among them.
+    let mut raw = RawConn::connect(&server).await;
+    raw.hello_and_fetch(uri.swiss()).await;
+    raw.send(&Message::Abort {
+        reason: "tracing test bye \u{1b}[31m red".to_owned(),
+    })
+    .await;
+    let text = wait_for_log("tracing test bye").await;
+    let line = text
+        .lines()
+        .find(|l| l.contains("tracing test bye"))
+        .expect("the abort line");
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(line.contains("the peer aborted the session"), "{line}");
+    assert!(
+        line.contains("tracing test bye \\u{1b}[31m red"),
+        "escaped: {line}"
+    );
+    assert!(!text.contains('\u{1b}'), "a raw escape reached the log");
+
+    // A peer that breaks the protocol: a frame that is not CBOR.
+    let mut raw = RawConn::connect(&server).await;
+    raw.handshake().await;
+    raw.send_frame(&[0xff, 0xff, 0xff]).await;
+    let reason = within(raw.expect_abort()).await;
+    assert!(!reason.is_empty());
+    let text = wait_for_log("the peer broke the protocol").await;
+    let line = text
+        .lines()
+        .find(|l| l.contains("the peer broke the protocol"))
+        .expect("the violation line");
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(line.contains("ending=\"violation\""), "{line}");
+    server.shutdown().await;
+    for form in forms(uri.swiss()) {
+        assert!(
+            !log_text().contains(&form),
+            "a swiss number leaked into the log as {form}"
+        );
+    }
 }
