@@ -33,15 +33,18 @@ mod counter;
 use captp::Vat;
 use counter::CounterRef;
 
+/// Calls the counter behind a sturdy ref.
+#[derive(clap::Parser)]
+#[command(name = "counter_client", version)]
+struct Cli {
+    /// The counter's sturdy ref (`captp://...`), as its server printed it.
+    uri: String,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [uri] = args.as_slice() else {
-        client::usage(
-            "counter_client: expected one argument",
-            "counter_client <captp://URI>",
-        );
-    };
+    let Cli { uri } = client::parse_args();
+    let uri = &uri;
     let sturdy = client::parse_uri(uri);
 
     let vat = Vat::builder().start().await?;

@@ -32,15 +32,18 @@ mod log;
 use captp::Vat;
 use log::LogRef;
 
+/// Calls the log service behind a sturdy ref.
+#[derive(clap::Parser)]
+#[command(name = "log_client", version)]
+struct Cli {
+    /// The log service's sturdy ref (`captp://...`), as its server printed it.
+    uri: String,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [uri] = args.as_slice() else {
-        client::usage(
-            "log_client: expected one argument",
-            "log_client <captp://URI>",
-        );
-    };
+    let Cli { uri } = client::parse_args();
+    let uri = &uri;
     let sturdy = client::parse_uri(uri);
 
     // The client needs a vat of its own: mutual TLS means it has a key too.

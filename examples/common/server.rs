@@ -46,13 +46,27 @@ fn parse_options(name: &str) -> Options {
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             // The one-line reason, then the aligned usage, exit code 2.
-            let reason = e.render().to_string();
-            let reason = reason.lines().next().unwrap_or("bad arguments");
-            eprintln!("{name}: {reason}");
+            let reason = first_paragraph(&e.render().to_string());
+            eprintln!("{name}: {}", reason.trim_start_matches("error: "));
             eprintln!("{}", usage.replacen("Usage:", "usage:", 1));
             eprintln!("Try '{name} --help' for the options.");
             std::process::exit(2);
         }
+    }
+}
+
+/// The reason in a clap error, on one line: its first paragraph (the error line and,
+/// for missing arguments, their names).
+fn first_paragraph(rendered: &str) -> String {
+    let lines: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    if lines.is_empty() {
+        "bad arguments".to_owned()
+    } else {
+        lines.join(" ")
     }
 }
 
