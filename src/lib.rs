@@ -123,6 +123,7 @@
 //! | `INFO`/`DEBUG` | this vat aborted / shut down the session | `ending = "local_abort"` / `"local_shutdown"` |
 //! | `DEBUG` | `call`: a delivered call ended | `method`, `answer` (none for one-way), `target` (`local`/`proxy`/`forward`), `outcome` (`ok` or the [`BrokenKind`] name), `micros` |
 //! | `DEBUG` | `call refused`: unknown method, bad arguments, too large | as `call`, plus `reason` |
+//! | `DEBUG` | `a result broke a limit` (too large or too deep for the caller) | `answer`, `refused`, `reason` |
 //! | `DEBUG` | `bootstrap: found the object` / `bootstrap refused: no object under that swiss number` | `answer`, `refused = "unknown_object"` |
 //! | `DEBUG` | `TLS handshake complete` | `version`, `cipher`, `group` |
 //! | `DEBUG` | `connect failed`, inbound connections cut or refused, `aborting session` (the violation) | `error`, `why`, `violation` |

@@ -787,7 +787,14 @@ impl Driver {
         self.apply_queued();
         let mut watched = Vec::new();
         let outcome = outcome
-            .and_then(|p| check_limits(&p.data, &self.cbor).map(|()| p))
+            .and_then(|p| {
+                check_limits(&p.data, &self.cbor)
+                    .map(|()| p)
+                    .inspect_err(|b| {
+                        tracing::debug!(answer = answer.0, refused = b.kind_name(), reason = %b,
+                        "a result broke a limit: the caller gets the error instead");
+                    })
+            })
             .map(|p| {
                 let (payload, w) = self.out_payload(p);
                 watched = w;
