@@ -53,6 +53,14 @@ mod counter;
 use captp::{BrokenKind, SturdyRef, Vat};
 use counter::CounterRef;
 
+/// Calls the counter behind a sturdy ref.
+#[derive(clap::Parser)]
+#[command(name = "counter_client", version)]
+struct Cli {
+    /// The counter's sturdy ref (`captp://...`), as its server printed it.
+    uri: String,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     const USAGE: &str = "counter_client [--reconnect] <captp://URI | @file.cap>";

@@ -32,6 +32,14 @@ mod log;
 use captp::Vat;
 use log::LogRef;
 
+/// Calls the log service behind a sturdy ref.
+#[derive(clap::Parser)]
+#[command(name = "log_client", version)]
+struct Cli {
+    /// The log service's sturdy ref (`captp://...`), as its server printed it.
+    uri: String,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -21,6 +21,10 @@
 
 #[path = "common/log.rs"]
 mod log;
+// Only for its `init_logging` (`RUST_LOG`), which every example installs.
+#[allow(dead_code)]
+#[path = "common/server.rs"]
+mod server;
 
 use std::time::Instant;
 
@@ -29,6 +33,7 @@ use log::{LogRef, LogServer, LogService};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    server::init_logging();
     if std::env::args().len() > 1 {
         eprintln!("usage: quickstart (no arguments)");
         std::process::exit(2);

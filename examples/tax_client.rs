@@ -29,20 +29,21 @@ mod tax;
 use captp::{CallError, Vat};
 use tax::TaxComputerRef;
 
-const USAGE: &str = "tax_client <captp://URI | @file.cap> <cents>";
+/// Asks a tax computer for the tax on an amount.
+#[derive(clap::Parser)]
+#[command(name = "tax_client", version)]
+struct Cli {
+    /// The tax computer's sturdy ref (`captp://...`, printed by `tax_server`), or @FILE.
+    uri: String,
+    /// The amount, in whole cents (negative is refused by the server).
+    #[arg(allow_negative_numbers = true)]
+    cents: i64,
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [uri, amount] = args.as_slice() else {
-        client::usage("tax_client: expected two arguments", USAGE);
-    };
-    let Ok(cents) = amount.parse::<i64>() else {
-        client::usage(
-            &format!("tax_client: the amount must be a whole number of cents, not {amount:?}"),
-            USAGE,
-        );
-    };
+    let Cli { uri, cents } = client::parse_args();
+    let uri = &uri;
     let sturdy = client::parse_uri(uri);
 
     let vat = Vat::builder().start().await?;

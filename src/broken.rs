@@ -272,6 +272,15 @@ pub(crate) fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Resu
 
 impl std::error::Error for Broken {}
 
+/// Displays a string (a peer's, say) with [`write_escaped`], for log fields.
+pub(crate) struct Escaped<'a>(pub(crate) &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_escaped(f, self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,6 +103,35 @@
 //!
 //! SECURITY.md has the threat model; PROTOCOL.md the wire protocol.
 //!
+//! # Watching it work
+//!
+//! The crate logs through [`tracing`]; install any subscriber (`tracing-subscriber` with
+//! `RUST_LOG=captp=debug`, say). With none installed, or a level filtered out, the cost
+//! is a cached check per call site: sessions get a span each, and per-call timing reads
+//! the clock only when `DEBUG` is on. A swiss number is never logged, at any level (a
+//! test captures a whole session at `TRACE` and looks for it); a peer's strings (method
+//! names, abort reasons) are escaped.
+//!
+//! | level | what | fields |
+//! |---|---|---|
+//! | `INFO` span `session` | every event of one session | `peer` (vat ID), `direction` (`inbound`/`outbound`), `address` |
+//! | `INFO` | `vat started` | `vat`, `addr` |
+//! | `INFO` | `the peer closed the session` (it shut down in order) | `ending = "closed"` |
+//! | `INFO` | `connection lost` (EOF, I/O error, keepalive, a peer that vanished) | `ending = "connection_lost"`, `reason` |
+//! | `WARN` | `the peer aborted the session` | `ending = "peer_aborted"`, `reason` |
+//! | `WARN` | `aborted the session: the peer broke the protocol` | `ending = "violation"`, `reason` |
+//! | `INFO`/`DEBUG` | this vat aborted / shut down the session | `ending = "local_abort"` / `"local_shutdown"` |
+//! | `DEBUG` | `call`: a delivered call ended | `method`, `answer` (none for one-way), `target` (`local`/`proxy`/`forward`), `outcome` (`ok` or the [`BrokenKind`] name), `micros` |
+//! | `DEBUG` | `call refused`: unknown method, bad arguments, too large | as `call`, plus `reason` |
+//! | `DEBUG` | `a result broke a limit` (too large or too deep for the caller) | `answer`, `refused`, `reason` |
+//! | `DEBUG` | `bootstrap: found the object` / `bootstrap refused: no object under that swiss number` | `answer`, `refused = "unknown_object"` |
+//! | `DEBUG` | `TLS handshake complete` | `version`, `cipher`, `group` |
+//! | `DEBUG` | `connect failed`, inbound connections cut or refused, `aborting session` (the violation) | `error`, `why`, `violation` |
+//! | `TRACE` | `message in` / `message out` | `kind` (the message's wire name; never its payload) |
+//!
+//! rustls logs through the `log` crate: a subscriber with the `tracing-log` bridge
+//! (`tracing-subscriber`'s default `init`) shows those records too.
+//!
 //! # Limits
 //!
 //! Every bound on what a peer can make the vat hold is a field of [`Limits`], with its

@@ -4,18 +4,42 @@
 use captp::{Broken, BrokenKind, SturdyRef};
 
 /// Prints `problem` and the usage line to stderr and exits with code 2.
+#[allow(dead_code)]
 pub(crate) fn usage(problem: &str, usage: &str) -> ! {
     eprintln!("{problem}");
     eprintln!("usage: {usage}");
     std::process::exit(2);
 }
 
+/// Parses the command line into `T` (a `clap` derive), the way every client example
+/// does: `--help` and `--version` print and exit 0; bad arguments print the reason and
+/// the aligned usage line to stderr and exit with code 2. Installs the log subscriber.
+#[allow(dead_code)]
+pub(crate) fn parse_args<T: clap::Parser>() -> T {
+    init_logging();
+    let mut command = T::command();
+    let usage = command.render_usage().to_string();
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let reason = first_paragraph(&e.render().to_string());
+            let name = command.get_name().to_owned();
+            eprintln!("{name}: {}", reason.trim_start_matches("error: "));
+            eprintln!("{}", usage.replacen("Usage:", "usage:", 1));
+            eprintln!("Try '{name} --help' for more.");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// Parses a sturdy ref URI, or `@` and the path of a `.cap` file holding one, or prints
 /// why it is not one and exits with code 1.
 ///
-/// The error never quotes the input or the file, so a mistyped URI does not end up in
-/// the terminal's scrollback twice.
+/// The parse error never quotes the input, so a mistyped URI does not end up in the
+/// terminal's scrollback twice.
 pub(crate) fn parse_uri(text: &str) -> SturdyRef {
+    init_logging();
     match SturdyRef::from_arg(text) {
         Ok(sturdy) => sturdy,
         Err(e) => {
@@ -23,6 +47,33 @@ pub(crate) fn parse_uri(text: &str) -> SturdyRef {
             std::process::exit(1);
         }
     }
+}
+
+/// The reason in a clap error, on one line: its first paragraph (the error line and,
+/// for missing arguments, their names).
+fn first_paragraph(rendered: &str) -> String {
+    let lines: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    if lines.is_empty() {
+        "bad arguments".to_owned()
+    } else {
+        lines.join(" ")
+    }
+}
+
+/// Installs a log subscriber on stderr filtered by `RUST_LOG` (default: warnings only),
+/// with the `log` crate's records (rustls) bridged. Called by [`parse_uri`], which every
+/// client runs first.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Prints what went wrong with a call, in terms a person can act on, and exits with

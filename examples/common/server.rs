@@ -1,7 +1,8 @@
 //! What every server example does around its object: read `--listen <addr>`,
 //! `--identity <dir>` and `--cap-file <path>`, start a listening vat, export the object
 //! under the program's name, print its sturdy ref URI as the first line of stdout (and
-//! save it to the `.cap` file if asked), and serve until Ctrl-C.
+//! save it to the `.cap` file if asked), and serve until Ctrl-C or SIGTERM. Also installs
+//! the log subscriber (`RUST_LOG`) every example uses.
 //!
 //! The export is named ([`Vat::export_named`]), so with `--identity` and a fixed
 //! `--listen` port a restarted server prints the same URI, and clients holding it carry
@@ -15,58 +16,102 @@ use std::io::Write;
 
 use captp::{Object, Vat};
 
-/// The options, as the usage message explains them.
-const OPTIONS: &str = "\
-  --listen <addr>    address to listen on (default 127.0.0.1:0, a free port)
-  --identity <dir>   keep the vat's key and export secret in <dir> (created on
-                     first use), so that with a fixed --listen port the URI stays
-                     the same across restarts
-  --cap-file <path>  also write the URI to <path> (mode 0600), for clients to
-                     read with @<path>
-";
-
 /// Where and as whom a server example runs.
+#[derive(clap::Parser)]
+#[command(
+    version,
+    about = "Serves one object and prints its sturdy ref URI on stdout"
+)]
 struct Options {
+    /// Address to listen on (the default picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     listen: String,
+    /// Keep the vat's key and export secret in DIR (created on first use), so that with
+    /// a fixed --listen port the URI stays the same across restarts.
+    #[arg(long, value_name = "DIR")]
     identity: Option<String>,
+    /// Also write the URI to PATH (mode 0600), for clients to read with @PATH.
+    #[arg(long, value_name = "PATH")]
     cap_file: Option<String>,
 }
 
-/// Parses the server options, or prints usage to stderr and exits with code 2.
+/// Parses the server options; on bad arguments clap prints usage to stderr and exits
+/// with code 2 (`--help` and `--version` exit 0).
 ///
 /// `name` is how the server is invoked: a program (`tax_server`), or a program and its
 /// subcommand (`chat serve`). The options are the arguments after those words.
 fn parse_options(name: &str) -> Options {
-    let usage = |problem: &str| -> ! {
-        eprintln!("{name}: {problem}");
-        eprintln!("usage: {name} [--listen <addr>] [--identity <dir>] [--cap-file <path>]");
-        eprint!("{OPTIONS}");
-        std::process::exit(2);
-    };
-    let mut options = Options {
-        listen: "127.0.0.1:0".to_owned(),
-        identity: None,
-        cap_file: None,
-    };
-    let mut args = std::env::args().skip(name.split_whitespace().count());
-    while let Some(flag) = args.next() {
-        let slot = match flag.as_str() {
-            "--listen" => &mut options.listen,
-            "--identity" => options.identity.insert(String::new()),
-            "--cap-file" => options.cap_file.insert(String::new()),
-            _ => usage(&format!("unknown argument {flag:?}")),
-        };
-        match args.next() {
-            Some(value) if !value.is_empty() => *slot = value,
-            _ => usage(&format!("{flag} needs a value")),
+    use clap::{CommandFactory, FromArgMatches};
+    let words = name.split_whitespace().count();
+    let args = std::iter::once(name.to_owned()).chain(std::env::args().skip(words));
+    let mut command = Options::command().bin_name(name.to_owned());
+    let usage = command.render_usage().to_string();
+    let parsed = command
+        .try_get_matches_from(args)
+        .and_then(|m| Options::from_arg_matches(&m));
+    match parsed {
+        Ok(options) => options,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // The one-line reason, then the aligned usage, exit code 2.
+            let reason = first_paragraph(&e.render().to_string());
+            eprintln!("{name}: {}", reason.trim_start_matches("error: "));
+            eprintln!("{}", usage.replacen("Usage:", "usage:", 1));
+            eprintln!("Try '{name} --help' for the options.");
+            std::process::exit(2);
         }
     }
-    options
+}
+
+/// The reason in a clap error, on one line: its first paragraph (the error line and,
+/// for missing arguments, their names).
+fn first_paragraph(rendered: &str) -> String {
+    let lines: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    if lines.is_empty() {
+        "bad arguments".to_owned()
+    } else {
+        lines.join(" ")
+    }
+}
+
+/// Installs a log subscriber on stderr filtered by `RUST_LOG` (`RUST_LOG=captp=debug`
+/// shows each call; default: warnings only). The `log` crate's records (rustls) are
+/// bridged. Never logs a swiss number: the library does not emit one.
+#[allow(dead_code)]
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Waits for Ctrl-C or, on Unix, SIGTERM (what `kill` and service managers send), so
+/// either way the vat shuts down and its peers see an orderly close.
+pub(crate) async fn stop_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
 }
 
 /// Runs a server example: starts a vat with the command-line options, exports `object`
 /// under the name `name`, prints its sturdy ref URI as the first line of stdout (and
-/// writes it to the `--cap-file`), and serves until Ctrl-C.
+/// writes it to the `--cap-file`), and serves until Ctrl-C or SIGTERM.
 /// `name` is the program, or the program and its subcommand (`"chat serve"`): the
 /// options are read after those words, and messages are prefixed with them.
 ///
@@ -76,6 +121,7 @@ pub(crate) async fn serve(
     object: impl Object,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let options = parse_options(name);
+    init_logging();
     let mut builder = Vat::builder().listen(options.listen.as_str());
     if let Some(dir) = &options.identity {
         builder = builder.identity_dir(dir);
@@ -114,9 +160,9 @@ pub(crate) async fn serve(
         None => eprintln!("{name}: vat {} (fresh key)", vat.vat_id()),
     }
     eprintln!("{name}: listening on {address}; the sturdy ref URI is on stdout");
-    eprintln!("{name}: serving until Ctrl-C");
+    eprintln!("{name}: serving until Ctrl-C or SIGTERM");
 
-    tokio::signal::ctrl_c().await?;
+    stop_signal().await?;
     eprintln!("{name}: shutting down");
     vat.shutdown().await;
     eprintln!("{name}: stopped");

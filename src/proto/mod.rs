@@ -45,5 +45,5 @@ mod tests;
 pub use ids::{AnswerId, ExportId, ImportId, QuestionId};
 pub use session::{
     Call, CloseReason, Deadline, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload,
-    PeerLimits, Session, SessionStats, Violation, announce,
+    PeerLimits, SHUTDOWN_REASON, Session, SessionStats, Violation, announce,
 };

@@ -206,6 +206,49 @@ async fn connect_tcp(address: &str) -> Result<TcpStream, TransportError> {
     })
 }
 
+/// What a completed TLS handshake agreed on, in the names rustls gives them
+/// (`TLSv1_3`, `TLS13_AES_128_GCM_SHA256`, `X25519MLKEM768`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The protocol version.
+    pub version: String,
+    /// The cipher suite.
+    pub cipher: String,
+    /// The key exchange group.
+    pub group: String,
+}
+
+impl TlsInfo {
+    /// Reads the parameters of an established connection (`"?"` for one not known).
+    pub fn of(conn: &rustls::CommonState) -> TlsInfo {
+        let unknown = || "?".to_owned();
+        TlsInfo {
+            version: conn
+                .protocol_version()
+                .map_or_else(unknown, |v| format!("{v:?}")),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .map_or_else(unknown, |c| format!("{:?}", c.suite())),
+            group: conn
+                .negotiated_key_exchange_group()
+                .map_or_else(unknown, |g| format!("{:?}", g.name())),
+        }
+    }
+}
+
+/// The `DEBUG` event for a completed handshake: what was agreed, no key material.
+fn log_handshake(conn: &rustls::CommonState) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let info = TlsInfo::of(conn);
+        tracing::debug!(
+            version = %info.version,
+            cipher = %info.cipher,
+            group = %info.group,
+            "TLS handshake complete"
+        );
+    }
+}
+
 /// Connects to the vat at `address` (`host:port`, IPv6 in brackets) and
 /// completes a TLS handshake in which the server must prove it holds the
 /// key whose vat ID is `expected`.
@@ -237,6 +280,7 @@ pub async fn connect(
             });
         }
         check_alpn(conn)?;
+        log_handshake(conn);
         Ok((TlsStream::Client(stream), presented))
     };
     match tokio::time::timeout(handshake_timeout, attempt).await {
@@ -261,6 +305,7 @@ pub async fn accept(
         let (_, conn) = stream.get_ref();
         let peer = peer_vat_id(conn)?;
         check_alpn(conn)?;
+        log_handshake(conn);
         Ok((TlsStream::Server(stream), peer))
     };
     match tokio::time::timeout(handshake_timeout, attempt).await {

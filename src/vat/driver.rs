@@ -21,6 +21,7 @@ use futures_util::future::{AbortHandle, Abortable, BoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::codec::RefPayload;
 use super::export::Watched;
@@ -35,7 +36,8 @@ use crate::broken::{Broken, BrokenKind};
 use crate::identity::VatId;
 use crate::limits::Limits;
 use crate::proto::{
-    AnswerId, Event, ImportId, InCap, InPayload, LocalTarget, OutCap, OutPayload, Session,
+    AnswerId, CloseReason, Event, ImportId, InCap, InPayload, LocalTarget, OutCap, OutPayload,
+    SHUTDOWN_REASON, Session,
 };
 use crate::transport::{self, Connection, TlsStream, TransportError};
 use crate::wire::{CborLimits, Message};
@@ -57,7 +59,15 @@ pub(crate) fn outbound_session(vat: &Arc<VatInner>, peer: VatId, address: String
     let (handle, rx) = vat.new_session(peer, false);
     outbound.insert(peer, handle.clone());
     drop(outbound);
-    vat.spawn(connect_and_run(vat.clone(), handle.clone(), rx, address));
+    // One span per session: every event of the session task carries the peer, the
+    // direction and the address. Created once per session, never per call.
+    let span = tracing::info_span!(
+        "session",
+        peer = %peer,
+        direction = "outbound",
+        address = %crate::broken::Escaped(&address),
+    );
+    vat.spawn(connect_and_run(vat.clone(), handle.clone(), rx, address).instrument(span));
     handle
 }
 
@@ -79,7 +89,7 @@ async fn connect_and_run(
     match connected {
         Ok((stream, _)) => run(vat, handle, rx, stream).await,
         Err(e) => {
-            tracing::debug!(%peer, %address, error = %e, "connect failed");
+            tracing::info!(error = %e, "connect failed");
             let broken = match e {
                 TransportError::VatIdMismatch { .. } => {
                     Broken::new(BrokenKind::VatIdMismatch, e.to_string())
@@ -209,7 +219,7 @@ pub(crate) async fn run(
                         }
                     }
                 }
-                Err(e) => d.core.handle_connection_lost(format!("read failed: {e}")),
+                Err(e) => d.core.handle_connection_lost(read_failure(&e)),
             },
             cmd = d.rx.recv(), if rx_open => match cmd {
                 Some(cmd) => d.apply(cmd),
@@ -248,6 +258,97 @@ pub(crate) async fn run(
     d.pump();
     d.conn.close(CLOSE_FLUSH).await;
     vat.forget_session(&handle);
+}
+
+/// What the `DEBUG` event for a delivered call reports when the call ends.
+struct CallTrace {
+    method: String,
+    answer: Option<AnswerId>,
+    target: &'static str,
+    started: Instant,
+}
+
+impl CallTrace {
+    /// Logs the call's end: `call` for a result or an application error, `call
+    /// refused` for a refusal (unknown method, bad arguments, too large, ...).
+    fn finished(&self, outcome: &Outcome) {
+        let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let method = crate::broken::Escaped(&self.method);
+        let answer = self.answer.map(|a| a.0);
+        match outcome {
+            Ok(_) => tracing::debug!(
+                method = %method, answer, target = self.target, outcome = "ok", micros, "call"
+            ),
+            Err(b) if is_refusal(b.kind()) => tracing::debug!(
+                method = %method, answer, target = self.target, outcome = b.kind_name(),
+                reason = %b, micros, "call refused"
+            ),
+            Err(b) => tracing::debug!(
+                method = %method, answer, target = self.target, outcome = b.kind_name(),
+                micros, "call"
+            ),
+        }
+    }
+}
+
+/// Failures the callee's side decided before (or instead of) running the method.
+fn is_refusal(kind: BrokenKind) -> bool {
+    matches!(
+        kind,
+        BrokenKind::UnknownMethod
+            | BrokenKind::BadArguments
+            | BrokenKind::TooLarge
+            | BrokenKind::UnknownObject
+    )
+}
+
+/// The kind of target a delivered call has, for logs.
+fn target_kind(target: &InCap<ObjectHandle>) -> &'static str {
+    match target {
+        InCap::Local(o) if o.proxied().is_some() => "proxy",
+        InCap::Local(_) => "local",
+        InCap::Import(_) | InCap::Promise(_) => "forward",
+    }
+}
+
+/// Logs how a session ended, at a level that fits: an orderly close (the peer shut down,
+/// or this vat did) and a lost connection are ordinary (`INFO`/`DEBUG`); a peer that
+/// aborted for another reason, or broke the protocol, is worth a `WARN`.
+fn log_close(reason: &CloseReason) {
+    match reason {
+        CloseReason::PeerAborted(r) if r == SHUTDOWN_REASON => {
+            tracing::info!(ending = "closed", "the peer closed the session")
+        }
+        CloseReason::PeerAborted(_) => {
+            tracing::warn!(ending = "peer_aborted", %reason, "the peer aborted the session")
+        }
+        CloseReason::Violation(_) => {
+            tracing::warn!(ending = "violation", %reason, "aborted the session: the peer broke the protocol")
+        }
+        CloseReason::ConnectionLost(why) => {
+            tracing::info!(ending = "connection_lost", reason = %why, "connection lost")
+        }
+        CloseReason::Local(r) if r == SHUTDOWN_REASON => {
+            tracing::debug!(
+                ending = "local_shutdown",
+                "closed the session: this vat is shutting down"
+            )
+        }
+        CloseReason::Local(_) => {
+            tracing::info!(ending = "local_abort", %reason, "aborted the session")
+        }
+    }
+}
+
+/// Says why a read failed in plain words. A peer that vanished without TLS
+/// `close_notify` (killed, or its machine lost) is an ordinary lost connection, not an
+/// error to explain with a link; other errors keep their text.
+fn read_failure(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "the peer went away without closing the connection".to_owned()
+    } else {
+        format!("read failed: {e}")
+    }
 }
 
 /// A method running for the peer, with the answer it owes (`None` for a one-way send).
@@ -449,6 +550,7 @@ impl Driver {
     /// toward its budget.
     fn transmit(&mut self) {
         while let Some(msg) = self.core.poll_transmit() {
+            tracing::trace!(kind = msg.kind(), "message out");
             self.urgent |= !msg.is_bookkeeping();
             if matches!(msg, Message::Return { .. } | Message::Pong { .. }) {
                 self.conn.writer.queue_answer(msg);
@@ -495,7 +597,7 @@ impl Driver {
     /// aborts: the abort follows them on the wire, so the peer still delivers them.
     fn shut_down(&mut self) {
         self.apply_queued();
-        self.core.abort("the vat is shutting down");
+        self.core.abort(SHUTDOWN_REASON);
     }
 
     /// Applies up to [`COMMAND_BATCH`] queued commands, so one busy handle cannot starve
@@ -560,7 +662,7 @@ impl Driver {
                 }
             }
             // Commands queued before it were applied before it.
-            Command::Shutdown => self.core.abort("the vat is shutting down"),
+            Command::Shutdown => self.core.abort(SHUTDOWN_REASON),
         }
     }
 
@@ -574,6 +676,14 @@ impl Driver {
             } => {
                 let args = Args::new(payload.data, self.refs(payload.caps), self.cbor)
                     .with_caller(self.handle.peer());
+                // Per-call timing only when someone listens at DEBUG: one cached
+                // callsite check, no clock read otherwise.
+                let traced = tracing::enabled!(tracing::Level::DEBUG).then(|| CallTrace {
+                    method: method.clone(),
+                    answer,
+                    target: target_kind(&target),
+                    started: Instant::now(),
+                });
                 let reply = match (target, answer) {
                     // A one-way call to a proxy stays one-way on its way on.
                     (InCap::Local(object), None) => match object.proxied() {
@@ -590,6 +700,9 @@ impl Driver {
                 };
                 match reply {
                     ReplyInner::Ready(outcome) => {
+                        if let Some(t) = &traced {
+                            t.finished(&outcome);
+                        }
                         if let Some(answer) = answer {
                             self.answer(answer, outcome);
                         }
@@ -602,7 +715,12 @@ impl Driver {
                             }
                             None => self.one_way_running += 1,
                         }
-                        let future = guard(future).map(move |outcome| (answer, outcome));
+                        let future = guard(future).map(move |outcome| {
+                            if let Some(t) = &traced {
+                                t.finished(&outcome);
+                            }
+                            (answer, outcome)
+                        });
                         self.calls
                             .push(Abortable::new(future.boxed(), registration));
                     }
@@ -631,9 +749,20 @@ impl Driver {
                 }
             }
             Event::Bootstrap { answer, swiss } => {
+                // The swiss number is a secret: never in a log, at any level.
                 let outcome = match self.vat.lookup(&swiss) {
-                    Some(object) => Ok(OutPayload::single_cap(OutCap::Local(object))),
-                    None => Err(Broken::unknown_object()),
+                    Some(object) => {
+                        tracing::debug!(answer = answer.0, "bootstrap: found the object");
+                        Ok(OutPayload::single_cap(OutCap::Local(object)))
+                    }
+                    None => {
+                        tracing::debug!(
+                            answer = answer.0,
+                            refused = "unknown_object",
+                            "bootstrap refused: no object under that swiss number"
+                        );
+                        Err(Broken::unknown_object())
+                    }
                 };
                 self.core.answer(answer, outcome);
             }
@@ -646,9 +775,7 @@ impl Driver {
                 let settled = result.map(|p| self.payload(p));
                 resolver.resolve(settled);
             }
-            Event::Closed { reason } => {
-                tracing::debug!(peer = %self.handle.peer(), %reason, "session closed");
-            }
+            Event::Closed { reason } => log_close(&reason),
         }
     }
 
@@ -660,7 +787,14 @@ impl Driver {
         self.apply_queued();
         let mut watched = Vec::new();
         let outcome = outcome
-            .and_then(|p| check_limits(&p.data, &self.cbor).map(|()| p))
+            .and_then(|p| {
+                check_limits(&p.data, &self.cbor)
+                    .map(|()| p)
+                    .inspect_err(|b| {
+                        tracing::debug!(answer = answer.0, refused = b.kind_name(), reason = %b,
+                        "a result broke a limit: the caller gets the error instead");
+                    })
+            })
             .map(|p| {
                 let (payload, w) = self.out_payload(p);
                 watched = w;

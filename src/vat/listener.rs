@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -81,7 +82,25 @@ async fn wait_and_serve(vat: Arc<VatInner>, tcp: TcpStream, acceptor: TlsAccepto
 /// Completes the handshake of one accepted connection and serves its session, unless
 /// admission cuts it before the peer's `hello`. The ticket gives its place back when
 /// this ends.
-async fn serve_inbound(
+async fn serve_inbound(vat: Arc<VatInner>, tcp: TcpStream, acceptor: TlsAcceptor, ticket: Ticket) {
+    // One span per session (see `driver::outbound_session`); the peer's vat ID is
+    // recorded once the handshake proves it.
+    let span = tracing::info_span!(
+        "session",
+        peer = tracing::field::Empty,
+        direction = "inbound",
+        address = tracing::field::Empty,
+    );
+    if let Ok(addr) = tcp.peer_addr() {
+        span.record("address", tracing::field::display(addr));
+    }
+    serve_inbound_in_span(vat, tcp, acceptor, ticket)
+        .instrument(span)
+        .await;
+}
+
+/// [`serve_inbound`], inside the session's span.
+async fn serve_inbound_in_span(
     vat: Arc<VatInner>,
     tcp: TcpStream,
     acceptor: TlsAcceptor,
@@ -104,6 +123,7 @@ async fn serve_inbound(
             return;
         }
     };
+    tracing::Span::current().record("peer", tracing::field::display(peer));
     let (handle, rx) = vat.new_session(peer, true);
     handle.on_established(ticket.promotion());
     let why = tokio::select! {

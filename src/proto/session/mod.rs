@@ -40,7 +40,7 @@ use std::time::Instant;
 
 pub use types::{
     Call, CloseReason, Deadline, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload,
-    SessionStats,
+    SHUTDOWN_REASON, SessionStats,
 };
 pub use violation::Violation;
 
@@ -298,7 +298,11 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             return;
         }
         match Message::decode(body, &self.cbor) {
-            Ok(msg) => self.handle_message(msg),
+            Ok(msg) => {
+                // The kind only: never payload bytes, which may hold a swiss number.
+                tracing::trace!(kind = msg.kind(), "message in");
+                self.handle_message(msg)
+            }
             Err(e) => self.violate(Violation::Decode(e)),
         }
     }

@@ -29,11 +29,20 @@ pub enum CloseReason {
     Local(String),
 }
 
+/// The `abort` reason a vat sends each peer when it shuts down. On the wire it is an
+/// ordinary `abort`; a receiving vat recognises the text and treats the ending as an
+/// orderly close (in logs and in the `Broken` its references get), not an abort.
+pub const SHUTDOWN_REASON: &str = "the vat is shutting down";
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseReason::Violation(v) => write!(f, "protocol violation by the peer: {v}"),
             // The peer's own words: escaped, since they reach logs and terminals.
+            // An orderly shutdown is an ordinary ending, not an alarm.
+            CloseReason::PeerAborted(r) if r == SHUTDOWN_REASON => {
+                f.write_str("the peer closed the session: it is shutting down")
+            }
             CloseReason::PeerAborted(r) => {
                 f.write_str("the peer aborted the session: ")?;
                 crate::broken::write_escaped(f, r)
