@@ -123,6 +123,7 @@ mod error;
 mod identity;
 mod limits;
 mod proto;
+mod store;
 mod sturdy;
 mod transport;
 mod vat;
@@ -132,11 +133,12 @@ pub use broken::{Broken, BrokenKind};
 pub use error::{Error, TlsError};
 pub use identity::{Identity, IdentityError, VatId};
 pub use limits::Limits;
+pub use store::{Store, StoreError, StoredRef};
 pub use sturdy::{Host, HostError, ParseError, PortError, SturdyRef};
 pub use transport::TransportError;
 pub use vat::{
-    Args, ConnectionStats, Object, Promise, Ref, Reply, SessionInfo, Tables, Vat, VatBuilder,
-    VatStats,
+    Args, ConnectionStats, Object, Promise, Ref, Reply, Restorer, SessionInfo, Tables, Vat,
+    VatBuilder, VatStats,
 };
 pub use vat::{
     CallContext, CallError, DESCRIBE_METHOD, Interface, InterfaceInfo, MethodInfo, ParamInfo,

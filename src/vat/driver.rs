@@ -631,10 +631,10 @@ impl Driver {
                 }
             }
             Event::Bootstrap { answer, swiss } => {
-                let outcome = match self.vat.lookup(&swiss) {
-                    Some(object) => Ok(OutPayload::single_cap(OutCap::Local(object))),
-                    None => Err(Broken::unknown_object()),
-                };
+                let outcome = self
+                    .vat
+                    .lookup(&swiss)
+                    .map(|object| OutPayload::single_cap(OutCap::Local(object)));
                 self.core.answer(answer, outcome);
             }
             Event::Pong { nonce } => {
