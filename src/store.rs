@@ -145,9 +145,7 @@ impl StoredRef {
 
 /// An expiry as whole unix seconds, rounded down (a time before 1970 is 0: expired).
 pub(crate) fn expiry_secs(expiry: SystemTime) -> u64 {
-    expiry
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    expiry.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Whether an expiry in unix seconds has passed at `now`.
@@ -419,7 +417,9 @@ mod tests {
             let store = Store::open(&path).unwrap();
             for (i, swiss) in swisses.iter().enumerate() {
                 let exp = (i % 2 == 0).then_some(expiry);
-                store.insert(swiss, format!("record {i}").as_bytes(), exp).unwrap();
+                store
+                    .insert(swiss, format!("record {i}").as_bytes(), exp)
+                    .unwrap();
             }
             assert_eq!(store.len().unwrap(), 10);
         }
@@ -504,7 +504,13 @@ mod tests {
         assert_eq!(soon_entry.expiry(), Some(at(1_000, 0)));
         assert!(!soon_entry.is_expired(at(999, 999)));
         assert!(soon_entry.is_expired(at(1_000, 0)));
-        assert!(!store.get(&never).unwrap().unwrap().is_expired(at(u32::MAX.into(), 0)));
+        assert!(
+            !store
+                .get(&never)
+                .unwrap()
+                .unwrap()
+                .is_expired(at(u32::MAX.into(), 0))
+        );
 
         assert_eq!(store.purge_expired(at(1_500, 0)).unwrap(), 1);
         assert_eq!(store.get(&soon).unwrap(), None);

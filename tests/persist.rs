@@ -112,7 +112,11 @@ fn unknown_ref(like: &SturdyRef) -> SturdyRef {
 /// Asserts that `refused` is exactly what an unknown swiss number gets.
 fn assert_like_unknown(what: &str, refused: Result<String, Broken>, unknown: &Broken) {
     let refused = refused.expect_err(what);
-    assert_eq!(refused.kind(), BrokenKind::UnknownObject, "{what}: {refused}");
+    assert_eq!(
+        refused.kind(),
+        BrokenKind::UnknownObject,
+        "{what}: {refused}"
+    );
     assert_eq!(&refused, unknown, "{what}");
     assert_eq!(refused.message(), unknown.message(), "{what}");
 }
@@ -189,7 +193,11 @@ async fn persistent_refs_are_restored_after_the_vat_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vat_without_a_store_cannot_export_persistently() {
     within(async {
-        let vat = Vat::builder().listen("127.0.0.1:0").start().await.expect("vat");
+        let vat = Vat::builder()
+            .listen("127.0.0.1:0")
+            .start()
+            .await
+            .expect("vat");
         let err = vat
             .export_persistent(room("x"), b"room:x", None)
             .expect_err("no store");
@@ -315,7 +323,13 @@ struct ChildProcess {
 impl ChildProcess {
     fn start(test: &str, mode: &str, dir: &Path, listen: &str) -> ChildProcess {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                test,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("CAPTP_PERSIST_CHILD", mode)
             .env("CAPTP_PERSIST_DIR", dir)
             .env("CAPTP_PERSIST_LISTEN", listen)
@@ -352,7 +366,9 @@ impl ChildProcess {
     fn value(&self, key: &str) -> String {
         let prefix = format!("{key} ");
         for _ in 0..100 {
-            let line = self.next_line().unwrap_or_else(|| panic!("no {key:?} line"));
+            let line = self
+                .next_line()
+                .unwrap_or_else(|| panic!("no {key:?} line"));
             if let Some(value) = line.strip_prefix(&prefix) {
                 return value.to_owned();
             }
@@ -411,7 +427,12 @@ async fn a_restarted_server_process_restores_refs_and_keeps_refusals() {
     .await;
     drop(first); // SIGKILL: no clean shutdown either
 
-    let second = ChildProcess::start("child_server", "serve", &dir.0, &format!("127.0.0.1:{port}"));
+    let second = ChildProcess::start(
+        "child_server",
+        "serve",
+        &dir.0,
+        &format!("127.0.0.1:{port}"),
+    );
     assert_eq!(second.value("port"), port);
     second.wait_ready();
     within(async {

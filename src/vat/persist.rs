@@ -92,4 +92,3 @@ pub(crate) enum Export {
     /// restored from the store again while the vat runs.
     Revoked,
 }
-
