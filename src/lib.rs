@@ -96,6 +96,10 @@
 //! - **Authority comes only from swiss numbers and references.** Swiss numbers are 32
 //!   bytes from the OS RNG; the registry is keyed by their SHA-256; unknown and revoked
 //!   numbers get the same answer. `Debug` never shows a swiss number.
+//! - **Persistent refs store hashes only.** [`Vat::export_persistent`] keeps the SHA-256
+//!   of the swiss number, the application's record and the expiry in a [`Store`] (mode
+//!   0600), committed before the URI is returned; a copy of the store gives no
+//!   authority. Revoked and expired refs answer as unknown ones, across restarts.
 //! - **Peer input never panics the vat.** Frames are length-checked before allocation;
 //!   CBOR is checked for depth, item count, definite lengths and trailing bytes before
 //!   decoding; every peer-supplied id is looked up in its table. A misbehaving peer's

@@ -551,7 +551,8 @@ impl Vat {
         }
         VatStats {
             sessions,
-            sturdy_refs: lock(&self.inner.registry).len(),
+            sturdy_refs: lock(&self.inner.registry)
+                .count(|export| matches!(export, Export::Live { .. })),
             queued_answer_bytes: self.inner.queued_answers.load(Ordering::Relaxed),
             connections: self.inner.admission.stats(),
         }
@@ -615,7 +616,8 @@ impl std::fmt::Debug for Vat {
 pub struct VatStats {
     /// One entry per live session.
     pub sessions: Vec<SessionInfo>,
-    /// Objects exported by sturdy ref and not revoked.
+    /// Objects exported by sturdy ref and not revoked, held in memory: this run's
+    /// exports and the persistent refs restored so far (expired ones included).
     pub sturdy_refs: usize,
     /// Bytes of answers queued for peers and not yet written, over all sessions: what
     /// [`Limits::max_outbound_total`] bounds. Read when the stats are taken, after the
