@@ -232,6 +232,34 @@ async fn a_failing_restorer_breaks_the_fetch_and_is_asked_again() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fetches_after_a_restart_restore_once() {
+    within(async {
+        let dir = TempDir::new("concurrent");
+        let rooms = Rooms::default();
+        let first = server(&dir, "127.0.0.1:0", &rooms).await;
+        let port = first.local_addr().expect("listening").port();
+        let uri = first
+            .export_persistent(room("hall"), b"room:hall", None)
+            .expect("export");
+        first.shutdown().await;
+        drop(first);
+        let second = server(&dir, &format!("127.0.0.1:{port}"), &rooms).await;
+        let (a, b, c, d) = tokio::join!(name_of(&uri), name_of(&uri), name_of(&uri), name_of(&uri));
+        for name in [a, b, c, d] {
+            assert_eq!(name.expect("restored"), "hall");
+        }
+        assert_eq!(
+            rooms.0.load(Ordering::SeqCst),
+            1,
+            "four fetches, one restore"
+        );
+        assert_eq!(second.stats().await.sturdy_refs, 1);
+        second.shutdown().await;
+    })
+    .await;
+}
+
 // ---- real processes: the child side ----
 
 /// Which child this process is, when a parent test started it.

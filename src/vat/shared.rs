@@ -23,7 +23,7 @@ use super::persist::{Export, SharedRestorer};
 use crate::broken::Broken;
 use crate::identity::{Identity, VatId};
 use crate::limits::Limits;
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoredRef};
 use crate::sturdy::{Host, Registry, SwissNumber};
 use crate::transport::{self, TransportError};
 
@@ -172,24 +172,20 @@ impl VatInner {
         let (Some(store), Some(restorer)) = (self.store(), self.restorer.as_ref()) else {
             return Err(Broken::unknown_object());
         };
+        // Read first without the lock, so that fetches of unknown swiss numbers (a peer
+        // guessing) never wait behind a restore nor make others wait.
+        if self.stored_entry(&store, swiss, now)?.is_none() {
+            return Err(Broken::unknown_object());
+        }
         let _restoring = lock(&self.restoring);
-        // Another session may have restored (or a program revoked) it meanwhile.
+        // Another session may have restored it meanwhile, or a program revoked it: look
+        // again under the lock.
         if let Some(found) = self.lookup_registry(swiss, now) {
             return found;
         }
-        let entry = match store.get(swiss) {
-            Ok(Some(entry)) => entry,
-            Ok(None) => return Err(Broken::unknown_object()),
-            Err(e) => {
-                tracing::error!(error = %e, "could not read the sturdy-ref store");
-                return Err(Broken::failed(
-                    "the vat could not read its sturdy-ref store; try again later",
-                ));
-            }
-        };
-        if entry.is_expired(now) {
+        let Some(entry) = self.stored_entry(&store, swiss, now)? else {
             return Err(Broken::unknown_object());
-        }
+        };
         let restore = std::panic::AssertUnwindSafe(|| restorer.0.restore(entry.record()));
         let restored = match std::panic::catch_unwind(restore) {
             Ok(restored) => restored?,
@@ -208,6 +204,24 @@ impl VatInner {
             },
         );
         Ok(object)
+    }
+
+    /// The stored entry for `swiss` if it is there and unexpired at `now`.
+    fn stored_entry(
+        &self,
+        store: &Store,
+        swiss: &SwissNumber,
+        now: SystemTime,
+    ) -> Result<Option<StoredRef>, Broken> {
+        match store.get(swiss) {
+            Ok(entry) => Ok(entry.filter(|entry| !entry.is_expired(now))),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the sturdy-ref store");
+                Err(Broken::failed(
+                    "the vat could not read its sturdy-ref store; try again later",
+                ))
+            }
+        }
     }
 
     /// What the registry says about `swiss` at `now`: `None` when it holds nothing.
