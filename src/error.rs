@@ -10,6 +10,7 @@
 //! error type into a public signature: wrap it in [`TlsError`].
 
 use crate::identity::IdentityError;
+use crate::store::StoreError;
 use crate::sturdy::ParseError;
 use crate::transport::TransportError;
 
@@ -40,6 +41,15 @@ pub enum Error {
         "this vat does not listen on any address, so it cannot export sturdy refs: give the builder a listen address"
     )]
     NotListening,
+    /// The vat has no store, so it cannot export persistent sturdy refs.
+    #[error(
+        "this vat has no sturdy-ref store, so it cannot export persistent sturdy refs: \
+         give the builder one with `VatBuilder::store(Store::open(path)?)`"
+    )]
+    NoStore,
+    /// The sturdy-ref store failed; nothing was stored or deleted.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// A sturdy ref URI did not parse.
     #[error(transparent)]
     Parse(#[from] ParseError),

@@ -96,6 +96,10 @@
 //! - **Authority comes only from swiss numbers and references.** Swiss numbers are 32
 //!   bytes from the OS RNG; the registry is keyed by their SHA-256; unknown and revoked
 //!   numbers get the same answer. `Debug` never shows a swiss number.
+//! - **Persistent refs store hashes only.** [`Vat::export_persistent`] keeps the SHA-256
+//!   of the swiss number, the application's record and the expiry in a [`Store`] (mode
+//!   0600), committed before the URI is returned; a copy of the store gives no
+//!   authority. Revoked and expired refs answer as unknown ones, across restarts.
 //! - **Peer input never panics the vat.** Frames are length-checked before allocation;
 //!   CBOR is checked for depth, item count, definite lengths and trailing bytes before
 //!   decoding; every peer-supplied id is looked up in its table. A misbehaving peer's
@@ -152,6 +156,7 @@ mod error;
 mod identity;
 mod limits;
 mod proto;
+mod store;
 mod sturdy;
 mod transport;
 mod vat;
@@ -161,11 +166,12 @@ pub use broken::{Broken, BrokenKind};
 pub use error::{Error, TlsError};
 pub use identity::{Identity, IdentityError, VatId};
 pub use limits::Limits;
+pub use store::{Store, StoreError, StoredRef};
 pub use sturdy::{CapFileError, Host, HostError, ParseError, PortError, SturdyRef};
 pub use transport::TransportError;
 pub use vat::{
-    Args, ConnectionStats, Object, Promise, Reconnect, ReconnectingRef, Ref, Reply, SessionInfo,
-    Tables, Vat, VatBuilder, VatStats,
+    Args, ConnectionStats, Object, Promise, Reconnect, ReconnectingRef, Ref, Reply, Restorer,
+    SessionInfo, Tables, Vat, VatBuilder, VatStats,
 };
 pub use vat::{
     CallContext, CallError, DESCRIBE_METHOD, Interface, InterfaceInfo, MethodInfo, ParamInfo,

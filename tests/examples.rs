@@ -490,6 +490,31 @@ fn identity_dir_keeps_the_vat_id_across_restarts() {
 }
 
 #[test]
+fn counter_server_keeps_its_count_across_restarts() {
+    let dir = std::env::temp_dir().join(format!("captp-examples-count-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.to_str().expect("a UTF-8 temporary directory");
+    let mut expected = 0;
+    for restart in 0..2 {
+        let server = Server::start("counter_server", &["--identity", dir_arg]);
+        for _ in 0..2 {
+            expected += 1;
+            let run = run("counter_client", &[&server.uri]);
+            assert_eq!(run.code(), Some(0), "counter_client: {run}");
+            assert_eq!(
+                run.stdout,
+                format!("Calling Foo...\nCalling Bar: {expected}\n"),
+                "run {expected}, after {restart} restarts: {run}"
+            );
+        }
+        // Dropping the server kills it (SIGKILL): the count must already be on disk.
+    }
+    let saved = std::fs::read_to_string(dir.join("counter.count"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(saved.expect("the count file").trim(), "4");
+}
+
+#[test]
 fn quickstart_runs() {
     let run = run("quickstart", &[]);
     assert_eq!(run.code(), Some(0), "quickstart: {run}");

@@ -751,17 +751,17 @@ impl Driver {
             Event::Bootstrap { answer, swiss } => {
                 // The swiss number is a secret: never in a log, at any level.
                 let outcome = match self.vat.lookup(&swiss) {
-                    Some(object) => {
+                    Ok(object) => {
                         tracing::debug!(answer = answer.0, "bootstrap: found the object");
                         Ok(OutPayload::single_cap(OutCap::Local(object)))
                     }
-                    None => {
+                    Err(broken) => {
                         tracing::debug!(
                             answer = answer.0,
-                            refused = "unknown_object",
+                            refused = broken.kind_name(),
                             "bootstrap refused: no object under that swiss number"
                         );
-                        Err(Broken::unknown_object())
+                        Err(broken)
                     }
                 };
                 self.core.answer(answer, outcome);

@@ -23,7 +23,8 @@
 //! | `export.rs` | per-session proxy table, promise exports to watch | object, promise |
 //! | `handle.rs` | `SessionHandle`, `Command`: what a `Ref` posts to a session | export, object, promise, stream |
 //! | `admission.rs` | `Admission`, `Ticket`: the connection budgets | handle |
-//! | `shared.rs` | `VatInner`: the vat's shared state; its one `spawn` | admission, handle, object |
+//! | `persist.rs` | [`Restorer`]; `Export`, what the registry holds per swiss number | object, (`reference`: the `Ref` type) |
+//! | `shared.rs` | `VatInner`: the vat's shared state; its one `spawn`; lookups, restores included | admission, handle, object, persist, (`reference`: a restored `Ref`) |
 //! | `local.rs` | the FIFO queue behind a local `Ref` | object, promise |
 //! | `reference.rs` | [`Ref`]: send, pipeline, drop, naming refs for a session | codec, export, handle, local, object, promise |
 //! | `driver.rs` | the session task: `run`, `connect_and_run`, `Driver` | all of the above |
@@ -49,6 +50,7 @@ mod handle;
 mod listener;
 mod local;
 mod object;
+mod persist;
 mod promise;
 mod reconnect;
 mod reference;
@@ -60,7 +62,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -68,6 +70,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use admission::ConnectionStats;
 pub use object::{Args, Object, Reply};
+pub use persist::Restorer;
 pub use promise::Promise;
 pub use reconnect::{Reconnect, ReconnectingRef};
 pub use reference::Ref;
@@ -80,12 +83,14 @@ pub use typed::{
 
 use self::handle::Command;
 use self::object::ObjectHandle;
+use self::persist::{Export, SharedRestorer};
 use self::promise::Resolver;
 use self::shared::{VatInner, lock};
 use crate::error::Error;
 use crate::identity::{Identity, VatId};
 use crate::limits::Limits;
 use crate::proto::{LocalTarget, SessionStats};
+use crate::store::{self, Store};
 
 use crate::sturdy::{Host, SturdyRef, SwissNumber};
 use crate::transport;
@@ -161,6 +166,8 @@ pub struct VatBuilder {
     listen: Option<String>,
     advertise: Option<String>,
     limits: Limits,
+    store: Option<Store>,
+    restorer: Option<SharedRestorer>,
 }
 
 #[derive(Debug)]
@@ -205,6 +212,44 @@ impl VatBuilder {
     /// Replaces the default [`Limits`].
     pub fn limits(mut self, limits: Limits) -> VatBuilder {
         self.limits = limits;
+        self
+    }
+
+    /// Keeps persistent sturdy refs ([`Vat::export_persistent`]) in `store`, so that
+    /// they survive restarts. With a [`restorer`](Self::restorer) too, a fetch of a
+    /// stored ref after a restart rebuilds its object. Conventionally the store lives
+    /// beside the identity, at `<identity dir>/refs.redb`; a store goes with one
+    /// identity (its refs name that vat).
+    ///
+    /// The vat holds the store until it shuts down.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use captp::{Broken, Ref, Store, Vat};
+    ///
+    /// let vat = Vat::builder()
+    ///     .identity_dir("certs/rooms")
+    ///     .listen("127.0.0.1:4433")
+    ///     .store(Store::open("certs/rooms/refs.redb")?)
+    ///     .restorer(|record: &[u8]| -> Result<Ref, Broken> {
+    ///         Err(Broken::failed(format!("no room for {} bytes", record.len())))
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn store(mut self, store: Store) -> VatBuilder {
+        self.store = Some(store);
+        self
+    }
+
+    /// Rebuilds the objects of persistent sturdy refs from their records after a
+    /// restart (see [`Restorer`]). Without one, stored refs are refused as unknown
+    /// until this run exports them again.
+    pub fn restorer(mut self, restorer: impl Restorer) -> VatBuilder {
+        self.restorer = Some(SharedRestorer(Arc::new(restorer)));
         self
     }
 
@@ -262,6 +307,7 @@ impl VatBuilder {
             self.limits,
             local_addr,
             advertise,
+            (self.store, self.restorer),
             tokio::runtime::Handle::current(),
         ));
         if let (Some(listener), Some(acceptor)) = (listener, acceptor) {
@@ -291,7 +337,9 @@ impl Vat {
         self.inner.local_addr
     }
 
-    /// Exports `object` under a fresh swiss number and returns its sturdy ref.
+    /// Exports `object` under a fresh swiss number and returns its sturdy ref. The ref
+    /// lasts as long as this vat runs; [`export_persistent`](Self::export_persistent)
+    /// makes one that survives restarts.
     ///
     /// The URI dies with the process; for one that a restarted program serves again, use
     /// [`Vat::export_named`].
@@ -305,9 +353,14 @@ impl Vat {
     ///
     /// [`Error::NotListening`] when the vat has no listen address.
     pub fn export(&self, object: impl Object) -> Result<SturdyRef, Error> {
-        let sturdy = self.sturdy_ref(SwissNumber::generate())?;
-        lock(&self.inner.registry).insert(sturdy.swiss(), ObjectHandle::new(object));
-        Ok(sturdy)
+        let (host, port) = self.sturdy_address()?;
+        let swiss = SwissNumber::generate();
+        let export = Export::Live {
+            object: ObjectHandle::new(object),
+            expiry: None,
+        };
+        lock(&self.inner.registry).insert(&swiss, export);
+        Ok(SturdyRef::new(self.vat_id(), host, port, swiss))
     }
 
     /// Exports `object` under `name` and returns its sturdy ref, whose swiss number is
@@ -357,13 +410,98 @@ impl Vat {
     /// # Ok(()) }
     /// ```
     pub fn export_named(&self, name: &str, object: impl Object) -> Result<SturdyRef, Error> {
-        let sturdy = self.sturdy_ref(self.inner.identity.named_swiss(name))?;
-        lock(&self.inner.registry).insert(sturdy.swiss(), ObjectHandle::new(object));
-        Ok(sturdy)
+        let (host, port) = self.sturdy_address()?;
+        let swiss = self.inner.identity.named_swiss(name);
+        let export = Export::Live {
+            object: ObjectHandle::new(object),
+            expiry: None,
+        };
+        lock(&self.inner.registry).insert(&swiss, export);
+        Ok(SturdyRef::new(self.vat_id(), host, port, swiss))
     }
 
-    /// The sturdy ref for `swiss` at this vat's advertised address.
-    fn sturdy_ref(&self, swiss: SwissNumber) -> Result<SturdyRef, Error> {
+    /// Exports `object` under a fresh swiss number that survives restarts, and returns
+    /// its sturdy ref.
+    ///
+    /// The vat's [`Store`] keeps the SHA-256 of the swiss number with `record` (the
+    /// application's description of the object: an id, a path, a serialized state) and
+    /// `expiry`; the write is committed and synced to disk before this returns, so a
+    /// URI once returned survives a crash. This run serves `object` itself; after a
+    /// restart with the same identity, address and store, the first fetch of the URI
+    /// calls the vat's [`Restorer`] with `record`.
+    ///
+    /// Past `expiry` (whole unix seconds; checked by the system clock at each fetch,
+    /// before and after restarts), the ref answers exactly what an unknown swiss number
+    /// answers: `unknown_object`. References already enlivened keep working, as after
+    /// [`revoke`](Self::revoke). [`Store::purge_expired`] frees the space.
+    ///
+    /// This blocks for the disk sync (milliseconds); a program minting many refs from
+    /// async code can call it inside `tokio::task::spawn_blocking`.
+    ///
+    /// # Authority
+    ///
+    /// As for [`export`](Self::export): the URI is the authority to call the object,
+    /// now across restarts too. The store holds no swiss number, so neither it nor
+    /// `record` gives that authority to whoever reads them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotListening`] when the vat has no listen address, [`Error::NoStore`]
+    /// when it was built without a store, [`Error::Store`] when the write fails
+    /// (nothing is exported then).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// use captp::{Reply, Store, Vat};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = std::env::temp_dir().join(format!("captp-persist-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let store = Store::open(dir.join("refs.redb"))?;
+    /// let vat = Vat::builder()
+    ///     .listen("127.0.0.1:0")
+    ///     .store(store.clone())
+    ///     .start()
+    ///     .await?;
+    /// let a_day = SystemTime::now() + Duration::from_secs(86_400);
+    /// let uri = vat.export_persistent(
+    ///     |_method: &str, _args: captp::Args| Reply::ok("hello"),
+    ///     b"greeter v1",
+    ///     Some(a_day),
+    /// )?;
+    /// assert_eq!(store.get(uri.swiss())?.map(|s| s.record().to_vec()), Some(b"greeter v1".to_vec()));
+    ///
+    /// assert!(vat.try_revoke(&uri)?); // durable: gone from the store too
+    /// assert_eq!(store.get(uri.swiss())?, None);
+    /// # vat.shutdown().await;
+    /// # drop(store);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn export_persistent(
+        &self,
+        object: impl Object,
+        record: &[u8],
+        expiry: Option<SystemTime>,
+    ) -> Result<SturdyRef, Error> {
+        let (host, port) = self.sturdy_address()?;
+        let store = self.inner.store().ok_or(Error::NoStore)?;
+        let swiss = SwissNumber::generate();
+        store.insert(&swiss, record, expiry)?;
+        let export = Export::Live {
+            object: ObjectHandle::new(object),
+            expiry: expiry.map(store::expiry_secs),
+        };
+        lock(&self.inner.registry).insert(&swiss, export);
+        Ok(SturdyRef::new(self.vat_id(), host, port, swiss))
+    }
+
+    /// The host and port to put in this vat's sturdy refs.
+    fn sturdy_address(&self) -> Result<(Host, u16), Error> {
         let Some(addr) = self.inner.local_addr else {
             return Err(Error::NotListening);
         };
@@ -376,15 +514,51 @@ impl Vat {
                 IpAddr::V6(ip) => Host::Ipv6(ip),
             },
         };
-        Ok(SturdyRef::new(self.vat_id(), host, addr.port(), swiss))
+        Ok((host, addr.port()))
     }
 
     /// Revokes a sturdy ref this vat exported: later fetches fail with
     /// [`crate::BrokenKind::UnknownObject`], exactly as for a swiss number never issued.
     /// References already enlivened keep working. Returns whether it was exported.
+    ///
+    /// A persistent ref is also deleted from the store, durably, before this returns.
+    /// If the store cannot be written, the failure is logged and the ref is still
+    /// refused for the rest of this run, but it would come back after a restart:
+    /// [`try_revoke`](Self::try_revoke) reports that failure instead.
     pub fn revoke(&self, sturdy: &SturdyRef) -> bool {
-        sturdy.vat_id() == self.vat_id()
-            && lock(&self.inner.registry).remove(sturdy.swiss()).is_some()
+        match self.try_revoke(sturdy) {
+            Ok(revoked) => revoked,
+            Err(e) => {
+                tracing::error!(error = %e, "could not revoke a sturdy ref durably; refused until restart");
+                lock(&self.inner.registry).insert(sturdy.swiss(), Export::Revoked);
+                true
+            }
+        }
+    }
+
+    /// Revokes a sturdy ref as [`revoke`](Self::revoke) does, and says whether the
+    /// store recorded it: `Ok(true)` when it was exported (in memory or in the store)
+    /// and is now revoked durably, `Ok(false)` when this vat never exported it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the store cannot be written: the ref is then still
+    /// exported, in memory and in the store.
+    pub fn try_revoke(&self, sturdy: &SturdyRef) -> Result<bool, Error> {
+        if sturdy.vat_id() != self.vat_id() {
+            return Ok(false);
+        }
+        // No restore may run between the store delete and the registry removal.
+        let _restoring = lock(&self.inner.restoring);
+        let stored = match self.inner.store() {
+            Some(store) => store.remove(sturdy.swiss())?,
+            None => false,
+        };
+        let live = matches!(
+            lock(&self.inner.registry).remove(sturdy.swiss()),
+            Some(Export::Live { .. })
+        );
+        Ok(stored || live)
     }
 
     /// Turns a sturdy ref into a live reference, usable at once.
@@ -447,7 +621,8 @@ impl Vat {
         }
         VatStats {
             sessions,
-            sturdy_refs: lock(&self.inner.registry).len(),
+            sturdy_refs: lock(&self.inner.registry)
+                .count(|export| matches!(export, Export::Live { .. })),
             queued_answer_bytes: self.inner.queued_answers.load(Ordering::Relaxed),
             connections: self.inner.admission.stats(),
         }
@@ -531,7 +706,8 @@ impl std::fmt::Debug for Vat {
 pub struct VatStats {
     /// One entry per live session.
     pub sessions: Vec<SessionInfo>,
-    /// Objects exported by sturdy ref and not revoked.
+    /// Objects exported by sturdy ref and not revoked, held in memory: this run's
+    /// exports and the persistent refs restored so far (expired ones included).
     pub sturdy_refs: usize,
     /// Bytes of answers queued for peers and not yet written, over all sessions: what
     /// [`Limits::max_outbound_total`] bounds. Read when the stats are taken, after the

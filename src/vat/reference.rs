@@ -147,6 +147,17 @@ impl Ref {
         Ref::local(ObjectHandle::new(object))
     }
 
+    /// The object to export for this reference under a swiss number: a local object
+    /// itself, anything else through a forwarding proxy; a broken reference is its
+    /// reason.
+    pub(crate) fn export_handle(&self) -> Result<ObjectHandle, Broken> {
+        match &*self.inner {
+            RefInner::Local(object, _) => Ok(object.clone()),
+            RefInner::Broken(b) => Err(b.clone()),
+            RefInner::Remote(_) | RefInner::Pending(_) => Ok(ObjectHandle::proxy(self.clone())),
+        }
+    }
+
     /// A reference that is broken from the start; every send on it breaks the same way.
     pub fn broken(broken: Broken) -> Ref {
         Ref::wrap(RefInner::Broken(broken))

@@ -2,7 +2,8 @@
 //! spawns tasks ([`VatInner::spawn`]).
 //!
 //! Every lock here is held for a map lookup or insert only, never across an await or a
-//! call out. This module must not start sessions itself (that is `driver.rs` and
+//! call out, except `restoring`: it is held across a store read and the application's
+//! restorer (never across an await), so that each persistent ref is restored once. This module must not start sessions itself (that is `driver.rs` and
 //! `listener.rs`), so that it depends on no task code.
 
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -17,8 +19,11 @@ use tokio::task::JoinSet;
 use super::admission::Admission;
 use super::handle::{Command, SessionHandle};
 use super::object::ObjectHandle;
+use super::persist::{Export, SharedRestorer};
+use crate::broken::Broken;
 use crate::identity::{Identity, VatId};
 use crate::limits::Limits;
+use crate::store::{self, Store, StoredRef};
 use crate::sturdy::{Host, Registry, SwissNumber};
 use crate::transport::{self, TransportError};
 
@@ -32,7 +37,15 @@ pub(crate) struct VatInner {
     /// The host put in sturdy refs instead of the listen address.
     pub(crate) advertise: Option<Host>,
     /// Objects exported by sturdy ref, keyed by the hash of their swiss numbers.
-    pub(crate) registry: Mutex<Registry<ObjectHandle>>,
+    pub(crate) registry: Mutex<Registry<Export>>,
+    /// Where persistent sturdy refs are kept; `None` without one, and after shutdown
+    /// (so that the file closes once the program drops its own handles).
+    store: Mutex<Option<Store>>,
+    /// Rebuilds persistent refs' objects from their records.
+    restorer: Option<SharedRestorer>,
+    /// Held while a persistent ref is looked up in the store and restored, and while
+    /// one is revoked: a ref is restored once, and a revoke never races a restore.
+    pub(crate) restoring: Mutex<()>,
     /// Outbound sessions by peer, reused by `enliven`.
     pub(crate) outbound: Mutex<HashMap<VatId, SessionHandle>>,
     /// Every live session, inbound and outbound, by session id.
@@ -60,8 +73,10 @@ impl VatInner {
         limits: Limits,
         local_addr: Option<SocketAddr>,
         advertise: Option<Host>,
+        persistence: (Option<Store>, Option<SharedRestorer>),
         runtime: tokio::runtime::Handle,
     ) -> VatInner {
+        let (store, restorer) = persistence;
         let limits = limits.normalized();
         VatInner {
             identity,
@@ -70,6 +85,9 @@ impl VatInner {
             local_addr,
             advertise,
             registry: Mutex::new(Registry::new()),
+            store: Mutex::new(store),
+            restorer,
+            restoring: Mutex::new(()),
             outbound: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -100,6 +118,7 @@ impl VatInner {
     /// for the caller to wait for (see [`drain`]).
     pub(crate) fn begin_shutdown(&self) -> JoinSet<()> {
         self.shutdown.send_replace(true);
+        lock(&self.store).take();
         for handle in self.session_handles() {
             let _ = handle.post(Command::Shutdown);
         }
@@ -134,9 +153,89 @@ impl VatInner {
         }
     }
 
-    /// The object exported under `swiss`, if it is still exported.
-    pub(crate) fn lookup(&self, swiss: &SwissNumber) -> Option<ObjectHandle> {
-        lock(&self.registry).get(swiss).cloned()
+    /// The vat's store, while it runs with one.
+    pub(crate) fn store(&self) -> Option<Store> {
+        lock(&self.store).clone()
+    }
+
+    /// The object exported under `swiss`, for a peer's fetch (`bootstrap`).
+    ///
+    /// First the registry; then, for a vat with a store and a restorer, the store: a
+    /// stored, unexpired ref is restored through the restorer and kept in the registry.
+    /// Unknown, revoked and expired (at this moment, by the system clock) all answer
+    /// the same `unknown_object`, so a peer cannot tell which it met.
+    pub(crate) fn lookup(&self, swiss: &SwissNumber) -> Result<ObjectHandle, Broken> {
+        let now = SystemTime::now();
+        if let Some(found) = self.lookup_registry(swiss, now) {
+            return found;
+        }
+        let (Some(store), Some(restorer)) = (self.store(), self.restorer.as_ref()) else {
+            return Err(Broken::unknown_object());
+        };
+        // Read first without the lock, so that fetches of unknown swiss numbers (a peer
+        // guessing) never wait behind a restore nor make others wait.
+        if self.stored_entry(&store, swiss, now)?.is_none() {
+            return Err(Broken::unknown_object());
+        }
+        let _restoring = lock(&self.restoring);
+        // Another session may have restored it meanwhile, or a program revoked it: look
+        // again under the lock.
+        if let Some(found) = self.lookup_registry(swiss, now) {
+            return found;
+        }
+        let Some(entry) = self.stored_entry(&store, swiss, now)? else {
+            return Err(Broken::unknown_object());
+        };
+        let restore = std::panic::AssertUnwindSafe(|| restorer.0.restore(entry.record()));
+        let restored = match std::panic::catch_unwind(restore) {
+            Ok(restored) => restored?,
+            Err(_) => {
+                tracing::error!("the restorer panicked");
+                return Err(Broken::failed("the object could not be restored"));
+            }
+        };
+        let object = restored.export_handle()?;
+        let expiry = entry.expiry().map(store::expiry_secs);
+        lock(&self.registry).insert(
+            swiss,
+            Export::Live {
+                object: object.clone(),
+                expiry,
+            },
+        );
+        Ok(object)
+    }
+
+    /// The stored entry for `swiss` if it is there and unexpired at `now`.
+    fn stored_entry(
+        &self,
+        store: &Store,
+        swiss: &SwissNumber,
+        now: SystemTime,
+    ) -> Result<Option<StoredRef>, Broken> {
+        match store.get(swiss) {
+            Ok(entry) => Ok(entry.filter(|entry| !entry.is_expired(now))),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the sturdy-ref store");
+                Err(Broken::failed(
+                    "the vat could not read its sturdy-ref store; try again later",
+                ))
+            }
+        }
+    }
+
+    /// What the registry says about `swiss` at `now`: `None` when it holds nothing.
+    fn lookup_registry(
+        &self,
+        swiss: &SwissNumber,
+        now: SystemTime,
+    ) -> Option<Result<ObjectHandle, Broken>> {
+        match lock(&self.registry).get(swiss)? {
+            Export::Live { object, expiry } if !store::is_expired(*expiry, now) => {
+                Some(Ok(object.clone()))
+            }
+            Export::Live { .. } | Export::Revoked => Some(Err(Broken::unknown_object())),
+        }
     }
 
     /// The TLS client configuration pinned to `peer`, built once per peer.
