@@ -45,9 +45,26 @@ mod server;
 use captp::{Broken, CallError, Ref, Vat};
 use serde::{Deserialize, Serialize};
 
-const USAGE: &str = "car_factory serve [--listen <addr>] [--identity <dir>]
-       car_factory call <captp://URI> <color> <model>
-       car_factory demo";
+/// A car factory whose cars can be driven before they exist: serve it, call it, or run
+/// the demo.
+#[derive(clap::Parser)]
+#[command(name = "car_factory", version)]
+enum Cli {
+    /// Run the factory and print its sturdy ref URI.
+    #[command(disable_help_flag = true)]
+    Serve(server::ServeOptions),
+    /// Make a car and drive it, pipelined.
+    Call {
+        /// The factory's sturdy ref (`captp://...`, printed by `car_factory serve`), or @FILE.
+        uri: String,
+        /// The car's color.
+        color: String,
+        /// The car's model (the factory refuses a tank).
+        model: String,
+    },
+    /// Run a factory and a client in one process.
+    Demo,
+}
 
 /// Makes cars.
 #[captp::interface]
@@ -121,20 +138,13 @@ async fn make_and_drive(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("serve") => server::serve("car_factory serve", CarFactoryServer::new(Factory)).await,
-        Some("call") => {
-            let [_, uri, color, model] = args.as_slice() else {
-                client::usage(
-                    "car_factory call: expected a URI, a color and a model",
-                    USAGE,
-                );
-            };
-            let sturdy = client::parse_uri(uri);
+    match client::parse_args() {
+        Cli::Serve(_) => server::serve("car_factory serve", CarFactoryServer::new(Factory)).await,
+        Cli::Call { uri, color, model } => {
+            let sturdy = client::parse_uri(&uri);
             let vat = Vat::builder().start().await?;
             let factory = CarFactoryRef::from(vat.enliven(&sturdy));
-            let vroom = make_and_drive(&factory, color, model).await;
+            let vroom = make_and_drive(&factory, &color, &model).await;
             vat.shutdown().await;
             match vroom {
                 Ok(vroom) => {
@@ -148,10 +158,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Err(CallError::Broken(broken)) => client::fail(&broken),
             }
         }
-        Some("demo") if args.len() == 1 => demo().await,
-        Some("demo") => client::usage("car_factory demo: expected no arguments", USAGE),
-        Some(other) => client::usage(&format!("car_factory: unknown command {other:?}"), USAGE),
-        None => client::usage("car_factory: expected a command", USAGE),
+        Cli::Demo => demo().await,
     }
 }
 

@@ -58,8 +58,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use captp::{Args, Broken, BrokenKind, Interface, Object, Ref, Reply, Vat, VatId};
 use tokio::sync::{mpsc, oneshot};
 
-const USAGE: &str = "chat serve [--listen <addr>] [--identity <dir>]
-       chat join <captp://URI> <nick>";
+/// A chat room: serve it, or join it.
+#[derive(clap::Parser)]
+#[command(name = "chat", version)]
+enum Cli {
+    /// Run the room and print its sturdy ref URI.
+    #[command(disable_help_flag = true)]
+    Serve(server::ServeOptions),
+    /// Join the room as NICK; each line typed is said to the others.
+    Join {
+        /// The room's sturdy ref (`captp://...`, printed by `chat serve`), or @FILE.
+        uri: String,
+        /// The name the others see (1 to 32 characters, no spaces or control characters).
+        #[arg(value_parser = nick_arg)]
+        nick: String,
+    },
+}
 
 /// The longest nick the room accepts, in characters.
 const MAX_NICK: usize = 32;
@@ -104,20 +118,9 @@ trait Listener {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("serve") => server::serve("chat serve", RoomServer::new(ChatRoom::default())).await,
-        Some("join") => {
-            let [_, uri, nick] = args.as_slice() else {
-                client::usage("chat join: expected a URI and a nick", USAGE);
-            };
-            if let Err(problem) = check_nick(nick) {
-                client::usage(&format!("chat join: {problem}"), USAGE);
-            }
-            join(uri, nick).await
-        }
-        Some(other) => client::usage(&format!("chat: unknown command {other:?}"), USAGE),
-        None => client::usage("chat: expected a command", USAGE),
+    match client::parse_args() {
+        Cli::Serve(_) => server::serve("chat serve", RoomServer::new(ChatRoom::default())).await,
+        Cli::Join { uri, nick } => join(&uri, &nick).await,
     }
 }
 
@@ -314,6 +317,11 @@ fn not_here() -> Broken {
 
 /// Whether `nick` is a nick the room accepts: 1 to 32 characters, none of them space
 /// or control characters.
+/// `check_nick` for the command line.
+fn nick_arg(nick: &str) -> Result<String, String> {
+    check_nick(nick).map(|()| nick.to_owned())
+}
+
 fn check_nick(nick: &str) -> Result<(), String> {
     if nick.is_empty() || nick.chars().count() > MAX_NICK {
         return Err(format!("a nick is 1 to {MAX_NICK} characters"));

@@ -57,23 +57,17 @@ use counter::CounterRef;
 #[derive(clap::Parser)]
 #[command(name = "counter_client", version)]
 struct Cli {
-    /// The counter's sturdy ref (`captp://...`), as its server printed it.
+    /// Make one round of calls per line on stdin, reconnecting after a server restart.
+    #[arg(long)]
+    reconnect: bool,
+    /// The counter's sturdy ref (`captp://...`, printed by `counter_server`), or @FILE.
     uri: String,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str = "counter_client [--reconnect] <captp://URI | @file.cap>";
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (reconnect, uri) = match args.as_slice() {
-        [uri] if uri != "--reconnect" => (false, uri),
-        [flag, uri] if flag == "--reconnect" => (true, uri),
-        _ => client::usage(
-            "counter_client: expected a URI, after --reconnect or not",
-            USAGE,
-        ),
-    };
-    let sturdy = client::parse_uri(uri);
+    let Cli { reconnect, uri } = client::parse_args();
+    let sturdy = client::parse_uri(&uri);
 
     let vat = Vat::builder().start().await?;
     if reconnect {

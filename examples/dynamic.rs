@@ -61,10 +61,31 @@ mod server;
 use captp::{Args, Broken, InterfaceInfo, Object, Ref, Reply, Vat};
 use serde::Serialize;
 
-const USAGE: &str = "dynamic serve [--listen <addr>] [--identity <dir>]
-       dynamic call <captp://URI> <color> <model>
-       dynamic methods <captp://URI>
-       dynamic demo";
+/// A car factory without a declared interface, answering the typed one's calls: serve
+/// it, call it, list a server's methods, or run the demo.
+#[derive(clap::Parser)]
+#[command(name = "dynamic", version)]
+enum Cli {
+    /// Run the dynamic factory and print its sturdy ref URI.
+    #[command(disable_help_flag = true)]
+    Serve(server::ServeOptions),
+    /// Make a car and drive it through untyped calls.
+    Call {
+        /// A factory's sturdy ref (`captp://...`), or @FILE.
+        uri: String,
+        /// The car's color.
+        color: String,
+        /// The car's model (the factory refuses a tank).
+        model: String,
+    },
+    /// List the methods a typed server answers.
+    Methods {
+        /// The server's sturdy ref (`captp://...`), or @FILE.
+        uri: String,
+    },
+    /// Run the factories and clients in one process.
+    Demo,
+}
 
 /// Makes cars: `make(color, model)` answers a car; `check(model)` answers nothing, or
 /// refuses a tank.
@@ -138,16 +159,12 @@ async fn make_and_drive(factory: &Ref, color: &str, model: &str) -> Result<Strin
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("serve") => server::serve("dynamic serve", Factory).await,
-        Some("call") => {
-            let [_, uri, color, model] = args.as_slice() else {
-                client::usage("dynamic call: expected a URI, a color and a model", USAGE);
-            };
-            let sturdy = client::parse_uri(uri);
+    match client::parse_args() {
+        Cli::Serve(_) => server::serve("dynamic serve", Factory).await,
+        Cli::Call { uri, color, model } => {
+            let sturdy = client::parse_uri(&uri);
             let vat = Vat::builder().start().await?;
-            let vroom = make_and_drive(&vat.enliven(&sturdy), color, model).await;
+            let vroom = make_and_drive(&vat.enliven(&sturdy), &color, &model).await;
             vat.shutdown().await;
             match vroom {
                 Ok(vroom) => {
@@ -157,11 +174,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Err(broken) => client::fail(&broken),
             }
         }
-        Some("methods") => {
-            let [_, uri] = args.as_slice() else {
-                client::usage("dynamic methods: expected a URI", USAGE);
-            };
-            let sturdy = client::parse_uri(uri);
+        Cli::Methods { uri } => {
+            let sturdy = client::parse_uri(&uri);
             let vat = Vat::builder().start().await?;
             // The reserved method `captp.methods`, which every typed server answers.
             let info = InterfaceInfo::of(&vat.enliven(&sturdy)).await;
@@ -177,10 +191,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Err(broken) => client::fail(&broken),
             }
         }
-        Some("demo") if args.len() == 1 => demo().await,
-        Some("demo") => client::usage("dynamic demo: expected no arguments", USAGE),
-        Some(other) => client::usage(&format!("dynamic: unknown command {other:?}"), USAGE),
-        None => client::usage("dynamic: expected a command", USAGE),
+        Cli::Demo => demo().await,
     }
 }
 

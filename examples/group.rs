@@ -51,9 +51,25 @@ use std::time::Duration;
 use captp::{Args, Broken, Object, Ref, Reply, Vat, VatId};
 use tokio::sync::mpsc;
 
-const USAGE: &str = "group serve [--listen <addr>] [--identity <dir>]
-       group join <captp://URI> <name>
-       group demo";
+/// A group whose members hear every message in one order: serve it, join it, or run
+/// the demo.
+#[derive(clap::Parser)]
+#[command(name = "group", version)]
+enum Cli {
+    /// Run the group and print its sturdy ref URI.
+    #[command(disable_help_flag = true)]
+    Serve(server::ServeOptions),
+    /// Join the group as NAME; each line typed is multicast, end of input leaves.
+    Join {
+        /// The group's sturdy ref (`captp://...`, printed by `group serve`), or @FILE.
+        uri: String,
+        /// The name the others see (1 to 32 characters, no spaces or control characters).
+        #[arg(value_parser = name_arg)]
+        name: String,
+    },
+    /// Run a group and three members in one process.
+    Demo,
+}
 
 /// The longest name the group accepts, in characters.
 const MAX_NAME: usize = 32;
@@ -62,27 +78,20 @@ const MAX_TEXT: usize = 2000;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("serve") => server::serve("group serve", Group::default()).await,
-        Some("join") => {
-            let [_, uri, name] = args.as_slice() else {
-                client::usage("group join: expected a URI and a name", USAGE);
-            };
-            if let Err(problem) = check_name(name) {
-                client::usage(&format!("group join: {problem}"), USAGE);
-            }
-            join(&client::parse_uri(uri), name).await
-        }
-        Some("demo") if args.len() == 1 => demo().await,
-        Some("demo") => client::usage("group demo: expected no arguments", USAGE),
-        Some(other) => client::usage(&format!("group: unknown command {other:?}"), USAGE),
-        None => client::usage("group: expected a command", USAGE),
+    match client::parse_args() {
+        Cli::Serve(_) => server::serve("group serve", Group::default()).await,
+        Cli::Join { uri, name } => join(&client::parse_uri(&uri), &name).await,
+        Cli::Demo => demo().await,
     }
 }
 
 /// Whether `name` is one the group accepts: 1 to 32 characters, none of them space
 /// or control characters.
+/// `check_name` for the command line.
+fn name_arg(name: &str) -> Result<String, String> {
+    check_name(name).map(|()| name.to_owned())
+}
+
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.chars().count() > MAX_NAME {
         return Err(format!("a name is 1 to {MAX_NAME} characters"));

@@ -36,20 +36,14 @@ use log::LogRef;
 #[derive(clap::Parser)]
 #[command(name = "log_client", version)]
 struct Cli {
-    /// The log service's sturdy ref (`captp://...`), as its server printed it.
+    /// The log service's sturdy ref (`captp://...`, printed by `log_service`), or @FILE.
     uri: String,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [uri] = args.as_slice() else {
-        client::usage(
-            "log_client: expected one argument",
-            "log_client <captp://URI | @file.cap>",
-        );
-    };
-    let sturdy = client::parse_uri(uri);
+    let Cli { uri } = client::parse_args();
+    let sturdy = client::parse_uri(&uri);
 
     // The client needs a vat of its own: mutual TLS means it has a key too.
     let vat = Vat::builder().start().await?;

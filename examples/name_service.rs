@@ -61,11 +61,39 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use captp::{Broken, Interface, Ref, Vat};
 use tokio::sync::oneshot;
 
-const USAGE: &str = "name_service serve [--listen <addr>] [--identity <dir>]
-       name_service register <captp://URI> <name>
-       name_service lookup <captp://URI> <name> <who>
-       name_service list <captp://URI>
-       name_service demo";
+/// A registry of named objects: serve it, use it, or run the demo.
+#[derive(clap::Parser)]
+#[command(name = "name_service", version)]
+enum Cli {
+    /// Run the registry and print its sturdy ref URI.
+    #[command(disable_help_flag = true)]
+    Serve(server::ServeOptions),
+    /// Serve a greeter registered under NAME until Ctrl-C (which unregisters it).
+    Register {
+        /// The registry's sturdy ref (`captp://...`, printed by `name_service serve`), or @FILE.
+        uri: String,
+        /// The name (1 to 64 characters, no spaces or control characters).
+        #[arg(value_parser = name_arg)]
+        name: String,
+    },
+    /// Look NAME up and have it greet WHO.
+    Lookup {
+        /// The registry's sturdy ref, or @FILE.
+        uri: String,
+        /// The name to look up.
+        #[arg(value_parser = name_arg)]
+        name: String,
+        /// Whom to greet.
+        who: String,
+    },
+    /// List the registered names.
+    List {
+        /// The registry's sturdy ref, or @FILE.
+        uri: String,
+    },
+    /// Run a registry, a greeter and clients in one process.
+    Demo,
+}
 
 /// The longest name the registry accepts, in characters.
 const MAX_NAME: usize = 64;
@@ -74,52 +102,28 @@ const MAX_SERVICES: usize = 10_000;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let name_arg = |name: &str| {
-        if let Err(problem) = check_name(name) {
-            client::usage(&format!("name_service: {problem}"), USAGE);
-        }
-    };
-    match args.first().map(String::as_str) {
-        Some("serve") => {
+    match client::parse_args() {
+        Cli::Serve(_) => {
             server::serve(
                 "name_service serve",
                 RegistryServer::new(Services::default()),
             )
             .await
         }
-        Some("register") => {
-            let [_, uri, name] = args.as_slice() else {
-                client::usage("name_service register: expected a URI and a name", USAGE);
-            };
-            name_arg(name);
-            register(&client::parse_uri(uri), name).await
-        }
-        Some("lookup") => {
-            let [_, uri, name, who] = args.as_slice() else {
-                client::usage(
-                    "name_service lookup: expected a URI, a name and whom to greet",
-                    USAGE,
-                );
-            };
-            name_arg(name);
-            lookup(&client::parse_uri(uri), name, who).await
-        }
-        Some("list") => {
-            let [_, uri] = args.as_slice() else {
-                client::usage("name_service list: expected a URI", USAGE);
-            };
-            list(&client::parse_uri(uri)).await
-        }
-        Some("demo") if args.len() == 1 => demo().await,
-        Some("demo") => client::usage("name_service demo: expected no arguments", USAGE),
-        Some(other) => client::usage(&format!("name_service: unknown command {other:?}"), USAGE),
-        None => client::usage("name_service: expected a command", USAGE),
+        Cli::Register { uri, name } => register(&client::parse_uri(&uri), &name).await,
+        Cli::Lookup { uri, name, who } => lookup(&client::parse_uri(&uri), &name, &who).await,
+        Cli::List { uri } => list(&client::parse_uri(&uri)).await,
+        Cli::Demo => demo().await,
     }
 }
 
 /// Whether `name` is one the registry accepts: 1 to 64 characters, none of them
 /// space or control characters.
+/// `check_name` for the command line.
+fn name_arg(name: &str) -> Result<String, String> {
+    check_name(name).map(|()| name.to_owned())
+}
+
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.chars().count() > MAX_NAME {
         return Err(format!("a name is 1 to {MAX_NAME} characters"));

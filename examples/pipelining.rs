@@ -56,8 +56,22 @@ use std::time::{Duration, Instant};
 
 use captp::{Broken, Ref, Vat};
 
-const USAGE: &str = "pipelining serve [--listen <addr>] [--identity <dir>]
-       pipelining call <captp://URI> <depth>   (depth: 0 to 1000)";
+/// Sends a chain of pipelined calls: serve the first link, or call along a chain.
+#[derive(clap::Parser)]
+#[command(name = "pipelining", version)]
+enum Cli {
+    /// Run the chain's first link and print its sturdy ref URI.
+    #[command(disable_help_flag = true)]
+    Serve(server::ServeOptions),
+    /// Follow the chain DEPTH links deep, pipelined, and check where it ends.
+    Call {
+        /// The first link's sturdy ref (`captp://...`, printed by `pipelining serve`), or @FILE.
+        uri: String,
+        /// How many links to follow, 0 to 1000.
+        #[arg(value_parser = clap::value_parser!(u32).range(..=i64::from(MAX_DEPTH)))]
+        depth: u32,
+    },
+}
 
 /// The deepest chain `call` sends; see the module documentation.
 const MAX_DEPTH: u32 = 1000;
@@ -86,21 +100,10 @@ impl Link for Nth {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("serve") => server::serve("pipelining serve", LinkServer::new(Nth(0))).await,
-        Some("call") => {
-            let [_, uri, depth] = args.as_slice() else {
-                client::usage("pipelining call: expected a URI and a depth", USAGE);
-            };
-            let depth = match depth.parse::<u32>() {
-                Ok(depth) if depth <= MAX_DEPTH => depth,
-                _ => client::usage(
-                    &format!("pipelining call: the depth must be 0 to {MAX_DEPTH}, not {depth:?}"),
-                    USAGE,
-                ),
-            };
-            let sturdy = client::parse_uri(uri);
+    match client::parse_args() {
+        Cli::Serve(_) => server::serve("pipelining serve", LinkServer::new(Nth(0))).await,
+        Cli::Call { uri, depth } => {
+            let sturdy = client::parse_uri(&uri);
             let vat = Vat::builder().start().await?;
             let first = LinkRef::from(vat.enliven(&sturdy));
             let measured = measure(&first, depth).await;
@@ -111,8 +114,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Err(broken) => client::fail(&broken),
             }
         }
-        Some(other) => client::usage(&format!("pipelining: unknown command {other:?}"), USAGE),
-        None => client::usage("pipelining: expected a command", USAGE),
     }
 }
 

@@ -45,11 +45,21 @@ use std::sync::Mutex;
 use captp::{Args, Broken, Object, Reply, Vat};
 use ciborium::Value;
 
-const USAGE: &str = "topic_store serve [--listen <addr>] [--identity <dir>]
-       topic_store client <captp://URI> set <topic> <value>
-       topic_store client <captp://URI> get <topic>
-       topic_store client <captp://URI> delete <topic>
-       topic_store client <captp://URI> dump";
+/// A store of topics holding any values: serve it, or make a request of it.
+#[derive(clap::Parser)]
+#[command(name = "topic_store", version)]
+enum Cli {
+    /// Run the store and print its sturdy ref URI.
+    #[command(disable_help_flag = true)]
+    Serve(server::ServeOptions),
+    /// Make one request of a store.
+    Client {
+        /// The store's sturdy ref (`captp://...`, printed by `topic_store serve`), or @FILE.
+        uri: String,
+        #[command(subcommand)]
+        request: Request,
+    },
+}
 
 /// The most topics the store holds.
 const MAX_TOPICS: usize = 10_000;
@@ -58,20 +68,9 @@ const MAX_TOPIC: usize = 128;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    match strs.as_slice() {
-        ["serve", ..] => server::serve("topic_store serve", TopicStore::default()).await,
-        ["client", uri, request @ ..] => {
-            let request = match parse_request(request) {
-                Ok(request) => request,
-                Err(problem) => client::usage(&format!("topic_store client: {problem}"), USAGE),
-            };
-            run(&client::parse_uri(uri), request).await
-        }
-        ["client"] => client::usage("topic_store client: expected a URI and a request", USAGE),
-        [other, ..] => client::usage(&format!("topic_store: unknown command {other:?}"), USAGE),
-        [] => client::usage("topic_store: expected a command", USAGE),
+    match client::parse_args() {
+        Cli::Serve(_) => server::serve("topic_store serve", TopicStore::default()).await,
+        Cli::Client { uri, request } => run(&client::parse_uri(&uri), request).await,
     }
 }
 
@@ -150,26 +149,43 @@ fn no_such_topic(topic: &str) -> Broken {
 
 // ---- The client ----
 
+/// What the client asks of the store.
+#[derive(clap::Subcommand)]
 enum Request {
-    Set(String, Value),
-    Get(String),
-    Delete(String),
+    /// Set TOPIC to VALUE and print it (and the value it replaced).
+    Set {
+        /// The topic (1 to 128 characters, no control characters).
+        #[arg(value_parser = topic_arg)]
+        topic: String,
+        /// `null`, `true`, `false`, a number, or a string (anything else, or in double
+        /// quotes).
+        #[arg(value_parser = value_arg, allow_hyphen_values = true)]
+        value: Value,
+    },
+    /// Print TOPIC's value.
+    Get {
+        /// The topic.
+        #[arg(value_parser = topic_arg)]
+        topic: String,
+    },
+    /// Delete TOPIC.
+    Delete {
+        /// The topic.
+        #[arg(value_parser = topic_arg)]
+        topic: String,
+    },
+    /// Print every topic and its value, in name order.
     Dump,
 }
 
-fn parse_request(words: &[&str]) -> Result<Request, String> {
-    let topic = |t: &str| check_topic(t).map(|()| t.to_owned());
-    match words {
-        ["set", t, value] => Ok(Request::Set(topic(t)?, parse_value(value))),
-        ["get", t] => Ok(Request::Get(topic(t)?)),
-        ["delete", t] => Ok(Request::Delete(topic(t)?)),
-        ["dump"] => Ok(Request::Dump),
-        ["set", ..] => Err("set takes a topic and a value".to_owned()),
-        ["get" | "delete", ..] => Err(format!("{} takes a topic", words[0])),
-        ["dump", ..] => Err("dump takes nothing".to_owned()),
-        [other, ..] => Err(format!("unknown request {other:?}")),
-        [] => Err("expected a request: set, get, delete or dump".to_owned()),
-    }
+/// `check_topic` for the command line.
+fn topic_arg(topic: &str) -> Result<String, String> {
+    check_topic(topic).map(|()| topic.to_owned())
+}
+
+/// `parse_value` for the command line: every text is some value.
+fn value_arg(text: &str) -> Result<Value, String> {
+    Ok(parse_value(text))
 }
 
 /// A JSON-ish scalar: `null`, `true`, `false`, an integer, a finite float, a string in
@@ -264,7 +280,7 @@ async fn run(
     let vat = Vat::builder().start().await?;
     let store = vat.enliven(sturdy);
     let printed: Result<Vec<String>, Broken> = match request {
-        Request::Set(topic, value) => store
+        Request::Set { topic, value } => store
             .send::<Option<Value>>("set", (&topic, &value))
             .await
             .map(|old| {
@@ -274,11 +290,11 @@ async fn run(
                     None => line,
                 }]
             }),
-        Request::Get(topic) => store
+        Request::Get { topic } => store
             .send::<Value>("get", (&topic,))
             .await
             .map(|value| vec![show(&value)]),
-        Request::Delete(topic) => match store.send::<bool>("delete", (&topic,)).await {
+        Request::Delete { topic } => match store.send::<bool>("delete", (&topic,)).await {
             Ok(true) => Ok(vec![format!("deleted {}", show_topic(&topic))]),
             Ok(false) => Err(no_such_topic(&topic)),
             Err(broken) => Err(broken),

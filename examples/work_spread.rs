@@ -49,9 +49,27 @@ mod server;
 
 use captp::{Broken, Vat};
 
-const USAGE: &str = "work_spread worker [--listen <addr>] [--identity <dir>]
-       work_spread coordinate <limit> <captp://URI>...
-       work_spread demo";
+/// Spreads counting primes over worker vats: run a worker, coordinate workers, or run
+/// the demo.
+#[derive(clap::Parser)]
+#[command(name = "work_spread", version)]
+enum Cli {
+    /// Run a worker and print its sturdy ref URI.
+    #[command(disable_help_flag = true)]
+    Worker(server::ServeOptions),
+    /// Count the primes below LIMIT, spread over the workers, and print the total.
+    Coordinate {
+        /// Count the primes below this, up to 10000000.
+        #[arg(value_parser = clap::value_parser!(u64).range(..=MAX_LIMIT))]
+        limit: u64,
+        /// The workers' sturdy refs (`captp://...`, printed by `work_spread worker`) or
+        /// @FILEs, 1 to 64 of them.
+        #[arg(required = true, num_args = 1..=MAX_WORKERS)]
+        uris: Vec<String>,
+    },
+    /// Run four workers and a coordinator in one process.
+    Demo,
+}
 
 /// The largest limit `coordinate` takes, so a typo cannot keep the workers busy for
 /// hours.
@@ -64,26 +82,9 @@ const DEMO_WORKERS: usize = 4;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("worker") => server::serve("work_spread worker", WorkerServer::new(Counting)).await,
-        Some("coordinate") => {
-            let Some((limit, uris)) = args[1..].split_first() else {
-                client::usage("work_spread coordinate: expected a limit and URIs", USAGE);
-            };
-            let limit = match limit.parse::<u64>() {
-                Ok(limit) if limit <= MAX_LIMIT => limit,
-                _ => client::usage(
-                    &format!("work_spread coordinate: the limit is a number up to {MAX_LIMIT}"),
-                    USAGE,
-                ),
-            };
-            if uris.is_empty() || uris.len() > MAX_WORKERS {
-                client::usage(
-                    &format!("work_spread coordinate: expected 1 to {MAX_WORKERS} worker URIs"),
-                    USAGE,
-                );
-            }
+    match client::parse_args() {
+        Cli::Worker(_) => server::serve("work_spread worker", WorkerServer::new(Counting)).await,
+        Cli::Coordinate { limit, uris } => {
             let sturdies: Vec<_> = uris.iter().map(|uri| client::parse_uri(uri)).collect();
             let vat = Vat::builder().start().await?;
             let workers: Vec<WorkerRef> = sturdies
@@ -100,10 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Err(broken) => client::fail(&broken),
             }
         }
-        Some("demo") if args.len() == 1 => demo().await,
-        Some("demo") => client::usage("work_spread demo: expected no arguments", USAGE),
-        Some(other) => client::usage(&format!("work_spread: unknown command {other:?}"), USAGE),
-        None => client::usage("work_spread: expected a command", USAGE),
+        Cli::Demo => demo().await,
     }
 }
 

@@ -475,6 +475,72 @@ fn bad_arguments_exit_with_code_2() {
 }
 
 #[test]
+fn bad_arguments_show_the_subcommands_usage_and_help_exits_0() {
+    let uri = "captp://AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA@127.0.0.1:1/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    // The failing subcommand's usage line, and the reason, on stderr; exit 2.
+    let cases: &[(&str, &[&str], &str, &str)] = &[
+        (
+            "chat",
+            &[],
+            "requires a subcommand",
+            "usage: chat <COMMAND>",
+        ),
+        (
+            "chat",
+            &["join", uri, "two words"],
+            "a nick has no spaces",
+            "usage: chat join <URI> <NICK>",
+        ),
+        (
+            "pipelining",
+            &["call", uri, "1001"],
+            "1001 is not in 0..=1000",
+            "usage: pipelining call <URI> <DEPTH>",
+        ),
+        (
+            "topic_store",
+            &["client", uri, "set", "answer"],
+            "<VALUE>",
+            "usage: topic_store client <URI> set <TOPIC> <VALUE>",
+        ),
+        (
+            "counter_client",
+            &["--bogus", uri],
+            "'--bogus'",
+            "usage: counter_client [OPTIONS] <URI>",
+        ),
+        (
+            "group",
+            &["serve", "--listen"],
+            "--listen",
+            "usage: group serve [OPTIONS]",
+        ),
+    ];
+    for (name, args, reason, usage) in cases {
+        let run = run(name, args);
+        assert_eq!(run.code(), Some(2), "{name} {args:?}: {run}");
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 3, "{name} {args:?}: {run}");
+        assert!(lines[0].contains(reason), "{name} {args:?}: {run}");
+        assert_eq!(lines[1], *usage, "{name} {args:?}: {run}");
+        assert!(run.stdout.is_empty(), "{name} {args:?}: {run}");
+    }
+    // --help, on a program, a subcommand and a serve subcommand: stdout, exit 0.
+    let helps: &[(&str, &[&str], &str)] = &[
+        ("log_client", &["--help"], "Usage: log_client <URI>"),
+        ("chat", &["join", "--help"], "Usage: chat join <URI> <NICK>"),
+        ("chat", &["serve", "--help"], "--cap-file <PATH>"),
+        ("work_spread", &["--help"], "coordinate"),
+    ];
+    for (name, args, needle) in helps {
+        let run = run(name, args);
+        assert_eq!(run.code(), Some(0), "{name} {args:?}: {run}");
+        assert!(run.stdout.contains(needle), "{name} {args:?}: {run}");
+        assert!(run.stderr.is_empty(), "{name} {args:?}: {run}");
+    }
+}
+
+#[test]
 fn identity_dir_keeps_the_vat_id_across_restarts() {
     let dir = std::env::temp_dir().join(format!("captp-examples-identity-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -3,28 +3,34 @@
 
 use captp::{Broken, BrokenKind, SturdyRef};
 
-/// Prints `problem` and the usage line to stderr and exits with code 2.
-#[allow(dead_code)]
-pub(crate) fn usage(problem: &str, usage: &str) -> ! {
-    eprintln!("{problem}");
-    eprintln!("usage: {usage}");
-    std::process::exit(2);
-}
-
 /// Parses the command line into `T` (a `clap` derive), the way every client example
 /// does: `--help` and `--version` print and exit 0; bad arguments print the reason and
-/// the aligned usage line to stderr and exit with code 2. Installs the log subscriber.
+/// the aligned usage line (of the subcommand, where there is one) to stderr and exit
+/// with code 2. A missing subcommand is such an error too, not a help text on stdout.
+/// Installs the log subscriber.
 #[allow(dead_code)]
 pub(crate) fn parse_args<T: clap::Parser>() -> T {
     init_logging();
-    let mut command = T::command();
-    let usage = command.render_usage().to_string();
-    match T::try_parse() {
+    let mut command = T::command().arg_required_else_help(false);
+    let parsed = command
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|m| T::from_arg_matches(&m));
+    match parsed {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             let reason = first_paragraph(&e.render().to_string());
-            let name = command.get_name().to_owned();
+            // The subcommand the arguments name, if any: its usage is the one to show.
+            let mut name = vec![command.get_name().to_owned()];
+            let mut current: &clap::Command = &command;
+            for word in std::env::args().skip(1) {
+                if let Some(sub) = current.find_subcommand(&word) {
+                    name.push(sub.get_name().to_owned());
+                    current = sub;
+                }
+            }
+            let name = name.join(" ");
+            let usage = current.clone().bin_name(&name).render_usage().to_string();
             eprintln!("{name}: {}", reason.trim_start_matches("error: "));
             eprintln!("{}", usage.replacen("Usage:", "usage:", 1));
             eprintln!("Try '{name} --help' for more.");

@@ -35,6 +35,22 @@ struct Options {
     cap_file: Option<String>,
 }
 
+/// The options of a program's `serve` subcommand, as its own `clap` parser sees them:
+/// everything after the subcommand's name, unparsed, for [`serve`] to read (so
+/// `chat serve --help` shows the server options). Flatten it into a subcommand that
+/// has `#[command(disable_help_flag = true)]`.
+#[derive(clap::Args)]
+#[allow(dead_code)]
+pub(crate) struct ServeOptions {
+    /// [--listen ADDR] [--identity DIR] [--cap-file PATH]; see `serve --help`.
+    #[arg(
+        value_name = "OPTIONS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    options: Vec<String>,
+}
+
 /// Parses the server options; on bad arguments clap prints usage to stderr and exits
 /// with code 2 (`--help` and `--version` exit 0).
 ///
