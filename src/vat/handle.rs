@@ -3,7 +3,7 @@
 //! carries.
 //!
 //! Reading this file is enough to know what a send, a drop or a `Vat` call does to a
-//! session: it queues a command, and the session task (`driver.rs`) applies it in order.
+//! session: it queues a command, and the session task (`driver/`) applies it in order.
 //! This module must not import the driver, do I/O, or block: posting never waits.
 
 use std::future::Future;

@@ -12,7 +12,7 @@
 //! both back edges into `reference.rs` that the types make unavoidable: a payload holds
 //! `Ref`s (`codec.rs`), and an object handle can be a proxy for a `Ref` (`object.rs`).
 //! So what a `Ref` does on a send or a drop can be read without the session task
-//! (`driver.rs`), which only `listener.rs` and this file use.
+//! (`driver/`), which only `listener.rs` and this file use.
 //!
 //! | file | what it holds | uses |
 //! |---|---|---|
@@ -27,7 +27,7 @@
 //! | `shared.rs` | `VatInner`: the vat's shared state; its one `spawn`; lookups, restores included | admission, handle, object, persist, (`reference`: a restored `Ref`) |
 //! | `local.rs` | the FIFO queue behind a local `Ref` | object, promise |
 //! | `reference.rs` | [`Ref`]: send, pipeline, drop, naming refs for a session | codec, export, handle, local, object, promise |
-//! | `driver.rs` | the session task: `run`, `connect_and_run`, `Driver` | all of the above |
+//! | `driver/` | the session task: `run`, `connect_and_run`, `Driver` | all of the above |
 //! | `listener.rs` | the accept loop; admits and cuts connections | admission, driver, shared |
 //! | `typed.rs` | what `#[captp::interface]` code calls: [`Interface`], [`CallError`], typed error data | codec, object, promise, reference |
 //! | `reconnect.rs` | [`ReconnectingRef`], [`Reconnect`]: re-enliven a sturdy ref after a break | promise, reference, shared, (`mod`: `enliven`) |

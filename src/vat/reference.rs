@@ -5,7 +5,7 @@
 //! network directly: it posts a [`Command`] to the task that owns the session (or to the
 //! queue of a local object). Dropping the last clone of a remote `Ref` posts a release
 //! the same way: there is no I/O in `Drop`. This module must not use the session task
-//! (`driver.rs`): everything a `Ref` does is here and in `handle.rs`.
+//! (`driver/`): everything a `Ref` does is here and in `handle.rs`.
 //!
 //! Sends on one `Ref` are delivered in the order they were made (E-order). A promise
 //! never shortens its path: messages sent on it keep following it after it resolves, so

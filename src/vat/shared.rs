@@ -3,7 +3,7 @@
 //!
 //! Every lock here is held for a map lookup or insert only, never across an await or a
 //! call out, except `restoring`: it is held across a store read and the application's
-//! restorer (never across an await), so that each persistent ref is restored once. This module must not start sessions itself (that is `driver.rs` and
+//! restorer (never across an await), so that each persistent ref is restored once. This module must not start sessions itself (that is `driver/` and
 //! `listener.rs`), so that it depends on no task code.
 
 use std::collections::HashMap;
