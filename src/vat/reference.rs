@@ -31,7 +31,7 @@ use super::promise::{Asked, Promise, Resolver, Watch, settled};
 use super::stream::{Window, call_bytes};
 use crate::broken::{Broken, BrokenKind};
 use crate::proto::{Call, LocalTarget, OutCap, OutPayload};
-use crate::wire::{self, CborLimits};
+use crate::wire::CborLimits;
 
 /// A live reference: to an object in another vat, to the eventual result of a call
 /// (a promise you can pipeline on), to a local object, or broken.
@@ -424,7 +424,8 @@ impl Ref {
     ) -> Result<Option<Asked>, Broken> {
         match &*self.inner {
             RefInner::Remote(r) => {
-                check_limits(&payload.data, &r.session.cbor())?;
+                // The CBOR limits the peer announced are checked by the session, on the
+                // way out (one walk of the data; see `Session::send`).
                 // Streaming calls are bounded by their window; every other call by
                 // `max_unsent`, counted here and released once written.
                 let bytes = call_bytes(&method, &payload.data);
@@ -484,9 +485,6 @@ impl Ref {
     fn pipeline(&self, method: String, payload: RefPayload) -> Ref {
         match &*self.inner {
             RefInner::Remote(r) => {
-                if let Err(b) = check_limits(&payload.data, &r.session.cbor()) {
-                    return Ref::broken(b);
-                }
                 let bytes = call_bytes(&method, &payload.data);
                 if let Err(b) = r.session.unsent().reserve(bytes) {
                     return Ref::broken(b);
@@ -704,15 +702,4 @@ fn no_runtime() -> Broken {
         BrokenKind::Other,
         "sends to local objects need a tokio runtime on the current thread",
     )
-}
-
-/// Checks outgoing data against the limits the receiver will apply, so a call the peer
-/// would refuse breaks here instead of aborting the session.
-pub(crate) fn check_limits(data: &[u8], cbor: &CborLimits) -> Result<(), Broken> {
-    wire::scan::check(data, cbor).map_err(|e| {
-        Broken::new(
-            BrokenKind::TooLarge,
-            format!("the data exceeds the CBOR limits: {e}"),
-        )
-    })
 }

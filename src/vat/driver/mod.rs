@@ -29,7 +29,7 @@ use super::handle::{Command, SessionHandle, Traffic};
 use super::local::{guard, invoke};
 use super::object::{self, Args, ObjectHandle, Outcome, ReplyInner};
 use super::promise::{Resolver, Settled};
-use super::reference::{Ref, check_limits, out_caps};
+use super::reference::{Ref, out_caps};
 use super::shared::{VatInner, lock};
 use super::stream::call_bytes;
 use crate::broken::{Broken, BrokenKind};
@@ -699,20 +699,13 @@ impl Driver {
     fn answer(&mut self, answer: AnswerId, outcome: Outcome) {
         self.apply_queued();
         let mut watched = Vec::new();
-        let outcome = outcome
-            .and_then(|p| {
-                check_limits(&p.data, &self.cbor)
-                    .map(|()| p)
-                    .inspect_err(|b| {
-                        tracing::debug!(answer = answer.0, refused = b.kind_name(), reason = %b,
-                        "a result broke a limit: the caller gets the error instead");
-                    })
-            })
-            .map(|p| {
-                let (payload, w) = self.out_payload(p);
-                watched = w;
-                payload
-            });
+        // The CBOR limits the peer announced are checked by the session as the result goes
+        // out (`Session::answer`): a result over them is answered with `too_large`.
+        let outcome = outcome.map(|p| {
+            let (payload, w) = self.out_payload(p);
+            watched = w;
+            payload
+        });
         self.core.answer(answer, outcome);
         self.watch(watched);
     }
