@@ -7,13 +7,18 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use captp::{SturdyRef, SwissNumber};
+
+#[path = "common/process.rs"]
+mod process;
+
+use process::{Killed, example};
 
 /// The longest any test waits for one child to print its URI or to finish.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,37 +26,6 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// The built `captp` binary.
 fn captp() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_captp"))
-}
-
-/// The path of a built example, building all the examples first (once per process).
-fn example(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--examples", "--quiet"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("could not run cargo to build the examples");
-        assert!(status.success(), "cargo build --examples failed: {status}");
-    });
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
-        PathBuf::from,
-    );
-    target
-        .join("debug")
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-}
-
-/// A child process that is killed (and reaped) when this is dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Reads all of `pipe` on a thread; the receiver gets the text at end of file.

@@ -8,48 +8,21 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use captp::{SturdyRef, SwissNumber, VatId};
 
+#[path = "common/process.rs"]
+mod process;
+
+use process::{Killed, example};
+
 /// The longest any test waits for one child to print its URI or to finish.
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The path of a built example, building all the examples first (once per process).
-fn example(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--examples", "--quiet"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("could not run cargo to build the examples");
-        assert!(status.success(), "cargo build --examples failed: {status}");
-    });
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
-        PathBuf::from,
-    );
-    target
-        .join("debug")
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-}
-
-/// A child process that is killed (and reaped) when this is dropped, so a failing test
-/// leaves no server behind.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts the example `name` with `args`, its stdout and stderr piped and its stdin
 /// as given.
