@@ -38,10 +38,7 @@ fn messages() -> Vec<(&'static str, Message)> {
         ],
     };
     vec![
-        (
-            "hello",
-            Message::Hello(announce(&Limits::default())),
-        ),
+        ("hello", Message::Hello(announce(&Limits::default()))),
         (
             "bootstrap",
             Message::Bootstrap {
@@ -52,6 +49,7 @@ fn messages() -> Vec<(&'static str, Message)> {
         (
             "deliver_export",
             Message::Deliver {
+                quiet: false,
                 target: Target::Export(1),
                 method: "echo".into(),
                 payload: payload.clone(),
@@ -61,6 +59,7 @@ fn messages() -> Vec<(&'static str, Message)> {
         (
             "deliver_answer_one_way",
             Message::Deliver {
+                quiet: false,
                 target: Target::Answer(1),
                 method: "p".into(),
                 payload: Payload {

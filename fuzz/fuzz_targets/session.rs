@@ -31,17 +31,16 @@ use std::collections::{HashMap, HashSet};
 
 use arbitrary::Arbitrary;
 use captp::internal::proto::{
-    announce,
     AnswerId, Call, CloseReason, Event, ImportId, InCap, LocalTarget, OutCap, OutPayload,
-    QuestionId, Session, SessionStats,
+    QuestionId, Session, SessionStats, announce,
 };
-use captp::internal::wire::message::PROTOCOL_VERSION;
+use captp::internal::wire::SINGLE_CAP_DATA as SINGLE_CAP;
+use captp::internal::wire::message::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use captp::internal::wire::{
     CapDescriptor, CborLimits, Hello, MIN_CAPS, MIN_IMPORTS, MIN_QUEUED, Message, Payload,
     ReturnResult, Target, WireBroken,
 };
 use captp::{Broken, Limits, SwissNumber};
-use captp::internal::wire::SINGLE_CAP_DATA as SINGLE_CAP;
 use libfuzzer_sys::fuzz_target;
 
 type Obj = u32;
@@ -613,7 +612,7 @@ impl Harness {
                         version: PROTOCOL_VERSION,
                         ..Hello::MINIMUM
                     };
-                    if hello.version == PROTOCOL_VERSION
+                    if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version)
                         && hello.max_frame >= minimums.max_frame
                         && hello.max_questions >= minimums.max_questions
                         && hello.max_queued >= minimums.max_queued
@@ -682,11 +681,15 @@ impl Harness {
                     ReturnResult::Err(_) => Expect::Valid,
                 }
             }
-            Message::Finish { question } => match self.peer_answers.get(question) {
-                None => Expect::Invalid,
-                Some(a) if a.uncertain => Expect::Unknown,
-                Some(_) => Expect::Valid,
-            },
+            // No quiet question is ever asked here, so a `want_return` for an answer
+            // that exists is one that crossed its `return`: ignored.
+            Message::Finish { question } | Message::WantReturn { question } => {
+                match self.peer_answers.get(question) {
+                    None => Expect::Invalid,
+                    Some(a) if a.uncertain => Expect::Unknown,
+                    Some(_) => Expect::Valid,
+                }
+            }
             Message::Release { export, count } => match self.s_exports.get(export) {
                 Some(&(_, n)) if n > 0 && *count >= 1 && *count <= n => Expect::Valid,
                 _ => Expect::Invalid,
@@ -724,6 +727,7 @@ impl Harness {
             method,
             payload,
             question,
+            ..
         } = &msg
         {
             let nonce = method_nonce(method).expect("peer methods carry a nonce");
@@ -940,6 +944,7 @@ impl Harness {
                 assert!(old.is_none(), "question {question} asked twice");
             }
             Message::Deliver {
+                quiet: _,
                 target,
                 method,
                 payload,
@@ -1254,6 +1259,7 @@ impl Harness {
             },
         );
         self.s.send(Call {
+            quiet: false,
             target: key,
             method: format!("m{nonce}"),
             payload: OutPayload { data, caps },
@@ -1428,6 +1434,7 @@ impl Harness {
                     data_nonce(nonce)
                 };
                 self.peer_send(Message::Deliver {
+                    quiet: false,
                     target,
                     method: format!("m{nonce}"),
                     payload: Payload { data, caps },
@@ -1446,6 +1453,7 @@ impl Harness {
                         self.next_burst
                     });
                     self.peer_send(Message::Deliver {
+                        quiet: false,
                         target,
                         method: format!("m{nonce}"),
                         payload: Payload {
@@ -1512,6 +1520,7 @@ impl Harness {
                         // Give it a nonce so that its delivery can be checked.
                         let nonce = self.nonce();
                         self.peer_send(Message::Deliver {
+                            quiet: false,
                             target,
                             method: format!("m{nonce}"),
                             payload,

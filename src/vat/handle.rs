@@ -50,6 +50,8 @@ pub(crate) enum Command {
     DropQuestionRef(QuestionId),
     /// A `Promise` was dropped before it settled: cancel its question.
     Cancel(QuestionId),
+    /// A promise from `send_ref` needs its result after all (its question was quiet).
+    WantReturn(QuestionId),
     /// A `Promise` was given a deadline ([`super::Promise::timeout`]).
     SetDeadline(QuestionId, Deadline),
     /// Reports the session's table sizes and traffic.

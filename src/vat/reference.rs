@@ -13,6 +13,7 @@
 //! promise gives) is the direct one.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use futures_util::FutureExt;
@@ -30,7 +31,7 @@ use super::object::{Args, Object, ObjectHandle};
 use super::promise::{Asked, Promise, Resolver, Watch, settled};
 use super::stream::{Window, call_bytes};
 use crate::broken::{Broken, BrokenKind};
-use crate::proto::{Call, LocalTarget, OutCap, OutPayload};
+use crate::proto::{Call, LocalTarget, OutCap, OutPayload, QuestionId};
 use crate::wire::CborLimits;
 
 /// A live reference: to an object in another vat, to the eventual result of a call
@@ -73,6 +74,9 @@ struct RemoteRef {
     /// The first failure of a streaming send on this reference, reported by every later
     /// one ([`Ref::send_streaming`]).
     stream_failure: Arc<OnceLock<Broken>>,
+    /// The answer to a quiet question whose result nobody here has asked for yet: the
+    /// first use that needs the settlement asks the peer for it ([`Ref::wanted`]).
+    quiet: AtomicBool,
 }
 
 /// A local promise: the result of a call on a local object, or of a send on a promise.
@@ -123,7 +127,34 @@ impl Ref {
             target,
             promise,
             stream_failure: Arc::new(OnceLock::new()),
+            quiet: AtomicBool::new(false),
         }))
+    }
+
+    /// The promise for the answer to quiet question `q` (see `pipeline`): its
+    /// settlement is asked for only when something needs it.
+    fn quiet_answer(session: SessionHandle, q: QuestionId, settled: Watch) -> Ref {
+        Ref::wrap(RefInner::Remote(RemoteRef {
+            session,
+            target: LocalTarget::Answer(q),
+            promise: Some(settled),
+            stream_failure: Arc::new(OnceLock::new()),
+            quiet: AtomicBool::new(true),
+        }))
+    }
+
+    /// Asks the peer for this promise's result, if it is the answer to a quiet question
+    /// not asked for yet: what every use that looks at the settlement does first
+    /// (waiting for it, watching for a break, passing the promise on). Sends on the
+    /// promise need no result, and a promise only sent to never asks.
+    fn wanted(&self) {
+        if let RefInner::Remote(r) = &*self.inner {
+            if r.quiet.swap(false, Ordering::Relaxed) {
+                if let LocalTarget::Answer(q) = r.target {
+                    let _ = r.session.post(Command::WantReturn(q));
+                }
+            }
+        }
     }
 
     pub(crate) fn local(object: ObjectHandle) -> Ref {
@@ -168,6 +199,7 @@ impl Ref {
     /// A remote reference whose session has ended reports that; a promise that broke
     /// reports its reason. `None` does not promise that the next send succeeds.
     pub fn broken_reason(&self) -> Option<Broken> {
+        self.wanted();
         match &*self.inner {
             RefInner::Broken(b) => Some(b.clone()),
             RefInner::Remote(r) => r.session.closed_reason().or_else(|| {
@@ -229,6 +261,7 @@ impl Ref {
 
     /// What to watch to learn when this reference breaks, without holding it.
     fn break_watch(&self) -> BreakWatch {
+        self.wanted();
         match &*self.inner {
             RefInner::Broken(b) => BreakWatch::Broken(b.clone()),
             RefInner::Local(..) => BreakWatch::Never,
@@ -253,6 +286,7 @@ impl Ref {
     /// The promise's [`Broken`] if it broke (including its session ending first), or
     /// [`BrokenKind::Decode`] if the value is not a `T`.
     pub async fn when_settled<T: DeserializeOwned>(&self) -> Result<T, Broken> {
+        self.wanted();
         let payload = match (&*self.inner, self.promise_watch()) {
             (RefInner::Broken(b), _) => return Err(b.clone()),
             (RefInner::Remote(r), Some(w)) => {
@@ -449,6 +483,7 @@ impl Ref {
                             resolver,
                             pipeline_refs: 0,
                             deadline: question.and_then(|_| r.session.default_deadline()),
+                            quiet: false,
                         },
                         watched,
                     })
@@ -503,9 +538,13 @@ impl Ref {
                     resolver: Some(Resolver::Watch(tx)),
                     pipeline_refs: 1,
                     deadline: r.session.default_deadline(),
+                    // Asked quiet: the result comes only if something here wants it
+                    // (`Ref::wanted`), so a promise only pipelined on costs no
+                    // `return` with an export, and no `release` (PROTOCOL.md 9.12).
+                    quiet: true,
                 };
                 match r.session.post(Command::Send { call, watched }) {
-                    Ok(()) => Ref::remote(r.session.clone(), LocalTarget::Answer(q), Some(rx)),
+                    Ok(()) => Ref::quiet_answer(r.session.clone(), q, rx),
                     Err(b) => {
                         r.session.unsent().release(bytes);
                         Ref::broken(b)
@@ -606,6 +645,7 @@ impl Ref {
     /// This reference exported to `dest`'s peer as a promise, and the settlement to
     /// watch for it.
     fn promise_proxy(&self, dest: &SessionHandle) -> (OutCap<ObjectHandle>, Option<Watched>) {
+        self.wanted();
         let proxy = self.proxy_for(dest);
         let source = match (&*self.inner, self.promise_watch()) {
             (RefInner::Broken(b), _) => Source::Ready(Err(b.clone())),

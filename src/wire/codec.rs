@@ -26,6 +26,10 @@ const ARRAY: u8 = 4;
 const MAP: u8 = 5;
 /// `null`: major type 7, simple value 22.
 const NULL: u8 = 0xf6;
+/// `true`: major type 7, simple value 21.
+const TRUE: u8 = 0xf5;
+/// `false`: major type 7, simple value 20.
+const FALSE: u8 = 0xf4;
 
 // ---- encoding ----------------------------------------------------------------------
 
@@ -148,8 +152,14 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>, detach: usize) -> Detache
             method,
             payload: p,
             question,
+            quiet,
         } => {
-            open(out, kind, if question.is_some() { 4 } else { 3 });
+            let quiet = *quiet && question.is_some();
+            open(
+                out,
+                kind,
+                3 + u64::from(question.is_some()) + u64::from(quiet),
+            );
             text(out, "target");
             head(out, MAP, 1);
             match *target {
@@ -163,6 +173,10 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>, detach: usize) -> Detache
             if let Some(q) = question {
                 uint_field(out, "question", *q);
             }
+            if quiet {
+                text(out, "quiet");
+                out.push(TRUE);
+            }
         }
         Message::Return {
             question,
@@ -173,7 +187,7 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>, detach: usize) -> Detache
             text(out, "result");
             result(out, r, detach, &mut detached);
         }
-        Message::Finish { question } => {
+        Message::Finish { question } | Message::WantReturn { question } => {
             open(out, kind, 1);
             uint_field(out, "question", *question);
         }
@@ -260,6 +274,18 @@ impl<'a> Reader<'a> {
 
     fn uint(&mut self, what: &str) -> Result<u64, Shape> {
         self.expect(UINT, what)
+    }
+
+    /// `true` or `false`.
+    fn bool(&mut self, what: &str) -> Result<bool, Shape> {
+        let at = self.pos;
+        let value = match self.take(1)?[0] {
+            TRUE => true,
+            FALSE => false,
+            _ => return Err(format!("{what}: expected a boolean at byte {at}")),
+        };
+        self.items += 1;
+        Ok(value)
     }
 
     fn len(&mut self, major: u8, what: &str) -> Result<usize, Shape> {
@@ -479,9 +505,9 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
             Message::Bootstrap { question, swiss }
         }
         Kind::Deliver => {
-            const NAMES: [&str; 4] = ["target", "method", "payload", "question"];
-            let (mut target, mut method, mut payload, mut question) =
-                (Target::Export(0), "", Payload::default(), None);
+            const NAMES: [&str; 5] = ["target", "method", "payload", "question", "quiet"];
+            let (mut target, mut method, mut payload, mut question, mut quiet) =
+                (Target::Export(0), "", Payload::default(), None, false);
             let seen = r.fields(name, &NAMES, |r, i| {
                 match i {
                     0 => {
@@ -495,6 +521,7 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
                     }
                     1 => method = r.text("method")?,
                     2 => payload = read_payload(r)?,
+                    4 => quiet = r.bool("quiet")?,
                     _ => {
                         // `null` stands for an absent question (see PROTOCOL.md 6).
                         if r.bytes.get(r.pos) == Some(&NULL) {
@@ -508,11 +535,15 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
                 Ok(())
             })?;
             require(seen, 0b0111, &NAMES, name)?;
+            if quiet && question.is_none() {
+                return Err("a quiet deliver must ask a question".into());
+            }
             Message::Deliver {
                 target,
                 method: method.to_owned(),
                 payload,
                 question,
+                quiet,
             }
         }
         Kind::Return | Kind::Resolve => {
@@ -545,6 +576,10 @@ pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
         Kind::Finish => {
             let [question] = uints(&mut r, name, ["question"])?;
             Message::Finish { question }
+        }
+        Kind::WantReturn => {
+            let [question] = uints(&mut r, name, ["question"])?;
+            Message::WantReturn { question }
         }
         Kind::Release => {
             let [export, count] = uints(&mut r, name, ["export", "count"])?;

@@ -22,8 +22,14 @@ use crate::broken::Broken;
 ///
 /// Version 2 added the flow-control limits to `hello` (`max_queued`, `max_imports`,
 /// `max_caps`, `max_depth`, `max_items`); a version-1 decoder refuses them as unknown
-/// fields, so the two versions do not interoperate (PROTOCOL.md, "Changes").
-pub const PROTOCOL_VERSION: u32 = 2;
+/// fields, so the two versions do not interoperate (PROTOCOL.md, "Changes"). Version 3
+/// added quiet questions (`deliver`'s `quiet`, `want_return`); a version-3 side still
+/// speaks version 2 to a peer that announces it, and then sends neither.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest protocol version this crate still speaks: a peer announcing it (or any
+/// version up to [`PROTOCOL_VERSION`]) gets only what that version has.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// What a `hello` announces: the sender's protocol version and every limit on what it
 /// accepts that the receiver could pass by itself (PROTOCOL.md 9.1). The receiver keeps
@@ -153,6 +159,12 @@ pub enum Message {
         /// The asker's new question id, or absent for a one-way send (`send_only`).
         #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
         question: Option<u64>,
+        /// A quiet question (protocol version 3): the answerer sends no result until
+        /// `want_return` asks for it, and a `finish` after messages were pipelined on
+        /// the answer does not cancel it (PROTOCOL.md 9.12). Absent on the wire when
+        /// `false`; only with a question.
+        #[cfg_attr(test, serde(default, skip_serializing_if = "std::ops::Not::not"))]
+        quiet: bool,
     },
     /// Answers a question.
     Return {
@@ -163,6 +175,12 @@ pub enum Message {
     },
     /// The asker is done with a question's answer; the answerer may free it.
     Finish {
+        /// The asker's question id.
+        question: u64,
+    },
+    /// The asker of a quiet question wants its result after all (protocol version 3):
+    /// the answerer sends the `return` as for any question (PROTOCOL.md 9.12).
+    WantReturn {
         /// The asker's question id.
         question: u64,
     },
@@ -426,6 +444,7 @@ pub(super) enum Kind {
     Deliver,
     Return,
     Finish,
+    WantReturn,
     Resolve,
     Release,
     Abort,
@@ -435,12 +454,13 @@ pub(super) enum Kind {
 
 impl Kind {
     /// Every kind, for looking a wire name up.
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 11] = [
         Kind::Hello,
         Kind::Bootstrap,
         Kind::Deliver,
         Kind::Return,
         Kind::Finish,
+        Kind::WantReturn,
         Kind::Resolve,
         Kind::Release,
         Kind::Abort,
@@ -456,6 +476,7 @@ impl Kind {
             Message::Deliver { .. } => Kind::Deliver,
             Message::Return { .. } => Kind::Return,
             Message::Finish { .. } => Kind::Finish,
+            Message::WantReturn { .. } => Kind::WantReturn,
             Message::Resolve { .. } => Kind::Resolve,
             Message::Release { .. } => Kind::Release,
             Message::Abort { .. } => Kind::Abort,
@@ -472,6 +493,7 @@ impl Kind {
             Kind::Deliver => "deliver",
             Kind::Return => "return",
             Kind::Finish => "finish",
+            Kind::WantReturn => "want_return",
             Kind::Resolve => "resolve",
             Kind::Release => "release",
             Kind::Abort => "abort",
@@ -535,7 +557,7 @@ mod tests {
         let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,
-            "00000077a16568656c6c6fa86776657273696f6e02696d61785f6672616d651a001000006d6d61785f7175657374696f6e731904006a6d61785f7175657565641901006b6d61785f696d706f7274731a00010000686d61785f63617073190100696d61785f64657074681820696d61785f6974656d731a00010000"
+            "00000077a16568656c6c6fa86776657273696f6e03696d61785f6672616d651a001000006d6d61785f7175657374696f6e731904006a6d61785f7175657565641901006b6d61785f696d706f7274731a00010000686d61785f63617073190100696d61785f64657074681820696d61785f6974656d731a00010000"
         );
     }
 
@@ -555,17 +577,27 @@ mod tests {
             swiss: SwissNumber::from_bytes([7; 32]),
         });
         round_trip(Message::Deliver {
+            quiet: false,
             target: Target::Export(3),
             method: "log".into(),
             payload: payload.clone(),
             question: None,
         });
         round_trip(Message::Deliver {
+            quiet: false,
             target: Target::Answer(u64::MAX),
             method: String::new(),
             payload: Payload::default(),
             question: Some(2),
         });
+        round_trip(Message::Deliver {
+            quiet: true,
+            target: Target::Answer(4),
+            method: "next".into(),
+            payload: Payload::default(),
+            question: Some(5),
+        });
+        round_trip(Message::WantReturn { question: 5 });
         round_trip(Message::Return {
             question: 2,
             result: ReturnResult::Ok(payload),

@@ -513,6 +513,7 @@ pub(crate) fn deliver<T: Serialize + ?Sized>(
     question: Option<u64>,
 ) -> Message {
     Message::Deliver {
+        quiet: false,
         target,
         method: method.to_owned(),
         payload: data_payload(args),

@@ -7,15 +7,21 @@
 //! breaks with `cancelled` at once, `return` included, so it stops counting against the
 //! limit when the asker's `finish` arrives. This room must not recurse on peer input: a
 //! chain of calls pipelined on broken answers is answered by a loop (`answer_broken`).
+//!
+//! A quiet question (PROTOCOL.md 9.12) is answered like any other, except that its result
+//! is kept here rather than sent, until the asker's `want_return` asks for it; its
+//! `finish` does not cancel it once messages were pipelined on it, and then the
+//! `return` (with `null`) goes out when it settles, which is when it stops counting on
+//! both sides.
 
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
 
 use super::imports::PayloadOrigin;
-use super::{Event, InCap, InPayload, OutPayload, Resolution, Session, Violation};
+use super::{Event, InCap, InPayload, OutCap, OutPayload, Resolution, Session, Violation};
 use crate::broken::{Broken, BrokenKind};
 use crate::proto::{AnswerId, ExportId, ImportId};
-use crate::wire::{Message, Payload, ReturnResult, Target, WireBroken};
+use crate::wire::{Message, NULL_DATA, Payload, ReturnResult, Target, WireBroken};
 
 /// A question the peer asked.
 #[derive(Debug)]
@@ -24,6 +30,16 @@ pub(super) struct Answer<O> {
     resolution: Option<Resolution<O>>,
     /// Messages pipelined on the answer before it resolved, in arrival order.
     queued: Vec<Queued<O>>,
+    /// Quiet and not asked for yet: no `return` goes out until `want_return`.
+    quiet: bool,
+    /// A message was sent to the answer (it arrived pipelined on it): its `finish` no
+    /// longer cancels it, if quiet.
+    pipelined_on: bool,
+    /// The asker finished it (quiet, unsettled, pipelined on): it goes when it settles.
+    finished: bool,
+    /// A quiet answer's result, settled but not asked for: what `want_return` sends.
+    /// The imports it names hold one handle each.
+    kept: Option<Result<OutPayload<O>, Broken>>,
 }
 
 /// A message the peer sent to an answer that had not resolved yet.
@@ -36,7 +52,7 @@ struct Queued<O> {
 
 impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// Records a question the peer asks, within the limit of outstanding questions.
-    pub(super) fn new_answer(&mut self, id: AnswerId) -> Result<(), Violation> {
+    pub(super) fn new_answer(&mut self, id: AnswerId, quiet: bool) -> Result<(), Violation> {
         let at_limit = self.answers.len() >= self.limits.max_inbound_questions;
         match self.answers.entry(id) {
             Entry::Occupied(_) => Err(Violation::DuplicateQuestion(id)),
@@ -47,6 +63,10 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 v.insert(Answer {
                     resolution: None,
                     queued: Vec::new(),
+                    quiet,
+                    pipelined_on: false,
+                    finished: false,
+                    kept: None,
                 });
                 Ok(())
             }
@@ -59,6 +79,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         method: String,
         payload: Payload,
         question: Option<AnswerId>,
+        quiet: bool,
     ) -> Result<(), Violation> {
         // Check the target before taking anything from the payload, so a violation
         // leaves no half-imported references behind.
@@ -77,9 +98,10 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             }
             Target::Answer(a) => {
                 let a = AnswerId(a);
-                let Some(answer) = self.answers.get(&a) else {
+                let Some(answer) = self.answers.get_mut(&a) else {
                     return Err(Violation::UnknownAnswer(a));
                 };
+                answer.pipelined_on = true;
                 match &answer.resolution {
                     None => {
                         if answer.queued.len() >= self.limits.max_queued_per_promise {
@@ -94,7 +116,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             }
         };
         if let Some(q) = question {
-            self.new_answer(q)?;
+            self.new_answer(q, quiet)?;
         }
         let payload = self.take_payload(payload)?;
         match dest {
@@ -166,9 +188,30 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     }
 
     pub(super) fn handle_finish(&mut self, id: AnswerId) -> Result<(), Violation> {
-        let Some(answer) = self.answers.get(&id) else {
+        let Some(answer) = self.answers.get_mut(&id) else {
             return Err(Violation::UnknownAnswer(id));
         };
+        if answer.finished {
+            return Err(Violation::UnknownAnswer(id));
+        }
+        if answer.quiet {
+            if answer.resolution.is_some() {
+                // Settled and never asked for: it goes now, and the `return` tells the
+                // asker it stopped counting.
+                let kept = answer.kept.take();
+                self.release_kept(kept);
+                self.remove_answer(id);
+                self.outbox.push_back(quiet_return(id));
+                return Ok(());
+            }
+            if answer.pipelined_on {
+                // Messages wait on it: it runs to its end, which sends the `return`.
+                answer.finished = true;
+                return Ok(());
+            }
+            // Nothing depends on it: cancelled like any question, its `return` saying so.
+            answer.quiet = false;
+        }
         if answer.resolution.is_none() {
             // An early `finish` cancels the call (PROTOCOL.md 9.7). The method stops (the
             // runtime drops it), and the answer breaks now rather than when the method
@@ -181,6 +224,93 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         }
         self.remove_answer(id);
         Ok(())
+    }
+
+    /// The peer's `want_return`: the result of its quiet question goes now if it is
+    /// kept, or when the question settles.
+    pub(super) fn handle_want_return(&mut self, id: AnswerId) -> Result<(), Violation> {
+        let Some(answer) = self.answers.get_mut(&id) else {
+            return Err(Violation::UnknownAnswer(id));
+        };
+        if answer.finished {
+            return Err(Violation::WantReturnAfterFinish(id));
+        }
+        if !answer.quiet {
+            // Asked for already, or its `return` went out anyway (a result that could
+            // not be kept): the asker's `want_return` crossed it on the wire.
+            return Ok(());
+        }
+        answer.quiet = false;
+        let Some(kept) = answer.kept.take() else {
+            // Not settled yet: `answer_one` sends the `return`.
+            return Ok(());
+        };
+        let result = kept.and_then(|p| self.check_frame_size(None, &p).map(|()| p));
+        let names = kept_imports(&result);
+        let wire = match result {
+            Ok(p) => match self.give_payload(p) {
+                Ok(p) => ReturnResult::Ok(p),
+                Err(b) => ReturnResult::Err(WireBroken::from(&b)),
+            },
+            Err(b) => ReturnResult::Err(WireBroken::from(&b)),
+        };
+        // The handles kept for the result's imports: the descriptors have gone out.
+        for i in names {
+            self.drop_handle_in_order(i);
+        }
+        self.outbox.push_back(Message::Return {
+            question: id.0,
+            result: wire,
+        });
+        Ok(())
+    }
+
+    /// An answer that resolved to the peer's own reference holds a handle on it, so
+    /// calls pipelined on the answer can still be forwarded there after the runtime
+    /// has dropped its own handles.
+    fn hold_resolution(&mut self, resolution: Resolution<O>) -> Resolution<O> {
+        match resolution {
+            Resolution::Import(i) => match self.imports.get_mut(&i) {
+                Some(import) => {
+                    import.local += 1;
+                    Resolution::Import(i)
+                }
+                None => Resolution::Broken(released(i)),
+            },
+            other => other,
+        }
+    }
+
+    /// Gives back the import handles a kept result held.
+    fn release_kept(&mut self, kept: Option<Result<OutPayload<O>, Broken>>) {
+        if let Some(result) = kept {
+            for i in kept_imports(&result) {
+                self.drop_handle_in_order(i);
+            }
+        }
+    }
+
+    /// Whether a quiet answer can keep `result` for a later `want_return`: every import
+    /// it names is still held (each then holds one handle more), and it carries no local
+    /// promise (whose settlement could only be sent once it is exported). Otherwise
+    /// the result goes at once, as for any question.
+    fn keep_result(&mut self, result: &Result<OutPayload<O>, Broken>) -> bool {
+        let Ok(p) = result else {
+            return true;
+        };
+        let keepable = p.caps.iter().all(|cap| match cap {
+            OutCap::Import(i) => self.imports.contains_key(i),
+            OutCap::Local(_) => true,
+            OutCap::Promise(_) => false,
+        });
+        if keepable {
+            for i in kept_imports(result) {
+                if let Some(import) = self.imports.get_mut(&i) {
+                    import.local += 1;
+                }
+            }
+        }
+        keepable
     }
 
     /// Frees an answer, and the handle it held if it resolved to a peer's reference.
@@ -217,9 +347,18 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         if self.is_closed() {
             return;
         }
-        match self.answers.get(&id) {
-            Some(a) if a.resolution.is_none() => {}
+        let quiet = match self.answers.get(&id) {
+            Some(a) if a.resolution.is_none() => a.quiet,
             _ => return,
+        };
+        if quiet {
+            if self.keep_result(&result) {
+                self.settle_quietly(id, result);
+                return;
+            }
+            if let Some(a) = self.answers.get_mut(&id) {
+                a.quiet = false;
+            }
         }
         let result = result.and_then(|p| self.check_frame_size(None, &p).map(|()| p));
         // Export the result's references before deciding what the answer resolved to:
@@ -241,24 +380,15 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 (Resolution::Broken(b), wire)
             }
         };
-        // An answer that resolved to the peer's own reference holds a handle on it, so
-        // calls pipelined on the answer can still be forwarded there after the runtime
-        // has dropped its own handles.
-        let resolution = match resolution {
-            Resolution::Import(i) => match self.imports.get_mut(&i) {
-                Some(import) => {
-                    import.local += 1;
-                    Resolution::Import(i)
-                }
-                None => Resolution::Broken(released(i)),
-            },
-            other => other,
-        };
+        let resolution = self.hold_resolution(resolution);
         let Some(answer) = self.answers.get_mut(&id) else {
             return;
         };
         let queued = std::mem::take(&mut answer.queued);
         answer.resolution = Some(resolution.clone());
+        // A quiet question its asker finished, whose result could not be kept: the
+        // `return` goes with the result after all, and ends it on both sides.
+        let finished = answer.finished;
         self.outbox.push_back(Message::Return {
             question: id.0,
             result: wire,
@@ -272,6 +402,75 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 PayloadOrigin::Queued,
             );
         }
+        if finished {
+            self.remove_answer(id);
+        }
+    }
+}
+
+impl<O: Clone + Eq + Hash, R> Session<O, R> {
+    /// Settles a quiet answer without a `return`: the messages queued on it go to what it
+    /// resolved to, and the result is kept for a `want_return`, or, if the asker has
+    /// finished it, dropped with the answer and the `return` (`null`) sent.
+    fn settle_quietly(&mut self, id: AnswerId, result: Result<OutPayload<O>, Broken>) {
+        let resolution = match &result {
+            Ok(p) => Resolution::of_outgoing(p),
+            Err(b) => Resolution::Broken(b.clone()),
+        };
+        let resolution = self.hold_resolution(resolution);
+        let Some(answer) = self.answers.get_mut(&id) else {
+            self.release_kept(Some(result));
+            return;
+        };
+        let queued = std::mem::take(&mut answer.queued);
+        answer.resolution = Some(resolution.clone());
+        let finished = if answer.finished {
+            Some(result)
+        } else {
+            answer.kept = Some(result);
+            None
+        };
+        for q in queued {
+            self.deliver_to(
+                resolution.clone(),
+                q.method,
+                q.payload,
+                q.question,
+                PayloadOrigin::Queued,
+            );
+        }
+        if let Some(result) = finished {
+            self.release_kept(Some(result));
+            self.remove_answer(id);
+            self.outbox.push_back(quiet_return(id));
+        }
+    }
+}
+
+/// The `return` of a quiet question finished without asking for its result: `null`
+/// (PROTOCOL.md 9.12).
+fn quiet_return(id: AnswerId) -> Message {
+    Message::Return {
+        question: id.0,
+        result: ReturnResult::Ok(Payload {
+            data: NULL_DATA.to_vec(),
+            caps: Vec::new(),
+        }),
+    }
+}
+
+/// The imports a kept result names, each holding one handle.
+fn kept_imports<O>(result: &Result<OutPayload<O>, Broken>) -> Vec<ImportId> {
+    match result {
+        Ok(p) => p
+            .caps
+            .iter()
+            .filter_map(|cap| match cap {
+                OutCap::Import(i) => Some(*i),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 

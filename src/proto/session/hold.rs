@@ -162,8 +162,22 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     pub(super) fn send_or_hold(&mut self, command: Held<O, R>) {
         if self.must_hold(&command) {
             self.held.push_back(command);
+            self.ask_for_blocking_return();
         } else {
             self.apply_held(command);
+        }
+    }
+
+    /// A held send waiting for room on a quiet question's answer waits for its
+    /// `return`, which the peer sends only when asked: ask for it (PROTOCOL.md 9.12).
+    fn ask_for_blocking_return(&mut self) {
+        let blocking = self
+            .held
+            .front()
+            .and_then(Held::pipelined_on)
+            .filter(|&q| !self.answer_has_room(q));
+        if let Some(q) = blocking {
+            self.want_return(q);
         }
     }
 
@@ -180,6 +194,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     pub(super) fn drain_hold_queue(&mut self) {
         while let Some(front) = self.held.front() {
             if !self.may_send_now(front) {
+                self.ask_for_blocking_return();
                 break;
             }
             if let Some(held) = self.held.pop_front() {

@@ -47,7 +47,9 @@ pub use violation::Violation;
 use super::{AnswerId, ExportId, ImportId, QuestionId};
 use crate::broken::Broken;
 use crate::limits::Limits;
-use crate::wire::message::{MAX_ERROR_MESSAGE, PROTOCOL_VERSION, truncate_at_char_boundary};
+use crate::wire::message::{
+    MAX_ERROR_MESSAGE, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, truncate_at_char_boundary,
+};
 use crate::wire::{
     CborLimits, DecodeError, Hello, MIN_CAPS, MIN_DEPTH, MIN_FRAME, MIN_IMPORTS, MIN_ITEMS,
     MIN_QUESTIONS, MIN_QUEUED, Message, SINGLE_CAP_DATA,
@@ -109,6 +111,9 @@ pub struct Session<O, R> {
 /// sends (PROTOCOL.md 9.11). Until the `hello` arrives, the protocol minimums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerLimits {
+    /// The protocol version the peer speaks: until its `hello`, the oldest this crate
+    /// speaks, so that nothing newer goes out before the peer says it takes it.
+    pub version: u32,
     /// The largest frame body the peer accepts.
     pub max_frame: usize,
     /// The most questions the peer accepts outstanding.
@@ -129,6 +134,7 @@ impl PeerLimits {
     fn of(hello: &Hello) -> PeerLimits {
         let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         PeerLimits {
+            version: hello.version,
             max_frame: size(hello.max_frame).min(u32::MAX as usize),
             max_questions: size(hello.max_questions),
             max_queued: size(hello.max_queued),
@@ -217,7 +223,10 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             cbor: limits.cbor(),
             // Until the peer says otherwise, assume the least a peer may announce (what
             // needs more waits for its `hello`: see `hold`).
-            peer: PeerLimits::of(&Hello::MINIMUM),
+            peer: PeerLimits {
+                version: MIN_PROTOCOL_VERSION,
+                ..PeerLimits::of(&Hello::MINIMUM)
+            },
             awaiting_return: 0,
             held: VecDeque::new(),
             settled_while_held: Vec::new(),
@@ -346,7 +355,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             Message::Hello { .. } => Err(Violation::DuplicateHello),
             Message::Bootstrap { question, swiss } => {
                 let answer = AnswerId(question);
-                self.new_answer(answer)?;
+                self.new_answer(answer, false)?;
                 self.events.push_back(Event::Bootstrap { answer, swiss });
                 Ok(())
             }
@@ -355,11 +364,13 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 method,
                 payload,
                 question,
-            } => self.handle_deliver(target, method, payload, question.map(AnswerId)),
+                quiet,
+            } => self.handle_deliver(target, method, payload, question.map(AnswerId), quiet),
             Message::Return { question, result } => {
                 self.handle_return(QuestionId(question), result)
             }
             Message::Finish { question } => self.handle_finish(AnswerId(question)),
+            Message::WantReturn { question } => self.handle_want_return(AnswerId(question)),
             Message::Resolve { export, result } => self.handle_resolve(ImportId(export), result),
             Message::Release { export, count } => self.handle_release(ExportId(export), count),
             Message::Abort { reason } => {
@@ -381,7 +392,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// for it. Fields are checked in wire order; the first below its minimum is the
     /// violation.
     fn handle_hello(&mut self, hello: &Hello) -> Result<(), Violation> {
-        if hello.version != PROTOCOL_VERSION {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
             return Err(Violation::UnsupportedVersion {
                 version: hello.version,
             });
@@ -542,6 +553,7 @@ mod tests {
                 resolver: Some(100 + q as u32),
                 pipeline_refs: 0,
                 deadline: None,
+                quiet: false,
             });
         }
         while s.poll_event().is_some() {}

@@ -20,6 +20,9 @@ use crate::proto::QuestionId;
 use crate::sturdy::SwissNumber;
 use crate::wire::{Message, Payload, ReturnResult, Target};
 
+/// The first protocol version with quiet questions.
+const QUIET_VERSION: u32 = 3;
+
 /// A question this side asked (or one that broke before it could be, kept for the
 /// handles pipelined on it).
 #[derive(Debug)]
@@ -45,6 +48,9 @@ pub(super) struct Question<O, R> {
     /// The `finish` went out before the `return` (cancelled, or past its deadline):
     /// the `return` is still due, and is dropped when it comes.
     pub(super) finished_early: bool,
+    /// Asked quiet and not asked for since: the peer sends the result only after a
+    /// `want_return` (PROTOCOL.md 9.12).
+    pub(super) quiet: bool,
 }
 
 impl<O, R> Question<O, R> {
@@ -53,6 +59,7 @@ impl<O, R> Question<O, R> {
         resolver: Option<R>,
         pipeline_refs: u32,
         deadline: Option<Deadline>,
+        quiet: bool,
     ) -> Question<O, R> {
         Question {
             resolver,
@@ -63,6 +70,7 @@ impl<O, R> Question<O, R> {
             deadline,
             pipelined_on: false,
             finished_early: false,
+            quiet,
         }
     }
 
@@ -140,8 +148,10 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             self.report_broken(resolver, reused_question(question));
             return;
         }
-        self.questions
-            .insert(question, Question::asked(resolver, pipeline_refs, None));
+        self.questions.insert(
+            question,
+            Question::asked(resolver, pipeline_refs, None, false),
+        );
         self.awaiting_return += 1;
         self.outbox.push_back(Message::Bootstrap {
             question: question.0,
@@ -160,7 +170,10 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             resolver,
             pipeline_refs,
             deadline,
+            quiet,
         } = call;
+        // Only a question can be quiet, and only a peer speaking version 3 knows it.
+        let quiet = quiet && question.is_some() && self.peer.version >= QUIET_VERSION;
         if let Some(q) = question {
             // Checked here, where the question enters the table, so that a reused id
             // breaks the new call instead of overwriting the question already asked.
@@ -180,7 +193,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             Ok((target, payload)) => {
                 if let Some(q) = question {
                     self.questions
-                        .insert(q, Question::asked(resolver, pipeline_refs, deadline));
+                        .insert(q, Question::asked(resolver, pipeline_refs, deadline, quiet));
                     self.awaiting_return += 1;
                 }
                 self.outbox.push_back(Message::Deliver {
@@ -188,6 +201,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     method,
                     payload,
                     question: question.map(|q| q.0),
+                    quiet,
                 });
             }
         }
@@ -271,6 +285,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     deadline: None,
                     pipelined_on: false,
                     finished_early: false,
+                    quiet: false,
                 },
             );
         }
@@ -433,6 +448,25 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         self.deadlines.insert((deadline.at, id));
     }
 
+    /// The runtime wants the result of question `id` after all: if it was asked quiet
+    /// (see [`Call::quiet`]), a `want_return` goes out and the `return` comes as for any
+    /// question; if it is still held, it goes out not quiet. Any other question is left
+    /// alone, so asking twice costs nothing.
+    pub fn want_return(&mut self, id: QuestionId) {
+        if self.is_closed() {
+            return;
+        }
+        if let Some(q) = self.questions.get_mut(&id) {
+            if q.quiet && q.is_pending() {
+                q.quiet = false;
+                self.outbox
+                    .push_back(Message::WantReturn { question: id.0 });
+            }
+        } else if let Some(Held::Call(c)) = self.held.iter_mut().find(|h| h.asks(id)) {
+            c.quiet = false;
+        }
+    }
+
     /// Breaks every question whose deadline is `now` or earlier with
     /// [`crate::BrokenKind::Timeout`]: a held one never goes out; an asked one gets an
     /// early `finish` (cancellation at the peer), and while handles pipeline on it, sends
@@ -527,6 +561,11 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 // cancel the call at the peer (an early `finish`).
                 let resolver = self.finish_early(id);
                 self.report_broken(resolver, cancelled_locally());
+            } else if q.quiet {
+                // Messages sent on it depend on it, and nobody here wants its result:
+                // a quiet question's `finish` goes now without cancelling it, and its
+                // `return` (with no result) comes when it settles (PROTOCOL.md 9.12).
+                drop(self.finish_early(id));
             }
             // Otherwise messages sent on the answer depend on it: it runs to its
             // `return`, which then frees it (no handle keeps it).

@@ -7,7 +7,7 @@
 #[cfg(doc)]
 use crate::limits::Limits;
 use crate::proto::{AnswerId, ExportId, ImportId, QuestionId};
-use crate::wire::message::PROTOCOL_VERSION;
+use crate::wire::message::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use crate::wire::{DecodeError, MIN_FRAME, MIN_QUESTIONS};
 
 /// A protocol violation by the peer: bad bytes or bad behaviour. It aborts the session.
@@ -52,7 +52,9 @@ pub enum Violation {
     #[error("hello sent twice")]
     DuplicateHello,
     /// A protocol version this crate does not speak.
-    #[error("unsupported protocol version {version} (this vat speaks {PROTOCOL_VERSION})")]
+    #[error(
+        "unsupported protocol version {version} (this vat speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})"
+    )]
     UnsupportedVersion {
         /// The version the peer announced.
         version: u32,
@@ -66,6 +68,10 @@ pub enum Violation {
     /// A target or `finish` naming an answer that does not exist.
     #[error("no answer with id {0}")]
     UnknownAnswer(AnswerId),
+    /// A `want_return` for a quiet question the asker had already finished
+    /// (PROTOCOL.md 9.12).
+    #[error("want_return for answer {0} after its finish")]
+    WantReturnAfterFinish(AnswerId),
     /// A `return` for a question never asked or already answered.
     #[error("return for question {0}, which was never asked or is already answered")]
     UnknownQuestion(QuestionId),

@@ -20,6 +20,7 @@ fn basic_call(codec: bool) {
     assert_eq!(
         pair.a.take_sent(),
         [Message::Deliver {
+            quiet: false,
             target: Target::Export(1),
             method: "add".to_owned(),
             payload: Payload {
@@ -87,6 +88,7 @@ fn send_only_delivers_without_return() {
     assert_eq!(
         pair.a.take_sent(),
         [Message::Deliver {
+            quiet: false,
             target: Target::Export(1),
             method: "log".to_owned(),
             payload: Payload {

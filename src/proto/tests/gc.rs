@@ -263,6 +263,7 @@ fn self_resolved_promise_sent_again_before_the_collection_is_reported() {
     };
     resolve_to_promise(&mut s, 1, 1);
     s.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Export(export),
         method: "take".into(),
         payload: wire_single(CapDescriptor::SenderPromise(1)),
@@ -314,6 +315,7 @@ fn self_resolved_promise_in_a_message_dropped_on_arrival_stays_deferred() {
     s.answer(AnswerId(1), Err(Broken::unknown_object()));
     drain(&mut s);
     s.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Answer(1),
         method: "take".into(),
         payload: wire_single(CapDescriptor::SenderPromise(1)),
@@ -418,6 +420,7 @@ fn references_dropped_on_arrival_are_released_at_once_while_sends_are_held() {
     drain(&mut s);
     assert_eq!(s.stats().held, 1);
     s.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Answer(1),
         method: "take".into(),
         payload: wire_single(CapDescriptor::SenderHosted(5)),
@@ -472,6 +475,7 @@ fn an_expensive_collection_is_paid_for_by_later_operations_before_the_next() {
         swiss: swiss(1),
     });
     s.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Answer(10),
         method: "take".into(),
         payload: wire_single(CapDescriptor::SenderPromise(3)),

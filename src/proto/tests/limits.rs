@@ -586,6 +586,7 @@ fn drops_after_held_sends_apply_after_them() {
         .answer(AnswerId(2), Ok(OutPayload::data(data(&()))));
     pair.drive();
     let to = |target, method: &str, question| Message::Deliver {
+        quiet: false,
         target,
         method: method.to_owned(),
         payload: Payload {

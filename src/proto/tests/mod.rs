@@ -146,6 +146,7 @@ fn wire_single(desc: CapDescriptor) -> Payload {
 /// A call that expects an answer: question `q`, resolver `q as u32`, no pipelined refs.
 fn ask(target: LocalTarget, method: &str, payload: OutPayload<u32>, q: u64) -> Call<u32, u32> {
     Call {
+        quiet: false,
         target,
         method: method.to_owned(),
         payload,
@@ -159,6 +160,7 @@ fn ask(target: LocalTarget, method: &str, payload: OutPayload<u32>, q: u64) -> C
 /// A one-way call (`send_only`).
 fn tell(target: LocalTarget, method: &str, payload: OutPayload<u32>) -> Call<u32, u32> {
     Call {
+        quiet: false,
         target,
         method: method.to_owned(),
         payload,

@@ -192,6 +192,7 @@ fn send_to_a_resolved_question_goes_to_the_import() {
     assert_eq!(
         pair.a.take_sent()[0],
         Message::Deliver {
+            quiet: false,
             target: Target::Export(1),
             method: "later".to_owned(),
             payload: Payload {

@@ -121,6 +121,7 @@ fn sender_promise_in_arguments_is_imported_as_a_promise() {
     assert_eq!(
         pair.a.take_sent(),
         [Message::Deliver {
+            quiet: false,
             target: Target::Export(1),
             method: "take".to_owned(),
             payload: wire_single(CapDescriptor::SenderPromise(1)),

@@ -239,12 +239,14 @@ fn return_of_own_object_forwards_through_the_answer_and_defers_finish() {
         pair.a.take_sent(),
         [
             Message::Deliver {
+                quiet: false,
                 target: Target::Export(1),
                 method: "echo".to_owned(),
                 payload: wire_single(CapDescriptor::SenderHosted(1)),
                 question: Some(2),
             },
             Message::Deliver {
+                quiet: false,
                 target: Target::Answer(2),
                 method: "before".to_owned(),
                 payload: Payload {
@@ -296,6 +298,7 @@ fn return_of_own_object_forwards_through_the_answer_and_defers_finish() {
                 result: ReturnResult::Ok(wire_single(CapDescriptor::ReceiverHosted(1)))
             },
             Message::Deliver {
+                quiet: false,
                 target: Target::Export(1),
                 method: "before".to_owned(),
                 payload: Payload {
@@ -323,6 +326,7 @@ fn return_of_own_object_forwards_through_the_answer_and_defers_finish() {
     assert_eq!(
         pair.a.take_sent(),
         [Message::Deliver {
+            quiet: false,
             target: Target::Answer(2),
             method: "after".to_owned(),
             payload: Payload {

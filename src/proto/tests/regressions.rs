@@ -474,6 +474,7 @@ fn deferred_finishes_count_against_the_peers_question_limit() {
         [
             Message::Finish { question: 2 },
             Message::Deliver {
+                quiet: false,
                 target: Target::Export(1),
                 method: "next".to_owned(),
                 payload: Payload {
@@ -585,6 +586,7 @@ fn promise_settled_while_the_send_carrying_it_is_held_resolves_after_it() {
         [
             Message::Finish { question: 2 },
             Message::Deliver {
+                quiet: false,
                 target: Target::Export(1),
                 method: "wait".to_owned(),
                 payload: Payload {
@@ -594,6 +596,7 @@ fn promise_settled_while_the_send_carrying_it_is_held_resolves_after_it() {
                 question: Some(2 + n),
             },
             Message::Deliver {
+                quiet: false,
                 target: Target::Export(1),
                 method: "take".to_owned(),
                 payload: wire_single(CapDescriptor::SenderPromise(1)),
@@ -807,6 +810,7 @@ fn long_chain_of_calls_pipelined_on_a_broken_answer_does_not_overflow_the_stack(
             });
             for q in 2..=chain {
                 s.handle_message(Message::Deliver {
+                    quiet: false,
                     target: Target::Answer(q - 1),
                     method: "next".into(),
                     payload: Payload {
@@ -901,6 +905,7 @@ fn long_chain_of_deferred_settlements_reported_at_once_does_not_overflow_the_sta
         s.answer(AnswerId(1), Ok(OutPayload::single_cap(OutCap::Local(7))));
         drain(&mut s);
         s.handle_message(Message::Deliver {
+            quiet: false,
             target: Target::Export(1),
             method: "take".into(),
             payload: wire_single(CapDescriptor::SenderPromise(1)),

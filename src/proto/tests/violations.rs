@@ -11,6 +11,7 @@ use super::*;
 fn deliver_to_an_unknown_export_is_a_violation() {
     let mut pair = Pair::victim(Limits::default(), Limits::default());
     pair.b.session.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Export(42),
         method: "x".to_owned(),
         payload: Payload::default(),
@@ -27,6 +28,7 @@ fn deliver_to_an_unknown_export_is_a_violation() {
 fn deliver_to_an_unknown_answer_is_a_violation() {
     let mut pair = Pair::victim(Limits::default(), Limits::default());
     pair.b.session.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Answer(7),
         method: "x".to_owned(),
         payload: Payload::default(),
@@ -45,6 +47,7 @@ fn unknown_receiver_hosted_descriptor_is_a_violation() {
     // A imports B's object (B export 1), then names a B export that does not exist.
     pair.a_imports_b_obj(1);
     pair.b.session.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Export(1),
         method: "x".to_owned(),
         payload: wire_single(CapDescriptor::ReceiverHosted(5)),
@@ -99,6 +102,7 @@ fn duplicate_question_id_is_a_violation() {
     pair.drive();
     pair.b.take_events();
     pair.b.session.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Export(1),
         method: "again".to_owned(),
         payload: Payload::default(),
@@ -306,6 +310,7 @@ fn too_many_inbound_questions_is_a_violation() {
     assert_eq!(pair.a.session.stats().held, 1);
     // A peer that ignores the limit is aborted.
     pair.b.session.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Export(obj.0),
         method: "one_more".into(),
         payload: Payload {
@@ -360,6 +365,7 @@ fn too_many_messages_queued_on_one_promise_is_a_violation() {
     assert_eq!(pair.a.session.stats().held, 1);
     // A peer that ignores the announced limit is aborted.
     pair.b.session.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Answer(1),
         method: "one_more".into(),
         payload: Payload {
@@ -391,6 +397,7 @@ fn too_many_caps_in_one_message_is_a_violation() {
     // A well-behaved sender keeps within the announced limit (see `limits.rs`); a peer
     // that ignores it is aborted.
     pair.b.session.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Export(obj.0),
         method: "many".into(),
         payload: Payload {
@@ -495,6 +502,7 @@ fn too_many_imports_is_a_violation() {
     // A well-behaved sender does not export one more (see `limits.rs`); a peer that
     // ignores the announced limit is aborted.
     pair.b.session.handle_message(Message::Deliver {
+        quiet: false,
         target: Target::Export(obj.0),
         method: "one_more".into(),
         payload: Payload {

@@ -559,6 +559,7 @@ impl Driver {
             Command::DropImport(i) => self.core.drop_import(i),
             Command::DropQuestionRef(q) => self.core.drop_question_ref(q),
             Command::Cancel(q) => self.core.cancel(q),
+            Command::WantReturn(q) => self.core.want_return(q),
             Command::SetDeadline(q, deadline) => self.core.set_deadline(q, deadline),
             Command::Stats(tx) => {
                 let traffic = Traffic {

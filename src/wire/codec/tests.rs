@@ -59,6 +59,7 @@ fn message() -> impl Strategy<Value = Message> {
             proptest::option::of(any::<u64>())
         )
             .prop_map(|(export, id, method, payload, question)| Message::Deliver {
+                quiet: false,
                 target: if export {
                     Target::Export(id)
                 } else {
@@ -114,6 +115,7 @@ proptest! {
 fn the_one_pass_decode_keeps_the_bounded_checks_errors() {
     use crate::wire::{DecodeError, ScanError};
     let msg = Message::Deliver {
+        quiet: false,
         target: Target::Answer(3),
         method: "m".into(),
         payload: Payload {

@@ -60,7 +60,9 @@ enum Op {
         resolver: bool,
     },
     /// `vat` calls one of its references. `mode` 0: one-way; 1: a question; 2, 3: a
-    /// question with a pipelined ref; 4: a question whose result nobody waits for.
+    /// question with a pipelined ref; 4: a question whose result nobody waits for; 5: a
+    /// quiet question with a pipelined ref whose result nobody asks for; 6: a quiet
+    /// question with a pipelined ref whose result is then asked for (`want_return`).
     /// `cap` 1, 2: a new object of the sender's in the arguments; 3: a reference of the
     /// receiver's, going home; 4: a new promise of the sender's.
     Send {
@@ -94,7 +96,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (any::<bool>(), prop::bool::weighted(0.9), 0..3u32, prop::bool::weighted(0.9))
             .prop_map(|(c, known, refs, resolver)| Op::Bootstrap { c, known, refs, resolver }),
-        8 => (prop_oneof![Just(VA), Just(VB), Just(VC)], any::<usize>(), 0..5u8, 0..5u8)
+        8 => (prop_oneof![Just(VA), Just(VB), Just(VC)], any::<usize>(), 0..7u8, 0..5u8)
             .prop_map(|(vat, r, mode, cap)| Op::Send { vat, r, mode, cap }),
         2 => (any::<bool>(), any::<usize>()).prop_map(|(c, r)| Op::Burst { c, r }),
         8 => (any::<usize>(), how).prop_map(|(k, how)| Op::Answer { k, how }),

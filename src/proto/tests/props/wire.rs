@@ -7,7 +7,7 @@
 //! than was sent, and at the end that every call to an export arrived and no export is
 //! still held. It reads frames and payloads only; it never drives a session.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::proto::{AnswerId, InCap, OutCap, OutPayload};
 use crate::wire::{CapDescriptor, Message, ReturnResult, SINGLE_CAP_DATA, Target as WireTarget};
@@ -39,6 +39,10 @@ pub(super) struct Wire {
     answered_with: HashMap<(usize, AnswerId), OutCap<u32>>,
     /// Calls on the wire, by receiving session and tag, not yet delivered.
     in_flight: HashMap<(usize, Vec<u8>), VecDeque<Bound>>,
+    /// Quiet questions whose result was not asked for, by answering session: their
+    /// `return`, if its result carries nothing, is the one for a finished quiet
+    /// question (`null`), and the answer's references never went out.
+    quiet: HashSet<(usize, AnswerId)>,
 }
 
 impl Wire {
@@ -75,8 +79,15 @@ impl Wire {
     pub(super) fn see(&mut self, s: usize, to: usize, msg: &Message) {
         match msg {
             Message::Deliver {
-                target, payload, ..
+                target,
+                payload,
+                question,
+                quiet,
+                ..
             } => {
+                if let (true, Some(q)) = (*quiet, question) {
+                    self.quiet.insert((to, AnswerId(*q)));
+                }
                 let key = (s, payload.data.clone());
                 let caps = self.call_caps.remove(&key).unwrap_or_default();
                 self.note_exports(s, &caps, &payload.caps);
@@ -99,7 +110,16 @@ impl Wire {
                     .answer_caps
                     .remove(&(s, AnswerId(*question)))
                     .unwrap_or_default();
-                self.note_exports(s, &caps, &p.caps);
+                let quiet = self.quiet.remove(&(s, AnswerId(*question)));
+                if !(quiet && p.caps.is_empty()) {
+                    self.note_exports(s, &caps, &p.caps);
+                }
+            }
+            Message::WantReturn { question } => {
+                self.quiet.remove(&(to, AnswerId(*question)));
+            }
+            Message::Return { question, .. } => {
+                self.quiet.remove(&(s, AnswerId(*question)));
             }
             Message::Resolve {
                 export,

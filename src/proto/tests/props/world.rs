@@ -364,7 +364,12 @@ impl World {
     }
 
     fn send(&mut self, idx: usize, mode: u8, cap: u8) {
-        let (ask, pipeline, wait) = (mode > 0, matches!(mode, 2 | 3), mode != 4);
+        let (ask, pipeline, wait) = (
+            mode > 0,
+            matches!(mode, 2 | 3 | 5 | 6),
+            !matches!(mode, 4 | 5),
+        );
+        let quiet = mode >= 5;
         let URef { vat, target, .. } = self.refs[idx];
         let (s, local_target, doomed) = match target {
             Target::Import(s, i) => (s, LocalTarget::Import(i), false),
@@ -407,6 +412,7 @@ impl World {
         };
         self.wire.call(s, &tag, &caps);
         self.s[s].send(Call {
+            quiet,
             target: local_target,
             method: "m".to_owned(),
             payload: OutPayload { data: tag, caps },
@@ -415,6 +421,11 @@ impl World {
             pipeline_refs: u32::from(ask && pipeline),
             deadline: None,
         });
+        if let (6, Some(q)) = (mode, question) {
+            // Asked for at once: still held, it goes out not quiet; sent, a
+            // `want_return` follows it.
+            self.s[s].want_return(q);
+        }
     }
 
     fn drop_ref(&mut self, idx: usize) {
@@ -640,6 +651,7 @@ impl World {
             }
         };
         self.s[s].send(Call {
+            quiet: false,
             target: LocalTarget::Import(i),
             method: "m".to_owned(),
             payload: OutPayload::data(data),
