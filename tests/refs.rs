@@ -100,6 +100,8 @@ impl Object for Hub {
                 (_, None) => Reply::err(Broken::failed("nothing held")),
             },
             "make" => Reply::object(Counter::default()),
+            "make_hub" => Reply::object(Hub::default()),
+            "name" => Reply::ok("hub"),
             // Waits for a promise passed in and answers with the number it settled to.
             "await_value" => match args.decode::<(Ref,)>() {
                 Ok((p,)) => Reply::later(async move { p.when_settled::<usize>().await }),
@@ -217,6 +219,69 @@ async fn returned_objects_pipeline_and_compare_equal() {
         assert_eq!(pair[0], again[0]);
         assert_ne!(pair[0], counter);
         drop((pair, again, counter, hub));
+        drained(&[&c.client, &c.server.vat]).await;
+    })
+    .await;
+}
+
+/// The tables of the only session `vat` has.
+async fn only_tables(vat: &captp::Vat) -> captp::Tables {
+    let stats = vat.stats().await;
+    assert_eq!(stats.sessions.len(), 1, "{stats:?}");
+    stats.sessions[0].tables
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promise_only_pipelined_on_exports_nothing_until_its_result_is_wanted() {
+    within(async {
+        let c = Fixture::new().object(Hub::default()).connect().await;
+        let hub = c.obj;
+        // Quiet questions need the server's `hello` (version 3) to have arrived.
+        assert_eq!(hub.send::<String>("name", ()).await.unwrap(), "hub");
+        // `make` is asked quiet (PROTOCOL.md 9.12): `next` goes to the counter it makes,
+        // and the counter itself never crosses the wire.
+        let counter = hub.send_ref("make", ());
+        assert_eq!(counter.send::<usize>("next", ()).await.unwrap(), 1);
+        c.client.sync().await;
+        let server = only_tables(&c.server.vat).await;
+        let client = only_tables(&c.client).await;
+        // Only the bootstrapped hub is exported; the server keeps `make`'s answer (the
+        // client still holds the promise) and the client its question, besides the
+        // bootstrap's (the hub reference pipelines on it).
+        assert_eq!((server.exports, server.answers), (1, 1), "{server:?}");
+        assert_eq!((client.imports, client.questions), (1, 2), "{client:?}");
+        // Wanting the result asks for it: the counter arrives as a reference.
+        let settled: Ref = counter.when_settled().await.unwrap();
+        assert_eq!(settled.send::<usize>("next", ()).await.unwrap(), 2);
+        assert_eq!(only_tables(&c.server.vat).await.exports, 2);
+        // A quiet promise that broke says so once something watches it.
+        let broken = hub.send_ref("no_such_method", ());
+        assert_eq!(broken.when_broken().await.kind(), BrokenKind::UnknownMethod);
+        drop((settled, counter, broken, hub));
+        drained(&[&c.client, &c.server.vat]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_chain_ends_with_every_table_empty() {
+    within(async {
+        let c = Fixture::new().object(Hub::default()).connect().await;
+        let hub = c.obj;
+        assert_eq!(hub.send::<String>("name", ()).await.unwrap(), "hub");
+        // Each `make` is asked quiet and pipelined on by the next hop; every promise but
+        // the last is dropped at once, so its `finish` leaves before its answer settles.
+        let mut node = hub.clone();
+        for _ in 0..50 {
+            node = node.send_ref("make_hub", ());
+        }
+        assert_eq!(node.send::<String>("name", ()).await.unwrap(), "hub");
+        let server = only_tables(&c.server.vat).await;
+        assert_eq!(
+            server.exports, 1,
+            "nothing but the root was exported: {server:?}"
+        );
+        drop((node, hub));
         drained(&[&c.client, &c.server.vat]).await;
     })
     .await;

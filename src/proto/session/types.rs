@@ -149,7 +149,8 @@ pub struct Call<O, R> {
     /// Ask a quiet question (PROTOCOL.md 9.12): the peer sends no result until
     /// [`Session::want_return`] asks for it, so a question only pipelined on costs no
     /// `return` with an export, no `release` and no wait for the `finish`. Ignored for
-    /// a one-way send and for a peer speaking protocol version 2.
+    /// a one-way send, for a peer speaking protocol version 2, and before the peer's
+    /// `hello` (its version is not known yet).
     pub quiet: bool,
 }
 

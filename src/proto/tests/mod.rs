@@ -92,6 +92,7 @@ mod limits;
 mod pipelining;
 mod promises;
 mod props;
+mod quiet;
 mod references;
 mod regressions;
 mod violations;
