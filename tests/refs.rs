@@ -238,7 +238,7 @@ async fn a_promise_only_pipelined_on_exports_nothing_until_its_result_is_wanted(
         let hub = c.obj;
         // Quiet questions need the server's `hello` (version 3) to have arrived.
         assert_eq!(hub.send::<String>("name", ()).await.unwrap(), "hub");
-        // `make` is asked quiet (PROTOCOL.md 9.12): `next` goes to the counter it makes,
+        // `make` is asked quiet (PROTOCOL.md 9.15): `next` goes to the counter it makes,
         // and the counter itself never crosses the wire.
         let counter = hub.send_ref("make", ());
         assert_eq!(counter.send::<usize>("next", ()).await.unwrap(), 1);

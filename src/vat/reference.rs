@@ -540,7 +540,7 @@ impl Ref {
                     deadline: r.session.default_deadline(),
                     // Asked quiet: the result comes only if something here wants it
                     // (`Ref::wanted`), so a promise only pipelined on costs no
-                    // `return` with an export, and no `release` (PROTOCOL.md 9.12).
+                    // `return` with an export, and no `release` (PROTOCOL.md 9.15).
                     quiet: true,
                 };
                 match r.session.post(Command::Send { call, watched }) {

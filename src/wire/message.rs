@@ -161,7 +161,7 @@ pub enum Message {
         question: Option<u64>,
         /// A quiet question (protocol version 3): the answerer sends no result until
         /// `want_return` asks for it, and a `finish` after messages were pipelined on
-        /// the answer does not cancel it (PROTOCOL.md 9.12). Absent on the wire when
+        /// the answer does not cancel it (PROTOCOL.md 9.15). Absent on the wire when
         /// `false`; only with a question.
         #[cfg_attr(test, serde(default, skip_serializing_if = "std::ops::Not::not"))]
         quiet: bool,
@@ -179,7 +179,7 @@ pub enum Message {
         question: u64,
     },
     /// The asker of a quiet question wants its result after all (protocol version 3):
-    /// the answerer sends the `return` as for any question (PROTOCOL.md 9.12).
+    /// the answerer sends the `return` as for any question (PROTOCOL.md 9.15).
     WantReturn {
         /// The asker's question id.
         question: u64,

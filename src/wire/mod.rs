@@ -68,7 +68,7 @@ pub const MIN_ITEMS: usize = 256;
 pub const SINGLE_CAP_DATA: [u8; 4] = [0xd9, 0x63, 0x61, 0x00];
 
 /// The data `null` (CBOR simple value 22): the result a quiet question's `return` carries
-/// when the asker finished it without asking for the result (PROTOCOL.md 9.12).
+/// when the asker finished it without asking for the result (PROTOCOL.md 9.15).
 pub const NULL_DATA: [u8; 1] = [0xf6];
 
 /// Bad bytes: input that is not a well-formed captp frame or message.

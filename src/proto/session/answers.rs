@@ -8,7 +8,7 @@
 //! limit when the asker's `finish` arrives. This room must not recurse on peer input: a
 //! chain of calls pipelined on broken answers is answered by a loop (`answer_broken`).
 //!
-//! A quiet question (PROTOCOL.md 9.12) is answered like any other, except that its result
+//! A quiet question (PROTOCOL.md 9.15) is answered like any other, except that its result
 //! is kept here rather than sent, until the asker's `want_return` asks for it; its
 //! `finish` does not cancel it once messages were pipelined on it, and then the
 //! `return` (with `null`) goes out when it settles, which is when it stops counting on
@@ -448,7 +448,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
 }
 
 /// The `return` of a quiet question finished without asking for its result: `null`
-/// (PROTOCOL.md 9.12).
+/// (PROTOCOL.md 9.15).
 fn quiet_return(id: AnswerId) -> Message {
     Message::Return {
         question: id.0,

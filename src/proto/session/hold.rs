@@ -169,7 +169,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     }
 
     /// A held send waiting for room on a quiet question's answer waits for its
-    /// `return`, which the peer sends only when asked: ask for it (PROTOCOL.md 9.12).
+    /// `return`, which the peer sends only when asked: ask for it (PROTOCOL.md 9.15).
     fn ask_for_blocking_return(&mut self) {
         let blocking = self
             .held

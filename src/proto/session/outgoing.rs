@@ -49,7 +49,7 @@ pub(super) struct Question<O, R> {
     /// the `return` is still due, and is dropped when it comes.
     pub(super) finished_early: bool,
     /// Asked quiet and not asked for since: the peer sends the result only after a
-    /// `want_return` (PROTOCOL.md 9.12).
+    /// `want_return` (PROTOCOL.md 9.15).
     pub(super) quiet: bool,
 }
 
@@ -564,7 +564,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             } else if q.quiet {
                 // Messages sent on it depend on it, and nobody here wants its result:
                 // a quiet question's `finish` goes now without cancelling it, and its
-                // `return` (with no result) comes when it settles (PROTOCOL.md 9.12).
+                // `return` (with no result) comes when it settles (PROTOCOL.md 9.15).
                 drop(self.finish_early(id));
             }
             // Otherwise messages sent on the answer depend on it: it runs to its

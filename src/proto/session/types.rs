@@ -146,7 +146,7 @@ pub struct Call<O, R> {
     /// When to stop waiting for the answer, or `None` to wait as long as the session
     /// lives. Ignored for a one-way send. See [`Session::set_deadline`].
     pub deadline: Option<Deadline>,
-    /// Ask a quiet question (PROTOCOL.md 9.12): the peer sends no result until
+    /// Ask a quiet question (PROTOCOL.md 9.15): the peer sends no result until
     /// [`Session::want_return`] asks for it, so a question only pipelined on costs no
     /// `return` with an export, no `release` and no wait for the `finish`. Ignored for
     /// a one-way send, for a peer speaking protocol version 2, and before the peer's

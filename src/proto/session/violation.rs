@@ -69,7 +69,7 @@ pub enum Violation {
     #[error("no answer with id {0}")]
     UnknownAnswer(AnswerId),
     /// A `want_return` for a quiet question the asker had already finished
-    /// (PROTOCOL.md 9.12).
+    /// (PROTOCOL.md 9.15).
     #[error("want_return for answer {0} after its finish")]
     WantReturnAfterFinish(AnswerId),
     /// A `return` for a question never asked or already answered.

@@ -1,4 +1,4 @@
-//! Quiet questions (PROTOCOL.md 9.12): the answerer keeps the result until
+//! Quiet questions (PROTOCOL.md 9.15): the answerer keeps the result until
 //! `want_return`; a `finish` after messages were pipelined on the answer does not cancel
 //! it, and the `return` (`null`) then ends it on both sides; a peer speaking version 2
 //! never sees one.
