@@ -61,6 +61,13 @@ use imports::Import;
 use outgoing::Question;
 use timers::Timers;
 
+/// The session's tables. Keys are ids (some chosen by the peer) and object handles;
+/// foldhash with a per-process random seed hashes them in a few instructions where
+/// SipHash took about 140 per lookup, a dozen lookups per round trip. The tables are
+/// bounded by the limits (`max_inbound_questions`, `max_imports`, `max_exports`), so a
+/// peer that somehow aimed collisions would still be working against a bounded table.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The protocol state between this vat and one peer over one connection.
 ///
 /// `O` is the runtime's handle to a local object (compared and hashed to reuse exports);
@@ -82,17 +89,17 @@ pub struct Session<O, R> {
     settled_while_held: Vec<(O, Result<OutPayload<O>, Broken>)>,
     /// Answers to give because what their calls were pipelined on broke.
     broken_answers: VecDeque<(AnswerId, Broken)>,
-    questions: HashMap<QuestionId, Question<O, R>>,
+    questions: Map<QuestionId, Question<O, R>>,
     /// The deadlines of questions asked or held, earliest first. An entry whose
     /// question has been answered or cancelled since may linger; it is skipped when
     /// due (`expire_questions`).
     deadlines: BTreeSet<(Instant, QuestionId)>,
-    answers: HashMap<AnswerId, Answer<O>>,
-    exports: HashMap<ExportId, Export<O>>,
+    answers: Map<AnswerId, Answer<O>>,
+    exports: Map<ExportId, Export<O>>,
     /// The export of each exported object, to reuse it when the object is sent again.
-    export_ids: HashMap<O, ExportId>,
+    export_ids: Map<O, ExportId>,
     next_export: u64,
-    imports: HashMap<ImportId, Import<O>>,
+    imports: Map<ImportId, Import<O>>,
     /// Imports with a deferred settlement that lost their last handle other than those
     /// of deferred settlements: where the cycle collector starts, at the end of the
     /// operation (`collect`), or later if earlier collections are not paid for yet.
@@ -233,13 +240,13 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             broken_answers: VecDeque::new(),
             limits,
             state: State::AwaitingHello,
-            questions: HashMap::new(),
+            questions: Map::default(),
             deadlines: BTreeSet::new(),
-            answers: HashMap::new(),
-            exports: HashMap::new(),
-            export_ids: HashMap::new(),
+            answers: Map::default(),
+            exports: Map::default(),
+            export_ids: Map::default(),
             next_export: 1,
-            imports: HashMap::new(),
+            imports: Map::default(),
             suspects: Vec::new(),
             collect_debt: 0,
             next_ping: 1,
