@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::export::{Proxies, Watched};
+use super::mailbox::{Inbox, Mailbox, mailbox};
 use super::object::ObjectHandle;
 use super::promise::{Asked, Asker, Resolver, Settled};
 use super::stream::{Unsent, Window};
@@ -83,7 +84,7 @@ struct Shared {
     id: u64,
     peer: VatId,
     inbound: bool,
-    tx: mpsc::UnboundedSender<Command>,
+    tx: Arc<Mailbox<Command>>,
     next_question: AtomicU64,
     cbor: CborLimits,
     /// The vat-wide deadline for calls ([`crate::Limits::call_timeout`]).
@@ -118,8 +119,8 @@ impl SessionHandle {
         peer: VatId,
         inbound: bool,
         limits: &Limits,
-    ) -> (SessionHandle, mpsc::UnboundedReceiver<Command>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> (SessionHandle, Inbox<Command>) {
+        let (tx, rx) = mailbox();
         let handle = SessionHandle(Arc::new(Shared {
             id,
             peer,
@@ -163,7 +164,7 @@ impl SessionHandle {
 
     /// Queues a command; fails with the session's end reason once it has ended.
     pub(crate) fn post(&self, cmd: Command) -> Result<(), Broken> {
-        self.0.tx.send(cmd).map_err(|_| {
+        self.0.tx.post(cmd).map_err(|_| {
             self.closed_reason()
                 .unwrap_or_else(|| Broken::disconnected("the session task ended"))
         })
@@ -271,10 +272,10 @@ impl SessionHandle {
     /// Marks the session ended, drains the commands still queued (breaking their
     /// promises with `reason`) and refuses later ones. Only the session task calls this,
     /// with its own receiver.
-    pub(crate) fn close(&self, rx: &mut mpsc::UnboundedReceiver<Command>, reason: Broken) {
+    pub(crate) fn close(&self, rx: &mut Inbox<Command>, reason: Broken) {
         self.mark_closed(&reason);
         rx.close();
-        while let Ok(cmd) = rx.try_recv() {
+        while let Some(cmd) = rx.try_recv() {
             match cmd {
                 Command::Send {
                     call:
@@ -294,10 +295,10 @@ impl SessionHandle {
 /// What a remote promise posts: a closed session needs neither (its questions are gone).
 impl Asker for Shared {
     fn cancel(&self, question: QuestionId) {
-        let _ = self.tx.send(Command::Cancel(question));
+        let _ = self.tx.post(Command::Cancel(question));
     }
 
     fn set_deadline(&self, question: QuestionId, deadline: Deadline) {
-        let _ = self.tx.send(Command::SetDeadline(question, deadline));
+        let _ = self.tx.post(Command::SetDeadline(question, deadline));
     }
 }
