@@ -129,12 +129,14 @@ pub(crate) fn run(
     rx: Inbox<Command>,
     stream: TlsStream,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let limits = vat.limits.clone();
     let started = Instant::now();
+    let limits = &vat.limits;
     let mut d = Driver {
         core: Session::new(limits.clone(), started.into_std()),
         cbor: limits.cbor(),
         conn: Connection::new(stream, limits.max_frame),
+        quiet: Quiet::new(limits, started),
+        share: limits.outbound_share(),
         handle,
         vat,
         rx,
@@ -146,11 +148,8 @@ pub(crate) fn run(
         urgent: false,
         lazy_due: false,
         unsent_applied: 0,
-        quiet: Quiet::new(&limits, started),
         frames_waiting: false,
         reported: 0,
-        share: limits.outbound_share(),
-        limits,
     };
     async move {
         let d = &mut d;
@@ -292,7 +291,6 @@ struct Driver {
     conn: Connection,
     /// Commands from handles (this session's own sends, drops, ...).
     rx: Inbox<Command>,
-    limits: Limits,
     cbor: CborLimits,
     handle: SessionHandle,
     vat: Arc<VatInner>,
@@ -444,15 +442,16 @@ impl Driver {
     /// full the vat is: such a session's own writes wake it as they drain.
     fn answer_room(&self) -> bool {
         let mine = self.conn.writer.answer_backlog();
-        mine < self.limits.max_outbound_buffer
+        mine < self.vat.limits.max_outbound_buffer
             && (mine < self.share
-                || self.vat.queued_answers.load(Ordering::Relaxed) < self.limits.max_outbound_total)
+                || self.vat.queued_answers.load(Ordering::Relaxed)
+                    < self.vat.limits.max_outbound_total)
     }
 
     /// Whether the session may take the peer's next frame: [`Driver::answer_room`],
     /// and fewer one-way calls running than `max_inbound_questions`.
     fn may_take_frames(&self) -> bool {
-        self.answer_room() && self.one_way_running < self.limits.max_inbound_questions
+        self.answer_room() && self.one_way_running < self.vat.limits.max_inbound_questions
     }
 
     /// Handles pending events while there is room for their answers (all of them once
