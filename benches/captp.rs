@@ -52,11 +52,23 @@
 //!   [`STREAM_RATE`] a second; calls/s, and the most bytes the sender held unsent
 //!   (`SessionInfo::peak_unsent_bytes`, at most `Limits::stream_window` plus one call)
 //!   and its RSS growth.
-//! - `sessions`: RSS growth per idle session (client and server halves are both in this
-//!   one process; a captp client session needs its own client vat, whose cost is
-//!   measured before the sessions open and reported apart as `client_bytes_per_session`;
-//!   captp is measured first, on a heap earlier phases have not churned), and calls/s
-//!   with 1, 10 and 100 connections each doing sequential calls.
+//! - `sessions`: idle sessions opened on the one listening vat in steps to 100, 1,000
+//!   and 10,000 ([`MAX_SESSIONS`]; quick: 30, 100, 300), all from 127.0.0.1,
+//!   [`OPEN_WINDOW`] at a time, each open once a first call is answered. The server
+//!   vat's connection budgets are raised by configuration (`server_limits`). Each
+//!   client is a fresh client vat with its own identity (generating one takes about
+//!   40 µs, so 10,000 are cheap; the server keys sessions by session, not vat ID, so
+//!   shared identities would work too, but would not be what real clients look like).
+//!   Per step: RSS growth per idle session so far (client and server halves are both
+//!   in this one process), the client vats' own cost measured before their sessions
+//!   open and reported apart as `client_bytes_per_session`, and the sessions opened
+//!   per second (`opened_per_s`); printed as a small table after the main one. captp
+//!   is measured first, on a heap earlier phases have not churned; the floor then
+//!   reuses memory captp freed, so its small figures read low. Each session takes two
+//!   file descriptors here: the phase raises the open-file limit (the soft limit to
+//!   the hard one, and the hard one too where the process may), and where it is still
+//!   too low it says so and measures the largest count that fits. Then calls/s with 1,
+//!   10, 100 and 1,000 connections (quick: 300) each doing sequential calls.
 //! - `process`: the peak RSS of the whole process (captp and floor runs together).
 //!
 //! A full run measures each phase (but memory) in three rounds, each with a third of the
@@ -115,6 +127,8 @@ const SPARE_FDS: u64 = 64;
 /// The most client sessions the benchmark opens on the one listening vat; the server
 /// vat's connection budget is raised to this (plus [`CONNECTION_MARGIN`]).
 const MAX_SESSIONS: usize = 10_000;
+/// How long the `sessions` phase waits for its connections to close at its end.
+const FD_WAIT: Duration = Duration::from_secs(20);
 /// Sessions the `sessions` phase opens at once (and so the handshakes one source
 /// address has in flight: the server's per-address cap is raised to this).
 const OPEN_WINDOW: usize = 32;
@@ -1003,6 +1017,7 @@ async fn idle_sessions<P: Peer>(peer: P, levels: Vec<usize>) -> BenchResult<Vec<
     let mut conns = Vec::new();
     let (mut client_bytes, mut session_bytes) = (0u64, 0u64);
     settle().await;
+    let fds = open_fds()?;
     for n in levels {
         let step = n.saturating_sub(clients.len());
         let before = rss_bytes()?;
@@ -1031,7 +1046,18 @@ async fn idle_sessions<P: Peer>(peer: P, levels: Vec<usize>) -> BenchResult<Vec<
     }
     drop(conns);
     join_all(clients.into_iter().map(P::release)).await;
+    // The next peer's sessions need these descriptors: wait until the server ends
+    // have closed too.
+    let deadline = Instant::now() + FD_WAIT;
+    while open_fds()? > fds + OPEN_WINDOW && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(lines)
+}
+
+/// How many file descriptors this process has open.
+fn open_fds() -> BenchResult<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count())
 }
 
 /// Opens a session from each of `clients`, [`OPEN_WINDOW`] at a time; each is open
