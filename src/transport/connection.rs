@@ -119,8 +119,8 @@ impl FrameReader {
     /// into the stack, at most [`FIRST_READ`] of them, and the buffer is allocated then.
     /// So a session waiting for its peer holds no receive buffer.
     ///
-    /// The buffer is grown when this is called, not when the future is first polled.
-    /// Dropping the future before it completes loses no bytes.
+    /// An existing buffer is grown when this is called, not when the future is first
+    /// polled. Dropping the future before it completes loses no bytes.
     pub(crate) fn read(&mut self) -> impl Future<Output = io::Result<usize>> + '_ {
         if self.buf.capacity() == 0 {
             return Either::Left(std::future::poll_fn(move |cx| self.poll_first_read(cx)));
@@ -338,7 +338,79 @@ impl Counted {
 
 #[cfg(test)]
 mod tests {
-    use super::Counted;
+    #![allow(clippy::unwrap_used)]
+
+    use super::{Connection, Counted, FIRST_READ};
+    use crate::identity::Identity;
+    use crate::transport::{self, TlsStream};
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// A TLS connection over 127.0.0.1: the accepting end as a [`Connection`], and
+    /// the connecting end's stream.
+    async fn pair() -> (Connection, TlsStream) {
+        let (server, client) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let acceptor = tokio_rustls::TlsAcceptor::from(transport::server_config(&server).unwrap());
+        let timeout = Duration::from_secs(10);
+        let accepting = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            transport::accept(tcp, &acceptor, timeout).await.unwrap().0
+        });
+        let config = transport::client_config(&client, server.vat_id()).unwrap();
+        let (stream, _) = transport::connect(&address, config, server.vat_id(), timeout)
+            .await
+            .unwrap();
+        (Connection::new(accepting.await.unwrap(), 1 << 20), stream)
+    }
+
+    /// A frame of `len` body bytes, each `fill`.
+    fn frame(len: usize, fill: u8) -> Vec<u8> {
+        let mut f = u32::try_from(len).unwrap().to_be_bytes().to_vec();
+        f.resize(4 + len, fill);
+        f
+    }
+
+    #[tokio::test]
+    async fn a_quiet_reader_holds_no_buffer_and_loses_no_bytes() {
+        let (mut conn, mut peer) = pair().await;
+        assert_eq!(
+            conn.reader.buf.capacity(),
+            0,
+            "no buffer before the first bytes"
+        );
+        // A small frame, then one larger than the first read takes from the stack.
+        let big = 3 * FIRST_READ;
+        let mut sent = frame(10, 1);
+        sent.extend(frame(big, 2));
+        peer.write_all(&sent).await.unwrap();
+        peer.flush().await.unwrap();
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..100 {
+            if bodies.len() == 2 {
+                break;
+            }
+            assert!(conn.reader.read().await.unwrap() > 0);
+            while conn.reader.next_frame(|b| bodies.push(b.to_vec())).unwrap() {}
+        }
+        assert_eq!(bodies, [vec![1; 10], vec![2; big]]);
+        assert!(conn.reader.buf.capacity() > 0);
+        conn.shrink_idle_buffers();
+        assert_eq!(
+            conn.reader.buf.capacity(),
+            0,
+            "a quiet reader gives its buffer back"
+        );
+        // And reads again from the stack.
+        peer.write_all(&frame(5, 3)).await.unwrap();
+        peer.flush().await.unwrap();
+        assert!(conn.reader.read().await.unwrap() > 0);
+        let mut last = Vec::new();
+        assert!(conn.reader.next_frame(|b| last = b.to_vec()).unwrap());
+        assert_eq!(last, [3; 5]);
+        assert!(conn.reader.buf.capacity() <= FIRST_READ);
+    }
 
     #[test]
     fn counts_only_marked_bytes_through_partial_writes() {
