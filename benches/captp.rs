@@ -52,11 +52,23 @@
 //!   [`STREAM_RATE`] a second; calls/s, and the most bytes the sender held unsent
 //!   (`SessionInfo::peak_unsent_bytes`, at most `Limits::stream_window` plus one call)
 //!   and its RSS growth.
-//! - `sessions`: RSS growth per idle session (client and server halves are both in this
-//!   one process; a captp client session needs its own client vat, whose cost is
-//!   measured before the sessions open and reported apart as `client_bytes_per_session`;
-//!   captp is measured first, on a heap earlier phases have not churned), and calls/s
-//!   with 1, 10 and 100 connections each doing sequential calls.
+//! - `sessions`: idle sessions opened on the one listening vat in steps to 100, 1,000
+//!   and 10,000 ([`MAX_SESSIONS`]; quick: 30, 100, 300), all from 127.0.0.1,
+//!   [`OPEN_WINDOW`] at a time, each open once a first call is answered. The server
+//!   vat's connection budgets are raised by configuration (`server_limits`). Each
+//!   client is a fresh client vat with its own identity (generating one takes about
+//!   40 µs, so 10,000 are cheap; the server keys sessions by session, not vat ID, so
+//!   shared identities would work too, but would not be what real clients look like).
+//!   Per step: RSS growth per idle session so far (client and server halves are both
+//!   in this one process), the client vats' own cost measured before their sessions
+//!   open and reported apart as `client_bytes_per_session`, and the sessions opened
+//!   per second (`opened_per_s`); printed as a small table after the main one. captp
+//!   is measured first, on a heap earlier phases have not churned; the floor then
+//!   reuses memory captp freed, so its small figures read low. Each session takes two
+//!   file descriptors here: the phase raises the open-file limit (the soft limit to
+//!   the hard one, and the hard one too where the process may), and where it is still
+//!   too low it says so and measures the largest count that fits. Then calls/s with 1,
+//!   10, 100 and 1,000 connections (quick: 300) each doing sequential calls.
 //! - `process`: the peak RSS of the whole process (captp and floor runs together).
 //!
 //! A full run measures each phase (but memory) in three rounds, each with a third of the
@@ -112,13 +124,22 @@ const FLOOR_MAX_FRAME: usize = 1 << 20;
 const FLOOR_READ_BUF: usize = 16 * 1024;
 /// File descriptors kept free for the runtimes, listeners and the rest.
 const SPARE_FDS: u64 = 64;
+/// The most client sessions the benchmark opens on the one listening vat; the server
+/// vat's connection budget is raised to this (plus [`CONNECTION_MARGIN`]).
+const MAX_SESSIONS: usize = 10_000;
+/// How long the `sessions` phase waits for its connections to close at its end.
+const FD_WAIT: Duration = Duration::from_secs(20);
+/// Sessions the `sessions` phase opens at once (and so the handshakes one source
+/// address has in flight: the server's per-address cap is raised to this).
+const OPEN_WINDOW: usize = 32;
 /// Percent of the machine's CPU time other processes may use before a run counts as
 /// disturbed.
 const OTHERS_QUIET: f64 = 5.0;
 /// Calls a second the `stream` phase's consumer takes (in ticks of 1 ms).
 const STREAM_RATE: usize = 20_000;
-/// The idle-session phase keeps this many inbound connections below captp's limit.
-const CONNECTION_MARGIN: usize = 16;
+/// Inbound connections the server vat takes beyond [`MAX_SESSIONS`] (the other
+/// phases' own connections, and those still closing).
+const CONNECTION_MARGIN: usize = 64;
 
 // ---- configuration ---------------------------------------------------------------
 
@@ -137,9 +158,10 @@ struct Counts {
     blob_size: usize,
     blob_window: usize,
     blob_calls: usize,
-    idle_sessions: usize,
+    /// Idle sessions open at each step of the `sessions` phase (cumulative).
+    idle_levels: [usize; 3],
     stream_calls: usize,
-    connection_levels: [usize; 3],
+    connection_levels: [usize; 4],
     connection_warmup: usize,
     connection_time: Duration,
 }
@@ -158,9 +180,9 @@ impl Counts {
         blob_size: 64 * 1024,
         blob_window: 16,
         blob_calls: 5_000,
-        idle_sessions: 1_000,
+        idle_levels: [100, 1_000, MAX_SESSIONS],
         stream_calls: 40_000,
-        connection_levels: [1, 10, 100],
+        connection_levels: [1, 10, 100, 1_000],
         connection_warmup: 10,
         connection_time: Duration::from_secs(3),
     };
@@ -174,8 +196,9 @@ impl Counts {
         setup_warmup: 2,
         setups: 20,
         blob_calls: 500,
-        idle_sessions: 100,
+        idle_levels: [30, 100, 300],
         stream_calls: 4_000,
+        connection_levels: [1, 10, 100, 300],
         connection_warmup: 2,
         connection_time: Duration::from_millis(300),
         ..Counts::FULL
@@ -718,6 +741,17 @@ async fn floor_listen(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor
     }
 }
 
+/// The server vat's limits: the defaults, with the connection budgets raised by
+/// configuration for [`MAX_SESSIONS`] clients, all from 127.0.0.1, [`OPEN_WINDOW`] of
+/// them in the handshake at once.
+fn server_limits() -> captp::Limits {
+    let mut limits = captp::Limits::default();
+    limits.max_connections = MAX_SESSIONS + CONNECTION_MARGIN;
+    limits.max_handshaking = limits.max_handshaking.max(4 * OPEN_WINDOW);
+    limits.max_handshaking_per_address = 2 * OPEN_WINDOW;
+    limits
+}
+
 /// Starts both servers on the current (server) runtime: the captp vat exports the
 /// dynamic and the typed benchmark objects.
 async fn start_servers() -> BenchResult<(Vat, Captp, Typed, Floor)> {
@@ -725,6 +759,7 @@ async fn start_servers() -> BenchResult<(Vat, Captp, Typed, Floor)> {
     let vat = Vat::builder()
         .identity(identity.clone())
         .listen("127.0.0.1:0")
+        .limits(server_limits())
         .start()
         .await?;
     let uri = vat.export(Node { depth: 0 })?;
@@ -970,35 +1005,84 @@ async fn stream(peer: Captp, counts: Counts) -> BenchResult<Vec<Line>> {
     ])
 }
 
-/// `sessions`, memory: RSS growth over `n` idle sessions (client and server halves both
-/// in this process). Clients are prepared first and measured separately, so a captp
-/// client vat's own cost is not counted as its session's.
-async fn idle_sessions<P: Peer>(peer: P, n: usize) -> BenchResult<Vec<Line>> {
+/// `sessions`, memory and accept rate: idle sessions opened on the one server vat in
+/// steps up to each of `levels` (client and server halves both in this process). At
+/// each step the new clients are prepared first and measured apart, so a captp client
+/// vat's own cost is not counted as its session's; then their sessions are opened,
+/// [`OPEN_WINDOW`] at a time, each with one call answered. Per level: RSS growth per
+/// session and per client so far, and the sessions opened per second in the step.
+async fn idle_sessions<P: Peer>(peer: P, levels: Vec<usize>) -> BenchResult<Vec<Line>> {
+    let mut lines = Vec::new();
+    let mut clients = Vec::new();
+    let mut conns = Vec::new();
+    let (mut client_bytes, mut session_bytes) = (0u64, 0u64);
     settle().await;
-    let before = rss_bytes()?;
-    let mut clients = Vec::with_capacity(n);
-    for _ in 0..n {
-        clients.push(peer.prepare().await?);
+    let fds = open_fds()?;
+    for n in levels {
+        let step = n.saturating_sub(clients.len());
+        let before = rss_bytes()?;
+        for _ in 0..step {
+            clients.push(peer.prepare().await?);
+        }
+        settle().await;
+        let prepared = rss_bytes()?;
+        let started = Instant::now();
+        let fresh = clients.get(clients.len() - step..).unwrap_or_default();
+        conns.extend(open_sessions(&peer, fresh).await?);
+        let took = started.elapsed();
+        settle().await;
+        let connected = rss_bytes()?;
+        client_bytes += prepared.saturating_sub(before);
+        session_bytes += connected.saturating_sub(prepared);
+        let n = clients.len();
+        lines.push(
+            Line::new(P::NAME, "sessions")
+                .tag("sessions", n)
+                .count("bytes_per_idle_session", session_bytes as f64 / n as f64)
+                .count("client_bytes_per_session", client_bytes as f64 / n as f64)
+                .count("opened_per_s", per_second(step, took)),
+        );
+        eprintln!("    {n} sessions open");
     }
-    settle().await;
-    let prepared = rss_bytes()?;
-    let mut conns = Vec::with_capacity(n);
-    for client in &clients {
-        let mut conn = peer.connect(client).await?;
-        ping::<P>(&mut conn, &mut Ping::new()).await?;
-        conns.push(conn);
-    }
-    settle().await;
-    let connected = rss_bytes()?;
     drop(conns);
     join_all(clients.into_iter().map(P::release)).await;
-    let per = |from: u64, to: u64| to.saturating_sub(from) as f64 / n as f64;
-    Ok(vec![
-        Line::new(P::NAME, "sessions")
-            .count("bytes_per_idle_session", per(prepared, connected))
-            .count("client_bytes_per_session", per(before, prepared))
-            .count("sessions", n as f64),
-    ])
+    // The next peer's sessions need these descriptors: wait until the server ends
+    // have closed too.
+    let deadline = Instant::now() + FD_WAIT;
+    while open_fds()? > fds + OPEN_WINDOW && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(lines)
+}
+
+/// How many file descriptors this process has open.
+fn open_fds() -> BenchResult<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count())
+}
+
+/// Opens a session from each of `clients`, [`OPEN_WINDOW`] at a time; each is open
+/// once a first call on it is answered.
+async fn open_sessions<P: Peer>(peer: &P, clients: &[P::Client]) -> BenchResult<Vec<P::Conn>> {
+    let open = |client| async move {
+        let mut conn = peer.connect(client).await?;
+        ping::<P>(&mut conn, &mut Ping::new()).await?;
+        Ok::<_, BenchError>(conn)
+    };
+    let mut conns = Vec::with_capacity(clients.len());
+    let mut waiting = clients.iter();
+    let mut opening = FuturesUnordered::new();
+    loop {
+        while opening.len() < OPEN_WINDOW {
+            match waiting.next() {
+                Some(client) => opening.push(open(client)),
+                None => break,
+            }
+        }
+        match opening.next().await {
+            Some(conn) => conns.push(conn?),
+            None => return Ok(conns),
+        }
+    }
 }
 
 /// `sessions`, throughput: `n` connections (each its own client) doing sequential tiny
@@ -1169,40 +1253,53 @@ fn rss_bytes() -> BenchResult<u64> {
     Ok(proc_status_kb("VmRSS")? * 1024)
 }
 
-/// The soft limit on open files, from `/proc/self/limits`.
-fn open_files_limit() -> BenchResult<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits")?;
-    let line = limits
-        .lines()
-        .find_map(|l| l.strip_prefix("Max open files"))
-        .ok_or("no open-files limit in /proc/self/limits")?;
-    let soft = line.split_whitespace().next().ok_or("bad limits line")?;
-    Ok(if soft == "unlimited" {
-        u64::MAX
-    } else {
-        soft.parse()?
-    })
+/// The limit on open files, raised first if it is below `wanted`: the soft limit up to
+/// the hard one, and both to `wanted` if the process may (root may). Returns the soft
+/// limit in force.
+fn raise_open_files(wanted: u64) -> BenchResult<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let infinite = |x: Option<u64>| x.unwrap_or(u64::MAX);
+    let now = getrlimit(Resource::Nofile);
+    let (soft, hard) = (infinite(now.current), infinite(now.maximum));
+    if soft >= wanted {
+        return Ok(soft);
+    }
+    let raised = Rlimit {
+        current: Some(wanted),
+        maximum: Some(hard.max(wanted)),
+    };
+    if hard < wanted && setrlimit(Resource::Nofile, raised).is_ok() {
+        return Ok(wanted);
+    }
+    let to_hard = Rlimit {
+        current: now.maximum,
+        maximum: now.maximum,
+    };
+    setrlimit(Resource::Nofile, to_hard)?;
+    Ok(infinite(getrlimit(Resource::Nofile).current))
 }
 
-/// How many idle sessions fit: two descriptors each (client and server end, both in
-/// this process) and captp's inbound connection limit.
-fn idle_session_count(wanted: usize) -> BenchResult<usize> {
-    let by_fds = open_files_limit()?.saturating_sub(SPARE_FDS) / 2;
-    let by_limit = captp::Limits::default()
-        .max_connections
-        .saturating_sub(CONNECTION_MARGIN);
-    let n = wanted
-        .min(usize::try_from(by_fds).unwrap_or(usize::MAX))
-        .min(by_limit);
-    if n < wanted {
+/// The idle-session levels that fit: each session takes two descriptors (client and
+/// server end, both in this process) and one of the server vat's connections. The open
+/// file limit is raised if it can be; a level that does not fit is cut to the largest
+/// count that does, and the run says so.
+fn idle_levels(wanted: [usize; 3]) -> BenchResult<Vec<usize>> {
+    let most = wanted.iter().copied().max().unwrap_or(0);
+    let need = 2 * most as u64 + SPARE_FDS;
+    let limit = raise_open_files(need)?;
+    let by_fds = usize::try_from(limit.saturating_sub(SPARE_FDS) / 2).unwrap_or(usize::MAX);
+    let by_vat = server_limits().max_connections - CONNECTION_MARGIN;
+    let fit = by_fds.min(by_vat);
+    if fit < most {
         eprintln!(
-            "note: {wanted} idle sessions need {} file descriptors (limit {}) and {wanted} \
-             inbound connections (limit {by_limit}); measuring {n}",
-            2 * wanted as u64 + SPARE_FDS,
-            open_files_limit()?
+            "note: {most} idle sessions need {need} file descriptors (limit {limit}, \
+             not raised further) and {most} inbound connections (limit {by_vat}); \
+             measuring up to {fit}"
         );
     }
-    Ok(n)
+    let mut levels: Vec<usize> = wanted.iter().map(|&n| n.min(fit)).collect();
+    levels.dedup();
+    Ok(levels)
 }
 
 // ---- reporting -------------------------------------------------------------------
@@ -1325,6 +1422,7 @@ impl Report {
     fn table(
         &self,
         counts: &Counts,
+        idle: &[usize],
         quick: bool,
         awake: bool,
         rounds: usize,
@@ -1337,13 +1435,19 @@ impl Report {
         let length = counts.chain_length;
         let awaited = format!("chain mode=awaited length={length} p50_us");
         let pipelined = format!("chain mode=pipelined length={length} p50_us");
+        // Issue 16: at least 0.85x the floor at every connection count.
         let conns = counts.connection_levels.map(|n| {
             Row::new(
                 format!("calls/s, {n} connections"),
                 (c, format!("sessions connections={n} calls_per_s")),
             )
             .vs((f, format!("sessions connections={n} calls_per_s")))
+            .at_least(0.85)
         });
+        // The idle-session figures at the most sessions measured (all levels: see
+        // `growth_table`).
+        let most = idle.last().copied().unwrap_or(0);
+        let idle_key = |figure: &str| format!("sessions sessions={most} {figure}");
         let mut rows = vec![
             Row::new("rtt p50 (us)", (c, "rtt p50_us"))
                 .vs_floor()
@@ -1409,14 +1513,19 @@ impl Report {
             .vs_floor()
             .at_least(0.9),
             Row::new(
-                "bytes per idle session",
-                (c, "sessions bytes_per_idle_session"),
+                format!("bytes per idle session, {most} sessions"),
+                (c, idle_key("bytes_per_idle_session")),
             )
             .vs_floor()
-            .value_at_most(64.0 * 1024.0),
+            .value_at_most(16.0 * 1024.0),
             Row::new(
-                "client bytes per idle session",
-                (c, "sessions client_bytes_per_session"),
+                format!("client bytes per session, {most}"),
+                (c, idle_key("client_bytes_per_session")),
+            )
+            .vs_floor(),
+            Row::new(
+                format!("sessions opened/s, {most} sessions"),
+                (c, idle_key("opened_per_s")),
             )
             .vs_floor(),
         ];
@@ -1486,6 +1595,39 @@ impl Report {
             "{misses} target(s) missed of {}",
             rows.iter().filter(|r| r.target.is_some()).count()
         );
+    }
+}
+
+impl Report {
+    /// How memory per idle session and the accept rate grow with the sessions open on
+    /// the one server vat: one row per level of the `sessions` phase.
+    fn growth_table(&self, idle: &[usize]) {
+        println!();
+        println!("idle sessions on one listening vat (memory: RSS growth, both halves)");
+        println!(
+            "{:>9} {:>14} {:>14} {:>16} {:>14} {:>14}",
+            "sessions",
+            "captp B/sess",
+            "floor B/sess",
+            "captp client B",
+            "captp open/s",
+            "floor open/s"
+        );
+        let show = |peer, n: usize, figure: &str| {
+            self.get(peer, &format!("sessions sessions={n} {figure}"))
+                .map_or("-".to_owned(), |x| format!("{x:.0}"))
+        };
+        let (c, f) = (Captp::NAME, Floor::NAME);
+        for &n in idle {
+            println!(
+                "{n:>9} {:>14} {:>14} {:>16} {:>14} {:>14}",
+                show(c, n, "bytes_per_idle_session"),
+                show(f, n, "bytes_per_idle_session"),
+                show(c, n, "client_bytes_per_session"),
+                show(c, n, "opened_per_s"),
+                show(f, n, "opened_per_s"),
+            );
+        }
     }
 }
 
@@ -1743,12 +1885,12 @@ fn run(quick: bool, awake: bool, rounds: usize, filter: Option<&str>) -> BenchRe
         report: Report::default(),
     };
     // Memory first, once, on a heap that other phases have not churned (captp first).
-    let idle = idle_session_count(counts.idle_sessions)?;
+    let idle = idle_levels(counts.idle_levels)?;
     let rounds = std::mem::replace(&mut bench.rounds, 1);
     bench.both(
         "idle sessions",
-        || idle_sessions(c.clone(), idle),
-        || idle_sessions(f.clone(), idle),
+        || idle_sessions(c.clone(), idle.clone()),
+        || idle_sessions(f.clone(), idle.clone()),
     )?;
     bench.rounds = rounds;
     // Every other phase: `rounds` rounds, each with a share of the issue's counts.
@@ -1808,7 +1950,8 @@ fn run(quick: bool, awake: bool, rounds: usize, filter: Option<&str>) -> BenchRe
             ),
     ]);
     let others = CpuTimes::now()?.others_since(&cpu_at_start);
-    report.table(&counts, quick, awake, rounds_note, others);
+    report.table(&counts, &idle, quick, awake, rounds_note, others);
+    report.growth_table(&idle);
 
     server_rt.block_on(server_vat.shutdown());
     client_rt.shutdown_timeout(Duration::from_secs(2));

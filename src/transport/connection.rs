@@ -15,21 +15,26 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures_util::future::Either;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 
 use super::TlsStream;
 use super::outbox::Outbox;
 use crate::wire::{DecodeError, Message, frame};
 
-/// Initial receive buffer, and how much to grow it by when it runs low.
+/// How much to grow the receive buffer by when it runs low.
 const READ_CHUNK: usize = 16 * 1024;
-/// What an idle connection keeps of its buffers: they start this small and shrink back
-/// to it when the connection is quiet, so a thousand idle sessions cost little.
-const IDLE_BUFFER: usize = 2 * 1024;
+/// The receive buffer a connection allocates when bytes first arrive, and again for the
+/// first read after it was quiet (at most this much is read on the stack first): a
+/// quiet connection keeps no buffer at all (see [`Connection::shrink_idle_buffers`]),
+/// so ten thousand idle sessions cost little.
+const FIRST_READ: usize = 2 * 1024;
 /// Spare receive capacity below which the buffer grows before the next read.
 const MIN_READ: usize = 1024;
 /// Payload data of at least this many bytes is written from its own buffer rather than
@@ -55,7 +60,7 @@ impl Connection {
         Connection {
             reader: FrameReader {
                 rd,
-                buf: BytesMut::with_capacity(IDLE_BUFFER),
+                buf: BytesMut::new(),
                 max_frame,
             },
             writer: FrameWriter {
@@ -69,15 +74,15 @@ impl Connection {
         }
     }
 
-    /// Gives back the buffer space a burst left behind, in whichever buffer holds no
-    /// bytes. Call it when the connection has been quiet for a while: a buffer that
-    /// shrinks while traffic flows only grows again.
+    /// Gives back the memory of whichever buffer holds no bytes. Call it when the
+    /// connection has been quiet for a while: a buffer that shrinks while traffic flows
+    /// only grows again (the next read allocates [`FIRST_READ`] bytes).
     pub(crate) fn shrink_idle_buffers(&mut self) {
         let rbuf = &mut self.reader.buf;
-        if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
-            *rbuf = BytesMut::with_capacity(IDLE_BUFFER);
+        if rbuf.is_empty() && rbuf.capacity() > 0 {
+            *rbuf = BytesMut::new();
         }
-        self.writer.out.shrink(IDLE_BUFFER);
+        self.writer.out.shrink(0);
     }
 
     /// Writes what is still queued and shuts the stream down, giving up after `timeout`
@@ -109,13 +114,35 @@ impl FrameReader {
     /// frames arrive faster than they are taken). Resolves to the bytes read; 0 means
     /// the peer closed the stream.
     ///
-    /// The buffer is grown when this is called, not when the future is first polled.
-    /// Dropping the future before it completes loses no bytes.
+    /// A reader with no buffer (new, or quiet: see
+    /// [`Connection::shrink_idle_buffers`]) waits for bytes without one: they are read
+    /// into the stack, at most [`FIRST_READ`] of them, and the buffer is allocated then.
+    /// So a session waiting for its peer holds no receive buffer.
+    ///
+    /// An existing buffer is grown when this is called, not when the future is first
+    /// polled. Dropping the future before it completes loses no bytes.
     pub(crate) fn read(&mut self) -> impl Future<Output = io::Result<usize>> + '_ {
+        if self.buf.capacity() == 0 {
+            return Either::Left(std::future::poll_fn(move |cx| self.poll_first_read(cx)));
+        }
         if self.buf.capacity() - self.buf.len() < MIN_READ {
             self.buf.reserve(READ_CHUNK);
         }
-        self.rd.read_buf(&mut self.buf)
+        Either::Right(self.rd.read_buf(&mut self.buf))
+    }
+
+    /// A read into the stack; the bytes read, if any, are copied into a new buffer
+    /// before this returns, so none are lost if the caller stops polling.
+    fn poll_first_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut first = [0u8; FIRST_READ];
+        let mut first = ReadBuf::new(&mut first);
+        ready!(Pin::new(&mut self.rd).poll_read(cx, &mut first))?;
+        let bytes = first.filled();
+        if !bytes.is_empty() {
+            self.buf.reserve(FIRST_READ);
+            self.buf.extend_from_slice(bytes);
+        }
+        Poll::Ready(Ok(bytes.len()))
     }
 
     /// Hands the body of the next complete frame in the buffer to `handle`, then drops
@@ -311,7 +338,79 @@ impl Counted {
 
 #[cfg(test)]
 mod tests {
-    use super::Counted;
+    #![allow(clippy::unwrap_used)]
+
+    use super::{Connection, Counted, FIRST_READ};
+    use crate::identity::Identity;
+    use crate::transport::{self, TlsStream};
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// A TLS connection over 127.0.0.1: the accepting end as a [`Connection`], and
+    /// the connecting end's stream.
+    async fn pair() -> (Connection, TlsStream) {
+        let (server, client) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let acceptor = tokio_rustls::TlsAcceptor::from(transport::server_config(&server).unwrap());
+        let timeout = Duration::from_secs(10);
+        let accepting = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            transport::accept(tcp, &acceptor, timeout).await.unwrap().0
+        });
+        let config = transport::client_config(&client, server.vat_id()).unwrap();
+        let (stream, _) = transport::connect(&address, config, server.vat_id(), timeout)
+            .await
+            .unwrap();
+        (Connection::new(accepting.await.unwrap(), 1 << 20), stream)
+    }
+
+    /// A frame of `len` body bytes, each `fill`.
+    fn frame(len: usize, fill: u8) -> Vec<u8> {
+        let mut f = u32::try_from(len).unwrap().to_be_bytes().to_vec();
+        f.resize(4 + len, fill);
+        f
+    }
+
+    #[tokio::test]
+    async fn a_quiet_reader_holds_no_buffer_and_loses_no_bytes() {
+        let (mut conn, mut peer) = pair().await;
+        assert_eq!(
+            conn.reader.buf.capacity(),
+            0,
+            "no buffer before the first bytes"
+        );
+        // A small frame, then one larger than the first read takes from the stack.
+        let big = 3 * FIRST_READ;
+        let mut sent = frame(10, 1);
+        sent.extend(frame(big, 2));
+        peer.write_all(&sent).await.unwrap();
+        peer.flush().await.unwrap();
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..100 {
+            if bodies.len() == 2 {
+                break;
+            }
+            assert!(conn.reader.read().await.unwrap() > 0);
+            while conn.reader.next_frame(|b| bodies.push(b.to_vec())).unwrap() {}
+        }
+        assert_eq!(bodies, [vec![1; 10], vec![2; big]]);
+        assert!(conn.reader.buf.capacity() > 0);
+        conn.shrink_idle_buffers();
+        assert_eq!(
+            conn.reader.buf.capacity(),
+            0,
+            "a quiet reader gives its buffer back"
+        );
+        // And reads again from the stack.
+        peer.write_all(&frame(5, 3)).await.unwrap();
+        peer.flush().await.unwrap();
+        assert!(conn.reader.read().await.unwrap() > 0);
+        let mut last = Vec::new();
+        assert!(conn.reader.next_frame(|b| last = b.to_vec()).unwrap());
+        assert_eq!(last, [3; 5]);
+        assert!(conn.reader.buf.capacity() <= FIRST_READ);
+    }
 
     #[test]
     fn counts_only_marked_bytes_through_partial_writes() {

@@ -103,10 +103,14 @@ impl Outbox {
         }
     }
 
-    /// Gives back buffer space when nothing waits and the tail grew past `keep`.
+    /// Gives back buffer space when nothing waits: the tail's if it grew past `keep`,
+    /// and the queue's.
     pub(crate) fn shrink(&mut self, keep: usize) {
-        if self.is_empty() && self.tail.capacity() > keep {
-            self.tail = Vec::new();
+        if self.is_empty() {
+            if self.tail.capacity() > keep {
+                self.tail = Vec::new();
+            }
+            self.sealed = VecDeque::new();
         }
     }
 }

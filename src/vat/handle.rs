@@ -8,12 +8,13 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::export::{Proxies, Watched};
+use super::mailbox::{Inbox, Mailbox, mailbox};
 use super::object::ObjectHandle;
 use super::promise::{Asked, Asker, Resolver, Settled};
 use super::stream::{Unsent, Window};
@@ -85,14 +86,15 @@ struct Shared {
     id: u64,
     peer: VatId,
     inbound: bool,
-    tx: mpsc::UnboundedSender<Command>,
+    tx: Arc<Mailbox<Command>>,
     next_question: AtomicU64,
     cbor: CborLimits,
     /// The vat-wide deadline for calls ([`crate::Limits::call_timeout`]).
     call_timeout: Option<Duration>,
     closed: OnceLock<Broken>,
-    /// Mirrors `closed` for those who wait on it.
-    closed_watch: watch::Sender<Option<Broken>>,
+    /// Mirrors `closed` for those who wait on it; made by the first of them (most
+    /// sessions never have one, and a watch channel is 400 bytes).
+    closed_watch: Mutex<Option<watch::Sender<Option<Broken>>>>,
     /// The proxies exported to this session's peer.
     proxies: Proxies,
     /// Bytes of calls posted and not yet written (`Limits::max_unsent`).
@@ -120,8 +122,8 @@ impl SessionHandle {
         peer: VatId,
         inbound: bool,
         limits: &Limits,
-    ) -> (SessionHandle, mpsc::UnboundedReceiver<Command>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> (SessionHandle, Inbox<Command>) {
+        let (tx, rx) = mailbox();
         let handle = SessionHandle(Arc::new(Shared {
             id,
             peer,
@@ -131,7 +133,7 @@ impl SessionHandle {
             cbor: limits.cbor(),
             call_timeout: limits.call_timeout,
             closed: OnceLock::new(),
-            closed_watch: watch::Sender::new(None),
+            closed_watch: Mutex::new(None),
             proxies: Proxies::default(),
             unsent: Unsent::new(limits.max_unsent),
             window: Window::new(limits.stream_window),
@@ -143,29 +145,20 @@ impl SessionHandle {
     /// Sets what [`established`](Self::established) runs. The listener calls this
     /// before the session task starts.
     pub(crate) fn on_established(&self, hook: Promotion) {
-        *self
-            .0
-            .on_established
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(hook);
+        *lock(&self.0.on_established) = Some(hook);
     }
 
     /// The peer's `hello` has arrived: runs the hook set by
     /// [`on_established`](Self::on_established), once. An error is the reason to abort
     /// the session with (the vat has no room for it). Only the session task calls this.
     pub(crate) fn established(&self) -> Result<(), String> {
-        let hook = self
-            .0
-            .on_established
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let hook = lock(&self.0.on_established).take();
         hook.map_or(Ok(()), |hook| hook())
     }
 
     /// Queues a command; fails with the session's end reason once it has ended.
     pub(crate) fn post(&self, cmd: Command) -> Result<(), Broken> {
-        self.0.tx.send(cmd).map_err(|_| {
+        self.0.tx.post(cmd).map_err(|_| {
             self.closed_reason()
                 .unwrap_or_else(|| Broken::disconnected("the session task ended"))
         })
@@ -209,7 +202,14 @@ impl SessionHandle {
 
     /// Waits until the session has ended, and says why.
     pub(crate) fn when_closed(&self) -> impl Future<Output = Broken> + Send + 'static {
-        let mut rx = self.0.closed_watch.subscribe();
+        let mut rx = {
+            let mut watch = lock(&self.0.closed_watch);
+            // Under the lock that `mark_closed` takes after recording the reason: a
+            // reason recorded before is seen here, one recorded after is sent.
+            watch
+                .get_or_insert_with(|| watch::Sender::new(self.closed_reason()))
+                .subscribe()
+        };
         async move {
             match rx.wait_for(Option::is_some).await {
                 Ok(reason) => reason
@@ -266,17 +266,19 @@ impl SessionHandle {
     /// Only the session task calls this.
     pub(crate) fn mark_closed(&self, reason: &Broken) {
         if self.0.closed.set(reason.clone()).is_ok() {
-            self.0.closed_watch.send_replace(Some(reason.clone()));
+            if let Some(watch) = &*lock(&self.0.closed_watch) {
+                watch.send_replace(Some(reason.clone()));
+            }
         }
     }
 
     /// Marks the session ended, drains the commands still queued (breaking their
     /// promises with `reason`) and refuses later ones. Only the session task calls this,
     /// with its own receiver.
-    pub(crate) fn close(&self, rx: &mut mpsc::UnboundedReceiver<Command>, reason: Broken) {
+    pub(crate) fn close(&self, rx: &mut Inbox<Command>, reason: Broken) {
         self.mark_closed(&reason);
         rx.close();
-        while let Ok(cmd) = rx.try_recv() {
+        while let Some(cmd) = rx.try_recv() {
             match cmd {
                 Command::Send {
                     call:
@@ -293,13 +295,18 @@ impl SessionHandle {
     }
 }
 
+/// Locks `mutex`, whose data no panic can leave half-changed.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// What a remote promise posts: a closed session needs neither (its questions are gone).
 impl Asker for Shared {
     fn cancel(&self, question: QuestionId) {
-        let _ = self.tx.send(Command::Cancel(question));
+        let _ = self.tx.post(Command::Cancel(question));
     }
 
     fn set_deadline(&self, question: QuestionId, deadline: Deadline) {
-        let _ = self.tx.send(Command::SetDeadline(question, deadline));
+        let _ = self.tx.post(Command::SetDeadline(question, deadline));
     }
 }

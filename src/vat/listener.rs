@@ -8,6 +8,7 @@
 //! is, TLS or the wait for `hello`. This module must not read or write frames, and must
 //! not block the loop on one peer: each connection runs in its own task.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -18,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::admission::{Admitted, Ticket, Waiter};
 use super::driver;
+use super::handle::SessionHandle;
 use super::shared::VatInner;
 use crate::broken::Broken;
 use crate::transport;
@@ -106,35 +108,53 @@ async fn serve_inbound_in_span(
     acceptor: TlsAcceptor,
     mut ticket: Ticket,
 ) {
+    // The handshake's state is gone before the session is awaited, so this task holds
+    // no slot for it (nor for the TLS stream) for the session's whole life.
+    let Some((handle, session)) = handshake(&vat, tcp, &acceptor, &mut ticket).await else {
+        return;
+    };
+    let why = tokio::select! {
+        biased;
+        why = ticket.cut() => why,
+        () = session => return,
+    };
+    // Cut before the peer's `hello`: the session task is dropped with the connection.
+    // The peer had no `hello` from it answered, so it holds nothing of ours and we
+    // nothing of its; only the vat's session list still names it.
+    tracing::debug!(peer = %handle.peer(), why, "inbound connection cut before hello");
+    handle.mark_closed(&Broken::disconnected(why));
+    vat.forget_session(&handle);
+}
+
+/// The TLS handshake of an admitted connection; on success, its session registered
+/// with the vat and the future that serves it. `None` if the handshake failed or
+/// admission cut it.
+async fn handshake(
+    vat: &Arc<VatInner>,
+    tcp: TcpStream,
+    acceptor: &TlsAcceptor,
+    ticket: &mut Ticket,
+) -> Option<(SessionHandle, impl Future<Output = ()> + Send + 'static)> {
     let timeout = ticket.tls_timeout(Instant::now());
     // `biased`: a cut connection is dropped before any more of its bytes are handled.
     let accepted = tokio::select! {
         biased;
         why = ticket.cut() => {
             tracing::debug!(why, "inbound connection cut during TLS");
-            return;
+            return None;
         }
-        accepted = transport::accept(tcp, &acceptor, timeout) => accepted,
+        accepted = transport::accept(tcp, acceptor, timeout) => accepted,
     };
     let (stream, peer) = match accepted {
         Ok(accepted) => accepted,
         Err(e) => {
             tracing::debug!(error = %e, "inbound handshake failed");
-            return;
+            return None;
         }
     };
     tracing::Span::current().record("peer", tracing::field::display(peer));
     let (handle, rx) = vat.new_session(peer, true);
     handle.on_established(ticket.promotion());
-    let why = tokio::select! {
-        biased;
-        why = ticket.cut() => why,
-        () = driver::run(vat.clone(), handle.clone(), rx, stream) => return,
-    };
-    // Cut before the peer's `hello`: the session task is dropped with the connection.
-    // The peer had no `hello` from it answered, so it holds nothing of ours and we
-    // nothing of its; only the vat's session list still names it.
-    tracing::debug!(%peer, why, "inbound connection cut before hello");
-    handle.mark_closed(&Broken::disconnected(why));
-    vat.forget_session(&handle);
+    let session = driver::run(vat.clone(), handle.clone(), rx, stream);
+    Some((handle, session))
 }

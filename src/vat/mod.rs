@@ -21,7 +21,8 @@
 //! | `promise.rs` | `Settled`, `Resolver`, `Watch`, [`Promise`] | codec, stream |
 //! | `object.rs` | [`Object`], [`Args`], [`Reply`], `ObjectHandle`, proxies' forwarding | codec, promise, (`reference`) |
 //! | `export.rs` | per-session proxy table, promise exports to watch | object, promise |
-//! | `handle.rs` | `SessionHandle`, `Command`: what a `Ref` posts to a session | export, object, promise, stream |
+//! | `mailbox.rs` | `Mailbox`, `Inbox`: the command queue from handles to a session task | |
+//! | `handle.rs` | `SessionHandle`, `Command`: what a `Ref` posts to a session | export, mailbox, object, promise, stream |
 //! | `admission.rs` | `Admission`, `Ticket`: the connection budgets | handle |
 //! | `persist.rs` | [`Restorer`]; `Export`, what the registry holds per swiss number | object, (`reference`: the `Ref` type) |
 //! | `shared.rs` | `VatInner`: the vat's shared state; its one `spawn`; lookups, restores included | admission, handle, object, persist, (`reference`: a restored `Ref`) |
@@ -49,6 +50,7 @@ mod export;
 mod handle;
 mod listener;
 mod local;
+mod mailbox;
 mod object;
 mod persist;
 mod promise;

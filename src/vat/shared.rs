@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::admission::Admission;
 use super::handle::{Command, SessionHandle};
+use super::mailbox::Inbox;
 use super::object::ObjectHandle;
 use super::persist::{Export, SharedRestorer};
 use crate::broken::Broken;
@@ -136,7 +137,7 @@ impl VatInner {
         &self,
         peer: VatId,
         inbound: bool,
-    ) -> (SessionHandle, mpsc::UnboundedReceiver<Command>) {
+    ) -> (SessionHandle, Inbox<Command>) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (handle, rx) = SessionHandle::new(id, peer, inbound, &self.limits);
         lock(&self.sessions).insert(id, handle.clone());

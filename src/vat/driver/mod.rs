@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::{AbortHandle, Abortable, BoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -27,6 +27,7 @@ use super::codec::RefPayload;
 use super::export::Watched;
 use super::handle::{Command, SessionHandle, Traffic};
 use super::local::{guard, invoke};
+use super::mailbox::Inbox;
 use super::object::{self, Args, ObjectHandle, Outcome, ReplyInner};
 use super::promise::{Resolver, Settled};
 use super::reference::{Ref, out_caps};
@@ -80,18 +81,15 @@ pub(crate) fn outbound_session(vat: &Arc<VatInner>, peer: VatId, address: String
 async fn connect_and_run(
     vat: Arc<VatInner>,
     handle: SessionHandle,
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    mut rx: Inbox<Command>,
     address: String,
 ) {
     let peer = handle.peer();
-    let connected = match vat.client_config(peer) {
-        Ok(config) => {
-            transport::connect(&address, config, peer, vat.limits.handshake_timeout).await
-        }
-        Err(e) => Err(e),
-    };
-    match connected {
-        Ok((stream, _)) => run(vat, handle, rx, stream).await,
+    // The connection's result is gone before the session is awaited: a result held
+    // across that await would keep a slot for the TLS stream in this task for the
+    // session's whole life.
+    let session = match connect(&vat, peer, &address).await {
+        Ok(stream) => run(vat.clone(), handle.clone(), rx, stream),
         Err(e) => {
             tracing::info!(error = %e, "connect failed");
             let broken = match e {
@@ -105,25 +103,42 @@ async fn connect_and_run(
             };
             handle.close(&mut rx, broken);
             vat.forget_session(&handle);
+            return;
         }
-    }
+    };
+    session.await;
+}
+
+/// TCP connect and TLS handshake to `peer` at `address`.
+async fn connect(vat: &VatInner, peer: VatId, address: &str) -> Result<TlsStream, TransportError> {
+    let config = vat.client_config(peer)?;
+    let (stream, _) =
+        transport::connect(address, config, peer, vat.limits.handshake_timeout).await?;
+    Ok(stream)
 }
 
 /// Serves an established session until it closes.
-pub(crate) async fn run(
+///
+/// The session's state is built here, before the returned future is first polled, and
+/// the future holds it once: an `async fn` would keep a dead slot for `stream` (about
+/// 1.2 KB) and a copy of every argument for the session's whole life, and thousands of
+/// idle sessions pay for each byte of their task (see `Connection`'s buffers too).
+pub(crate) fn run(
     vat: Arc<VatInner>,
     handle: SessionHandle,
-    rx: mpsc::UnboundedReceiver<Command>,
+    rx: Inbox<Command>,
     stream: TlsStream,
-) {
-    let limits = vat.limits.clone();
+) -> impl Future<Output = ()> + Send + 'static {
     let started = Instant::now();
+    let limits = &vat.limits;
     let mut d = Driver {
         core: Session::new(limits.clone(), started.into_std()),
         cbor: limits.cbor(),
         conn: Connection::new(stream, limits.max_frame),
-        handle: handle.clone(),
-        vat: vat.clone(),
+        quiet: Quiet::new(limits, started),
+        share: limits.outbound_share(),
+        handle,
+        vat,
         rx,
         calls: FuturesUnordered::new(),
         running: HashMap::new(),
@@ -133,135 +148,137 @@ pub(crate) async fn run(
         urgent: false,
         lazy_due: false,
         unsent_applied: 0,
-        quiet: Quiet::new(&limits, started),
         frames_waiting: false,
         reported: 0,
-        share: limits.outbound_share(),
-        limits,
     };
-    // A vat that shuts down posts `Command::Shutdown` to every session it has; this
-    // catches a shutdown that came before the session was registered.
-    if *vat.shutdown.borrow() {
-        d.shut_down();
-    }
-    let mut rx_open = true;
-    // Bookkeeping messages (`finish`, `release`, and our `hello`) wait for the next
-    // message that needs an answer, so they ride in its write instead of waking the
-    // peer on their own. They wait at most one turn of the scheduler (`lazy_due`), and
-    // a listening side's `hello` waits for the peer's first bytes: the connecting side
-    // always speaks first, and the `hello` then leaves with the first answer.
-    let mut heard = !handle.inbound();
-    // Whether the listener has been told of the peer's `hello` (connection admission).
-    let mut admitted = false;
-    let mut inline_write = true;
-    // One timer for every deadline the task has (see `Driver::next_wakeup`).
-    let timer = tokio::time::sleep_until(started);
-    tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
+    async move {
+        let d = &mut d;
+        let vat = d.vat.clone();
+        let handle = d.handle.clone();
+        // A vat that shuts down posts `Command::Shutdown` to every session it has; this
+        // catches a shutdown that came before the session was registered.
+        if *vat.shutdown.borrow() {
+            d.shut_down();
+        }
+        let mut rx_open = true;
+        // Bookkeeping messages (`finish`, `release`, and our `hello`) wait for the next
+        // message that needs an answer, so they ride in its write instead of waking the
+        // peer on their own. They wait at most one turn of the scheduler (`lazy_due`), and
+        // a listening side's `hello` waits for the peer's first bytes: the connecting side
+        // always speaks first, and the `hello` then leaves with the first answer.
+        let mut heard = !handle.inbound();
+        // Whether the listener has been told of the peer's `hello` (connection admission).
+        let mut admitted = false;
+        let mut inline_write = true;
+        // One timer for every deadline the task has (see `Driver::next_wakeup`).
+        let timer = tokio::time::sleep_until(started);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
 
-    // Commands queued before the connection was up (a fetch and the calls pipelined
-    // on it, say) leave with the `hello`.
-    d.apply_queued();
-    loop {
-        d.apply_batch();
-        d.pump();
-        // Frames left unhandled while the peer was owed too much go first, before
-        // anything more is read.
-        if d.frames_waiting && d.may_take_frames() {
-            d.read_frames();
-        }
-        if d.core.is_closed() {
-            break;
-        }
-        // Calls that broke without being written are released here.
-        d.release_unsent();
-        let backlog = d.conn.writer.backlog();
-        let write_now = backlog > 0 && (d.urgent || d.lazy_due);
-        let lazy_waiting = backlog > 0 && !write_now && heard;
-        // Write at once when the socket takes it, without a turn of the select below
-        // (which would poll every other branch first); at most once between turns, so
-        // a handle that keeps sending cannot starve reads.
-        let inline = if write_now && inline_write {
-            d.conn.writer.try_write_now()
-        } else {
-            None
-        };
-        if let Some(r) = inline {
-            d.wrote(r);
-            inline_write = false;
-            continue;
-        }
-        inline_write = true;
-        // Backpressure: a peer that does not read what we owe it, or keeps too many
-        // one-way calls running, is not read from until that drains. Writing goes on
-        // meanwhile, so a peer that reads is never stuck behind its own answers.
-        let may_read = !d.frames_waiting && d.may_take_frames();
-        // Finished asynchronous calls wait too: each would queue an answer.
-        let may_answer = d.answer_room();
-        // The timer is reset only when a deadline comes earlier than the one it is set
-        // for. One that moved later (the peer spoke, so the keepalive waits longer) is
-        // found when the timer fires: nothing is due then, and it is set again. So a
-        // busy session does not touch the timer on every read.
-        if let Some(due) = d.next_wakeup() {
-            if armed.is_none_or(|at| due < at) {
-                timer.as_mut().reset(due);
-                armed = Some(due);
+        // Commands queued before the connection was up (a fetch and the calls pipelined
+        // on it, say) leave with the `hello`.
+        d.apply_queued();
+        loop {
+            d.apply_batch();
+            d.pump();
+            // Frames left unhandled while the peer was owed too much go first, before
+            // anything more is read.
+            if d.frames_waiting && d.may_take_frames() {
+                d.read_frames();
             }
-        }
-        tokio::select! {
-            r = d.conn.reader.read(), if may_read => match r {
-                Ok(0) => d.core.handle_connection_lost("the peer closed the connection"),
-                Ok(_) => {
-                    d.heard(Instant::now());
-                    heard = true;
-                    d.frames_waiting = true;
-                    d.read_frames();
-                    if !admitted && d.core.is_established() {
-                        admitted = true;
-                        if let Err(reason) = handle.established() {
-                            d.core.abort(reason);
+            if d.core.is_closed() {
+                break;
+            }
+            // Calls that broke without being written are released here.
+            d.release_unsent();
+            let backlog = d.conn.writer.backlog();
+            let write_now = backlog > 0 && (d.urgent || d.lazy_due);
+            let lazy_waiting = backlog > 0 && !write_now && heard;
+            // Write at once when the socket takes it, without a turn of the select below
+            // (which would poll every other branch first); at most once between turns, so
+            // a handle that keeps sending cannot starve reads.
+            let inline = if write_now && inline_write {
+                d.conn.writer.try_write_now()
+            } else {
+                None
+            };
+            if let Some(r) = inline {
+                d.wrote(r);
+                inline_write = false;
+                continue;
+            }
+            inline_write = true;
+            // Backpressure: a peer that does not read what we owe it, or keeps too many
+            // one-way calls running, is not read from until that drains. Writing goes on
+            // meanwhile, so a peer that reads is never stuck behind its own answers.
+            let may_read = !d.frames_waiting && d.may_take_frames();
+            // Finished asynchronous calls wait too: each would queue an answer.
+            let may_answer = d.answer_room();
+            // The timer is reset only when a deadline comes earlier than the one it is set
+            // for. One that moved later (the peer spoke, so the keepalive waits longer) is
+            // found when the timer fires: nothing is due then, and it is set again. So a
+            // busy session does not touch the timer on every read.
+            if let Some(due) = d.next_wakeup() {
+                if armed.is_none_or(|at| due < at) {
+                    timer.as_mut().reset(due);
+                    armed = Some(due);
+                }
+            }
+            tokio::select! {
+                r = d.conn.reader.read(), if may_read => match r {
+                    Ok(0) => d.core.handle_connection_lost("the peer closed the connection"),
+                    Ok(_) => {
+                        d.heard(Instant::now());
+                        heard = true;
+                        d.frames_waiting = true;
+                        d.read_frames();
+                        if !admitted && d.core.is_established() {
+                            admitted = true;
+                            if let Err(reason) = handle.established() {
+                                d.core.abort(reason);
+                            }
                         }
                     }
+                    Err(e) => d.core.handle_connection_lost(read_failure(&e)),
+                },
+                cmd = d.rx.recv(), if rx_open => match cmd {
+                    Some(cmd) => d.apply(cmd),
+                    None => rx_open = false,
+                },
+                r = d.conn.writer.write_some(), if write_now || d.conn.writer.flush_pending() => {
+                    d.wrote(r);
                 }
-                Err(e) => d.core.handle_connection_lost(read_failure(&e)),
-            },
-            cmd = d.rx.recv(), if rx_open => match cmd {
-                Some(cmd) => d.apply(cmd),
-                None => rx_open = false,
-            },
-            r = d.conn.writer.write_some(), if write_now || d.conn.writer.flush_pending() => {
-                d.wrote(r);
-            }
-            Some(finished) = d.calls.next(), if may_answer && !d.calls.is_empty() => {
-                match finished {
-                    Ok((Some(answer), outcome)) => {
-                        d.running.remove(&answer);
-                        d.answer(answer, outcome);
+                Some(finished) = d.calls.next(), if may_answer && !d.calls.is_empty() => {
+                    match finished {
+                        Ok((Some(answer), outcome)) => {
+                            d.running.remove(&answer);
+                            d.answer(answer, outcome);
+                        }
+                        Ok((None, _)) => d.one_way_running -= 1,
+                        // Cancelled (`Event::Cancel`): the session answered it already.
+                        Err(_aborted) => {}
                     }
-                    Ok((None, _)) => d.one_way_running -= 1,
-                    // Cancelled (`Event::Cancel`): the session answered it already.
-                    Err(_aborted) => {}
                 }
-            }
-            // Only bookkeeping is waiting: give the tasks this session just woke one
-            // turn to queue their next calls, then send it all together.
-            () = tokio::task::yield_now(), if lazy_waiting => d.lazy_due = true,
-            () = &mut timer, if armed.is_some() => {
-                armed = None;
-                d.on_timer(Instant::now());
+                // Only bookkeeping is waiting: give the tasks this session just woke one
+                // turn to queue their next calls, then send it all together.
+                () = tokio::task::yield_now(), if lazy_waiting => d.lazy_due = true,
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    d.on_timer(Instant::now());
+                }
             }
         }
-    }
 
-    // Closed: break whatever is still queued, deliver the last events, flush, and go.
-    let reason = d
-        .core
-        .closed_reason()
-        .unwrap_or_else(|| Broken::disconnected("the session closed"));
-    handle.close(&mut d.rx, reason);
-    d.pump();
-    d.conn.close(CLOSE_FLUSH).await;
-    vat.forget_session(&handle);
+        // Closed: break whatever is still queued, deliver the last events, flush, and go.
+        let reason = d
+            .core
+            .closed_reason()
+            .unwrap_or_else(|| Broken::disconnected("the session closed"));
+        handle.close(&mut d.rx, reason);
+        d.pump();
+        d.conn.close(CLOSE_FLUSH).await;
+        vat.forget_session(&handle);
+    }
 }
 
 /// A method running for the peer, with the answer it owes (`None` for a one-way send).
@@ -273,8 +290,7 @@ struct Driver {
     /// The framed connection to the peer.
     conn: Connection,
     /// Commands from handles (this session's own sends, drops, ...).
-    rx: mpsc::UnboundedReceiver<Command>,
-    limits: Limits,
+    rx: Inbox<Command>,
     cbor: CborLimits,
     handle: SessionHandle,
     vat: Arc<VatInner>,
@@ -372,6 +388,7 @@ impl Driver {
         self.core.handle_timeout(now.into_std());
         if self.quiet.due().is_some_and(|due| now >= due) {
             self.conn.shrink_idle_buffers();
+            self.rx.shrink_idle();
             self.quiet.shrunk = true;
         }
     }
@@ -425,15 +442,16 @@ impl Driver {
     /// full the vat is: such a session's own writes wake it as they drain.
     fn answer_room(&self) -> bool {
         let mine = self.conn.writer.answer_backlog();
-        mine < self.limits.max_outbound_buffer
+        mine < self.vat.limits.max_outbound_buffer
             && (mine < self.share
-                || self.vat.queued_answers.load(Ordering::Relaxed) < self.limits.max_outbound_total)
+                || self.vat.queued_answers.load(Ordering::Relaxed)
+                    < self.vat.limits.max_outbound_total)
     }
 
     /// Whether the session may take the peer's next frame: [`Driver::answer_room`],
     /// and fewer one-way calls running than `max_inbound_questions`.
     fn may_take_frames(&self) -> bool {
-        self.answer_room() && self.one_way_running < self.limits.max_inbound_questions
+        self.answer_room() && self.one_way_running < self.vat.limits.max_inbound_questions
     }
 
     /// Handles pending events while there is room for their answers (all of them once
@@ -518,15 +536,15 @@ impl Driver {
     fn apply_batch(&mut self) {
         for _ in 0..COMMAND_BATCH {
             match self.rx.try_recv() {
-                Ok(cmd) => self.apply(cmd),
-                Err(_) => break,
+                Some(cmd) => self.apply(cmd),
+                None => break,
             }
         }
     }
 
     /// Applies every command handles have queued so far.
     fn apply_queued(&mut self) {
-        while let Ok(cmd) = self.rx.try_recv() {
+        while let Some(cmd) = self.rx.try_recv() {
             self.apply(cmd);
         }
     }
