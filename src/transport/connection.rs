@@ -17,7 +17,7 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
@@ -33,8 +33,20 @@ const IDLE_BUFFER: usize = 2 * 1024;
 /// Spare receive capacity below which the buffer grows before the next read.
 const MIN_READ: usize = 1024;
 /// Payload data of at least this many bytes is written from its own buffer rather than
-/// copied into the write buffer.
+/// copied into the write buffer; a received frame body of at least this many bytes is
+/// handed out as a view of the receive buffer rather than copied out of it.
 const DETACH: usize = 16 * 1024;
+
+/// A frame body taken from the receive buffer: borrowed for the call when small (its
+/// payload is copied, which costs less than sharing the buffer), shared when large
+/// (its payload can stay where it was received).
+pub(crate) enum FrameBody<'a> {
+    /// A body under [`DETACH`] bytes, valid for the call it is handed to.
+    Borrowed(&'a [u8]),
+    /// A body of at least [`DETACH`] bytes, split off the receive buffer: keeping a
+    /// view of it keeps that buffer's memory until the view is dropped.
+    Shared(Bytes),
+}
 
 /// A TLS stream split into a frame reader and a frame writer.
 ///
@@ -126,10 +138,19 @@ impl FrameReader {
     ///
     /// [`DecodeError::FrameTooLarge`] as soon as a length prefix announces more than the
     /// limit, before its body has arrived. The connection cannot be read further.
-    pub(crate) fn next_frame(&mut self, handle: impl FnOnce(&[u8])) -> Result<bool, DecodeError> {
+    pub(crate) fn next_frame(
+        &mut self,
+        handle: impl FnOnce(FrameBody<'_>),
+    ) -> Result<bool, DecodeError> {
         match frame::next_frame(&self.buf, self.max_frame)? {
+            Some(span) if span.end - span.start >= DETACH => {
+                let mut body = self.buf.split_to(span.end).freeze();
+                body.advance(span.start);
+                handle(FrameBody::Shared(body));
+                Ok(true)
+            }
             Some(span) => {
-                handle(&self.buf[span.start..span.end]);
+                handle(FrameBody::Borrowed(&self.buf[span.start..span.end]));
                 self.buf.advance(span.end);
                 Ok(true)
             }

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 
+use bytes::Bytes;
 use ciborium::tag::Required;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
@@ -18,9 +19,10 @@ use super::reference::Ref;
 use crate::wire::{self, CAP_TAG, CborLimits, DecodeError, References, scan};
 
 /// Data plus the references its capability tags index, as the runtime carries it.
+/// The data is shared, not copied, on its way between the connection and the objects.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RefPayload {
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: Bytes,
     pub(crate) refs: Vec<Ref>,
 }
 
@@ -28,7 +30,7 @@ impl RefPayload {
     /// A payload that is exactly one reference (how a promise resolves to an object).
     pub(crate) fn single(r: Ref) -> RefPayload {
         RefPayload {
-            data: crate::wire::SINGLE_CAP_DATA.to_vec(),
+            data: Bytes::from_static(&crate::wire::SINGLE_CAP_DATA),
             refs: vec![r],
         }
     }
@@ -36,7 +38,7 @@ impl RefPayload {
     /// The reference this payload is, if it is exactly one.
     pub(crate) fn as_single(&self) -> Option<&Ref> {
         match &self.refs[..] {
-            [r] if self.data == crate::wire::SINGLE_CAP_DATA => Some(r),
+            [r] if self.data[..] == crate::wire::SINGLE_CAP_DATA => Some(r),
             _ => None,
         }
     }
@@ -78,7 +80,17 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<RefPayload, Str
              reference (a reference cannot be kept as plain data: keep the Ref itself)"
         )
     })?;
-    Ok(RefPayload { data, refs })
+    Ok(RefPayload {
+        data: owned(data),
+        refs,
+    })
+}
+
+/// `data` as [`Bytes`] without copying it, and without the second allocation
+/// `Bytes::from` makes for a vector with spare capacity (the spare is given back
+/// instead, which glibc does in place).
+fn owned(data: Vec<u8>) -> Bytes {
+    Bytes::from(data.into_boxed_slice())
 }
 
 /// Decodes `data` as a `T`, resolving capability tags against `refs`.

@@ -10,6 +10,7 @@ use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -224,14 +225,14 @@ impl std::fmt::Debug for ObjectHandle {
 
 /// The arguments of a call: CBOR data, decoded on demand into the type the method wants.
 pub struct Args {
-    data: Vec<u8>,
+    data: Bytes,
     refs: Vec<Ref>,
     cbor: CborLimits,
     caller: Option<VatId>,
 }
 
 impl Args {
-    pub(crate) fn new(data: Vec<u8>, refs: Vec<Ref>, cbor: CborLimits) -> Args {
+    pub(crate) fn new(data: Bytes, refs: Vec<Ref>, cbor: CborLimits) -> Args {
         Args {
             data,
             refs,

@@ -491,7 +491,7 @@ pub(crate) fn cbor<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 /// A payload of plain data.
 pub(crate) fn data_payload<T: Serialize + ?Sized>(value: &T) -> Payload {
     Payload {
-        data: cbor(value),
+        data: cbor(value).into(),
         caps: Vec::new(),
     }
 }
