@@ -118,16 +118,39 @@ pub(crate) struct FrameReader {
 impl FrameReader {
     /// One read from the stream into the buffer, which first grows by [`READ_CHUNK`] if
     /// less than [`MIN_READ`] bytes of room are left (so the buffer only grows while
-    /// frames arrive faster than they are taken). Resolves to the bytes read; 0 means
-    /// the peer closed the stream.
+    /// frames arrive faster than they are taken), or, when a frame of more than that
+    /// has begun, by the rest of that frame at once. Resolves to the bytes read; 0
+    /// means the peer closed the stream.
+    ///
+    /// Room for a whole frame, at most `max_frame` (which the peer may fill anyway),
+    /// means each of its bytes is received once, into the place its payload is then
+    /// read from, instead of being copied along as the buffer doubles; room not yet
+    /// written costs address space, not memory.
     ///
     /// The buffer is grown when this is called, not when the future is first polled.
     /// Dropping the future before it completes loses no bytes.
     pub(crate) fn read(&mut self) -> impl Future<Output = io::Result<usize>> + '_ {
-        if self.buf.capacity() - self.buf.len() < MIN_READ {
-            self.buf.reserve(READ_CHUNK);
+        let room = self.buf.capacity() - self.buf.len();
+        let rest = self.frame_rest();
+        if room < MIN_READ || room < rest {
+            self.buf.reserve(rest.max(READ_CHUNK));
         }
         self.rd.read_buf(&mut self.buf)
+    }
+
+    /// Bytes still to come of the frame at the front of the buffer, if its length
+    /// prefix is in and within the limit (else 0).
+    fn frame_rest(&self) -> usize {
+        match self.buf.first_chunk::<{ frame::HEADER_LEN }>() {
+            Some(header) => {
+                let len = u32::from_be_bytes(*header) as usize;
+                if len > self.max_frame {
+                    return 0;
+                }
+                (frame::HEADER_LEN + len).saturating_sub(self.buf.len())
+            }
+            None => 0,
+        }
     }
 
     /// Hands the body of the next complete frame in the buffer to `handle`, then drops
