@@ -138,19 +138,10 @@ impl FrameReader {
         self.rd.read_buf(&mut self.buf)
     }
 
-    /// Bytes still to come of the frame at the front of the buffer, if its length
-    /// prefix is in and within the limit (else 0).
+    /// Bytes still to come of the frame at the front of the buffer (see
+    /// [`frame::missing`]).
     fn frame_rest(&self) -> usize {
-        match self.buf.first_chunk::<{ frame::HEADER_LEN }>() {
-            Some(header) => {
-                let len = u32::from_be_bytes(*header) as usize;
-                if len > self.max_frame {
-                    return 0;
-                }
-                (frame::HEADER_LEN + len).saturating_sub(self.buf.len())
-            }
-            None => 0,
-        }
+        frame::missing(&self.buf, self.max_frame)
     }
 
     /// Hands the body of the next complete frame in the buffer to `handle`, then drops

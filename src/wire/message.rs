@@ -656,6 +656,32 @@ mod tests {
     }
 
     #[test]
+    fn shared_decoding_keeps_payload_data_in_the_body() {
+        let msg = Message::Deliver {
+            target: Target::Export(1),
+            method: "put".into(),
+            payload: Payload {
+                data: crate::wire::encode_value(&serde_bytes::Bytes::new(&[7; 300]))
+                    .unwrap()
+                    .into(),
+                caps: Vec::new(),
+            },
+            question: Some(1),
+        };
+        let mut out = Vec::new();
+        msg.encode_frame(&mut out).unwrap();
+        let body = Bytes::from(out).slice(4..);
+        let shared = Message::decode_shared(&body, &CborLimits::default()).unwrap();
+        let copied = Message::decode(&body, &CborLimits::default()).unwrap();
+        assert_eq!(shared, msg);
+        assert_eq!(copied, msg);
+        let within = body.as_ptr_range();
+        let data = shared.payload_data().unwrap();
+        assert!(within.contains(&data.as_ptr()), "a view of the body");
+        assert!(!within.contains(&copied.payload_data().unwrap().as_ptr()));
+    }
+
+    #[test]
     fn unknown_kind_is_a_schema_error() {
         let body = crate::wire::encode_value(&std::collections::BTreeMap::from([(
             "teleport",
