@@ -283,6 +283,47 @@ impl Args {
         })
     }
 
+    /// The arguments as bytes, when they are one byte string (sent alone, as
+    /// `serde_bytes::ByteBuf` or `&serde_bytes::Bytes`, or as the only element of a
+    /// tuple), without copying them: the result shares the buffer the call arrived in.
+    /// The way to read bulk data; [`Args::decode`] into a `ByteBuf` copies it.
+    ///
+    /// Holding the result holds that buffer's memory: for a large call, the frame it
+    /// came in. Copy it out (`Vec::from`) to keep a small part for long.
+    ///
+    /// # Errors
+    ///
+    /// A [`Broken`] of kind [`crate::BrokenKind::BadArguments`] when the arguments are
+    /// anything else, or come with references.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use captp::{Args, Reply};
+    ///
+    /// // Answers with the length of the bytes it was sent.
+    /// let measure = |_method: &str, args: Args| match args.bytes() {
+    ///     Ok(data) => Reply::ok(data.len() as u64),
+    ///     Err(e) => Reply::err(e),
+    /// };
+    /// # fn takes(_: impl captp::Object) {}
+    /// # takes(measure);
+    /// ```
+    pub fn bytes(&self) -> Result<Bytes, Broken> {
+        if !self.refs.is_empty() {
+            return Err(Broken::bad_arguments(format_args!(
+                "{} reference(s) were sent where only bytes were expected",
+                self.refs.len()
+            )));
+        }
+        match crate::wire::byte_string_span(&self.data) {
+            Some(span) => Ok(self.data.slice(span)),
+            None => Err(Broken::bad_arguments(
+                "expected one byte string (alone, or as the only element of an array)",
+            )),
+        }
+    }
+
     /// The references that came with the arguments, in capability-table order.
     pub fn refs(&self) -> &[Ref] {
         &self.refs

@@ -175,6 +175,28 @@ fn decode_checked<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     }
 }
 
+/// Where the content of a lone byte string lies in `data`: `data` must be exactly one
+/// definite-length byte string, or an array of exactly one (how a single argument is
+/// often sent), with nothing after it. `None` for anything else.
+pub(crate) fn byte_string_span(data: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = usize::from(data.first() == Some(&0x81));
+    let (&initial, rest) = data.get(start..)?.split_first()?;
+    if initial >> 5 != 2 {
+        return None;
+    }
+    let (len, head) = match initial & 0x1f {
+        ai @ 0..=23 => (u64::from(ai), 1),
+        24 => (u64::from(*rest.first()?), 2),
+        25 => (u64::from(u16::from_be_bytes(*rest.first_chunk()?)), 3),
+        26 => (u64::from(u32::from_be_bytes(*rest.first_chunk()?)), 5),
+        27 => (u64::from_be_bytes(*rest.first_chunk()?), 9),
+        _ => return None,
+    };
+    let begin = start + head;
+    let end = begin.checked_add(usize::try_from(len).ok()?)?;
+    (end == data.len()).then_some(begin..end)
+}
+
 /// The item count of `bytes` if they start with a definite-length array header.
 fn array_len(bytes: &[u8]) -> Option<u64> {
     let (&initial, rest) = bytes.split_first()?;
@@ -208,5 +230,33 @@ fn schema_error<E: std::fmt::Debug>(e: ciborium::de::Error<E>) -> String {
         ciborium::de::Error::Syntax(offset) => format!("CBOR syntax error at byte {offset}"),
         ciborium::de::Error::RecursionLimitExceeded => "CBOR nested too deeply".to_owned(),
         ciborium::de::Error::Io(e) => format!("truncated CBOR ({e:?})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_lone_byte_string_and_nothing_else() {
+        let bare = encode_value(&serde_bytes::Bytes::new(&[5; 300])).unwrap();
+        assert_eq!(byte_string_span(&bare), Some(3..303));
+        let one = encode_value(&(serde_bytes::Bytes::new(b"ab"),)).unwrap();
+        assert_eq!(one, [0x81, 0x42, b'a', b'b']);
+        assert_eq!(byte_string_span(&one), Some(2..4));
+        assert_eq!(byte_string_span(&[0x40]), Some(1..1));
+        for other in [
+            &[][..],
+            &[0x81],
+            &[0x82, 0x40, 0x40],
+            &[0x42, 1],
+            &[0x42, 1, 2, 3],
+            &[0x5f, 0x40, 0xff],
+            &[0x61, b'a'],
+            &[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &[0x81, 0x81, 0x40],
+        ] {
+            assert_eq!(byte_string_span(other), None, "{other:x?}");
+        }
     }
 }
