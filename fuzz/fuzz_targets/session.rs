@@ -31,17 +31,16 @@ use std::collections::{HashMap, HashSet};
 
 use arbitrary::Arbitrary;
 use captp::internal::proto::{
-    announce,
     AnswerId, Call, CloseReason, Event, ImportId, InCap, LocalTarget, OutCap, OutPayload,
-    QuestionId, Session, SessionStats,
+    QuestionId, Session, SessionStats, announce,
 };
+use captp::internal::wire::SINGLE_CAP_DATA as SINGLE_CAP;
 use captp::internal::wire::message::PROTOCOL_VERSION;
 use captp::internal::wire::{
     CapDescriptor, CborLimits, Hello, MIN_CAPS, MIN_IMPORTS, MIN_QUEUED, Message, Payload,
     ReturnResult, Target, WireBroken,
 };
 use captp::{Broken, Limits, SwissNumber};
-use captp::internal::wire::SINGLE_CAP_DATA as SINGLE_CAP;
 use libfuzzer_sys::fuzz_target;
 
 type Obj = u32;
@@ -1256,7 +1255,10 @@ impl Harness {
         self.s.send(Call {
             target: key,
             method: format!("m{nonce}"),
-            payload: OutPayload { data, caps },
+            payload: OutPayload {
+                data: data.into(),
+                caps,
+            },
             question: question.map(QuestionId),
             resolver,
             pipeline_refs,
@@ -1290,7 +1292,7 @@ impl Harness {
             How::DataWithCaps(caps) => {
                 let (caps, _) = self.local_caps(&caps);
                 Ok(OutPayload {
-                    data: data_nonce(1),
+                    data: data_nonce(1).into(),
                     caps,
                 })
             }
@@ -1298,7 +1300,7 @@ impl Harness {
         };
         if let Ok(p) = &result {
             self.answer_caps.insert(id.0, p.caps.clone());
-            if p.data == SINGLE_CAP {
+            if p.data[..] == SINGLE_CAP {
                 match p.caps[..] {
                     [OutCap::Local(o) | OutCap::Promise(o)] => {
                         self.answered_with.insert(id.0, o);
@@ -1349,7 +1351,7 @@ impl Harness {
     fn wire_result(&self, result: WResult) -> ReturnResult {
         match result {
             WResult::Data => ReturnResult::Ok(Payload {
-                data: data_nonce(7),
+                data: data_nonce(7).into(),
                 caps: Vec::new(),
             }),
             WResult::Err => ReturnResult::Err(WireBroken {
@@ -1358,19 +1360,19 @@ impl Harness {
                 data: None,
             }),
             WResult::SenderCap(i) => ReturnResult::Ok(Payload {
-                data: SINGLE_CAP.to_vec(),
+                data: SINGLE_CAP.to_vec().into(),
                 caps: vec![CapDescriptor::SenderHosted(u64::from(i % 6))],
             }),
             WResult::SenderPromiseCap(i) => ReturnResult::Ok(Payload {
-                data: SINGLE_CAP.to_vec(),
+                data: SINGLE_CAP.to_vec().into(),
                 caps: vec![CapDescriptor::SenderPromise(u64::from(i % 6))],
             }),
             WResult::ReceiverCap(p) => ReturnResult::Ok(Payload {
-                data: SINGLE_CAP.to_vec(),
+                data: SINGLE_CAP.to_vec().into(),
                 caps: vec![CapDescriptor::ReceiverHosted(self.pick_export(p))],
             }),
             WResult::Caps(caps) => ReturnResult::Ok(Payload {
-                data: data_nonce(8),
+                data: data_nonce(8).into(),
                 caps: self.wire_caps(&caps),
             }),
         }
@@ -1430,7 +1432,10 @@ impl Harness {
                 self.peer_send(Message::Deliver {
                     target,
                     method: format!("m{nonce}"),
-                    payload: Payload { data, caps },
+                    payload: Payload {
+                        data: data.into(),
+                        caps,
+                    },
                     question,
                 });
             }
@@ -1449,7 +1454,7 @@ impl Harness {
                         target,
                         method: format!("m{nonce}"),
                         payload: Payload {
-                            data: data_nonce(nonce),
+                            data: data_nonce(nonce).into(),
                             caps: Vec::new(),
                         },
                         question,
