@@ -760,7 +760,7 @@ async fn bytes_are_read_without_decoding() {
         for n in [0, 5, 16 * 1024, 300_000] {
             let sent: Vec<u8> = (0..n).map(|j| (j % 251) as u8).collect();
             let alone: ByteBuf = obj
-                .send("echo_raw", &ByteBuf::from(sent.clone()))
+                .send("echo_raw", ByteBuf::from(sent.clone()))
                 .await
                 .expect("a lone byte string");
             assert!(alone.into_vec() == sent, "{n} bytes, alone");
