@@ -71,26 +71,52 @@ const UNBOUNDED: CborLimits = CborLimits {
 /// 8.1). Such data fails to encode.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<RefPayload, String> {
     let outer = ENCODING.with(|t| t.replace(Some(Vec::new())));
-    let data = wire::encode_value(value);
+    let data = encode_data(value);
     let refs = ENCODING.with(|t| t.replace(outer)).unwrap_or_default();
     let data = data?;
     scan::check_data(&data, &UNBOUNDED, References::Canonical(refs.len())).map_err(|e| {
         format!(
-            "{e}; the value holds a reference tag (25441) that was not written from a live \
-             reference (a reference cannot be kept as plain data: keep the Ref itself)"
+            "{e}; the value holds a reference tag (25441) that was not written from a live              reference (a reference cannot be kept as plain data: keep the Ref itself)"
         )
     })?;
-    Ok(RefPayload {
-        data: owned(data),
-        refs,
-    })
+    Ok(RefPayload { data, refs })
 }
 
-/// `data` as [`Bytes`] without copying it, and without the second allocation
-/// `Bytes::from` makes for a vector with spare capacity (the spare is given back
-/// instead, which glibc does in place).
-fn owned(data: Vec<u8>) -> Bytes {
-    Bytes::from(data.into_boxed_slice())
+/// Encoded data up to this many bytes is copied out of the thread's encoding buffer;
+/// larger data keeps the buffer it was written in.
+const SMALL_DATA: usize = 4096;
+
+thread_local! {
+    /// Where values are encoded, reused across calls on a thread (under
+    /// [`SMALL_DATA`] and twice that in capacity, see [`encode_data`]).
+    static ENCODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Encodes `value` as CBOR into a buffer of its own, with no spare capacity.
+///
+/// A small value is written into the thread's reused buffer and copied into an
+/// allocation of its exact size: one allocation, as cheap as any, where a fresh vector
+/// would grow in steps and then be shrunk (or be wrapped with a second allocation). A
+/// large one keeps the vector it was written in, uncopied.
+fn encode_data<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, String> {
+    ENCODED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            let written = ciborium::into_writer(value, &mut *buffer).map_err(|e| e.to_string());
+            let data = if buffer.len() <= SMALL_DATA {
+                Bytes::copy_from_slice(&buffer)
+            } else {
+                Bytes::from(std::mem::take(&mut *buffer).into_boxed_slice())
+            };
+            if buffer.capacity() > 2 * SMALL_DATA {
+                // Never kept past the bound, whatever an encoding left behind.
+                *buffer = Vec::new();
+            }
+            written.map(|()| data)
+        }
+        // A value encoded while another is (from inside a `Serialize` impl).
+        Err(_) => wire::encode_value(value).map(|v| Bytes::from(v.into_boxed_slice())),
+    })
 }
 
 /// Decodes `data` as a `T`, resolving capability tags against `refs`.
@@ -165,4 +191,41 @@ pub(crate) fn decode_payload<T: DeserializeOwned>(
     cbor: &CborLimits,
 ) -> Result<T, DecodeError> {
     decode(&payload.data, &payload.refs, cbor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small or large, an encoding is what `encode_value` writes and reads back; the reused
+    /// buffer stays within its bound.
+    #[test]
+    fn encodings_read_back_and_the_buffer_stays_small() {
+        for n in [0, 10, SMALL_DATA - 3, SMALL_DATA, 100_000] {
+            let value = serde_bytes::ByteBuf::from(vec![9u8; n]);
+            let data = encode_data(&value).unwrap();
+            assert_eq!(data, wire::encode_value(&value).unwrap());
+            let back: serde_bytes::ByteBuf =
+                wire::decode_value(&data, &CborLimits::DEFAULT).unwrap();
+            assert_eq!(back, value);
+            let kept = ENCODED.with(|b| b.borrow().capacity());
+            assert!(kept <= 2 * SMALL_DATA, "{kept} bytes kept after {n}");
+        }
+    }
+
+    /// A value whose `Serialize` encodes another value meanwhile gets both right.
+    #[test]
+    fn nested_encodings_do_not_share_the_buffer() {
+        struct Outer;
+        impl Serialize for Outer {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let inner = encode_data("inner").map_err(S::Error::custom)?;
+                s.serialize_bytes(&inner)
+            }
+        }
+        let data = encode_data(&Outer).unwrap();
+        let inner = wire::encode_value("inner").unwrap();
+        let back: serde_bytes::ByteBuf = wire::decode_value(&data, &CborLimits::DEFAULT).unwrap();
+        assert_eq!(back.into_vec(), inner);
+    }
 }
