@@ -76,7 +76,8 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<RefPayload, Str
     let data = data?;
     scan::check_data(&data, &UNBOUNDED, References::Canonical(refs.len())).map_err(|e| {
         format!(
-            "{e}; the value holds a reference tag (25441) that was not written from a live              reference (a reference cannot be kept as plain data: keep the Ref itself)"
+            "{e}; the value holds a reference tag (25441) that was not written from a live \
+             reference (a reference cannot be kept as plain data: keep the Ref itself)"
         )
     })?;
     Ok(RefPayload { data, refs })
