@@ -32,6 +32,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const IDLE_BUFFER: usize = 2 * 1024;
 /// Spare receive capacity below which the buffer grows before the next read.
 const MIN_READ: usize = 1024;
+/// How far ahead of the bytes received the buffer may grow for a frame that has begun:
+/// room for up to this many times the bytes it holds (see [`FrameReader::read`]).
+const GROWTH: usize = 8;
 /// Payload data of at least this many bytes is written from its own buffer rather than
 /// copied into the write buffer; a received frame body of at least this many bytes is
 /// handed out as a view of the receive buffer rather than copied out of it.
@@ -118,20 +121,21 @@ pub(crate) struct FrameReader {
 impl FrameReader {
     /// One read from the stream into the buffer, which first grows by [`READ_CHUNK`] if
     /// less than [`MIN_READ`] bytes of room are left (so the buffer only grows while
-    /// frames arrive faster than they are taken), or, when a frame of more than that
-    /// has begun, by the rest of that frame at once. Resolves to the bytes read; 0
-    /// means the peer closed the stream.
+    /// frames arrive faster than they are taken), or, when a larger frame has begun, by
+    /// as much of the rest of that frame as [`GROWTH`] allows. Resolves to the bytes
+    /// read; 0 means the peer closed the stream.
     ///
-    /// Room for a whole frame, at most `max_frame` (which the peer may fill anyway),
-    /// means each of its bytes is received once, into the place its payload is then
-    /// read from, instead of being copied along as the buffer doubles; room not yet
-    /// written costs address space, not memory.
+    /// Room for all of a frame means each of its bytes is received once, into the place
+    /// its payload is then read from, instead of being copied along as the buffer
+    /// doubles. Sized by the frame's length prefix, that room is still only ever
+    /// [`GROWTH`] times the bytes the peer has sent: announcing a large frame reserves
+    /// nothing by itself.
     ///
     /// The buffer is grown when this is called, not when the future is first polled.
     /// Dropping the future before it completes loses no bytes.
     pub(crate) fn read(&mut self) -> impl Future<Output = io::Result<usize>> + '_ {
         let room = self.buf.capacity() - self.buf.len();
-        let rest = self.frame_rest();
+        let rest = self.frame_rest().min(self.buf.len().saturating_mul(GROWTH));
         if room < MIN_READ || room < rest {
             self.buf.reserve(rest.max(READ_CHUNK));
         }
