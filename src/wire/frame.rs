@@ -50,8 +50,8 @@ pub fn next_frame(buf: &[u8], max_frame: usize) -> Result<Option<FrameSpan>, Dec
 
 /// Bytes of the frame at the front of `buf` that have not arrived yet: 0 when the frame
 /// is complete, when its length prefix is not all in, or when the prefix announces more
-/// than `max_frame` (which [`next_frame`] refuses). A reader may make room for them at
-/// once: the limit bounds them, and a peer could send that much anyway.
+/// than `max_frame` (which [`next_frame`] refuses). What a reader may make room for
+/// ahead of the bytes; it is only announced, so the reader bounds it by what arrived.
 pub fn missing(buf: &[u8], max_frame: usize) -> usize {
     let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
         return 0;
