@@ -163,6 +163,9 @@ mod vat;
 mod wire;
 
 pub use broken::{Broken, BrokenKind};
+/// A shared, cheaply cloned byte buffer (from the `bytes` crate, re-exported so that its
+/// version is the one this crate uses): what [`Args::bytes`] gives, without a copy.
+pub use bytes::Bytes;
 pub use error::{Error, TlsError};
 pub use identity::{Identity, IdentityError, VatId};
 pub use limits::Limits;

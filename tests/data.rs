@@ -156,7 +156,7 @@ async fn tags_a_peer_puts_in_data_are_checked_before_decoding() {
         for (q, (case, data)) in (2u64..).zip(cases) {
             let mut msg = deliver(Target::Export(export), "echo_str", &("x",), Some(q));
             if let Message::Deliver { payload, .. } = &mut msg {
-                payload.data = data;
+                payload.data = data.into();
             }
             raw.write_raw(&encode(&msg)).await;
             let broken = raw.expect_broken(q).await;

@@ -190,7 +190,7 @@ async fn return_for_a_question_never_asked_is_refused() {
         Message::Return {
             question: 42,
             result: ReturnResult::Ok(Payload {
-                data: cbor(&7),
+                data: cbor(&7).into(),
                 caps: Vec::new(),
             }),
         },

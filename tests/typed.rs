@@ -463,7 +463,11 @@ async fn bytes_are_byte_strings_and_errors_carry_data_on_the_wire() {
         ))
         .await;
         let result = raw.expect_return(2).await;
-        assert_eq!(result.data, [0x43, 1, 2, 3], "a byte string, not an array");
+        assert_eq!(
+            result.data[..],
+            [0x43, 1, 2, 3],
+            "a byte string, not an array"
+        );
 
         raw.send(&deliver(
             Target::Export(export),

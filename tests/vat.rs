@@ -750,6 +750,38 @@ async fn large_payloads_in_flight_together_arrive_intact() {
     .await;
 }
 
+/// `Args::bytes` reads one byte string, sent alone or as a tuple of one, small or
+/// large (a view of the frame it came in), and refuses anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_are_read_without_decoding() {
+    within(async {
+        let c = connected().await;
+        let obj = &c.obj;
+        for n in [0, 5, 16 * 1024, 300_000] {
+            let sent: Vec<u8> = (0..n).map(|j| (j % 251) as u8).collect();
+            let alone: ByteBuf = obj
+                .send("echo_raw", ByteBuf::from(sent.clone()))
+                .await
+                .expect("a lone byte string");
+            assert!(alone.into_vec() == sent, "{n} bytes, alone");
+            let in_tuple: ByteBuf = obj
+                .send("echo_raw", (ByteBuf::from(sent.clone()),))
+                .await
+                .expect("a tuple of one byte string");
+            assert!(in_tuple.into_vec() == sent, "{n} bytes, in a tuple");
+        }
+        for wrong in [
+            obj.send::<ByteBuf>("echo_raw", "text"),
+            obj.send::<ByteBuf>("echo_raw", (ByteBuf::new(), ByteBuf::new())),
+            obj.send::<ByteBuf>("echo_raw", ()),
+        ] {
+            let broken = wrong.await.expect_err("not one byte string");
+            assert_eq!(broken.kind(), BrokenKind::BadArguments, "{broken}");
+        }
+    })
+    .await;
+}
+
 // ---- losing the peer ----
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

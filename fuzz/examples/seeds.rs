@@ -30,7 +30,7 @@ fn messages() -> Vec<(&'static str, Message)> {
         vec![0xd9, tag[0], tag[1], 0x00]
     };
     let payload = Payload {
-        data: data.clone(),
+        data: data.clone().into(),
         caps: vec![
             CapDescriptor::SenderHosted(1),
             CapDescriptor::SenderPromise(3),
@@ -63,7 +63,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 target: Target::Answer(1),
                 method: "p".into(),
                 payload: Payload {
-                    data: data.clone(),
+                    data: data.clone().into(),
                     caps: Vec::new(),
                 },
                 question: None,
@@ -74,7 +74,7 @@ fn messages() -> Vec<(&'static str, Message)> {
             Message::Return {
                 question: 1,
                 result: ReturnResult::Ok(Payload {
-                    data: single,
+                    data: single.into(),
                     caps: vec![CapDescriptor::SenderHosted(1)],
                 }),
             },

@@ -1262,7 +1262,10 @@ impl Harness {
             quiet: false,
             target: key,
             method: format!("m{nonce}"),
-            payload: OutPayload { data, caps },
+            payload: OutPayload {
+                data: data.into(),
+                caps,
+            },
             question: question.map(QuestionId),
             resolver,
             pipeline_refs,
@@ -1296,7 +1299,7 @@ impl Harness {
             How::DataWithCaps(caps) => {
                 let (caps, _) = self.local_caps(&caps);
                 Ok(OutPayload {
-                    data: data_nonce(1),
+                    data: data_nonce(1).into(),
                     caps,
                 })
             }
@@ -1304,7 +1307,7 @@ impl Harness {
         };
         if let Ok(p) = &result {
             self.answer_caps.insert(id.0, p.caps.clone());
-            if p.data == SINGLE_CAP {
+            if p.data[..] == SINGLE_CAP {
                 match p.caps[..] {
                     [OutCap::Local(o) | OutCap::Promise(o)] => {
                         self.answered_with.insert(id.0, o);
@@ -1355,7 +1358,7 @@ impl Harness {
     fn wire_result(&self, result: WResult) -> ReturnResult {
         match result {
             WResult::Data => ReturnResult::Ok(Payload {
-                data: data_nonce(7),
+                data: data_nonce(7).into(),
                 caps: Vec::new(),
             }),
             WResult::Err => ReturnResult::Err(WireBroken {
@@ -1364,19 +1367,19 @@ impl Harness {
                 data: None,
             }),
             WResult::SenderCap(i) => ReturnResult::Ok(Payload {
-                data: SINGLE_CAP.to_vec(),
+                data: SINGLE_CAP.to_vec().into(),
                 caps: vec![CapDescriptor::SenderHosted(u64::from(i % 6))],
             }),
             WResult::SenderPromiseCap(i) => ReturnResult::Ok(Payload {
-                data: SINGLE_CAP.to_vec(),
+                data: SINGLE_CAP.to_vec().into(),
                 caps: vec![CapDescriptor::SenderPromise(u64::from(i % 6))],
             }),
             WResult::ReceiverCap(p) => ReturnResult::Ok(Payload {
-                data: SINGLE_CAP.to_vec(),
+                data: SINGLE_CAP.to_vec().into(),
                 caps: vec![CapDescriptor::ReceiverHosted(self.pick_export(p))],
             }),
             WResult::Caps(caps) => ReturnResult::Ok(Payload {
-                data: data_nonce(8),
+                data: data_nonce(8).into(),
                 caps: self.wire_caps(&caps),
             }),
         }
@@ -1437,7 +1440,10 @@ impl Harness {
                     quiet: false,
                     target,
                     method: format!("m{nonce}"),
-                    payload: Payload { data, caps },
+                    payload: Payload {
+                        data: data.into(),
+                        caps,
+                    },
                     question,
                 });
             }
@@ -1457,7 +1463,7 @@ impl Harness {
                         target,
                         method: format!("m{nonce}"),
                         payload: Payload {
-                            data: data_nonce(nonce),
+                            data: data_nonce(nonce).into(),
                             caps: Vec::new(),
                         },
                         question,

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
@@ -37,9 +37,35 @@ const READ_CHUNK: usize = 16 * 1024;
 const FIRST_READ: usize = 2 * 1024;
 /// Spare receive capacity below which the buffer grows before the next read.
 const MIN_READ: usize = 1024;
+/// How far ahead of the bytes received the buffer may grow for a frame that has begun:
+/// room for up to this many times the bytes it holds (see [`FrameReader::read`]).
+const GROWTH: usize = 8;
 /// Payload data of at least this many bytes is written from its own buffer rather than
-/// copied into the write buffer.
+/// copied into the write buffer; a received frame body of at least this many bytes is
+/// handed out as a view of the receive buffer rather than copied out of it.
 const DETACH: usize = 16 * 1024;
+
+/// A frame body taken from the receive buffer: borrowed for the call when small (its
+/// payload is copied, which costs less than sharing the buffer), shared when large
+/// (its payload can stay where it was received).
+pub(crate) enum FrameBody<'a> {
+    /// A body under [`DETACH`] bytes, valid for the call it is handed to.
+    Borrowed(&'a [u8]),
+    /// A body of at least [`DETACH`] bytes, split off the receive buffer: keeping a
+    /// view of it keeps that buffer's memory until the view is dropped.
+    Shared(Bytes),
+}
+
+#[cfg(test)]
+impl FrameBody<'_> {
+    /// The body's bytes, however it is held.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            FrameBody::Borrowed(b) => b,
+            FrameBody::Shared(b) => b,
+        }
+    }
+}
 
 /// A TLS stream split into a frame reader and a frame writer.
 ///
@@ -111,8 +137,15 @@ pub(crate) struct FrameReader {
 impl FrameReader {
     /// One read from the stream into the buffer, which first grows by [`READ_CHUNK`] if
     /// less than [`MIN_READ`] bytes of room are left (so the buffer only grows while
-    /// frames arrive faster than they are taken). Resolves to the bytes read; 0 means
-    /// the peer closed the stream.
+    /// frames arrive faster than they are taken), or, when a larger frame has begun, by
+    /// as much of the rest of that frame as [`GROWTH`] allows. Resolves to the bytes
+    /// read; 0 means the peer closed the stream.
+    ///
+    /// Room for all of a frame means each of its bytes is received once, into the place
+    /// its payload is then read from, instead of being copied along as the buffer
+    /// doubles. Sized by the frame's length prefix, that room is still only ever
+    /// [`GROWTH`] times the bytes the peer has sent: announcing a large frame reserves
+    /// nothing by itself.
     ///
     /// A reader with no buffer (new, or quiet: see
     /// [`Connection::shrink_idle_buffers`]) waits for bytes without one: they are read
@@ -125,8 +158,10 @@ impl FrameReader {
         if self.buf.capacity() == 0 {
             return Either::Left(std::future::poll_fn(move |cx| self.poll_first_read(cx)));
         }
-        if self.buf.capacity() - self.buf.len() < MIN_READ {
-            self.buf.reserve(READ_CHUNK);
+        let room = self.buf.capacity() - self.buf.len();
+        let rest = self.frame_rest().min(self.buf.len().saturating_mul(GROWTH));
+        if room < MIN_READ || room < rest {
+            self.buf.reserve(rest.max(READ_CHUNK));
         }
         Either::Right(self.rd.read_buf(&mut self.buf))
     }
@@ -145,6 +180,12 @@ impl FrameReader {
         Poll::Ready(Ok(bytes.len()))
     }
 
+    /// Bytes still to come of the frame at the front of the buffer (see
+    /// [`frame::missing`]).
+    fn frame_rest(&self) -> usize {
+        frame::missing(&self.buf, self.max_frame)
+    }
+
     /// Hands the body of the next complete frame in the buffer to `handle`, then drops
     /// the frame from the buffer. Returns whether there was one; `Ok(false)` means more
     /// bytes are needed.
@@ -153,10 +194,19 @@ impl FrameReader {
     ///
     /// [`DecodeError::FrameTooLarge`] as soon as a length prefix announces more than the
     /// limit, before its body has arrived. The connection cannot be read further.
-    pub(crate) fn next_frame(&mut self, handle: impl FnOnce(&[u8])) -> Result<bool, DecodeError> {
+    pub(crate) fn next_frame(
+        &mut self,
+        handle: impl FnOnce(FrameBody<'_>),
+    ) -> Result<bool, DecodeError> {
         match frame::next_frame(&self.buf, self.max_frame)? {
+            Some(span) if span.end - span.start >= DETACH => {
+                let mut body = self.buf.split_to(span.end).freeze();
+                body.advance(span.start);
+                handle(FrameBody::Shared(body));
+                Ok(true)
+            }
             Some(span) => {
-                handle(&self.buf[span.start..span.end]);
+                handle(FrameBody::Borrowed(&self.buf[span.start..span.end]));
                 self.buf.advance(span.end);
                 Ok(true)
             }
@@ -392,7 +442,11 @@ mod tests {
                 break;
             }
             assert!(conn.reader.read().await.unwrap() > 0);
-            while conn.reader.next_frame(|b| bodies.push(b.to_vec())).unwrap() {}
+            while conn
+                .reader
+                .next_frame(|b| bodies.push(b.as_slice().to_vec()))
+                .unwrap()
+            {}
         }
         assert_eq!(bodies, [vec![1; 10], vec![2; big]]);
         assert!(conn.reader.buf.capacity() > 0);
@@ -407,7 +461,11 @@ mod tests {
         peer.flush().await.unwrap();
         assert!(conn.reader.read().await.unwrap() > 0);
         let mut last = Vec::new();
-        assert!(conn.reader.next_frame(|b| last = b.to_vec()).unwrap());
+        assert!(
+            conn.reader
+                .next_frame(|b| last = b.as_slice().to_vec())
+                .unwrap()
+        );
         assert_eq!(last, [3; 5]);
         assert!(conn.reader.buf.capacity() <= FIRST_READ);
     }

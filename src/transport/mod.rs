@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use crate::error::TlsError;
 use crate::identity::{VatId, vat_id_of_certificate};
 
-pub(crate) use connection::Connection;
+pub(crate) use connection::{Connection, FrameBody};
 pub use tls::{
     ALPN, PinMismatch, PinnedServerVerifier, SelfSignedClientVerifier, client_config, server_config,
 };

@@ -8,6 +8,8 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
+use bytes::Bytes;
+
 /// How many buffers one vectored write hands to the connection at most.
 pub(crate) const MAX_SLICES: usize = 16;
 
@@ -15,7 +17,7 @@ pub(crate) const MAX_SLICES: usize = 16;
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     /// Buffers written before `tail`, in order (frame bytes and detached payloads).
-    sealed: VecDeque<Vec<u8>>,
+    sealed: VecDeque<Piece>,
     /// The buffer frames are appended to; written after `sealed`.
     tail: Vec<u8>,
     /// Bytes of the first unwritten buffer already written.
@@ -46,18 +48,18 @@ impl Outbox {
     /// without copying it: the tail's bytes from `at` on follow `data`.
     ///
     /// [`append`]: Outbox::append
-    pub(crate) fn insert_at(&mut self, at: usize, data: Vec<u8>) {
+    pub(crate) fn insert_at(&mut self, at: usize, data: Bytes) {
         let at = at.min(self.tail.len());
         let rest = self.tail.split_off(at);
         let before = std::mem::replace(&mut self.tail, rest);
         if !before.is_empty() {
-            self.sealed.push_back(before);
+            self.sealed.push_back(Piece::Frames(before));
         } else if self.sealed.is_empty() {
             // Nothing unwritten precedes the data: what was written of the tail is gone.
             self.pos = 0;
         }
         self.len += data.len();
-        self.sealed.push_back(data);
+        self.sealed.push_back(Piece::Data(data));
     }
 
     /// The unwritten buffers, the first from its unwritten part.
@@ -65,7 +67,7 @@ impl Outbox {
         let pos = self.pos;
         self.sealed
             .iter()
-            .map(Vec::as_slice)
+            .map(Piece::as_slice)
             .chain(std::iter::once(self.tail.as_slice()))
             .enumerate()
             .map(move |(i, c)| if i == 0 { &c[pos.min(c.len())..] } else { c })
@@ -87,7 +89,7 @@ impl Outbox {
                 self.pos += n;
                 break;
             };
-            let left = front.len() - self.pos;
+            let left = front.as_slice().len() - self.pos;
             if n < left {
                 self.pos += n;
                 break;
@@ -115,6 +117,23 @@ impl Outbox {
     }
 }
 
+/// One sealed buffer: frame bytes the tail held, or payload data written from the
+/// buffer it came in (shared, never copied here).
+#[derive(Debug)]
+enum Piece {
+    Frames(Vec<u8>),
+    Data(Bytes),
+}
+
+impl Piece {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Piece::Frames(bytes) => bytes,
+            Piece::Data(bytes) => bytes,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,7 +152,7 @@ mod tests {
             b.extend_from_slice(b"gh");
             at
         });
-        o.insert_at(at, b"EF".to_vec());
+        o.insert_at(at, Bytes::from_static(b"EF"));
         o.append(|b| b.extend_from_slice(b"ij"));
         assert_eq!(o.len(), 10);
         assert_eq!(unwritten(&o), b"abcdEFghij");
@@ -162,7 +181,7 @@ mod tests {
                 b.push(i);
                 b.len()
             });
-            o.insert_at(at, vec![i; 3]);
+            o.insert_at(at, Bytes::from(vec![i; 3]));
         }
         assert_eq!(o.slices().len(), MAX_SLICES);
         assert_eq!(o.len(), 40 * 4);

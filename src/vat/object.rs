@@ -10,6 +10,7 @@ use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -224,14 +225,14 @@ impl std::fmt::Debug for ObjectHandle {
 
 /// The arguments of a call: CBOR data, decoded on demand into the type the method wants.
 pub struct Args {
-    data: Vec<u8>,
+    data: Bytes,
     refs: Vec<Ref>,
     cbor: CborLimits,
     caller: Option<VatId>,
 }
 
 impl Args {
-    pub(crate) fn new(data: Vec<u8>, refs: Vec<Ref>, cbor: CborLimits) -> Args {
+    pub(crate) fn new(data: Bytes, refs: Vec<Ref>, cbor: CborLimits) -> Args {
         Args {
             data,
             refs,
@@ -280,6 +281,47 @@ impl Args {
                 e => Broken::bad_arguments(e),
             }
         })
+    }
+
+    /// The arguments as bytes, when they are one byte string (sent alone, as
+    /// `serde_bytes::ByteBuf` or `&serde_bytes::Bytes`, or as the only element of a
+    /// tuple), without copying them: the result shares the buffer the call arrived in.
+    /// The way to read bulk data; [`Args::decode`] into a `ByteBuf` copies it.
+    ///
+    /// Holding the result holds that buffer's memory: for a large call, the frame it
+    /// came in. Copy it out (`Vec::from`) to keep a small part for long.
+    ///
+    /// # Errors
+    ///
+    /// A [`Broken`] of kind [`crate::BrokenKind::BadArguments`] when the arguments are
+    /// anything else, or come with references.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use captp::{Args, Reply};
+    ///
+    /// // Answers with the length of the bytes it was sent.
+    /// let measure = |_method: &str, args: Args| match args.bytes() {
+    ///     Ok(data) => Reply::ok(data.len() as u64),
+    ///     Err(e) => Reply::err(e),
+    /// };
+    /// # fn takes(_: impl captp::Object) {}
+    /// # takes(measure);
+    /// ```
+    pub fn bytes(&self) -> Result<Bytes, Broken> {
+        if !self.refs.is_empty() {
+            return Err(Broken::bad_arguments(format_args!(
+                "{} reference(s) were sent where only bytes were expected",
+                self.refs.len()
+            )));
+        }
+        match crate::wire::byte_string_span(&self.data) {
+            Some(span) => Ok(self.data.slice(span)),
+            None => Err(Broken::bad_arguments(
+                "expected one byte string (alone, or as the only element of an array)",
+            )),
+        }
     }
 
     /// The references that came with the arguments, in capability-table order.

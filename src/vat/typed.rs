@@ -264,7 +264,7 @@ impl Broken {
                 "it encodes to {} bytes, more than the {MAX_ERROR_DATA} an error may carry",
                 p.data.len()
             ),
-            Ok(p) => return self.with_data_bytes(p.data),
+            Ok(p) => return self.with_data_bytes(Vec::from(p.data)),
             Err(e) => format!("it does not encode: {e}"),
         };
         tracing::debug!(reason = %left_out, "error data left out");

@@ -14,6 +14,8 @@
 //! calls a violation; it is stricter than the serde derives in a few places (no tags, no
 //! byte-string keys, no arrays in place of byte strings or field maps).
 
+use bytes::Bytes;
+
 use super::id::SwissNumber;
 use super::message::{
     CapDescriptor, Hello, Kind, Message, Payload, ReturnResult, Target, WireBroken,
@@ -228,12 +230,24 @@ type Shape = String;
 /// A cursor over one message body.
 struct Reader<'a> {
     bytes: &'a [u8],
+    /// The buffer `bytes` is, when the caller has it as [`Bytes`]: payload data is then
+    /// a view of it instead of a copy.
+    shared: Option<&'a Bytes>,
     pos: usize,
     /// Data items read so far (every head is one), for the item limit.
     items: usize,
 }
 
 impl<'a> Reader<'a> {
+    /// `part` of the body (a slice [`Reader::take`] gave out) as owned bytes: a view of
+    /// the shared buffer without copying, or a copy when there is none.
+    fn owned(&self, part: &'a [u8]) -> Bytes {
+        match self.shared {
+            Some(body) => body.slice_ref(part),
+            None => Bytes::copy_from_slice(part),
+        }
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], Shape> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
         let end = end.ok_or_else(|| format!("truncated at byte {}", self.pos))?;
@@ -389,7 +403,8 @@ fn read_payload(r: &mut Reader<'_>) -> Result<Payload, Shape> {
     let mut p = Payload::default();
     let seen = r.fields("payload", &NAMES, |r, i| {
         if i == 0 {
-            p.data = r.bytes("payload data")?.to_vec();
+            let data = r.bytes("payload data")?;
+            p.data = r.owned(data);
         } else {
             let n = r.len(ARRAY, "caps")?;
             // Each descriptor takes at least 3 bytes: never reserve past the input.
@@ -466,13 +481,16 @@ fn uints<const N: usize>(
 pub(super) const MESSAGE_DEPTH: usize = 6;
 
 /// Decodes one message body; returns it with the number of data items it holds.
+/// Payload data is copied out of `body`, or, when `shared` is the buffer `body` is, a
+/// view of it.
 ///
 /// Success means the body is a well-formed message of at most [`MESSAGE_DEPTH`] levels
 /// with definite lengths, valid UTF-8 text and no trailing bytes: everything the bounded
 /// check verifies, except the item limit, which the caller compares with the count.
-pub(super) fn decode(body: &[u8]) -> Result<(Message, usize), Shape> {
+pub(super) fn decode(body: &[u8], shared: Option<&Bytes>) -> Result<(Message, usize), Shape> {
     let mut r = Reader {
         bytes: body,
+        shared,
         pos: 0,
         items: 0,
     };

@@ -48,6 +48,21 @@ pub fn next_frame(buf: &[u8], max_frame: usize) -> Result<Option<FrameSpan>, Dec
     }))
 }
 
+/// Bytes of the frame at the front of `buf` that have not arrived yet: 0 when the frame
+/// is complete, when its length prefix is not all in, or when the prefix announces more
+/// than `max_frame` (which [`next_frame`] refuses). What a reader may make room for
+/// ahead of the bytes; it is only announced, so the reader bounds it by what arrived.
+pub fn missing(buf: &[u8], max_frame: usize) -> usize {
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        return 0;
+    };
+    let len = u32::from_be_bytes(*header);
+    if u64::from(len) > max_frame as u64 {
+        return 0;
+    }
+    (HEADER_LEN + len as usize).saturating_sub(buf.len())
+}
+
 /// Reserves a length prefix at the end of `out`; returns its position for [`finish`].
 pub fn begin(out: &mut Vec<u8>) -> usize {
     let at = out.len();
@@ -100,6 +115,21 @@ mod tests {
         assert!(next_frame(&over, 1 << 20).is_err());
         let at = (1u32 << 20).to_be_bytes();
         assert_eq!(next_frame(&at, 1 << 20), Ok(None));
+    }
+
+    #[test]
+    fn missing_counts_what_the_frame_still_needs() {
+        assert_eq!(missing(&[], 100), 0);
+        assert_eq!(missing(&[0, 0, 0], 100), 0);
+        assert_eq!(missing(&[0, 0, 0, 5], 100), 5);
+        assert_eq!(missing(&[0, 0, 0, 5, 1, 2], 100), 3);
+        assert_eq!(missing(&[0, 0, 0, 2, 1, 2], 100), 0);
+        // A complete frame with the next one behind it: nothing missing.
+        assert_eq!(missing(&[0, 0, 0, 1, 1, 0, 0], 100), 0);
+        // Over the limit: nothing to make room for (the frame is refused).
+        assert_eq!(missing(&[0, 0, 0, 101], 100), 0);
+        assert_eq!(missing(&[0, 0, 0, 100], 100), 100);
+        assert_eq!(missing(&[0xff; 4], usize::MAX), u32::MAX as usize);
     }
 
     #[test]

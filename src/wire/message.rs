@@ -11,6 +11,7 @@
 //! builds they also derive serde, as an independent statement of the same layout: the
 //! codec's tests compare the two. Nothing outside tests may rely on those derives.
 
+use bytes::Bytes;
 #[cfg(test)]
 use serde::{Deserialize, Serialize};
 
@@ -235,9 +236,11 @@ pub enum Target {
 #[cfg_attr(test, serde(deny_unknown_fields))]
 pub struct Payload {
     /// One CBOR data item, carried as a byte string. A reference inside it is the tag
-    /// [`super::CAP_TAG`] holding an index into `caps`.
-    #[cfg_attr(test, serde(with = "serde_bytes"))]
-    pub data: Vec<u8>,
+    /// [`super::CAP_TAG`] holding an index into `caps`. Shared, not copied: decoded
+    /// with [`Message::decode_shared`], it is a view of the received frame, and on the
+    /// way out a large one is written from this buffer.
+    #[cfg_attr(test, serde(with = "shared_bytes"))]
+    pub data: Bytes,
     /// The capability table; absent when empty.
     #[cfg_attr(test, serde(default, skip_serializing_if = "Vec::is_empty"))]
     pub caps: Vec<CapDescriptor>,
@@ -382,36 +385,56 @@ impl Message {
 
     /// The payload data this message carries (`deliver`, and `return` or `resolve`
     /// with a result), if any.
-    pub fn payload_data(&self) -> Option<&Vec<u8>> {
+    pub fn payload_data(&self) -> Option<&Bytes> {
         carried_payload!(self).map(|payload| &payload.data)
     }
 
     /// The payload data this message carries, to take it out after
     /// [`Message::encode_frame_detached`].
-    pub fn payload_data_mut(&mut self) -> Option<&mut Vec<u8>> {
+    pub fn payload_data_mut(&mut self) -> Option<&mut Bytes> {
         carried_payload!(self).map(|payload| &mut payload.data)
     }
 
-    /// Decodes one message body (a frame without its length prefix).
+    /// Decodes one message body (a frame without its length prefix). Payload data is
+    /// copied out of `body`; [`Message::decode_shared`] avoids the copy.
     ///
     /// # Errors
     ///
     /// [`DecodeError::Cbor`] when the bytes fail the bounded check; [`DecodeError::Schema`]
     /// for an unknown message kind or a wrong shape.
     pub fn decode(body: &[u8], limits: &CborLimits) -> Result<Message, DecodeError> {
+        Message::decode_from(body, None, limits)
+    }
+
+    /// [`Message::decode`] of a body held as [`Bytes`]: payload data is a view of
+    /// `body` rather than a copy, and keeps the body's buffer alive while it lives.
+    /// Worth it for a large frame; for a small one a copy costs less than sharing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Message::decode`].
+    pub fn decode_shared(body: &Bytes, limits: &CborLimits) -> Result<Message, DecodeError> {
+        Message::decode_from(body, Some(body), limits)
+    }
+
+    fn decode_from(
+        body: &[u8],
+        shared: Option<&Bytes>,
+        limits: &CborLimits,
+    ) -> Result<Message, DecodeError> {
         use super::codec;
         // One pass for the usual case: a body that decodes is one the bounded check
         // accepts, once its item count is within the limit. Anything else goes through
         // the bounded check first, so that bad CBOR gets the check's own error.
         if limits.max_depth >= codec::MESSAGE_DEPTH {
-            if let Ok((msg, items)) = codec::decode(body) {
+            if let Ok((msg, items)) = codec::decode(body, shared) {
                 if items <= limits.max_items {
                     return Ok(msg);
                 }
             }
         }
         super::scan::check(body, limits)?;
-        match codec::decode(body) {
+        match codec::decode(body, shared) {
             Ok((msg, _)) => Ok(msg),
             Err(s) => Err(DecodeError::Schema(format!("not a captp message: {s}"))),
         }
@@ -511,6 +534,23 @@ impl Kind {
     }
 }
 
+/// Serde for payload data as a CBOR byte string (the test-only derives).
+#[cfg(test)]
+mod shared_bytes {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(data)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        Ok(Bytes::from(
+            serde_bytes::ByteBuf::deserialize(d)?.into_vec(),
+        ))
+    }
+}
+
 /// Serde for a swiss number as a 32-byte CBOR byte string (the test-only derives).
 #[cfg(test)]
 mod swiss_bytes {
@@ -564,7 +604,7 @@ mod tests {
     #[test]
     fn every_message_round_trips() {
         let payload = Payload {
-            data: crate::wire::encode_value(&("foot", 3u8)).unwrap(),
+            data: crate::wire::encode_value(&("foot", 3u8)).unwrap().into(),
             caps: vec![
                 CapDescriptor::SenderHosted(4),
                 CapDescriptor::ReceiverHosted(9),
@@ -627,7 +667,7 @@ mod tests {
         let mut msg = Message::Return {
             question: 7,
             result: ReturnResult::Ok(Payload {
-                data: (0..=255).collect(),
+                data: (0..=255).collect::<Vec<u8>>().into(),
                 caps: vec![CapDescriptor::SenderHosted(1)],
             }),
         };
@@ -645,6 +685,33 @@ mod tests {
         // Below the threshold nothing is detached.
         let mut small = Vec::new();
         assert_eq!(msg.encode_frame_detached(&mut small, 1024), None);
+    }
+
+    #[test]
+    fn shared_decoding_keeps_payload_data_in_the_body() {
+        let msg = Message::Deliver {
+            quiet: false,
+            target: Target::Export(1),
+            method: "put".into(),
+            payload: Payload {
+                data: crate::wire::encode_value(&serde_bytes::Bytes::new(&[7; 300]))
+                    .unwrap()
+                    .into(),
+                caps: Vec::new(),
+            },
+            question: Some(1),
+        };
+        let mut out = Vec::new();
+        msg.encode_frame(&mut out).unwrap();
+        let body = Bytes::from(out).slice(4..);
+        let shared = Message::decode_shared(&body, &CborLimits::default()).unwrap();
+        let copied = Message::decode(&body, &CborLimits::default()).unwrap();
+        assert_eq!(shared, msg);
+        assert_eq!(copied, msg);
+        let within = body.as_ptr_range();
+        let data = shared.payload_data().unwrap();
+        assert!(within.contains(&data.as_ptr()), "a view of the body");
+        assert!(!within.contains(&copied.payload_data().unwrap().as_ptr()));
     }
 
     #[test]

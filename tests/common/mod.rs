@@ -193,6 +193,11 @@ impl Object for TestObject {
             "echo" => with(&args, |(s,): (Sample,)| Ok(s)),
             "echo_str" => with(&args, |(s,): (String,)| Ok(s)),
             "echo_bytes" => with(&args, |(b,): (ByteBuf,)| Ok(b)),
+            // Bulk data read without a copy (`Args::bytes`), echoed back.
+            "echo_raw" => match args.bytes() {
+                Ok(b) => Reply::ok(serde_bytes::Bytes::new(&b)),
+                Err(e) => Reply::err(e),
+            },
             "echo_opt" => with(&args, |(o,): (Option<i64>,)| Ok(o)),
             "echo_tuple" => with(&args, |(t,): ((i8, String, bool, f32),)| Ok(t)),
             "echo_list" => with(&args, |(v,): (Vec<Option<u64>>,)| Ok(v)),
@@ -491,7 +496,7 @@ pub(crate) fn cbor<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 /// A payload of plain data.
 pub(crate) fn data_payload<T: Serialize + ?Sized>(value: &T) -> Payload {
     Payload {
-        data: cbor(value),
+        data: cbor(value).into(),
         caps: Vec::new(),
     }
 }

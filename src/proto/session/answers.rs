@@ -15,6 +15,8 @@
 //! both sides.
 
 use std::collections::hash_map::Entry;
+
+use bytes::Bytes;
 use std::hash::Hash;
 
 use super::imports::PayloadOrigin;
@@ -453,7 +455,7 @@ fn quiet_return(id: AnswerId) -> Message {
     Message::Return {
         question: id.0,
         result: ReturnResult::Ok(Payload {
-            data: NULL_DATA.to_vec(),
+            data: Bytes::from_static(&NULL_DATA),
             caps: Vec::new(),
         }),
     }

@@ -44,6 +44,8 @@ pub use types::{
 };
 pub use violation::Violation;
 
+use bytes::Bytes;
+
 use super::{AnswerId, ExportId, ImportId, QuestionId};
 use crate::broken::Broken;
 use crate::limits::Limits;
@@ -184,7 +186,7 @@ impl<O: Clone> Resolution<O> {
     fn of_incoming(result: &Result<InPayload<O>, Broken>) -> Resolution<O> {
         match result {
             Err(b) => Resolution::Broken(b.clone()),
-            Ok(p) if p.caps.len() == 1 && p.data == SINGLE_CAP_DATA => match &p.caps[0] {
+            Ok(p) if p.caps.len() == 1 && p.data[..] == SINGLE_CAP_DATA => match &p.caps[0] {
                 InCap::Import(i) | InCap::Promise(i) => Resolution::Import(*i),
                 InCap::Local(o) => Resolution::Local(o.clone()),
             },
@@ -194,7 +196,7 @@ impl<O: Clone> Resolution<O> {
 
     /// What a result this side gives resolves a promise to.
     fn of_outgoing(payload: &OutPayload<O>) -> Resolution<O> {
-        if payload.caps.len() == 1 && payload.data == SINGLE_CAP_DATA {
+        if payload.caps.len() == 1 && payload.data[..] == SINGLE_CAP_DATA {
             match &payload.caps[0] {
                 OutCap::Local(o) | OutCap::Promise(o) => Resolution::Local(o.clone()),
                 OutCap::Import(i) => Resolution::Import(*i),
@@ -309,11 +311,25 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     // ---- peer input ----
 
     /// Decodes and handles one frame body from the peer. A bad frame is a violation.
+    /// Payload data is copied out of `body`.
     pub fn handle_frame(&mut self, body: &[u8]) {
         if self.is_closed() {
             return;
         }
-        match Message::decode(body, &self.cbor) {
+        self.handle_decoded(Message::decode(body, &self.cbor));
+    }
+
+    /// [`Session::handle_frame`] for a body held as [`Bytes`]: payload data is a view
+    /// of `body`, not a copy (what a large frame is worth).
+    pub fn handle_shared_frame(&mut self, body: &Bytes) {
+        if self.is_closed() {
+            return;
+        }
+        self.handle_decoded(Message::decode_shared(body, &self.cbor));
+    }
+
+    fn handle_decoded(&mut self, decoded: Result<Message, DecodeError>) {
+        match decoded {
             Ok(msg) => {
                 // The kind only: never payload bytes, which may hold a swiss number.
                 tracing::trace!(kind = msg.kind(), "message in");
@@ -553,7 +569,7 @@ mod tests {
                 target: LocalTarget::Answer(QuestionId(q)),
                 method: "take".to_owned(),
                 payload: OutPayload {
-                    data: SINGLE_CAP_DATA.to_vec(),
+                    data: Bytes::from_static(&SINGLE_CAP_DATA),
                     caps: vec![OutCap::Local(40 - n as u32)],
                 },
                 question: Some(QuestionId(100 + q)),

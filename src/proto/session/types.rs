@@ -7,6 +7,8 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 #[cfg(doc)]
 use super::Session;
 use super::Violation;
@@ -69,8 +71,9 @@ pub enum OutCap<O> {
 /// Data plus references, on its way to the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutPayload<O> {
-    /// One CBOR item.
-    pub data: Vec<u8>,
+    /// One CBOR item. A large one is written to the connection from this buffer,
+    /// not copied.
+    pub data: Bytes,
     /// The references the data's capability tags index.
     pub caps: Vec<OutCap<O>>,
 }
@@ -79,15 +82,15 @@ impl<O> OutPayload<O> {
     /// A payload that is exactly one reference.
     pub fn single_cap(cap: OutCap<O>) -> OutPayload<O> {
         OutPayload {
-            data: SINGLE_CAP_DATA.to_vec(),
+            data: Bytes::from_static(&SINGLE_CAP_DATA),
             caps: vec![cap],
         }
     }
 
     /// A payload of plain data.
-    pub fn data(data: Vec<u8>) -> OutPayload<O> {
+    pub fn data(data: impl Into<Bytes>) -> OutPayload<O> {
         OutPayload {
-            data,
+            data: data.into(),
             caps: Vec::new(),
         }
     }
@@ -111,7 +114,8 @@ pub enum InCap<O> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InPayload<O> {
     /// One CBOR item, not yet checked or decoded (the runtime decodes it with limits).
-    pub data: Vec<u8>,
+    /// From a large frame, a view of the received frame rather than a copy.
+    pub data: Bytes,
     /// The references the data's capability tags index.
     pub caps: Vec<InCap<O>>,
 }

@@ -252,7 +252,7 @@ fn data_over_the_peers_cbor_limits_breaks_with_too_large() {
     let mut pair = Pair::with_limits(Limits::default(), lb);
     let obj = pair.a_imports_b_obj(1);
     // Arrays nested `depth` deep around a 0; an array of `items - 1` zeros.
-    let nested = |depth: usize| [vec![0x81; depth], vec![0x00]].concat();
+    let nested = |depth: usize| Bytes::from([vec![0x81; depth], vec![0x00]].concat());
     let zeros = |items: usize| data(&vec![0u8; items - 1]);
     let cases = [
         (nested(MIN_DEPTH), true),

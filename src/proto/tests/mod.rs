@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -115,15 +116,15 @@ fn swiss(n: u8) -> SwissNumber {
     SwissNumber::from_bytes([n; 32])
 }
 
-fn data<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    wire::encode_value(value).unwrap()
+fn data<T: Serialize + ?Sized>(value: &T) -> Bytes {
+    wire::encode_value(value).unwrap().into()
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> T {
     wire::decode_value(bytes, &CborLimits::default()).unwrap()
 }
 
-fn in_data(bytes: Vec<u8>) -> InPayload<u32> {
+fn in_data(bytes: Bytes) -> InPayload<u32> {
     InPayload {
         data: bytes,
         caps: Vec::new(),
@@ -132,14 +133,14 @@ fn in_data(bytes: Vec<u8>) -> InPayload<u32> {
 
 fn in_single(cap: InCap<u32>) -> InPayload<u32> {
     InPayload {
-        data: SINGLE_CAP_DATA.to_vec(),
+        data: Bytes::from_static(&SINGLE_CAP_DATA),
         caps: vec![cap],
     }
 }
 
 fn wire_single(desc: CapDescriptor) -> Payload {
     Payload {
-        data: SINGLE_CAP_DATA.to_vec(),
+        data: Bytes::from_static(&SINGLE_CAP_DATA),
         caps: vec![desc],
     }
 }

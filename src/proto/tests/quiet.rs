@@ -99,7 +99,7 @@ fn finishing_a_settled_quiet_answer_returns_null_and_frees_it() {
         [Message::Return {
             question: 2,
             result: ReturnResult::Ok(Payload {
-                data: crate::wire::NULL_DATA.to_vec(),
+                data: Bytes::from_static(&crate::wire::NULL_DATA),
                 caps: Vec::new(),
             }),
         }],
@@ -193,7 +193,7 @@ fn want_return_after_finish_is_a_violation() {
     pair.b.collect_events();
     assert_eq!(
         pair.b.take_events(),
-        [delivered(B_OBJ, "x", in_data(Vec::new()), Some(2))]
+        [delivered(B_OBJ, "x", in_data(Bytes::new()), Some(2))]
     );
     pair.b
         .session

@@ -40,7 +40,7 @@ use crate::proto::{
     AnswerId, CloseReason, Event, ImportId, InCap, InPayload, LocalTarget, OutCap, OutPayload,
     SHUTDOWN_REASON, Session,
 };
-use crate::transport::{self, Connection, TlsStream, TransportError};
+use crate::transport::{self, Connection, FrameBody, TlsStream, TransportError};
 use crate::wire::{CborLimits, Message};
 
 mod trace;
@@ -501,7 +501,11 @@ impl Driver {
                 return;
             }
             let core = &mut self.core;
-            match self.conn.reader.next_frame(|body| core.handle_frame(body)) {
+            let handled = self.conn.reader.next_frame(|body| match body {
+                FrameBody::Borrowed(body) => core.handle_frame(body),
+                FrameBody::Shared(body) => core.handle_shared_frame(&body),
+            });
+            match handled {
                 Ok(true) => {
                     // Answer what can be answered at once (a fetch, a synchronous method)
                     // before the next frame, so calls pipelined behind it in the same read

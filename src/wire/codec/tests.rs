@@ -24,7 +24,10 @@ fn payload() -> impl Strategy<Value = Payload> {
         proptest::collection::vec(any::<u8>(), 0..300),
         proptest::collection::vec(descriptor(), 0..4),
     )
-        .prop_map(|(data, caps)| Payload { data, caps })
+        .prop_map(|(data, caps)| Payload {
+            data: data.into(),
+            caps,
+        })
 }
 
 fn result() -> impl Strategy<Value = ReturnResult> {
@@ -88,8 +91,16 @@ proptest! {
         let mut ours = Vec::new();
         prop_assert_eq!(encode(&msg, &mut ours, usize::MAX), None);
         prop_assert_eq!(&ours, &serde_bytes_of(&msg));
-        let items = decode(&ours).map(|(m, _)| m);
-        prop_assert_eq!(items, Ok(msg));
+        let items = decode(&ours, None).map(|(m, _)| m);
+        prop_assert_eq!(items, Ok(msg.clone()));
+        // Decoded from a shared buffer, the same message, its data a view of the buffer.
+        let shared = bytes::Bytes::from(ours);
+        let (back, _) = decode(&shared, Some(&shared)).unwrap();
+        if let Some(data) = back.payload_data().filter(|d| !d.is_empty()) {
+            let within = shared.as_ptr_range();
+            prop_assert!(within.contains(&data.as_ptr()));
+        }
+        prop_assert_eq!(back, msg);
     }
 
     /// On damaged encodings, the decoder accepts only what the serde derives accept,
@@ -104,7 +115,7 @@ proptest! {
             body[i] = byte;
         }
         let scanned = crate::wire::scan::check(&body, &CborLimits::DEFAULT).is_ok();
-        if let (true, Ok((ours, _))) = (scanned, decode(&body)) {
+        if let (true, Ok((ours, _))) = (scanned, decode(&body, None)) {
             let theirs: Message = ciborium::from_reader(&body[..]).unwrap();
             prop_assert_eq!(ours, theirs);
         }
@@ -119,14 +130,14 @@ fn the_one_pass_decode_keeps_the_bounded_checks_errors() {
         target: Target::Answer(3),
         method: "m".into(),
         payload: Payload {
-            data: vec![0xf6],
+            data: bytes::Bytes::from_static(&[0xf6]),
             caps: vec![CapDescriptor::SenderHosted(1); 4],
         },
         question: Some(9),
     };
     let mut body = Vec::new();
     encode(&msg, &mut body, usize::MAX);
-    let (_, items) = decode(&body).unwrap();
+    let (_, items) = decode(&body, None).unwrap();
     // Every head counts, keys included: 3 for the envelope, 4 for the target, 2 for
     // the method, 6 plus 3 per descriptor for the payload, 2 for the question.
     assert_eq!(items, 29);
@@ -177,26 +188,39 @@ fn field_order_is_free_and_duplicates_unknowns_and_missing_are_refused() {
     let release =
         |fields: Vec<(Value, Value)>| enc(Value::Map(vec![(t("release"), Value::Map(fields))]));
     assert_eq!(
-        decode(&release(vec![(t("count"), u(2)), (t("export"), u(5))])).map(|(m, _)| m),
+        decode(
+            &release(vec![(t("count"), u(2)), (t("export"), u(5))]),
+            None
+        )
+        .map(|(m, _)| m),
         Ok(Message::Release {
             export: 5,
             count: 2
         })
     );
-    let dup = decode(&release(vec![(t("export"), u(5)), (t("export"), u(5))]));
+    let dup = decode(
+        &release(vec![(t("export"), u(5)), (t("export"), u(5))]),
+        None,
+    );
     assert!(dup.unwrap_err().contains("duplicate field `export`"));
-    let unknown = decode(&release(vec![
-        (t("export"), u(5)),
-        (t("count"), u(2)),
-        (t("extra"), u(0)),
-    ]));
+    let unknown = decode(
+        &release(vec![
+            (t("export"), u(5)),
+            (t("count"), u(2)),
+            (t("extra"), u(0)),
+        ]),
+        None,
+    );
     assert!(unknown.unwrap_err().contains("unknown field `extra`"));
-    let missing = decode(&release(vec![(t("export"), u(5))]));
+    let missing = decode(&release(vec![(t("export"), u(5))]), None);
     assert!(missing.unwrap_err().contains("missing field `count`"));
-    let tagged = decode(&release(vec![
-        (t("export"), Value::Tag(2, Box::new(u(5)))),
-        (t("count"), u(2)),
-    ]));
+    let tagged = decode(
+        &release(vec![
+            (t("export"), Value::Tag(2, Box::new(u(5)))),
+            (t("count"), u(2)),
+        ]),
+        None,
+    );
     assert!(tagged.unwrap_err().contains("found a tag"));
 }
 
@@ -231,7 +255,7 @@ fn error_data_is_an_optional_byte_string() {
     .concat();
     assert!(body.ends_with(&err), "{body:02x?}");
     assert_eq!(
-        decode(&body).map(|(m, _)| m),
+        decode(&body, None).map(|(m, _)| m),
         Ok(with(Some(vec![0x18, 0x64])))
     );
     // Without data the error is the version 1 form, two fields.
@@ -239,7 +263,7 @@ fn error_data_is_an_optional_byte_string() {
     encode(&with(None), &mut body, usize::MAX);
     assert!(body.windows(4).any(|w| w == [0x63, b'e', b'r', b'r']));
     assert!(!body.windows(4).any(|w| w == *b"data"));
-    assert_eq!(decode(&body).map(|(m, _)| m), Ok(with(None)));
+    assert_eq!(decode(&body, None).map(|(m, _)| m), Ok(with(None)));
     // `data` must be a byte string, and `kind` and `message` stay required.
     use ciborium::Value;
     let t = |s: &str| Value::Text(s.into());
@@ -256,7 +280,7 @@ fn error_data_is_an_optional_byte_string() {
         )]);
         let mut out = Vec::new();
         ciborium::into_writer(&v, &mut out).unwrap();
-        decode(&out)
+        decode(&out, None)
     };
     let array = err_of(vec![
         (t("kind"), t("failed")),

@@ -9,6 +9,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use bytes::Bytes;
+
 use crate::proto::{AnswerId, InCap, OutCap, OutPayload};
 use crate::wire::{CapDescriptor, Message, ReturnResult, SINGLE_CAP_DATA, Target as WireTarget};
 
@@ -32,13 +34,13 @@ pub(super) struct Wire {
     /// The references of payloads handed to a session, until the frame carrying them
     /// shows under which descriptors they went: calls by tag, answers by id, settlements
     /// by promise.
-    call_caps: HashMap<(usize, Vec<u8>), Vec<OutCap<u32>>>,
+    call_caps: HashMap<(usize, Bytes), Vec<OutCap<u32>>>,
     answer_caps: HashMap<(usize, AnswerId), Vec<OutCap<u32>>>,
     resolve_caps: HashMap<(usize, u32), Vec<OutCap<u32>>>,
     /// What each answer resolved to, when it was one reference.
     answered_with: HashMap<(usize, AnswerId), OutCap<u32>>,
     /// Calls on the wire, by receiving session and tag, not yet delivered.
-    in_flight: HashMap<(usize, Vec<u8>), VecDeque<Bound>>,
+    in_flight: HashMap<(usize, Bytes), VecDeque<Bound>>,
     /// Quiet questions whose result was not asked for, by answering session: their
     /// `return`, if its result carries nothing, is the one for a finished quiet
     /// question (`null`), and the answer's references never went out.
@@ -49,7 +51,8 @@ impl Wire {
     /// Session `s` was handed a call tagged `tag` carrying `caps`.
     pub(super) fn call(&mut self, s: usize, tag: &[u8], caps: &[OutCap<u32>]) {
         if !caps.is_empty() {
-            self.call_caps.insert((s, tag.to_vec()), caps.to_vec());
+            self.call_caps
+                .insert((s, Bytes::copy_from_slice(tag)), caps.to_vec());
         }
     }
 
@@ -60,7 +63,7 @@ impl Wire {
             self.answer_caps.insert((s, a), result.caps.clone());
         }
         if let [cap] = &result.caps[..] {
-            if result.data == SINGLE_CAP_DATA {
+            if result.data[..] == SINGLE_CAP_DATA {
                 self.answered_with.insert((s, a), cap.clone());
             }
         }
@@ -174,7 +177,7 @@ impl Wire {
     pub(super) fn delivered(&mut self, s: usize, target: &InCap<u32>, tag: &[u8]) {
         let bound = self
             .in_flight
-            .get_mut(&(s, tag.to_vec()))
+            .get_mut(&(s, Bytes::copy_from_slice(tag)))
             .and_then(VecDeque::pop_front)
             .unwrap_or_else(|| panic!("session {s} delivered a call it never received"));
         match bound {
@@ -202,7 +205,7 @@ impl Wire {
                 "session {s}: the peer still holds {held:?}"
             );
         }
-        let lost: Vec<&(usize, Vec<u8>)> = self
+        let lost: Vec<&(usize, Bytes)> = self
             .in_flight
             .iter()
             .filter(|(_, bound)| bound.iter().any(|b| matches!(b, Bound::Object(_))))

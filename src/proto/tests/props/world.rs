@@ -19,6 +19,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use bytes::Bytes;
+
 use super::super::{CborLimits, Message, S, new_session, swiss};
 use super::Op;
 use super::wire::Wire;
@@ -87,7 +89,7 @@ enum Obj {
     /// A local promise: buffers calls until it settles, then forwards them.
     Promise {
         exported: BTreeSet<usize>,
-        pending: Vec<(Vec<u8>, Reply)>,
+        pending: Vec<(Bytes, Reply)>,
         settled: Option<Settled>,
     },
 }
@@ -349,7 +351,7 @@ impl World {
     /// The data of the next call on reference `target` of session `s`, by `vat`: the
     /// vat, the reference's key and the call's sequence number on it, for the E-order
     /// check where the call is delivered; and that sequence number. Unique per call.
-    fn tag(&mut self, vat: usize, s: usize, target: Target) -> (Vec<u8>, u32) {
+    fn tag(&mut self, vat: usize, s: usize, target: Target) -> (Bytes, u32) {
         let fresh = self.next_ref_key + 1;
         let (key, seq) = self.ref_keys.entry((s, target)).or_insert((fresh, 0));
         if *key == fresh {
@@ -360,7 +362,7 @@ impl World {
         let mut tag = vec![u8::try_from(vat).unwrap()];
         tag.extend_from_slice(&key.to_be_bytes());
         tag.extend_from_slice(&this.to_be_bytes());
-        (tag, this)
+        (tag.into(), this)
     }
 
     fn send(&mut self, idx: usize, mode: u8, cap: u8) {
@@ -580,7 +582,7 @@ impl World {
     // ---- the runtime ----
 
     /// A call reaches local object `o` (its references came through session `s`).
-    fn deliver(&mut self, o: u32, s: usize, data: Vec<u8>, caps: Vec<InCap<u32>>, reply: Reply) {
+    fn deliver(&mut self, o: u32, s: usize, data: Bytes, caps: Vec<InCap<u32>>, reply: Reply) {
         enum Kind {
             Real,
             Proxy(usize, ImportId),
@@ -640,7 +642,7 @@ impl World {
     }
 
     /// Sends a call on through import `i` of session `s`.
-    fn forward(&mut self, s: usize, i: ImportId, data: Vec<u8>, reply: Reply) {
+    fn forward(&mut self, s: usize, i: ImportId, data: Bytes, reply: Reply) {
         let (question, resolver) = match reply {
             Reply::None => (None, None),
             Reply::Answer(..) => {
