@@ -1263,6 +1263,7 @@ impl Harness {
             target: key,
             method: format!("m{nonce}"),
             payload: OutPayload {
+                shape: None,
                 data: data.into(),
                 caps,
             },
@@ -1299,6 +1300,7 @@ impl Harness {
             How::DataWithCaps(caps) => {
                 let (caps, _) = self.local_caps(&caps);
                 Ok(OutPayload {
+                    shape: None,
                     data: data_nonce(1).into(),
                     caps,
                 })

@@ -16,6 +16,7 @@ use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::reference::Ref;
+use crate::wire::scan::Shape;
 use crate::wire::{self, CAP_TAG, CborLimits, DecodeError, References, scan};
 
 /// Data plus the references its capability tags index, as the runtime carries it.
@@ -24,6 +25,9 @@ use crate::wire::{self, CAP_TAG, CborLimits, DecodeError, References, scan};
 pub(crate) struct RefPayload {
     pub(crate) data: Bytes,
     pub(crate) refs: Vec<Ref>,
+    /// The data's depth and item count, when this vat encoded it (see
+    /// [`OutPayload::shape`](crate::proto::OutPayload::shape)).
+    pub(crate) shape: Option<Shape>,
 }
 
 impl RefPayload {
@@ -32,6 +36,7 @@ impl RefPayload {
         RefPayload {
             data: Bytes::from_static(&crate::wire::SINGLE_CAP_DATA),
             refs: vec![r],
+            shape: Some(crate::wire::SINGLE_CAP_SHAPE),
         }
     }
 
@@ -56,13 +61,6 @@ thread_local! {
     static DECODING: RefCell<Option<Decoding>> = const { RefCell::new(None) };
 }
 
-/// No bound on our own encoder's output when checking its references: limits are the
-/// receiver's, checked where a payload leaves for a session.
-const UNBOUNDED: CborLimits = CborLimits {
-    max_depth: usize::MAX,
-    max_items: usize::MAX,
-};
-
 /// Encodes `value`, collecting the references in it into the capability table.
 ///
 /// Every reference tag in the result must be one this encoding wrote from a `Ref`: a
@@ -74,13 +72,19 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<RefPayload, Str
     let data = encode_data(value);
     let refs = ENCODING.with(|t| t.replace(outer)).unwrap_or_default();
     let data = data?;
-    scan::check_data(&data, &UNBOUNDED, References::Canonical(refs.len())).map_err(|e| {
+    // One walk: the tags are the ones written, and the shape is kept for the limits
+    // this data meets on its way out.
+    let shape = scan::measure_data(&data, References::Canonical(refs.len())).map_err(|e| {
         format!(
             "{e}; the value holds a reference tag (25441) that was not written from a live \
              reference (a reference cannot be kept as plain data: keep the Ref itself)"
         )
     })?;
-    Ok(RefPayload { data, refs })
+    Ok(RefPayload {
+        data,
+        refs,
+        shape: Some(shape),
+    })
 }
 
 /// Encoded data up to this many bytes is copied out of the thread's encoding buffer;

@@ -168,6 +168,7 @@ pub(crate) fn forward(target: &Ref, method: &str, args: Args) -> ReplyInner {
     let payload = RefPayload {
         data: args.data,
         refs: args.refs,
+        shape: None,
     };
     let mut asked = match target.forward(method.to_owned(), payload, Some(Resolver::Once(tx))) {
         Ok(asked) => CancelOnDrop::new(asked),
@@ -188,6 +189,7 @@ pub(crate) fn forward_one_way(target: &Ref, method: &str, args: Args) -> ReplyIn
     let payload = RefPayload {
         data: args.data,
         refs: args.refs,
+        shape: None,
     };
     let sent = target.forward(method.to_owned(), payload, None);
     ReplyInner::Ready(sent.map(|_| RefPayload::default()))

@@ -478,6 +478,7 @@ impl Ref {
                             payload: OutPayload {
                                 data: payload.data,
                                 caps,
+                                shape: payload.shape,
                             },
                             question,
                             resolver,
@@ -533,6 +534,7 @@ impl Ref {
                     payload: OutPayload {
                         data: payload.data,
                         caps,
+                        shape: payload.shape,
                     },
                     question: Some(q),
                     resolver: Some(Resolver::Watch(tx)),

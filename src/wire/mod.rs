@@ -67,6 +67,10 @@ pub const MIN_ITEMS: usize = 256;
 /// pipelined on it go to the referenced object.
 pub const SINGLE_CAP_DATA: [u8; 4] = [0xd9, 0x63, 0x61, 0x00];
 
+/// The [`scan::Shape`] of [`SINGLE_CAP_DATA`]: a tag (depth 1) around an integer (two
+/// items in all).
+pub const SINGLE_CAP_SHAPE: scan::Shape = scan::Shape { depth: 1, items: 2 };
+
 /// The data `null` (CBOR simple value 22): the result a quiet question's `return` carries
 /// when the asker finished it without asking for the result (PROTOCOL.md 9.15).
 pub const NULL_DATA: [u8; 1] = [0xf6];

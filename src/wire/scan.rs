@@ -391,7 +391,58 @@ fn fits(claimed: u64, available: usize) -> Option<usize> {
 ///
 /// Returns the first [`ScanError`] found walking the input front to back.
 pub fn check(bytes: &[u8], limits: &CborLimits) -> Result<(), ScanError> {
-    walk(bytes, limits, None)
+    walk(bytes, limits, None).map(|_| ())
+}
+
+/// How deeply an item nests and how many items it holds, as one walk measured them:
+/// enough to tell whether it fits any [`CborLimits`] without walking it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// The depth [`CborLimits::max_depth`] must allow: one more than the deepest level
+    /// at which an array, map or tag opens (0 for a lone scalar).
+    pub depth: usize,
+    /// Data items, the top-level one included.
+    pub items: usize,
+}
+
+impl Shape {
+    /// Whether an item of this shape passes `limits`: the error [`check`] would give for
+    /// them, if any (well-formedness aside, which the walk that measured it settled).
+    ///
+    /// # Errors
+    ///
+    /// [`ScanError::TooDeep`] or [`ScanError::TooManyItems`].
+    pub fn check(&self, limits: &CborLimits) -> Result<(), ScanError> {
+        if self.depth > limits.max_depth {
+            return Err(ScanError::TooDeep {
+                max: limits.max_depth,
+            });
+        }
+        if self.items > limits.max_items {
+            return Err(ScanError::TooManyItems {
+                max: limits.max_items,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks payload data as [`check_data`] does, with no depth or item limit, and returns
+/// its [`Shape`]: what an encoder runs once on its own output, so that each limit the
+/// data later meets is a comparison rather than another walk.
+///
+/// # Errors
+///
+/// As [`check_data`], less the limits.
+pub fn measure_data(bytes: &[u8], refs: References) -> Result<Shape, ScanError> {
+    const UNBOUNDED: CborLimits = CborLimits {
+        max_depth: usize::MAX,
+        max_items: usize::MAX,
+    };
+    let mut check = RefCheck::new(refs);
+    let shape = walk(bytes, &UNBOUNDED, Some(&mut check))?;
+    check.finish()?;
+    Ok(shape)
 }
 
 /// Checks payload data: what [`check`] checks, and that its only tags are big
@@ -411,12 +462,13 @@ pub fn check_data(bytes: &[u8], limits: &CborLimits, refs: References) -> Result
     check.finish()
 }
 
-/// The walk behind [`check`] and [`check_data`]; `refs` is `Some` for payload data.
+/// The walk behind [`check`], [`check_data`] and [`measure_data`]; `refs` is `Some` for
+/// payload data. Returns what it measured.
 fn walk(
     bytes: &[u8],
     limits: &CborLimits,
     mut refs: Option<&mut RefCheck>,
-) -> Result<(), ScanError> {
+) -> Result<Shape, ScanError> {
     if bytes.is_empty() {
         return Err(ScanError::Truncated { offset: 0 });
     }
@@ -426,6 +478,8 @@ fn walk(
     // Items counted so far: the top-level item, plus every item announced by
     // a container or tag header. Invariant: `items <= limits.max_items`.
     let mut items: usize = 1;
+    // What `limits.max_depth` must allow so far (see `Shape::depth`).
+    let mut depth: usize = 0;
     let mut pending = Pending::new();
     let mut pos: usize = 0;
 
@@ -501,6 +555,7 @@ fn walk(
         };
 
         if let Some(count) = children {
+            depth = depth.max(pending.len + 1);
             if pending.len >= limits.max_depth {
                 return Err(ScanError::TooDeep {
                     max: limits.max_depth,
@@ -524,7 +579,7 @@ fn walk(
             let Some(left) = pending.top_mut() else {
                 let count = bytes.len() - pos;
                 return if count == 0 {
-                    Ok(())
+                    Ok(Shape { depth, items })
                 } else {
                     Err(ScanError::TrailingBytes { count })
                 };

@@ -15,7 +15,8 @@ use std::hash::Hash;
 use super::{OutCap, OutPayload, PromiseState, Session, Violation};
 use crate::broken::{Broken, BrokenKind};
 use crate::proto::ExportId;
-use crate::wire::{CapDescriptor, Message, Payload, ReturnResult, ScanError, WireBroken, scan};
+use crate::wire::scan::{self, Shape};
+use crate::wire::{CapDescriptor, Message, Payload, ReturnResult, ScanError, WireBroken};
 
 /// Bytes a message adds around its payload data and method name, counted generously
 /// for the local frame-size check.
@@ -41,7 +42,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// Turns local references into descriptors, exporting local objects.
     pub(super) fn give_payload(&mut self, payload: OutPayload<O>) -> Result<Payload, Broken> {
         self.check_caps_count(payload.caps.len())?;
-        self.check_data_limits(&payload.data)?;
+        self.check_data_limits(&payload.data, payload.shape)?;
         // An object named twice in one payload is one new export, not two.
         let fresh = payload
             .caps
@@ -126,8 +127,12 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// it applies when it decodes the data: over them, the callee could only refuse it.
     /// Only depth and item count are judged here: the data is the program's, and
     /// whether it is well-formed is for the decoder at the other end (PROTOCOL.md 8.1).
-    fn check_data_limits(&self, data: &[u8]) -> Result<(), Broken> {
-        match scan::check(data, &self.peer.cbor) {
+    fn check_data_limits(&self, data: &[u8], shape: Option<Shape>) -> Result<(), Broken> {
+        let checked = match shape {
+            Some(shape) => shape.check(&self.peer.cbor),
+            None => scan::check(data, &self.peer.cbor),
+        };
+        match checked {
             Err(e @ (ScanError::TooDeep { .. } | ScanError::TooManyItems { .. })) => {
                 Err(Broken::new(
                     BrokenKind::TooLarge,

@@ -82,7 +82,10 @@ impl<O: PartialEq, R> Held<O, R> {
                     && c.payload.caps.len() <= MIN_CAPS
                     // Scans at most a frame of MIN_FRAME bytes, and only before `hello`.
                     && !matches!(
-                        wire::scan::check(&c.payload.data, &LEAST),
+                        match c.payload.shape {
+                            Some(shape) => shape.check(&LEAST),
+                            None => wire::scan::check(&c.payload.data, &LEAST),
+                        },
                         Err(ScanError::TooDeep { .. } | ScanError::TooManyItems { .. })
                     )
             }

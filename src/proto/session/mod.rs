@@ -569,6 +569,7 @@ mod tests {
                 target: LocalTarget::Answer(QuestionId(q)),
                 method: "take".to_owned(),
                 payload: OutPayload {
+                    shape: None,
                     data: Bytes::from_static(&SINGLE_CAP_DATA),
                     caps: vec![OutCap::Local(40 - n as u32)],
                 },

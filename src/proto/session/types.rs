@@ -15,7 +15,8 @@ use super::Violation;
 use crate::broken::Broken;
 use crate::proto::{AnswerId, ImportId, QuestionId};
 use crate::sturdy::SwissNumber;
-use crate::wire::SINGLE_CAP_DATA;
+use crate::wire::scan::Shape;
+use crate::wire::{SINGLE_CAP_DATA, SINGLE_CAP_SHAPE};
 
 /// Why a session closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +77,11 @@ pub struct OutPayload<O> {
     pub data: Bytes,
     /// The references the data's capability tags index.
     pub caps: Vec<OutCap<O>>,
+    /// The data's depth and item count, if its encoder measured them: the session
+    /// then checks the peer's CBOR limits by comparing numbers instead of walking the
+    /// data again. `None` makes the session walk it. A shape that is wrong lets data
+    /// past the peer's limits, which the peer then treats as a violation.
+    pub shape: Option<Shape>,
 }
 
 impl<O> OutPayload<O> {
@@ -84,6 +90,7 @@ impl<O> OutPayload<O> {
         OutPayload {
             data: Bytes::from_static(&SINGLE_CAP_DATA),
             caps: vec![cap],
+            shape: Some(SINGLE_CAP_SHAPE),
         }
     }
 
@@ -92,6 +99,7 @@ impl<O> OutPayload<O> {
         OutPayload {
             data: data.into(),
             caps: Vec::new(),
+            shape: None,
         }
     }
 }

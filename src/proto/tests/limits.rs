@@ -105,6 +105,7 @@ fn too_many_caps_in_a_local_send_breaks_with_too_large() {
         LocalTarget::Import(obj),
         "many",
         OutPayload {
+            shape: None,
             data: data(&()),
             caps: (1..=MIN_CAPS as u32 + 1).map(OutCap::Local).collect(),
         },
@@ -143,6 +144,7 @@ fn result_with_too_many_caps_breaks_with_too_large() {
     pair.drive();
     pair.b.take_events();
     let too_many = OutPayload {
+        shape: None,
         data: data(&()),
         caps: (301..=301 + MIN_CAPS as u32).map(OutCap::Local).collect(),
     };
@@ -204,6 +206,7 @@ fn exports_stop_at_the_peers_import_limit() {
     assert_eq!(pair.a.session.peer_limits().max_imports, MIN_IMPORTS);
     let obj = pair.a_imports_b_obj(1);
     let caps = |objs: std::ops::RangeInclusive<u32>| OutPayload {
+        shape: None,
         data: data(&()),
         caps: objs.map(OutCap::Local).collect(),
     };
@@ -315,6 +318,7 @@ fn before_hello_only_what_fits_the_minimums_goes_out() {
         LocalTarget::Answer(QuestionId(1)),
         "many",
         OutPayload {
+            shape: None,
             data: data(&()),
             caps: (1..=MIN_CAPS as u32 + 1).map(OutCap::Local).collect(),
         },

@@ -83,6 +83,7 @@ fn references_in_arguments_are_exported_and_released() {
         LocalTarget::Import(obj),
         "subscribe",
         OutPayload {
+            shape: None,
             data: data(&(1u8, 2u8)),
             caps: vec![OutCap::Local(A_OBJ), OutCap::Local(201)],
         },

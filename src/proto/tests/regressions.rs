@@ -22,6 +22,7 @@ fn same_new_reference_twice_in_one_payload_counts_as_one_import() {
         LocalTarget::Import(obj),
         "pair",
         OutPayload {
+            shape: None,
             data: data(&()),
             caps: vec![OutCap::Local(A_OBJ), OutCap::Local(A_OBJ)],
         },
@@ -70,6 +71,7 @@ fn same_new_object_twice_in_one_payload_counts_as_one_export() {
         LocalTarget::Import(obj),
         "pair",
         OutPayload {
+            shape: None,
             data: data(&()),
             caps: vec![OutCap::Local(A_OBJ), OutCap::Local(A_OBJ)],
         },
@@ -665,6 +667,7 @@ fn call_held_by_flow_control_survives_the_drop_of_its_reference() {
         LocalTarget::Import(obj),
         "home",
         OutPayload {
+            shape: None,
             data: data(&()),
             caps: vec![OutCap::Import(obj)],
         },

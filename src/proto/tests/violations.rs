@@ -483,6 +483,7 @@ fn too_many_imports_is_a_violation() {
     let mut pair = Pair::victim(Limits::default(), lb);
     let obj = pair.a_imports_b_obj(1);
     let caps = |objs: std::ops::RangeInclusive<u32>| OutPayload {
+        shape: None,
         data: data(&()),
         caps: objs.map(OutCap::Local).collect(),
     };

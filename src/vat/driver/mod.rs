@@ -740,6 +740,7 @@ impl Driver {
             OutPayload {
                 data: payload.data,
                 caps,
+                shape: payload.shape,
             },
             watched,
         )
@@ -768,6 +769,7 @@ impl Driver {
     /// An incoming payload, with live references.
     fn payload(&mut self, payload: InPayload<ObjectHandle>) -> RefPayload {
         RefPayload {
+            shape: None,
             data: payload.data,
             refs: self.refs(payload.caps),
         }

@@ -770,3 +770,39 @@ fn only_big_integer_and_reference_tags_are_allowed_in_data() {
         Err(ScanError::Malformed { offset: 0, .. })
     ));
 }
+
+#[test]
+fn a_measured_shape_decides_every_limit_as_a_walk_does() {
+    // Every sample (scalars, nesting, maps, tags, strings), against a grid of limits
+    // around its own shape: the comparison and the walk agree on pass or fail, and on
+    // which limit fails when only one does.
+    let mut measured = 0;
+    for bytes in samples() {
+        let Ok(shape) = measure_data(&bytes, References::Table(0)) else {
+            continue;
+        };
+        measured += 1;
+        for max_depth in 0..=shape.depth + 2 {
+            for max_items in [
+                0,
+                1,
+                shape.items.saturating_sub(1),
+                shape.items,
+                shape.items + 1,
+            ] {
+                let limits = CborLimits {
+                    max_depth,
+                    max_items,
+                };
+                let walked = check(&bytes, &limits);
+                let compared = shape.check(&limits);
+                assert_eq!(walked.is_ok(), compared.is_ok(), "{bytes:02x?} {limits:?}");
+                let one_fails = (shape.depth > max_depth) != (shape.items > max_items);
+                if one_fails {
+                    assert_eq!(walked, compared, "{bytes:02x?} {limits:?}");
+                }
+            }
+        }
+    }
+    assert!(measured >= 20, "only {measured} samples were data");
+}

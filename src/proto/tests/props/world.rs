@@ -417,7 +417,11 @@ impl World {
             quiet,
             target: local_target,
             method: "m".to_owned(),
-            payload: OutPayload { data: tag, caps },
+            payload: OutPayload {
+                shape: None,
+                data: tag,
+                caps,
+            },
             question,
             resolver,
             pipeline_refs: u32::from(ask && pipeline),
@@ -690,7 +694,11 @@ impl World {
         // The session holds what its answer needs; the runtime lets go after it.
         self.pending_drops
             .extend(then_drop.into_iter().map(|i| (s_in, i)));
-        OutPayload { data: p.data, caps }
+        OutPayload {
+            shape: None,
+            data: p.data,
+            caps,
+        }
     }
 
     fn handle(&mut self, s: usize, ev: Event<u32, u32>) {
