@@ -1480,7 +1480,7 @@ impl Report {
         let mut rows = vec![
             Row::new("rtt p50 (us)", (c, "rtt p50_us"))
                 .vs_floor()
-                .at_most(1.15),
+                .at_most(1.10),
             Row::new("rtt p90 (us)", (c, "rtt p90_us")).vs_floor(),
             Row::new("rtt p99 (us)", (c, "rtt p99_us")).vs_floor(),
             Row::new("rtt mean (us)", (c, "rtt mean_us")).vs_floor(),
@@ -1533,7 +1533,7 @@ impl Report {
             .vs((c, awaited)),
             Row::new("setup p50 (us)", (c, "setup p50_us"))
                 .vs_floor()
-                .at_most(1.15),
+                .at_most(1.05),
             Row::new("setup p99 (us)", (c, "setup p99_us")).vs_floor(),
             Row::new(
                 "blob 64 KiB (MB/s)",
@@ -1555,8 +1555,7 @@ impl Report {
             Row::new(
                 format!("client bytes per session, {most}"),
                 (c, idle_key("client_bytes_per_session")),
-            )
-            .vs_floor(),
+            ),
             Row::new(
                 format!("sessions opened/s, {most} sessions"),
                 (c, idle_key("opened_per_s")),
