@@ -92,6 +92,10 @@ async fn pipelining_ten_thousand_calls_on_one_promise_works_and_ends_in_order() 
             .connect()
             .await;
         let queue_limit = Limits::default().max_queued_per_promise;
+        // After a round trip the server's `hello` (version 3) is in, so `later` is asked
+        // quiet (PROTOCOL.md 9.15): the sends held past the server's queue limit wait
+        // for its `return`, which flow control then asks for (`want_return`).
+        c.client.sync().await;
         let promise = c.obj.send_ref("later", ());
         for n in 0..PIPELINED {
             promise.send_only("push", (n,)).unwrap();
