@@ -272,6 +272,29 @@ async fn second_hello_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_client_is_answered_in_version_2_and_served() {
+    within(async {
+        // A peer written against version 2 refuses any other version in the vat's
+        // `hello`: the listening vat answers in the lower of the two (PROTOCOL.md 9.1).
+        let server = Fixture::new().serve().await;
+        let mut raw = RawConn::connect(&server.vat).await;
+        raw.send(&Message::Hello(Hello {
+            version: 2,
+            ..Hello::MINIMUM
+        }))
+        .await;
+        match raw.recv().await {
+            Some(Message::Hello(Hello { version, .. })) => assert_eq!(version, 2),
+            other => panic!("expected the vat's hello first, got {other:?}"),
+        }
+        let export = raw.bootstrap(1, server.uri.swiss()).await;
+        raw.add(export, 2, 7).await;
+        server.vat.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_protocol_version_is_refused() {
     within(aborted_with(
         Limits::default(),
@@ -415,9 +438,13 @@ async fn peer_silent_after_tls_is_dropped_at_the_handshake_timeout() {
 
         let started = Instant::now();
         let mut raw = arena.raw().await;
-        // The vat says hello; we say nothing.
-        assert!(matches!(raw.expect_message().await, Message::Hello { .. }));
-        let reason = raw.expect_abort().await;
+        // We say nothing, and so does the vat: its `hello` answers ours (PROTOCOL.md
+        // 9.1). At the timeout the abort is the first and only message.
+        let reason = match raw.expect_message().await {
+            Message::Abort { reason } => reason,
+            other => panic!("expected only an abort, got {other:?}"),
+        };
+        raw.expect_closed().await;
         let elapsed = started.elapsed();
         assert!(
             reason.contains("no hello within the handshake timeout of 5s"),

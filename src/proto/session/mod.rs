@@ -109,6 +109,9 @@ pub struct Session<O, R> {
     /// Work done by the cycle collector and not yet paid for by operations; it runs
     /// only when this is zero.
     collect_debt: usize,
+    /// A listening session's `hello`, not sent yet: it answers the peer's, with the
+    /// lower of the two protocol versions (see [`Session::new_listening`]).
+    hello_owed: bool,
     /// The nonce of the next ping the runtime asks for.
     next_ping: u64,
     timers: Timers,
@@ -251,11 +254,24 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             imports: Map::default(),
             suspects: Vec::new(),
             collect_debt: 0,
+            hello_owed: false,
             next_ping: 1,
             timers: Timers::new(now),
             outbox,
             events: VecDeque::new(),
         }
+    }
+
+    /// A new session for the side that accepted the connection: like [`Session::new`],
+    /// but its `hello` waits for the peer's and then announces the lower of the two
+    /// protocol versions, so that a peer speaking an older version (which refuses any
+    /// other) is served in its own (PROTOCOL.md 9.1). The connecting side always speaks
+    /// first, so nothing waits on this side's `hello`.
+    pub fn new_listening(limits: Limits, now: Instant) -> Session<O, R> {
+        let mut s = Session::new(limits, now);
+        s.outbox.clear();
+        s.hello_owed = true;
+        s
     }
 
     /// The next message to send to the peer.
@@ -448,6 +464,13 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         }
         self.peer = PeerLimits::of(hello);
         self.state = State::Open;
+        if self.hello_owed {
+            self.hello_owed = false;
+            let mut ours = announce(&self.limits);
+            ours.version = hello.version.min(PROTOCOL_VERSION);
+            // First, before anything this side queued since.
+            self.outbox.push_front(Message::Hello(ours));
+        }
         self.drain_hold_queue();
         Ok(())
     }

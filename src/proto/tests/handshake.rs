@@ -330,3 +330,43 @@ fn before_the_peers_hello_a_call_larger_than_the_minimum_frame_waits_for_it() {
     assert_eq!(methods, ["small", "large", "after"]);
     assert!(!pair.a.session.is_closed() && !pair.b.session.is_closed());
 }
+
+#[test]
+fn a_listening_side_answers_the_peers_hello_in_the_lower_version() {
+    for (theirs, expected) in [(2, 2), (PROTOCOL_VERSION, PROTOCOL_VERSION)] {
+        let mut s: S = Session::new_listening(Limits::default(), *T0);
+        assert_eq!(
+            s.poll_transmit(),
+            None,
+            "the listener's hello waits for the peer's"
+        );
+        s.handle_message(Message::Hello(Hello {
+            version: theirs,
+            ..announce(&Limits::default())
+        }));
+        assert!(s.is_established());
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Message::Hello(Hello {
+                version: expected,
+                ..announce(&Limits::default())
+            })),
+            "a peer announcing {theirs}"
+        );
+        assert_eq!(s.peer_limits().version, theirs);
+    }
+}
+
+#[test]
+fn a_listening_side_that_refuses_the_peers_hello_sends_only_the_abort() {
+    let mut s: S = Session::new_listening(Limits::default(), *T0);
+    s.handle_message(Message::Hello(Hello {
+        version: 1,
+        ..announce(&Limits::default())
+    }));
+    let (sent, _) = drain(&mut s);
+    assert!(
+        matches!(&sent[..], [Message::Abort { .. }]),
+        "no hello before the abort: {sent:?}"
+    );
+}

@@ -132,7 +132,11 @@ pub(crate) fn run(
     let started = Instant::now();
     let limits = &vat.limits;
     let mut d = Driver {
-        core: Session::new(limits.clone(), started.into_std()),
+        core: if handle.inbound() {
+            Session::new_listening(limits.clone(), started.into_std())
+        } else {
+            Session::new(limits.clone(), started.into_std())
+        },
         cbor: limits.cbor(),
         conn: Connection::new(stream, limits.max_frame),
         quiet: Quiet::new(limits, started),
