@@ -174,3 +174,80 @@ fn send_then_drop_while_held_settles() {
         ],
     );
 }
+
+/// Found by a long soak: C lets go of a promise of B's (and so releases it) while its
+/// `resolve` is on the way; B, its promise settled since, then hands the same export to
+/// C as an object, under the same id. C's runtime holds that as an object, not as the
+/// promise that never settled here.
+#[test]
+fn a_promise_released_before_it_settles_can_come_back_as_an_object() {
+    run(
+        false,
+        &[
+            Op::Bootstrap {
+                c: true,
+                known: true,
+                refs: 1,
+                resolver: false,
+            },
+            Op::Send {
+                vat: 2,
+                r: 0,
+                mode: 1,
+                cap: 0,
+            },
+            Op::Send {
+                vat: 2,
+                r: 0,
+                mode: 2,
+                cap: 1,
+            },
+            Op::Bootstrap {
+                c: false,
+                known: true,
+                refs: 1,
+                resolver: true,
+            },
+            Op::Send {
+                vat: 2,
+                r: 314856997294212194,
+                mode: 2,
+                cap: 0,
+            },
+            Op::Drop {
+                r: 5652642271141282904,
+            },
+            Op::Flush,
+            Op::Resolve { k: 0, how: 0 },
+            Op::Answer {
+                k: 7390413272128564484,
+                how: How::Held(7423814142655733124),
+            },
+            Op::Answer {
+                k: 0,
+                how: How::Promise,
+            },
+            Op::Send {
+                vat: 2,
+                r: 10998293493815069693,
+                mode: 1,
+                cap: 0,
+            },
+            Op::Flush,
+            Op::Bootstrap {
+                c: false,
+                known: false,
+                refs: 0,
+                resolver: false,
+            },
+            Op::Resolve { k: 0, how: 0 },
+            Op::Answer {
+                k: 0,
+                how: How::Held(0),
+            },
+            Op::Drop {
+                r: 4368564324919062729,
+            },
+        ],
+    );
+}

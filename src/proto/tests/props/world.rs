@@ -282,7 +282,16 @@ impl World {
     fn got(&mut self, s: usize, caps: &[InCap<u32>]) {
         for cap in caps {
             match *cap {
-                InCap::Import(i) => *self.handles.entry((s, i)).or_default() += 1,
+                InCap::Import(i) => {
+                    let held = self.handles.entry((s, i)).or_default();
+                    if *held == 0 {
+                        // Handed over afresh as an object: a promise this runtime held
+                        // under the same id and let go of before it settled is gone (the
+                        // exporter sends a promise that settled since as an object).
+                        self.promises_in.remove(&(s, i));
+                    }
+                    *held += 1;
+                }
                 InCap::Promise(i) => {
                     *self.handles.entry((s, i)).or_default() += 1;
                     self.promises_in.entry((s, i)).or_insert(false);
