@@ -427,8 +427,18 @@ impl Ref {
     /// A remote call made this way has the vat-wide deadline
     /// ([`crate::Limits::call_timeout`]), if any. Dropping every clone of the returned
     /// reference before the answer comes cancels the call, unless something was sent
-    /// to the reference: those sends depend on the answer, so it is then awaited (and
-    /// released when it comes).
+    /// to the reference: those sends depend on the answer, so the callee runs it to
+    /// its end (and then frees it).
+    ///
+    /// # Cost
+    ///
+    /// To a peer speaking protocol version 3, the call is a *quiet question*
+    /// (PROTOCOL.md 9.15): the callee keeps the result for the messages sent to it and
+    /// sends nothing back for it, so a reference only sent to costs no export, import or
+    /// `release`. The result is asked for the first time something here needs it:
+    /// [`Ref::when_settled`], [`Ref::when_broken`], [`Ref::broken_reason`], or passing
+    /// the reference to another vat. Until then a failure of the call shows only in the
+    /// results of what was sent to the reference.
     pub fn send_ref(&self, method: &str, args: impl Serialize) -> Ref {
         let payload = match codec::encode(&args) {
             Ok(p) => p,
