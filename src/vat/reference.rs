@@ -197,7 +197,9 @@ impl Ref {
     /// Why this reference is broken, if that is known already.
     ///
     /// A remote reference whose session has ended reports that; a promise that broke
-    /// reports its reason. `None` does not promise that the next send succeeds.
+    /// reports its reason. `None` does not promise that the next send succeeds. On a
+    /// reference from [`Ref::send_ref`] the first call asks the peer for the result
+    /// (see its "Cost"): a failure shows here once that answer has come.
     pub fn broken_reason(&self) -> Option<Broken> {
         self.wanted();
         match &*self.inner {
