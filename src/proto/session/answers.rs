@@ -395,6 +395,17 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             question: id.0,
             result: wire,
         });
+        self.deliver_queued(&resolution, queued);
+        if finished {
+            self.remove_answer(id);
+        }
+    }
+}
+
+impl<O: Clone + Eq + Hash, R> Session<O, R> {
+    /// Delivers the messages that waited on an answer to what it resolved to, in the
+    /// order they arrived.
+    fn deliver_queued(&mut self, resolution: &Resolution<O>, queued: Vec<Queued<O>>) {
         for q in queued {
             self.deliver_to(
                 resolution.clone(),
@@ -404,13 +415,8 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 PayloadOrigin::Queued,
             );
         }
-        if finished {
-            self.remove_answer(id);
-        }
     }
-}
 
-impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// Settles a quiet answer without a `return`: the messages queued on it go to what it
     /// resolved to, and the result is kept for a `want_return`, or, if the asker has
     /// finished it, dropped with the answer and the `return` (`null`) sent.
@@ -432,15 +438,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             answer.kept = Some(result);
             None
         };
-        for q in queued {
-            self.deliver_to(
-                resolution.clone(),
-                q.method,
-                q.payload,
-                q.question,
-                PayloadOrigin::Queued,
-            );
-        }
+        self.deliver_queued(&resolution, queued);
         if let Some(result) = finished {
             self.release_kept(Some(result));
             self.remove_answer(id);

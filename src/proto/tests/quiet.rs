@@ -33,6 +33,18 @@ fn a_asks_make_quietly(pair: &mut Pair) -> ImportId {
     obj
 }
 
+/// A sends `next` (question 3) to the answer of its quiet question 2, then drops its
+/// only handle on that answer.
+fn a_pipelines_next_and_lets_go(pair: &mut Pair) {
+    pair.a.session.send(ask(
+        LocalTarget::Answer(QuestionId(2)),
+        "next",
+        no_args(),
+        3,
+    ));
+    pair.a.session.drop_question_ref(QuestionId(2));
+}
+
 #[test]
 fn a_quiet_answer_keeps_its_result_until_asked_for() {
     let mut pair = Pair::new();
@@ -81,13 +93,7 @@ fn finishing_a_settled_quiet_answer_returns_null_and_frees_it() {
         .answer(AnswerId(2), Ok(OutPayload::single_cap(OutCap::Local(50))));
     pair.drive();
     // A pipelines on the answer, then drops its only handle.
-    pair.a.session.send(ask(
-        LocalTarget::Answer(QuestionId(2)),
-        "next",
-        no_args(),
-        3,
-    ));
-    pair.a.session.drop_question_ref(QuestionId(2));
+    a_pipelines_next_and_lets_go(&mut pair);
     pair.drive();
     assert_eq!(
         pair.b.take_events(),
@@ -114,13 +120,7 @@ fn finishing_a_settled_quiet_answer_returns_null_and_frees_it() {
 fn finishing_a_pending_quiet_answer_something_was_pipelined_on_does_not_cancel_it() {
     let mut pair = Pair::new();
     a_asks_make_quietly(&mut pair);
-    pair.a.session.send(ask(
-        LocalTarget::Answer(QuestionId(2)),
-        "next",
-        no_args(),
-        3,
-    ));
-    pair.a.session.drop_question_ref(QuestionId(2));
+    a_pipelines_next_and_lets_go(&mut pair);
     pair.drive();
     assert_eq!(
         pair.a.take_sent(),
