@@ -43,6 +43,7 @@ use crate::proto::{
 use crate::transport::{self, Connection, FrameBody, TlsStream, TransportError};
 use crate::wire::{CborLimits, Message};
 
+mod payloads;
 mod trace;
 
 use trace::*;
@@ -735,70 +736,5 @@ impl Driver {
         });
         self.core.answer(answer, outcome);
         self.watch(watched);
-    }
-
-    /// Names an outgoing payload's references for this session.
-    fn out_payload(&self, payload: RefPayload) -> (OutPayload<ObjectHandle>, Vec<Watched>) {
-        let (caps, watched) = out_caps(&payload.refs, &self.handle);
-        (
-            OutPayload {
-                data: payload.data,
-                caps,
-                shape: payload.shape,
-            },
-            watched,
-        )
-    }
-
-    /// Watches promise exports: when one settles, the session sends its `resolve`.
-    /// The watchers are tasks of the vat, so its shutdown waits for them.
-    fn watch(&self, watched: Vec<Watched>) {
-        for w in watched {
-            let handle = self.handle.clone();
-            self.vat.spawn(async move {
-                // A watcher lives until the promise settles or the session ends.
-                let closed = handle.when_closed();
-                let settled = tokio::select! {
-                    s = w.source.settled() => s,
-                    _ = closed => return,
-                };
-                if let Some(proxy) = w.proxy.upgrade() {
-                    let proxy = ObjectHandle::from_inner(proxy);
-                    let _ = handle.post(Command::ResolveExport(proxy, settled));
-                }
-            });
-        }
-    }
-
-    /// An incoming payload, with live references.
-    fn payload(&mut self, payload: InPayload<ObjectHandle>) -> RefPayload {
-        RefPayload {
-            shape: None,
-            data: payload.data,
-            refs: self.refs(payload.caps),
-        }
-    }
-
-    fn refs(&mut self, caps: Vec<InCap<ObjectHandle>>) -> Vec<Ref> {
-        caps.into_iter().map(|cap| self.in_ref(cap)).collect()
-    }
-
-    /// A live reference for a descriptor the session resolved (it holds one handle).
-    fn in_ref(&mut self, cap: InCap<ObjectHandle>) -> Ref {
-        match cap {
-            InCap::Import(i) => Ref::remote(self.handle.clone(), LocalTarget::Import(i), None),
-            InCap::Promise(i) => {
-                if self.promises.len() >= 64 && self.promises.len().is_power_of_two() {
-                    self.promises.retain(|_, tx| tx.receiver_count() > 0);
-                }
-                let watch = self
-                    .promises
-                    .entry(i)
-                    .or_insert_with(|| watch::Sender::new(None))
-                    .subscribe();
-                Ref::remote(self.handle.clone(), LocalTarget::Import(i), Some(watch))
-            }
-            InCap::Local(o) => o.to_ref(),
-        }
     }
 }
