@@ -166,6 +166,20 @@ pub struct Limits {
     /// connection costs one socket and no TLS work; 1,024 lets every established slot
     /// reconnect at once (after a restart, say) without a refusal.
     pub max_handshake_queue: usize,
+    /// Gifts one introducer may have deposited at this vat and not yet had withdrawn
+    /// (three-party handoff, PROTOCOL.md 9.16). Default 256. A deposit past it is
+    /// refused (the recipient then keeps calling through the introducer), so a hostile
+    /// introducer cannot fill this vat's gift table; 0 refuses every deposit.
+    pub max_gifts: usize,
+    /// How long a deposited gift waits for its recipient before it is dropped.
+    /// Default 60 s.
+    pub gift_ttl: Duration,
+    /// How long a recipient tries to pick up an introduced reference (connect to the
+    /// host, order its calls, withdraw the gift) before it gives up and keeps calling
+    /// through the introducer for good. Default 10 s; `Duration::ZERO` turns handoff
+    /// off on this vat: references it passes on go as proxies, and references it
+    /// receives are always called through their introducer.
+    pub handoff_timeout: Duration,
 }
 
 impl Limits {
@@ -226,6 +240,10 @@ impl Default for Limits {
             max_handshaking: 128,
             max_handshaking_per_address: 16,
             max_handshake_queue: 1_024,
+            // Three-party handoff.
+            max_gifts: 256,
+            gift_ttl: Duration::from_secs(60),
+            handoff_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -237,38 +237,7 @@ impl FromStr for SturdyRef {
             return Err(ParseError::MissingVatId);
         }
         let vat_id: VatId = vat_text.parse().map_err(ParseError::BadVatId)?;
-
-        if host_port.is_empty() || host_port.starts_with(':') {
-            return Err(ParseError::MissingHost);
-        }
-        let (host_text, port_text) = if host_port.starts_with('[') {
-            match host_port.find(']') {
-                None => return Err(ParseError::BadHost(HostError::UnclosedBracket)),
-                Some(close) => {
-                    let (host, tail) = host_port.split_at(close + 1);
-                    if tail.is_empty() {
-                        return Err(ParseError::MissingPort);
-                    }
-                    let port = tail
-                        .strip_prefix(':')
-                        .ok_or(ParseError::BadHost(HostError::AfterBracket))?;
-                    (host, port)
-                }
-            }
-        } else {
-            match host_port.split_once(':') {
-                None => return Err(ParseError::MissingPort),
-                Some((_, port)) if port.contains(':') => {
-                    return Err(ParseError::BadHost(HostError::UnbracketedIpv6));
-                }
-                Some(pair) => pair,
-            }
-        };
-        let host: Host = host_text.parse().map_err(ParseError::BadHost)?;
-        if port_text.is_empty() {
-            return Err(ParseError::MissingPort);
-        }
-        let port = parse_port(port_text).map_err(ParseError::BadPort)?;
+        let (host, port) = parse_address(host_port)?;
 
         let path = after.strip_prefix('/').ok_or(ParseError::MissingSwiss)?;
         let swiss_end = path.find(['/', '?', '#']).unwrap_or(path.len());
@@ -287,6 +256,43 @@ impl FromStr for SturdyRef {
             swiss,
         })
     }
+}
+
+/// A `host:port` address in the sturdy-ref grammar (PROTOCOL.md 3.1 and 3.2): what a
+/// sturdy ref's authority holds after the `@`, and what an address hint holds.
+pub(crate) fn parse_address(host_port: &str) -> Result<(Host, u16), ParseError> {
+    if host_port.is_empty() || host_port.starts_with(':') {
+        return Err(ParseError::MissingHost);
+    }
+    let (host_text, port_text) = if host_port.starts_with('[') {
+        match host_port.find(']') {
+            None => return Err(ParseError::BadHost(HostError::UnclosedBracket)),
+            Some(close) => {
+                let (host, tail) = host_port.split_at(close + 1);
+                if tail.is_empty() {
+                    return Err(ParseError::MissingPort);
+                }
+                let port = tail
+                    .strip_prefix(':')
+                    .ok_or(ParseError::BadHost(HostError::AfterBracket))?;
+                (host, port)
+            }
+        }
+    } else {
+        match host_port.split_once(':') {
+            None => return Err(ParseError::MissingPort),
+            Some((_, port)) if port.contains(':') => {
+                return Err(ParseError::BadHost(HostError::UnbracketedIpv6));
+            }
+            Some(pair) => pair,
+        }
+    };
+    let host: Host = host_text.parse().map_err(ParseError::BadHost)?;
+    if port_text.is_empty() {
+        return Err(ParseError::MissingPort);
+    }
+    let port = parse_port(port_text).map_err(ParseError::BadPort)?;
+    Ok((host, port))
 }
 
 /// Objects exported under swiss numbers.

@@ -44,6 +44,6 @@ mod tests;
 
 pub use ids::{AnswerId, ExportId, ImportId, QuestionId};
 pub use session::{
-    Call, CloseReason, Deadline, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload,
-    PeerLimits, SHUTDOWN_REASON, Session, SessionStats, Violation, announce,
+    Call, CloseReason, Deadline, Event, InCap, InPayload, Introduction, LocalTarget, OutCap,
+    OutPayload, PeerLimits, SHUTDOWN_REASON, Session, SessionStats, Violation, announce,
 };

@@ -45,10 +45,10 @@ impl Proxies {
         &self,
         key: ProxyKey,
         make: impl FnOnce() -> ObjectHandle,
-    ) -> ObjectHandle {
+    ) -> (ObjectHandle, bool) {
         let mut proxies = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(existing) = proxies.get(&key).and_then(Weak::upgrade) {
-            return ObjectHandle::from_inner(existing);
+            return (ObjectHandle::from_inner(existing), false);
         }
         // Sweep dead entries when the table doubles, so it stays near its live size.
         if proxies.len() >= 64 && proxies.len().is_power_of_two() {
@@ -56,7 +56,7 @@ impl Proxies {
         }
         let proxy = make();
         proxies.insert(key, proxy.downgrade());
-        proxy
+        (proxy, true)
     }
 }
 

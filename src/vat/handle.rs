@@ -7,7 +7,7 @@
 //! This module must not import the driver, do I/O, or block: posting never waits.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use crate::limits::Limits;
 use crate::proto::{Call, Deadline, ImportId, QuestionId, SessionStats};
 use crate::sturdy::SwissNumber;
 use crate::wire::CborLimits;
+use crate::wire::message::{HANDOFF_VERSION, MAX_HINTS};
 
 /// A request from a handle to the session task.
 pub(crate) enum Command {
@@ -104,6 +105,13 @@ struct Shared {
     /// Run once when the peer's `hello` arrives (the listener's admission); see
     /// [`SessionHandle::established`].
     on_established: Mutex<Option<Promotion>>,
+    /// The protocol version spoken, once both `hello`s are known (0 until then).
+    version: AtomicU32,
+    /// Whether this vat hands references off (`Limits::handoff_timeout` is not zero).
+    handoff: bool,
+    /// Where the peer can be reached, for introductions: the address this vat dialed,
+    /// then the peer's own `listen` hints (at most `wire::MAX_HINTS`, unchecked).
+    hints: Mutex<Vec<String>>,
 }
 
 /// What the listener runs when an inbound session's peer has sent `hello`: it moves the
@@ -138,8 +146,39 @@ impl SessionHandle {
             unsent: Unsent::new(limits.max_unsent),
             window: Window::new(limits.stream_window),
             on_established: Mutex::new(None),
+            version: AtomicU32::new(0),
+            handoff: !limits.handoff_timeout.is_zero(),
+            hints: Mutex::new(Vec::new()),
         }));
         (handle, rx)
+    }
+
+    /// Records the protocol version spoken, once both `hello`s are known. Only the
+    /// session task calls this.
+    pub(crate) fn set_version(&self, version: u32) {
+        self.0.version.store(version, Ordering::Release);
+    }
+
+    /// Whether references passed to this session's peer may be handed off: the vat
+    /// allows it and the peer speaks protocol version 4.
+    pub(crate) fn hands_off(&self) -> bool {
+        self.0.handoff && self.0.version.load(Ordering::Acquire) >= HANDOFF_VERSION
+    }
+
+    /// Adds address hints for the peer (the one this vat dialed, or the peer's own),
+    /// keeping the first [`MAX_HINTS`].
+    pub(crate) fn add_hints(&self, hints: impl IntoIterator<Item = String>) {
+        let mut known = lock(&self.0.hints);
+        for h in hints {
+            if known.len() < MAX_HINTS && !known.contains(&h) {
+                known.push(h);
+            }
+        }
+    }
+
+    /// Where the peer can be reached, as far as this vat knows.
+    pub(crate) fn hints(&self) -> Vec<String> {
+        lock(&self.0.hints).clone()
     }
 
     /// Sets what [`established`](Self::established) runs. The listener calls this

@@ -47,7 +47,9 @@ mod admission;
 mod codec;
 mod driver;
 mod export;
+mod gifts;
 mod handle;
+mod handoff;
 mod listener;
 mod local;
 mod mailbox;
@@ -57,13 +59,13 @@ mod promise;
 mod reconnect;
 mod reference;
 mod shared;
+mod stats;
 mod stream;
 mod typed;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
@@ -76,6 +78,7 @@ pub use persist::Restorer;
 pub use promise::Promise;
 pub use reconnect::{Reconnect, ReconnectingRef};
 pub use reference::Ref;
+pub use stats::{HandoffStats, SessionInfo, Tables, VatStats};
 #[doc(hidden)]
 pub use typed::private;
 pub use typed::{
@@ -86,12 +89,10 @@ pub use typed::{
 use self::handle::Command;
 use self::object::ObjectHandle;
 use self::persist::{Export, SharedRestorer};
-use self::promise::Resolver;
 use self::shared::{VatInner, lock};
 use crate::error::Error;
 use crate::identity::{Identity, VatId};
 use crate::limits::Limits;
-use crate::proto::{LocalTarget, SessionStats};
 use crate::store::{self, Store};
 
 use crate::sturdy::{Host, SturdyRef, SwissNumber};
@@ -504,19 +505,7 @@ impl Vat {
 
     /// The host and port to put in this vat's sturdy refs.
     fn sturdy_address(&self) -> Result<(Host, u16), Error> {
-        let Some(addr) = self.inner.local_addr else {
-            return Err(Error::NotListening);
-        };
-        let host = match &self.inner.advertise {
-            Some(host) => host.clone(),
-            None => match addr.ip() {
-                IpAddr::V4(ip) if ip.is_unspecified() => Host::Ipv4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(ip) if ip.is_unspecified() => Host::Ipv6(Ipv6Addr::LOCALHOST),
-                IpAddr::V4(ip) => Host::Ipv4(ip),
-                IpAddr::V6(ip) => Host::Ipv6(ip),
-            },
-        };
-        Ok((host, addr.port()))
+        self.inner.address().ok_or(Error::NotListening)
     }
 
     /// Revokes a sturdy ref this vat exported: later fetches fail with
@@ -599,35 +588,9 @@ impl Vat {
     }
 
     /// The sizes of every session's tables, for monitoring and for checking that
-    /// everything is released.
+    /// everything is released; and the vat's connection and handoff counters.
     pub async fn stats(&self) -> VatStats {
-        let handles = self.inner.session_handles();
-        let mut sessions = Vec::with_capacity(handles.len());
-        for handle in handles {
-            let (tx, rx) = oneshot::channel();
-            if handle.post(Command::Stats(tx)).is_ok() {
-                if let Ok((tables, traffic)) = rx.await {
-                    sessions.push(SessionInfo {
-                        peer: handle.peer(),
-                        inbound: handle.inbound(),
-                        tables: Tables::from(tables),
-                        frames_sent: traffic.frames,
-                        writes: traffic.writes,
-                        queued_bytes: traffic.queued,
-                        queued_answer_bytes: traffic.queued_answers,
-                        unsent_bytes: handle.unsent().now(),
-                        peak_unsent_bytes: handle.unsent().peak(),
-                    });
-                }
-            }
-        }
-        VatStats {
-            sessions,
-            sturdy_refs: lock(&self.inner.registry)
-                .count(|export| matches!(export, Export::Live { .. })),
-            queued_answer_bytes: self.inner.queued_answers.load(Ordering::Relaxed),
-            connections: self.inner.admission.stats(),
-        }
+        stats::collect(&self.inner).await
     }
 
     /// Waits for one round trip on every session: when it returns, every peer has
@@ -665,17 +628,7 @@ pub(crate) fn enliven(inner: &Arc<VatInner>, sturdy: &SturdyRef) -> Ref {
         return Ref::broken(crate::Broken::disconnected("the local vat has shut down"));
     }
     let session = driver::outbound_session(inner, sturdy.vat_id(), sturdy.address());
-    let question = session.next_question();
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    let cmd = Command::Bootstrap {
-        question,
-        swiss: sturdy.swiss().clone(),
-        resolver: Resolver::Watch(tx),
-    };
-    match session.post(cmd) {
-        Ok(()) => Ref::remote(session, LocalTarget::Answer(question), Some(rx)),
-        Err(b) => Ref::broken(b),
-    }
+    handoff::fetch(&session, sturdy.swiss().clone())
 }
 
 /// Held by every clone of a [`Vat`] and by nothing else: when the program drops its
@@ -699,86 +652,6 @@ impl std::fmt::Debug for Vat {
             .field("vat_id", &self.vat_id())
             .field("local_addr", &self.inner.local_addr)
             .finish_non_exhaustive()
-    }
-}
-
-/// What [`Vat::stats`] reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct VatStats {
-    /// One entry per live session.
-    pub sessions: Vec<SessionInfo>,
-    /// Objects exported by sturdy ref and not revoked, held in memory: this run's
-    /// exports and the persistent refs restored so far (expired ones included).
-    pub sturdy_refs: usize,
-    /// Bytes of answers queued for peers and not yet written, over all sessions: what
-    /// [`Limits::max_outbound_total`] bounds. Read when the stats are taken, after the
-    /// sessions' entries.
-    pub queued_answer_bytes: usize,
-    /// Inbound connections against their budgets: established, in the handshake, and
-    /// how many were refused or cut so far. All zero for a vat that does not listen.
-    pub connections: ConnectionStats,
-}
-
-/// One session in [`VatStats`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SessionInfo {
-    /// The peer's vat ID (identity, not authority).
-    pub peer: VatId,
-    /// Whether the peer connected to this vat (rather than this vat to it).
-    pub inbound: bool,
-    /// The sizes of the session's four tables.
-    pub tables: Tables,
-    /// Messages (frames) this vat has queued for the peer so far: written, or waiting
-    /// in the session's write buffer.
-    pub frames_sent: u64,
-    /// Writes to the connection so far. Bookkeeping messages (`finish`, `release`) ride
-    /// in the write of the next message, so a caller making one call after another
-    /// makes about one write per call.
-    pub writes: u64,
-    /// Bytes queued for the peer and not yet written: answers, and this vat's own
-    /// calls and bookkeeping.
-    pub queued_bytes: usize,
-    /// The part of `queued_bytes` that answers the peer (returns and pongs): what
-    /// [`Limits::max_outbound_buffer`] bounds.
-    pub queued_answer_bytes: usize,
-    /// Bytes of calls this vat's program posted to the peer and not yet written to the
-    /// connection (arguments and method names, plus a small allowance per call): what
-    /// a producer makes the vat hold for a slow peer. At most `Limits::max_unsent`
-    /// (past it, sends break with `too_large`), plus one call larger than that.
-    pub unsent_bytes: usize,
-    /// The most `unsent_bytes` has been since the session started.
-    pub peak_unsent_bytes: usize,
-}
-
-/// The sizes of one session's tables ([`SessionInfo::tables`]). Once everything is
-/// dropped and the network has settled ([`Vat::sync`]), every field is zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Tables {
-    /// Sends held back because the peer's question limit was reached; they go out, in
-    /// order, as answers come back.
-    pub held: usize,
-    /// Questions this vat asked and still tracks (awaiting an answer, or pipelined on).
-    pub questions: usize,
-    /// Answers this vat holds for the peer's questions.
-    pub answers: usize,
-    /// References this vat imports from the peer.
-    pub imports: usize,
-    /// Objects this vat exports to the peer (proxies and promises included).
-    pub exports: usize,
-}
-
-impl From<SessionStats> for Tables {
-    fn from(s: SessionStats) -> Tables {
-        Tables {
-            held: s.held,
-            questions: s.questions,
-            answers: s.answers,
-            imports: s.imports,
-            exports: s.exports,
-        }
     }
 }
 

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::codec::{self, RefPayload};
 use super::export::{ProxyKey, Source, Watched};
 use super::handle::{Command, SessionHandle};
+use super::handoff::{self, Route, Switch};
 use super::local::{LocalCall, LocalQueue};
 use super::object::{Args, Object, ObjectHandle};
 use super::promise::{Asked, Promise, Resolver, Watch, settled};
@@ -64,6 +65,9 @@ enum RefInner {
     Local(ObjectHandle, OnceLock<Result<LocalQueue, Broken>>),
     Pending(PendingRef),
     Broken(Broken),
+    /// Introduced by a third party: calls go through the introducer until the object is
+    /// picked up at its host, then there directly (`handoff.rs`).
+    Handoff(Arc<Switch>),
 }
 
 struct RemoteRef {
@@ -98,11 +102,11 @@ enum BreakWatch {
     Promise(Option<BoxFuture<'static, Broken>>, Watch),
 }
 
-/// A send waiting for a local promise to settle.
-struct Forward {
-    method: String,
-    payload: RefPayload,
-    resolver: Option<Resolver>,
+/// A send waiting: for a local promise to settle, or for a handoff's switch.
+pub(crate) struct Forward {
+    pub(crate) method: String,
+    pub(crate) payload: RefPayload,
+    pub(crate) resolver: Option<Resolver>,
 }
 
 impl Drop for RemoteRef {
@@ -157,6 +161,24 @@ impl Ref {
         }
     }
 
+    /// A reference introduced by a third party, switching as `switch` decides.
+    pub(crate) fn handoff(switch: Arc<Switch>) -> Ref {
+        Ref::wrap(RefInner::Handoff(switch))
+    }
+
+    /// The switch of a reference a third party introduced.
+    pub(crate) fn switch(&self) -> Option<std::sync::Weak<Switch>> {
+        match &*self.inner {
+            RefInner::Handoff(s) => Some(Arc::downgrade(s)),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a remote reference on `session`.
+    fn on_session(&self, session: &SessionHandle) -> bool {
+        matches!(&*self.inner, RefInner::Remote(r) if r.session.same(session))
+    }
+
     pub(crate) fn local(object: ObjectHandle) -> Ref {
         Ref::wrap(RefInner::Local(object, OnceLock::new()))
     }
@@ -185,7 +207,9 @@ impl Ref {
         match &*self.inner {
             RefInner::Local(object, _) => Ok(object.clone()),
             RefInner::Broken(b) => Err(b.clone()),
-            RefInner::Remote(_) | RefInner::Pending(_) => Ok(ObjectHandle::proxy(self.clone())),
+            RefInner::Remote(_) | RefInner::Pending(_) | RefInner::Handoff(_) => {
+                Ok(ObjectHandle::proxy(self.clone()))
+            }
         }
     }
 
@@ -215,6 +239,7 @@ impl Ref {
                 .as_ref()
                 .and_then(|s| s.as_ref().err().cloned()),
             RefInner::Local(..) => None,
+            RefInner::Handoff(s) => s.current().broken_reason(),
         }
     }
 
@@ -268,6 +293,7 @@ impl Ref {
             RefInner::Broken(b) => BreakWatch::Broken(b.clone()),
             RefInner::Local(..) => BreakWatch::Never,
             RefInner::Pending(p) => BreakWatch::Promise(None, p.settled.clone()),
+            RefInner::Handoff(s) => s.current().break_watch(),
             RefInner::Remote(r) => {
                 let closed = r.session.when_closed().boxed();
                 match &r.promise {
@@ -405,6 +431,20 @@ impl Ref {
         method: &str,
         args: &impl Serialize,
     ) -> Result<Option<Arc<Window>>, Broken> {
+        if let RefInner::Handoff(s) = &*self.inner {
+            return s.route(|route| match route {
+                Route::Go(r) => r.stream_call(method, args),
+                Route::Hold(queue) => {
+                    let payload = codec::encode(args).map_err(|e| encode_error(&e))?;
+                    queue.push(Forward {
+                        method: method.to_owned(),
+                        payload,
+                        resolver: None,
+                    });
+                    Ok(None)
+                }
+            });
+        }
         let RefInner::Remote(r) = &*self.inner else {
             self.encode_and_send(method, args, None)?;
             return Ok(None);
@@ -526,6 +566,17 @@ impl Ref {
                 .map(|()| None)
                 .map_err(|_| Broken::disconnected("the promise's forwarding task ended")),
             RefInner::Broken(b) => Err(b.clone()),
+            RefInner::Handoff(s) => s.route(|route| match route {
+                Route::Go(r) => r.forward(method, payload, resolver),
+                Route::Hold(queue) => {
+                    queue.push(Forward {
+                        method,
+                        payload,
+                        resolver,
+                    });
+                    Ok(None)
+                }
+            }),
         }
     }
 
@@ -566,6 +617,18 @@ impl Ref {
                 }
             }
             RefInner::Broken(b) => Ref::broken(b.clone()),
+            RefInner::Handoff(s) => s.route(|route| match route {
+                Route::Go(r) => r.pipeline(method, payload),
+                Route::Hold(queue) => {
+                    let (tx, rx) = watch::channel(None);
+                    queue.push(Forward {
+                        method,
+                        payload,
+                        resolver: Some(Resolver::Watch(tx)),
+                    });
+                    Ref::pending(rx)
+                }
+            }),
             RefInner::Local(..) | RefInner::Pending(_) => {
                 let (tx, rx) = watch::channel(None);
                 match self.forward(method, payload, Some(Resolver::Watch(tx))) {
@@ -607,6 +670,7 @@ impl Ref {
     fn cbor(&self) -> CborLimits {
         match &*self.inner {
             RefInner::Remote(r) => r.session.cbor(),
+            RefInner::Handoff(s) => s.current().cbor(),
             _ => CborLimits::default(),
         }
     }
@@ -627,7 +691,7 @@ impl Ref {
         match &*self.inner {
             RefInner::Remote(r) => r.promise.clone(),
             RefInner::Pending(p) => Some(p.settled.clone()),
-            RefInner::Local(..) | RefInner::Broken(_) => None,
+            RefInner::Local(..) | RefInner::Broken(_) | RefInner::Handoff(_) => None,
         }
     }
 
@@ -647,9 +711,26 @@ impl Ref {
                 LocalTarget::Import(i) => (OutCap::Import(i), None),
                 LocalTarget::Answer(_) => self.promise_proxy(dest),
             },
+            // A settled import from another vat: handed off to a peer that takes it
+            // (PROTOCOL.md 9.16), the proxy being the vine; passed as a proxy again
+            // while that proxy is exported, and to any other peer.
             RefInner::Remote(r) if r.promise.is_none() => {
-                (OutCap::Local(self.proxy_for(dest)), None)
+                let (proxy, fresh) = self.proxy_and_fresh(dest);
+                match fresh
+                    .then(|| handoff::introduce(self, &r.session, r.target, dest))
+                    .flatten()
+                {
+                    Some(intro) => (OutCap::ThirdParty(proxy, Box::new(intro)), None),
+                    None => (OutCap::Local(proxy), None),
+                }
             }
+            // Switched: named as the host's reference is. Not yet: as a proxy of its
+            // own (or, to the introducer, as the vine going home).
+            RefInner::Handoff(s) => match (s.direct(), s.vine()) {
+                (Some(d), _) => d.out_cap(dest),
+                (None, Some(vine)) if vine.on_session(dest) => vine.out_cap(dest),
+                (None, _) => (OutCap::Local(self.proxy_for(dest)), None),
+            },
             RefInner::Remote(_) | RefInner::Pending(_) | RefInner::Broken(_) => {
                 self.promise_proxy(dest)
             }
@@ -677,6 +758,11 @@ impl Ref {
     /// there if it is still alive, so that the same reference passed twice is one export
     /// (and compares equal at the receiver).
     fn proxy_for(&self, dest: &SessionHandle) -> ObjectHandle {
+        self.proxy_and_fresh(dest).0
+    }
+
+    /// [`Ref::proxy_for`], and whether the proxy was made now.
+    fn proxy_and_fresh(&self, dest: &SessionHandle) -> (ObjectHandle, bool) {
         dest.proxies()
             .get_or_make(self.proxy_key(), || ObjectHandle::proxy(self.clone()))
     }
@@ -729,6 +815,7 @@ impl PartialEq for Ref {
                 a.session.same(&b.session) && a.target == b.target
             }
             (RefInner::Local(a, _), RefInner::Local(b, _)) => a == b,
+            (RefInner::Handoff(a), RefInner::Handoff(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -743,6 +830,7 @@ impl std::fmt::Debug for Ref {
             RefInner::Local(o, _) => write!(f, "Ref(local {o:?})"),
             RefInner::Pending(_) => f.write_str("Ref(local promise)"),
             RefInner::Broken(b) => write!(f, "Ref(broken: {b})"),
+            RefInner::Handoff(s) => write!(f, "Ref(introduced, now {:?})", s.current()),
         }
     }
 }

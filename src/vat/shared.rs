@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::admission::Admission;
+use super::gifts::Gifts;
 use super::handle::{Command, SessionHandle};
+use super::handoff::Counters;
 use super::mailbox::Inbox;
 use super::object::ObjectHandle;
 use super::persist::{Export, SharedRestorer};
@@ -65,6 +67,10 @@ pub(crate) struct VatInner {
     /// Connection admission (part: connection budgets): the handshake and established
     /// budgets the listener and `Vat::stats` share.
     pub(crate) admission: Arc<Admission>,
+    /// Gifts introducers deposited here for their recipients (three-party handoff).
+    pub(crate) gifts: Gifts,
+    /// How the references this vat received from introducers fared.
+    pub(crate) handoffs: Counters,
 }
 
 impl VatInner {
@@ -79,6 +85,7 @@ impl VatInner {
     ) -> VatInner {
         let (store, restorer) = persistence;
         let limits = limits.normalized();
+        let gifts = Gifts::new(limits.max_gifts, limits.gift_ttl);
         VatInner {
             identity,
             admission: Arc::new(Admission::new(&limits)),
@@ -97,7 +104,26 @@ impl VatInner {
             tasks: Mutex::new(JoinSet::new()),
             runtime,
             queued_answers: AtomicUsize::new(0),
+            gifts,
+            handoffs: Counters::default(),
         }
+    }
+
+    /// The host and port this vat is reached at: the advertised host (else the listening
+    /// IP, loopback for an unspecified one) and the listening port. `None` when the vat
+    /// does not listen.
+    pub(crate) fn address(&self) -> Option<(Host, u16)> {
+        let addr = self.local_addr?;
+        let host = match &self.advertise {
+            Some(host) => host.clone(),
+            None => match addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => Host::Ipv4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(ip) if ip.is_unspecified() => Host::Ipv6(Ipv6Addr::LOCALHOST),
+                IpAddr::V4(ip) => Host::Ipv4(ip),
+                IpAddr::V6(ip) => Host::Ipv6(ip),
+            },
+        };
+        Some((host, addr.port()))
     }
 
     /// Spawns a task of this vat on the vat's runtime. Every task the vat owns (the

@@ -18,7 +18,8 @@ use bytes::Bytes;
 
 use super::id::SwissNumber;
 use super::message::{
-    CapDescriptor, Hello, Kind, Message, Payload, ReturnResult, Target, WireBroken,
+    CapDescriptor, Hello, Kind, MAX_HINT_LEN, MAX_HINTS, Message, Payload, ReturnResult, Target,
+    ThirdParty, WireBroken,
 };
 
 const UINT: u8 = 0;
@@ -95,14 +96,40 @@ fn payload(out: &mut Vec<u8>, p: &Payload, detach: usize, detached: &mut Detache
         text(out, "caps");
         head(out, ARRAY, p.caps.len() as u64);
         for cap in &p.caps {
-            let (name, id) = match *cap {
-                CapDescriptor::SenderHosted(id) => ("sender_hosted", id),
-                CapDescriptor::SenderPromise(id) => ("sender_promise", id),
-                CapDescriptor::ReceiverHosted(id) => ("receiver_hosted", id),
+            let (name, id) = match cap {
+                CapDescriptor::SenderHosted(id) => ("sender_hosted", *id),
+                CapDescriptor::SenderPromise(id) => ("sender_promise", *id),
+                CapDescriptor::ReceiverHosted(id) => ("receiver_hosted", *id),
+                CapDescriptor::ThirdParty(t) => {
+                    third_party(out, t);
+                    continue;
+                }
             };
             head(out, MAP, 1);
             uint_field(out, name, id);
         }
+    }
+}
+
+fn third_party(out: &mut Vec<u8>, t: &ThirdParty) {
+    head(out, MAP, 1);
+    text(out, "third_party");
+    head(out, MAP, if t.hints.is_empty() { 3 } else { 4 });
+    text(out, "host");
+    bytes(out, &t.host);
+    text(out, "gift");
+    bytes(out, &t.gift);
+    uint_field(out, "vine", t.vine);
+    if !t.hints.is_empty() {
+        text(out, "hints");
+        hints(out, &t.hints);
+    }
+}
+
+fn hints(out: &mut Vec<u8>, hints: &[String]) {
+    head(out, ARRAY, hints.len() as u64);
+    for h in hints {
+        text(out, h);
     }
 }
 
@@ -216,6 +243,11 @@ pub(super) fn encode(msg: &Message, out: &mut Vec<u8>, detach: usize) -> Detache
         Message::Pong { nonce } => {
             open(out, kind, 1);
             uint_field(out, "nonce", *nonce);
+        }
+        Message::Listen { hints: h } => {
+            open(out, kind, 1);
+            text(out, "hints");
+            hints(out, h);
         }
     }
     detached
@@ -411,6 +443,11 @@ fn read_payload(r: &mut Reader<'_>) -> Result<Payload, Shape> {
             p.caps.reserve(n.min(r.bytes.len() / 3));
             for _ in 0..n {
                 let kind = r.union("capability descriptor")?;
+                if kind == b"third_party" {
+                    p.caps
+                        .push(CapDescriptor::ThirdParty(Box::new(read_third_party(r)?)));
+                    continue;
+                }
                 let id = r.uint("capability descriptor")?;
                 p.caps.push(match kind {
                     b"sender_hosted" => CapDescriptor::SenderHosted(id),
@@ -426,6 +463,55 @@ fn read_payload(r: &mut Reader<'_>) -> Result<Payload, Shape> {
     })?;
     require(seen, 1, &NAMES, "payload")?;
     Ok(p)
+}
+
+fn read_third_party(r: &mut Reader<'_>) -> Result<ThirdParty, Shape> {
+    const NAMES: [&str; 4] = ["host", "gift", "vine", "hints"];
+    let mut t = ThirdParty {
+        host: [0; 32],
+        gift: [0; 32],
+        vine: 0,
+        hints: Vec::new(),
+    };
+    let seen = r.fields("third_party", &NAMES, |r, i| {
+        match i {
+            0 => t.host = id32(r.bytes("host")?, "host")?,
+            1 => t.gift = id32(r.bytes("gift")?, "gift")?,
+            2 => t.vine = r.uint("vine")?,
+            _ => t.hints = read_hints(r)?,
+        }
+        Ok(())
+    })?;
+    require(seen, 0b0111, &NAMES, "third_party")?;
+    Ok(t)
+}
+
+/// An array of at most [`MAX_HINTS`] address hints of at most [`MAX_HINT_LEN`] bytes.
+/// Whether each is a good `host:port` is the runtime's question, not the codec's.
+fn read_hints(r: &mut Reader<'_>) -> Result<Vec<String>, Shape> {
+    let n = r.len(ARRAY, "hints")?;
+    if n > MAX_HINTS {
+        return Err(format!("{n} address hints (at most {MAX_HINTS})"));
+    }
+    let mut hints = Vec::with_capacity(n);
+    for _ in 0..n {
+        let h = r.text("hint")?;
+        if h.len() > MAX_HINT_LEN {
+            return Err(format!(
+                "an address hint of {} bytes (at most {MAX_HINT_LEN})",
+                h.len()
+            ));
+        }
+        hints.push(h.to_owned());
+    }
+    Ok(hints)
+}
+
+/// A 32-byte id (a vat ID or a gift id).
+fn id32(bytes: &[u8], what: &str) -> Result<[u8; 32], Shape> {
+    bytes
+        .try_into()
+        .map_err(|_| format!("{what} must be 32 bytes, got {}", bytes.len()))
 }
 
 fn read_result(r: &mut Reader<'_>) -> Result<ReturnResult, Shape> {
@@ -477,8 +563,9 @@ fn uints<const N: usize>(
     Ok(values)
 }
 
-/// The deepest nesting a message has: message, fields, result, payload, caps, descriptor.
-pub(super) const MESSAGE_DEPTH: usize = 6;
+/// The deepest nesting a message has: message, fields, result, payload, caps,
+/// descriptor, `third_party`'s fields, hints (the protocol's minimum `max_depth`).
+pub(super) const MESSAGE_DEPTH: usize = 8;
 
 /// Decodes one message body; returns it with the number of data items it holds.
 /// Payload data is copied out of `body`, or, when `shared` is the buffer `body` is, a
@@ -622,6 +709,16 @@ pub(super) fn decode(body: &[u8], shared: Option<&Bytes>) -> Result<(Message, us
         Kind::Pong => {
             let [nonce] = uints(&mut r, name, ["nonce"])?;
             Message::Pong { nonce }
+        }
+        Kind::Listen => {
+            const NAMES: [&str; 1] = ["hints"];
+            let mut hints = Vec::new();
+            let seen = r.fields(name, &NAMES, |r, _| {
+                hints = read_hints(r)?;
+                Ok(())
+            })?;
+            require(seen, 1, &NAMES, name)?;
+            Message::Listen { hints }
         }
     };
     if r.pos != body.len() {

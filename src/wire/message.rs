@@ -25,8 +25,21 @@ use crate::broken::Broken;
 /// `max_caps`, `max_depth`, `max_items`); a version-1 decoder refuses them as unknown
 /// fields, so the two versions do not interoperate (PROTOCOL.md, "Changes"). Version 3
 /// added quiet questions (`deliver`'s `quiet`, `want_return`); a version-3 side still
-/// speaks version 2 to a peer that announces it, and then sends neither.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// speaks version 2 to a peer that announces it, and then sends neither. Version 4
+/// added three-party handoff: the `third_party` descriptor and the `listen` message
+/// (PROTOCOL.md 9.16); a version-4 side speaks 2 or 3 to a peer that announces it, and
+/// then sends neither.
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// The first protocol version with three-party handoff (`third_party`, `listen`).
+pub const HANDOFF_VERSION: u32 = 4;
+
+/// The most address hints a `third_party` descriptor or a `listen` message carries.
+pub const MAX_HINTS: usize = 4;
+
+/// The longest address hint, in bytes: a 253-byte domain name or a bracketed IPv6
+/// address, a colon and a port.
+pub const MAX_HINT_LEN: usize = 300;
 
 /// The oldest protocol version this crate still speaks: a peer announcing it (or any
 /// version up to [`PROTOCOL_VERSION`]) gets only what that version has.
@@ -216,6 +229,13 @@ pub enum Message {
         /// The ping's nonce.
         nonce: u64,
     },
+    /// Where the sender can be reached (protocol version 4): its address hints, each
+    /// `host:port` as in a sturdy ref. Sent at most once, after the `hello`, by a vat
+    /// that listens; an introducer passes them on in `third_party` descriptors.
+    Listen {
+        /// At most [`MAX_HINTS`], each at most [`MAX_HINT_LEN`] bytes.
+        hints: Vec<String>,
+    },
 }
 
 /// The target of a `deliver`.
@@ -247,7 +267,7 @@ pub struct Payload {
 }
 
 /// How one reference in a payload is named, relative to the message's sender.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(test, derive(Serialize, Deserialize))]
 #[cfg_attr(test, serde(rename_all = "snake_case"))]
 pub enum CapDescriptor {
@@ -260,6 +280,29 @@ pub enum CapDescriptor {
     /// An object the receiver hosts, under the receiver's export id: a reference coming
     /// home.
     ReceiverHosted(u64),
+    /// An object a third vat hosts, introduced by the sender (protocol version 4,
+    /// PROTOCOL.md 9.16): the receiver may pick it up from the host, and meanwhile
+    /// calls the vine, the sender's export that forwards to it.
+    ThirdParty(Box<ThirdParty>),
+}
+
+/// A `third_party` descriptor: where an introduced object lives and how to pick it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize, Deserialize))]
+#[cfg_attr(test, serde(deny_unknown_fields))]
+pub struct ThirdParty {
+    /// The host's vat ID (the SHA-256 of its public key).
+    #[cfg_attr(test, serde(with = "id_bytes"))]
+    pub host: [u8; 32],
+    /// The gift the sender deposited at the host for the receiver (not a secret: the
+    /// host hands it only to the receiver's vat ID).
+    #[cfg_attr(test, serde(with = "id_bytes"))]
+    pub gift: [u8; 32],
+    /// The sender's export id of the vine: counted like a `sender_hosted` descriptor.
+    pub vine: u64,
+    /// Where the host may be reached, `host:port` each; absent when empty.
+    #[cfg_attr(test, serde(default, skip_serializing_if = "Vec::is_empty"))]
+    pub hints: Vec<String>,
 }
 
 /// The result in a `return`.
@@ -473,11 +516,12 @@ pub(super) enum Kind {
     Abort,
     Ping,
     Pong,
+    Listen,
 }
 
 impl Kind {
     /// Every kind, for looking a wire name up.
-    const ALL: [Kind; 11] = [
+    const ALL: [Kind; 12] = [
         Kind::Hello,
         Kind::Bootstrap,
         Kind::Deliver,
@@ -489,6 +533,7 @@ impl Kind {
         Kind::Abort,
         Kind::Ping,
         Kind::Pong,
+        Kind::Listen,
     ];
 
     /// The kind of `msg`.
@@ -505,6 +550,7 @@ impl Kind {
             Message::Abort { .. } => Kind::Abort,
             Message::Ping { .. } => Kind::Ping,
             Message::Pong { .. } => Kind::Pong,
+            Message::Listen { .. } => Kind::Listen,
         }
     }
 
@@ -522,6 +568,7 @@ impl Kind {
             Kind::Abort => "abort",
             Kind::Ping => "ping",
             Kind::Pong => "pong",
+            Kind::Listen => "listen",
         }
     }
 
@@ -548,6 +595,21 @@ mod shared_bytes {
         Ok(Bytes::from(
             serde_bytes::ByteBuf::deserialize(d)?.into_vec(),
         ))
+    }
+}
+
+/// Serde for a vat ID or gift id as a 32-byte CBOR byte string (the test-only derives).
+#[cfg(test)]
+mod id_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) fn serialize<S: Serializer>(id: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(id)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        <[u8; 32]>::try_from(&bytes[..]).map_err(|_| D::Error::custom("expected 32 bytes"))
     }
 }
 
@@ -597,7 +659,7 @@ mod tests {
         let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,
-            "00000077a16568656c6c6fa86776657273696f6e03696d61785f6672616d651a001000006d6d61785f7175657374696f6e731904006a6d61785f7175657565641901006b6d61785f696d706f7274731a00010000686d61785f63617073190100696d61785f64657074681820696d61785f6974656d731a00010000"
+            "00000077a16568656c6c6fa86776657273696f6e04696d61785f6672616d651a001000006d6d61785f7175657374696f6e731904006a6d61785f7175657565641901006b6d61785f696d706f7274731a00010000686d61785f63617073190100696d61785f64657074681820696d61785f6974656d731a00010000"
         );
     }
 

@@ -302,7 +302,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         };
         let keepable = p.caps.iter().all(|cap| match cap {
             OutCap::Import(i) => self.imports.contains_key(i),
-            OutCap::Local(_) => true,
+            OutCap::Local(_) | OutCap::ThirdParty(..) => true,
             OutCap::Promise(_) => false,
         });
         if keepable {

@@ -12,9 +12,10 @@
 use std::collections::HashSet;
 use std::hash::Hash;
 
-use super::{OutCap, OutPayload, PromiseState, Session, Violation};
+use super::{Introduction, OutCap, OutPayload, PromiseState, Session, Violation};
 use crate::broken::{Broken, BrokenKind};
 use crate::proto::ExportId;
+use crate::wire::message::{HANDOFF_VERSION, ThirdParty};
 use crate::wire::scan::{self, Shape};
 use crate::wire::{CapDescriptor, Message, Payload, ReturnResult, ScanError, WireBroken};
 
@@ -48,7 +49,9 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             .caps
             .iter()
             .filter_map(|c| match c {
-                OutCap::Local(o) | OutCap::Promise(o) if !self.export_ids.contains_key(o) => {
+                OutCap::Local(o) | OutCap::Promise(o) | OutCap::ThirdParty(o, _)
+                    if !self.export_ids.contains_key(o) =>
+                {
                     Some(o)
                 }
                 _ => None,
@@ -97,6 +100,20 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     }
                 },
                 OutCap::Import(i) => CapDescriptor::ReceiverHosted(i.0),
+                OutCap::ThirdParty(o, intro) => {
+                    let vine = self.export(o, PromiseState::NotAPromise).0.0;
+                    if self.peer.version >= HANDOFF_VERSION {
+                        let Introduction { host, gift, hints } = *intro;
+                        CapDescriptor::ThirdParty(Box::new(ThirdParty {
+                            host,
+                            gift,
+                            vine,
+                            hints,
+                        }))
+                    } else {
+                        CapDescriptor::SenderHosted(vine)
+                    }
+                }
             });
         }
         Ok(Payload {

@@ -11,9 +11,10 @@
 use std::collections::HashSet;
 use std::hash::Hash;
 
-use super::{Event, InCap, InPayload, PromiseState, Session, Violation};
+use super::{Event, InCap, InPayload, Introduction, PromiseState, Session, Violation};
 use crate::broken::Broken;
 use crate::proto::{ExportId, ImportId};
+use crate::wire::message::{HANDOFF_VERSION, ThirdParty};
 use crate::wire::{CapDescriptor, Message, Payload, ReturnResult};
 
 /// A reference the peer exports to this side.
@@ -99,6 +100,17 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                         new_imports.insert(i);
                     }
                 }
+                CapDescriptor::ThirdParty(ref t) => {
+                    if self.peer.version < HANDOFF_VERSION {
+                        return Err(Violation::NotInVersion {
+                            what: "third_party",
+                            version: self.peer.version,
+                        });
+                    }
+                    if !self.imports.contains_key(&ImportId(t.vine)) {
+                        new_imports.insert(t.vine);
+                    }
+                }
                 CapDescriptor::ReceiverHosted(e) => {
                     if !self.exports.contains_key(&ExportId(e)) {
                         return Err(Violation::UnknownExport(ExportId(e)));
@@ -124,6 +136,16 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                     Some(export) => InCap::Local(export.object.clone()),
                     None => return Err(Violation::UnknownExport(ExportId(e))),
                 },
+                CapDescriptor::ThirdParty(t) => {
+                    let ThirdParty {
+                        host,
+                        gift,
+                        vine,
+                        hints,
+                    } = *t;
+                    let import = self.count_sent(ImportId(vine), PromiseState::NotAPromise);
+                    InCap::ThirdParty(import, Box::new(Introduction { host, gift, hints }))
+                }
             });
         }
         Ok(InPayload {
@@ -348,7 +370,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
 /// The import a reference names, if it is one.
 pub(super) fn import_of<O>(cap: &InCap<O>) -> Option<ImportId> {
     match cap {
-        InCap::Import(i) | InCap::Promise(i) => Some(*i),
+        InCap::Import(i) | InCap::Promise(i) | InCap::ThirdParty(i, _) => Some(*i),
         InCap::Local(_) => None,
     }
 }

@@ -39,8 +39,8 @@ use std::hash::Hash;
 use std::time::Instant;
 
 pub use types::{
-    Call, CloseReason, Deadline, Event, InCap, InPayload, LocalTarget, OutCap, OutPayload,
-    SHUTDOWN_REASON, SessionStats,
+    Call, CloseReason, Deadline, Event, InCap, InPayload, Introduction, LocalTarget, OutCap,
+    OutPayload, SHUTDOWN_REASON, SessionStats,
 };
 pub use violation::Violation;
 
@@ -50,7 +50,8 @@ use super::{AnswerId, ExportId, ImportId, QuestionId};
 use crate::broken::Broken;
 use crate::limits::Limits;
 use crate::wire::message::{
-    MAX_ERROR_MESSAGE, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, truncate_at_char_boundary,
+    HANDOFF_VERSION, MAX_ERROR_MESSAGE, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    truncate_at_char_boundary,
 };
 use crate::wire::{
     CborLimits, DecodeError, Hello, MIN_CAPS, MIN_DEPTH, MIN_FRAME, MIN_IMPORTS, MIN_ITEMS,
@@ -112,6 +113,8 @@ pub struct Session<O, R> {
     /// A listening session's `hello`, not sent yet: it answers the peer's, with the
     /// lower of the two protocol versions (see [`Session::new_listening`]).
     hello_owed: bool,
+    /// This side's address hints, sent once in a `listen` (protocol version 4).
+    listen: Vec<String>,
     /// The nonce of the next ping the runtime asks for.
     next_ping: u64,
     timers: Timers,
@@ -190,7 +193,9 @@ impl<O: Clone> Resolution<O> {
         match result {
             Err(b) => Resolution::Broken(b.clone()),
             Ok(p) if p.caps.len() == 1 && p.data[..] == SINGLE_CAP_DATA => match &p.caps[0] {
-                InCap::Import(i) | InCap::Promise(i) => Resolution::Import(*i),
+                InCap::Import(i) | InCap::Promise(i) | InCap::ThirdParty(i, _) => {
+                    Resolution::Import(*i)
+                }
                 InCap::Local(o) => Resolution::Local(o.clone()),
             },
             Ok(_) => Resolution::Data,
@@ -201,7 +206,9 @@ impl<O: Clone> Resolution<O> {
     fn of_outgoing(payload: &OutPayload<O>) -> Resolution<O> {
         if payload.caps.len() == 1 && payload.data[..] == SINGLE_CAP_DATA {
             match &payload.caps[0] {
-                OutCap::Local(o) | OutCap::Promise(o) => Resolution::Local(o.clone()),
+                OutCap::Local(o) | OutCap::Promise(o) | OutCap::ThirdParty(o, _) => {
+                    Resolution::Local(o.clone())
+                }
                 OutCap::Import(i) => Resolution::Import(*i),
             }
         } else {
@@ -255,6 +262,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             suspects: Vec::new(),
             collect_debt: 0,
             hello_owed: false,
+            listen: Vec::new(),
             next_ping: 1,
             timers: Timers::new(now),
             outbox,
@@ -424,6 +432,16 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 self.handle_pong(nonce);
                 Ok(())
             }
+            Message::Listen { hints } => {
+                if self.peer.version < HANDOFF_VERSION {
+                    return Err(Violation::NotInVersion {
+                        what: "listen",
+                        version: self.peer.version,
+                    });
+                }
+                self.events.push_back(Event::Listen { hints });
+                Ok(())
+            }
         }
     }
 
@@ -470,9 +488,39 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             ours.version = hello.version.min(PROTOCOL_VERSION);
             // First, before anything this side queued since.
             self.outbox.push_front(Message::Hello(ours));
+            if let Some(listen) = self.listen_message() {
+                self.outbox.insert(1, listen);
+            }
+        } else if let Some(listen) = self.listen_message() {
+            self.outbox.push_back(listen);
         }
         self.drain_hold_queue();
         Ok(())
+    }
+
+    /// The `listen` message to send once the peer's version is known: only to a peer
+    /// speaking version 4, and only if this side has hints.
+    fn listen_message(&mut self) -> Option<Message> {
+        if self.peer.version < HANDOFF_VERSION || self.listen.is_empty() {
+            return None;
+        }
+        Some(Message::Listen {
+            hints: std::mem::take(&mut self.listen),
+        })
+    }
+
+    /// Sets where this side can be reached, sent to the peer in a `listen` message
+    /// after the `hello`s if it speaks version 4. Call before the peer's `hello` is
+    /// handled; at most `wire::MAX_HINTS` are sent.
+    pub fn set_listen(&mut self, mut hints: Vec<String>) {
+        hints.truncate(crate::wire::message::MAX_HINTS);
+        self.listen = hints;
+    }
+
+    /// The protocol version spoken on this session: the lower of the two `hello`s (the
+    /// oldest this crate speaks until the peer's arrives).
+    pub fn version(&self) -> u32 {
+        self.peer.version.min(PROTOCOL_VERSION)
     }
 
     // ---- local commands that concern the whole session ----

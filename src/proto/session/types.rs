@@ -67,6 +67,22 @@ pub enum OutCap<O> {
     Promise(O),
     /// A reference imported from this same peer: it goes home as `receiver_hosted`.
     Import(ImportId),
+    /// An object at a third vat, introduced (PROTOCOL.md 9.16): the vine, a local object
+    /// forwarding to it, is exported as for `Local`, and named by a `third_party`
+    /// descriptor to a peer speaking version 4 (to an older one, `sender_hosted`).
+    ThirdParty(O, Box<Introduction>),
+}
+
+/// Where an introduced object can be picked up: the host's vat ID, the gift the
+/// introducer deposited there for the receiver, and the host's address hints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introduction {
+    /// The host's vat ID.
+    pub host: [u8; 32],
+    /// The gift id (32 random bytes).
+    pub gift: [u8; 32],
+    /// `host:port` hints for reaching the host (at most `wire::MAX_HINTS`).
+    pub hints: Vec<String>,
 }
 
 /// Data plus references, on its way to the peer.
@@ -116,6 +132,10 @@ pub enum InCap<O> {
     Promise(ImportId),
     /// One of this side's own objects, come home.
     Local(O),
+    /// An object at a third vat, named by a `third_party` descriptor: the import is the
+    /// vine (counted and released as `Import`), the introduction says where to pick the
+    /// object up.
+    ThirdParty(ImportId, Box<Introduction>),
 }
 
 /// Data plus references, arrived from the peer.
@@ -258,6 +278,11 @@ pub enum Event<O, R> {
     Closed {
         /// Why.
         reason: CloseReason,
+    },
+    /// The peer said where it can be reached (`listen`, protocol version 4).
+    Listen {
+        /// Its address hints, as sent (unchecked `host:port` strings).
+        hints: Vec<String>,
     },
 }
 

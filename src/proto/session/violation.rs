@@ -72,6 +72,15 @@ pub enum Violation {
     /// (PROTOCOL.md 9.15).
     #[error("want_return for answer {0} after its finish")]
     WantReturnAfterFinish(AnswerId),
+    /// A message or descriptor of a protocol version newer than the one the peer
+    /// announced.
+    #[error("{what} is not part of protocol version {version}, which the peer announced")]
+    NotInVersion {
+        /// The message kind or descriptor.
+        what: &'static str,
+        /// The version the peer announced.
+        version: u32,
+    },
     /// A `return` for a question never asked or already answered.
     #[error("return for question {0}, which was never asked or is already answered")]
     UnknownQuestion(QuestionId),

@@ -257,7 +257,7 @@ fn unsupported_version_is_a_violation() {
         drain(&mut s),
         (
             vec![Message::Abort {
-                reason: "unsupported protocol version 4 (this vat speaks 2 to 3)".to_owned()
+                reason: "unsupported protocol version 5 (this vat speaks 2 to 4)".to_owned()
             }],
             vec![Seen::Closed(CloseReason::Violation(v))]
         )

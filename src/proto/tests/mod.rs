@@ -210,6 +210,7 @@ enum Seen {
     Cancel(AnswerId),
     Pong(u64),
     Closed(CloseReason),
+    Listen(Vec<String>),
 }
 
 impl From<Event<u32, u32>> for Seen {
@@ -250,6 +251,7 @@ impl From<Event<u32, u32>> for Seen {
             },
             Event::Return { resolver, result } => Seen::Return { resolver, result },
             Event::Closed { reason } => Seen::Closed(reason),
+            Event::Listen { hints } => Seen::Listen(hints),
         }
     }
 }

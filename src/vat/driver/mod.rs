@@ -12,8 +12,8 @@
 //! [`Connection`]'s job) nor decide protocol questions (that is [`Session`]'s).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -26,6 +26,7 @@ use tracing::Instrument;
 use super::codec::RefPayload;
 use super::export::Watched;
 use super::handle::{Command, SessionHandle, Traffic};
+use super::handoff::Switch;
 use super::local::{guard, invoke};
 use super::mailbox::Inbox;
 use super::object::{self, Args, ObjectHandle, Outcome, ReplyInner};
@@ -43,6 +44,7 @@ use crate::proto::{
 use crate::transport::{self, Connection, FrameBody, TlsStream, TransportError};
 use crate::wire::{CborLimits, Message};
 
+mod host;
 mod payloads;
 mod trace;
 
@@ -65,6 +67,8 @@ pub(crate) fn outbound_session(vat: &Arc<VatInner>, peer: VatId, address: String
     let (handle, rx) = vat.new_session(peer, false);
     outbound.insert(peer, handle.clone());
     drop(outbound);
+    // An introducer passes on where it reached a host (PROTOCOL.md 9.16).
+    handle.add_hints([address.clone()]);
     // One span per session: every event of the session task carries the peer, the
     // direction and the address. Created once per session, never per call.
     let span = tracing::info_span!(
@@ -155,7 +159,13 @@ pub(crate) fn run(
         unsent_applied: 0,
         frames_waiting: false,
         reported: 0,
+        introduced: HashMap::new(),
+        versioned: false,
     };
+    // Where this vat can be reached, for the peer to pass on in introductions.
+    if let Some((host, port)) = d.vat.address() {
+        d.core.set_listen(vec![format!("{host}:{port}")]);
+    }
     async move {
         let d = &mut d;
         let vat = d.vat.clone();
@@ -329,6 +339,11 @@ struct Driver {
     reported: usize,
     /// This session's fair share of the vat-wide budget ([`Limits::outbound_share`]).
     share: usize,
+    /// The references the peer introduced (`third_party`), by their vine's import: a
+    /// later reception of the same vine is the same reference.
+    introduced: HashMap<ImportId, Weak<Switch>>,
+    /// The session's protocol version has been told to the handle.
+    versioned: bool,
 }
 
 impl Drop for Driver {
@@ -468,6 +483,12 @@ impl Driver {
         // A closed session's handles say so before any promise breaks because of it.
         if let Some(reason) = self.core.closed_reason() {
             self.handle.mark_closed(&reason);
+        }
+        // The version is known from the peer's `hello` on, before any event after it
+        // (a reference passed back at once may be handed off).
+        if !self.versioned && self.core.is_established() {
+            self.versioned = true;
+            self.handle.set_version(self.core.version());
         }
         loop {
             if !self.core.is_closed() && !self.answer_room() {
@@ -617,6 +638,10 @@ impl Driver {
             } => {
                 let args = Args::new(payload.data, self.refs(payload.caps), self.cbor)
                     .with_caller(self.handle.peer());
+                let intercepted = match &target {
+                    InCap::Local(object) => self.protocol_call(&method, object, &args),
+                    _ => None,
+                };
                 // Per-call timing only when someone listens at DEBUG: one cached
                 // callsite check, no clock read otherwise.
                 let traced = tracing::enabled!(tracing::Level::DEBUG).then(|| CallTrace {
@@ -625,17 +650,21 @@ impl Driver {
                     target: target_kind(&target),
                     started: Instant::now(),
                 });
-                let reply = match (target, answer) {
+                // Handoff's own calls are decided here (`host.rs`); the rest go on.
+                let reply = match (intercepted, target, answer) {
+                    (Some(outcome), _, _) => ReplyInner::Ready(outcome),
                     // A one-way call to a proxy stays one-way on its way on.
-                    (InCap::Local(object), None) => match object.proxied() {
+                    (None, InCap::Local(object), None) => match object.proxied() {
                         Some(target) => object::forward_one_way(target, &method, args),
                         None => invoke(&object, &method, args),
                     },
-                    (InCap::Local(object), Some(_)) => invoke(&object, &method, args),
+                    (None, InCap::Local(object), Some(_)) => invoke(&object, &method, args),
                     // An answer of ours resolved to the peer's own reference: the call
                     // goes back to it, in order, and its result answers this one.
-                    (forward, Some(_)) => object::forward(&self.in_ref(forward), &method, args),
-                    (forward, None) => {
+                    (None, forward, Some(_)) => {
+                        object::forward(&self.in_ref(forward), &method, args)
+                    }
+                    (None, forward, None) => {
                         object::forward_one_way(&self.in_ref(forward), &method, args)
                     }
                 };
@@ -690,6 +719,10 @@ impl Driver {
                 }
             }
             Event::Bootstrap { answer, swiss } => {
+                if let Some(outcome) = self.withdraw(swiss.as_bytes()) {
+                    self.core.answer(answer, outcome);
+                    return;
+                }
                 // The swiss number is a secret: never in a log, at any level.
                 let outcome = match self.vat.lookup(&swiss) {
                     Ok(object) => {
@@ -717,6 +750,13 @@ impl Driver {
                 resolver.resolve(settled);
             }
             Event::Closed { reason } => log_close(&reason),
+            Event::Listen { hints } => {
+                // Only hints in the sturdy-ref grammar are passed on.
+                let good = hints
+                    .into_iter()
+                    .filter(|h| crate::sturdy::parse_address(h).is_ok());
+                self.handle.add_hints(good);
+            }
         }
     }
 

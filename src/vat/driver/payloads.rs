@@ -4,6 +4,7 @@
 //! posts the settlement to the session.
 
 use super::*;
+use crate::vat::handoff;
 
 impl Driver {
     /// Names an outgoing payload's references for this session.
@@ -58,7 +59,34 @@ impl Driver {
     /// A live reference for a descriptor the session resolved (it holds one handle).
     pub(super) fn in_ref(&mut self, cap: InCap<ObjectHandle>) -> Ref {
         match cap {
-            InCap::Import(i) => Ref::remote(self.handle.clone(), LocalTarget::Import(i), None),
+            InCap::Import(i) => {
+                let import = Ref::remote(self.handle.clone(), LocalTarget::Import(i), None);
+                // A vine the peer introduced before: the same reference (the new
+                // reception's handle goes with `import`).
+                match self.introduced.get(&i).and_then(Weak::upgrade) {
+                    Some(switch) => Ref::handoff(switch),
+                    None => import,
+                }
+            }
+            InCap::ThirdParty(i, intro) => {
+                if let Some(switch) = self.introduced.get(&i).and_then(Weak::upgrade) {
+                    drop(Ref::remote(
+                        self.handle.clone(),
+                        LocalTarget::Import(i),
+                        None,
+                    ));
+                    return Ref::handoff(switch);
+                }
+                let vine = Ref::remote(self.handle.clone(), LocalTarget::Import(i), None);
+                let r = handoff::receive(&self.vat, vine, *intro, self.handle.peer());
+                if self.introduced.len() >= 64 && self.introduced.len().is_power_of_two() {
+                    self.introduced.retain(|_, s| s.strong_count() > 0);
+                }
+                if let Some(switch) = r.switch() {
+                    self.introduced.insert(i, switch);
+                }
+                r
+            }
             InCap::Promise(i) => {
                 if self.promises.len() >= 64 && self.promises.len().is_power_of_two() {
                     self.promises.retain(|_, tx| tx.receiver_count() > 0);

@@ -52,7 +52,7 @@ pub(super) fn target_kind(target: &InCap<ObjectHandle>) -> &'static str {
     match target {
         InCap::Local(o) if o.proxied().is_some() => "proxy",
         InCap::Local(_) => "local",
-        InCap::Import(_) | InCap::Promise(_) => "forward",
+        InCap::Import(_) | InCap::Promise(_) | InCap::ThirdParty(..) => "forward",
     }
 }
 

@@ -16,7 +16,19 @@ fn descriptor() -> impl Strategy<Value = CapDescriptor> {
         any::<u64>().prop_map(CapDescriptor::SenderHosted),
         any::<u64>().prop_map(CapDescriptor::SenderPromise),
         any::<u64>().prop_map(CapDescriptor::ReceiverHosted),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u64>(), hints()).prop_map(
+            |(host, gift, vine, hints)| CapDescriptor::ThirdParty(Box::new(ThirdParty {
+                host,
+                gift,
+                vine,
+                hints
+            }))
+        ),
     ]
+}
+
+fn hints() -> impl Strategy<Value = Vec<String>> {
+    proptest::collection::vec("[a-z0-9.:\\[\\]]{0,40}", 0..=4)
 }
 
 fn payload() -> impl Strategy<Value = Payload> {
@@ -80,6 +92,7 @@ fn message() -> impl Strategy<Value = Message> {
         ".{0,100}".prop_map(|reason| Message::Abort { reason }),
         any::<u64>().prop_map(|nonce| Message::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Message::Pong { nonce }),
+        hints().prop_map(|hints| Message::Listen { hints }),
     ]
 }
 

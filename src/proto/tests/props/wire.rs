@@ -156,14 +156,14 @@ impl Wire {
             "session {s} sent {wire:?} for {local:?}"
         );
         for (l, w) in local.iter().zip(wire) {
-            match (l, *w) {
+            match (l, w) {
                 (
                     OutCap::Local(o) | OutCap::Promise(o),
                     CapDescriptor::SenderHosted(id) | CapDescriptor::SenderPromise(id),
                 ) => {
-                    let named = *self.export_object.entry((s, id)).or_insert(*o);
+                    let named = *self.export_object.entry((s, *id)).or_insert(*o);
                     assert_eq!(named, *o, "export {id} of session {s} names two objects");
-                    *self.exported[s].entry(id).or_default() += 1;
+                    *self.exported[s].entry(*id).or_default() += 1;
                 }
                 (OutCap::Import(_), CapDescriptor::ReceiverHosted(_)) => {}
                 other => panic!("session {s} sent {other:?}"),

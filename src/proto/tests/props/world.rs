@@ -296,6 +296,7 @@ impl World {
                     *self.handles.entry((s, i)).or_default() += 1;
                     self.promises_in.entry((s, i)).or_insert(false);
                 }
+                InCap::ThirdParty(..) => unreachable!("the world introduces nothing"),
                 InCap::Local(o) => {
                     let (vat, _) = self.objects[&o];
                     assert_eq!(vat, VAT_OF[s], "object {o} came home to the wrong vat");
@@ -688,6 +689,7 @@ impl World {
                     then_drop.push(i);
                     OutCap::Import(i)
                 }
+                InCap::ThirdParty(..) => unreachable!("the world introduces nothing"),
                 InCap::Import(i) | InCap::Promise(i) => {
                     let vat = VAT_OF[s_out];
                     OutCap::Local(self.new_object(
@@ -729,6 +731,7 @@ impl World {
                         );
                         self.deliver(o, s, payload.data, payload.caps, reply);
                     }
+                    InCap::ThirdParty(..) => unreachable!("the world introduces nothing"),
                     InCap::Import(i) | InCap::Promise(i) => {
                         // An answer of ours resolved to the peer's reference.
                         self.got(s, &[InCap::Import(i)]);

@@ -1,0 +1,332 @@
+//! Three-party handoff in the runtime (PROTOCOL.md 9.16): the introducer's side
+//! ([`introduce`]: deposit a gift at the host, name the reference `third_party`) and the
+//! recipient's ([`Switch`] and [`receive`]: a reference that calls through the
+//! introducer's vine until it has picked the object up at the host, then calls the host
+//! directly, in E-order).
+//!
+//! The ordering rule: the recipient posts a `captp.fence` question on the vine, after
+//! every call it sent there, and holds new calls; the host answers the fence when it
+//! reaches the object, so every vine call has been delivered by then; only then does the
+//! recipient withdraw the gift and send the held calls directly. Anything that fails on
+//! the way leaves the reference on the vine for good, losing nothing.
+//!
+//! This module must not hold a lock across an await, nor the vine's lock while posting
+//! (a reference can travel in its own arguments); the host's side of a deposit, a fence
+//! and a withdrawal is the session task's (`driver/`), over `gifts.rs`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use serde_bytes::ByteBuf;
+use tokio::sync::oneshot;
+
+use super::codec;
+use super::driver;
+use super::gifts::gift_key;
+use super::handle::{Command, SessionHandle};
+use super::promise::Resolver;
+use super::reference::{Forward, Ref};
+use super::shared::VatInner;
+use crate::broken::{Broken, BrokenKind, Escaped};
+use crate::identity::VatId;
+use crate::proto::{Introduction, LocalTarget};
+use crate::sturdy::SwissNumber;
+
+/// The method of a deposit: a one-way call on the host's object, by the introducer,
+/// with `[gift id, recipient vat ID]`.
+pub(crate) const DEPOSIT: &str = "captp.deposit";
+
+/// The method of a fence: a question on the vine, by the recipient, with `[gift id]`;
+/// answered by the host with `null` once it reaches the object.
+pub(crate) const FENCE: &str = "captp.fence";
+
+/// A vat's handoffs as the recipient, for `Vat::stats`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Introduced references now called directly at their host.
+    pub(crate) direct: AtomicU64,
+    /// Introduced references that stayed on the vine (the handoff failed).
+    pub(crate) fallback: AtomicU64,
+}
+
+/// The introducer's side: if `reference` (a settled import from `host_session`) may be
+/// handed off to `dest`'s peer, deposits a fresh gift for that peer at the host, in
+/// order with every other send on `reference`, and says how to name it.
+pub(crate) fn introduce(
+    reference: &Ref,
+    host_session: &SessionHandle,
+    target: LocalTarget,
+    dest: &SessionHandle,
+) -> Option<Introduction> {
+    if !matches!(target, LocalTarget::Import(_)) || !dest.hands_off() || !host_session.hands_off() {
+        return None;
+    }
+    let gift: [u8; 32] = rand::random();
+    let recipient = dest.peer();
+    let args = (
+        serde_bytes::Bytes::new(&gift),
+        serde_bytes::Bytes::new(recipient.as_bytes()),
+    );
+    let payload = codec::encode(&args).ok()?;
+    // One-way: a refused deposit shows at the recipient, whose fence then fails.
+    reference.forward(DEPOSIT.to_owned(), payload, None).ok()?;
+    Some(Introduction {
+        host: *host_session.peer().as_bytes(),
+        gift,
+        hints: host_session.hints(),
+    })
+}
+
+/// A reference received as `third_party`: calls go to the vine, are held while the
+/// switch is made, and then go to the host directly.
+pub(crate) struct Switch {
+    /// The vine; taken (and so released at the introducer) once the switch is made.
+    vine: Mutex<Option<Ref>>,
+    /// The host's reference, once the switch is made: read without a lock.
+    direct: OnceLock<Ref>,
+    /// Calls made while the switch is made (`Some` only then), in order.
+    held: Mutex<Option<Vec<Forward>>>,
+}
+
+/// Where [`Switch::route`] sends a call.
+pub(crate) enum Route<'a> {
+    /// To this reference, now.
+    Go(&'a Ref),
+    /// Into the queue of held calls.
+    Hold(&'a mut Vec<Forward>),
+}
+
+impl Switch {
+    fn new(vine: Ref) -> Switch {
+        Switch {
+            vine: Mutex::new(Some(vine)),
+            direct: OnceLock::new(),
+            held: Mutex::new(None),
+        }
+    }
+
+    /// The host's reference, once the switch is made.
+    pub(crate) fn direct(&self) -> Option<&Ref> {
+        self.direct.get()
+    }
+
+    /// The reference calls go to now (the vine, or the host's once switched): what
+    /// this reference reports and watches as its own.
+    pub(crate) fn current(&self) -> Ref {
+        if let Some(d) = self.direct.get() {
+            return d.clone();
+        }
+        // The vine is taken only after `direct` is set: one of the two is there.
+        let vine = lock(&self.vine).clone();
+        vine.or_else(|| self.direct.get().cloned())
+            .unwrap_or_else(|| Ref::broken(Broken::disconnected("the reference was dropped")))
+    }
+
+    /// Decides where a call goes and runs `f` with that, under the lock that the
+    /// switch takes, so that no switch comes between choosing the path and posting.
+    pub(crate) fn route<T>(&self, f: impl FnOnce(Route<'_>) -> T) -> T {
+        if let Some(d) = self.direct.get() {
+            return f(Route::Go(d));
+        }
+        let mut held = lock(&self.held);
+        if let Some(d) = self.direct.get() {
+            return f(Route::Go(d));
+        }
+        if let Some(queue) = held.as_mut() {
+            return f(Route::Hold(queue));
+        }
+        let vine = self.current();
+        f(Route::Go(&vine))
+    }
+
+    /// Starts holding calls and posts the fence on the vine (by `fence`), after every
+    /// call sent there so far. `None` if the switch was started already.
+    fn begin<T>(&self, fence: impl FnOnce(&Ref) -> T) -> Option<T> {
+        let mut held = lock(&self.held);
+        if held.is_some() || self.direct.get().is_some() {
+            return None;
+        }
+        let vine = self.current();
+        *held = Some(Vec::new());
+        Some(fence(&vine))
+    }
+
+    /// The switch is made: the held calls go to `direct` in order, then every later
+    /// call; the vine is dropped.
+    fn complete(&self, direct: Ref) {
+        let mut held = lock(&self.held);
+        for f in held.take().unwrap_or_default() {
+            if let Err(b) = direct.forward(f.method, f.payload, f.resolver) {
+                tracing::debug!(broken = %b, "a held call failed on the direct reference");
+            }
+        }
+        let _ = self.direct.set(direct);
+        drop(held);
+        drop(lock(&self.vine).take());
+    }
+
+    /// The switch failed: the held calls go to the vine in order, and so does every
+    /// later call.
+    fn fall_back(&self) {
+        let mut held = lock(&self.held);
+        let vine = self.current();
+        for f in held.take().unwrap_or_default() {
+            if let Err(b) = vine.forward(f.method, f.payload, f.resolver) {
+                tracing::debug!(broken = %b, "a held call failed on the vine");
+            }
+        }
+    }
+
+    /// Whether the vine is an import on `dest` (so this reference goes home there).
+    pub(crate) fn vine(&self) -> Option<Ref> {
+        lock(&self.vine).clone()
+    }
+}
+
+/// The recipient's side: the reference for a `third_party` descriptor whose vine is
+/// `vine`, introduced by `introducer`. Starts the switch in a task of the vat; with
+/// handoff off, the vine itself.
+pub(crate) fn receive(
+    vat: &Arc<VatInner>,
+    vine: Ref,
+    intro: Introduction,
+    introducer: VatId,
+) -> Ref {
+    if vat.limits.handoff_timeout.is_zero() {
+        return vine;
+    }
+    let switch = Arc::new(Switch::new(vine));
+    let reference = Ref::handoff(switch.clone());
+    let task_vat = vat.clone();
+    vat.spawn(async move {
+        let vat = task_vat;
+        let host = VatId::from_bytes(intro.host);
+        let timeout = vat.limits.handoff_timeout;
+        let outcome = tokio::time::timeout(timeout, attempt(&vat, &switch, &intro, introducer))
+            .await
+            .unwrap_or_else(|_| Err(format!("gave up after {timeout:?}")));
+        match outcome {
+            Ok(direct) => {
+                switch.complete(direct);
+                vat.handoffs.direct.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    target: "captp::handoff",
+                    %introducer,
+                    %host,
+                    "handed off: calls go to the host directly"
+                );
+            }
+            Err(reason) => {
+                switch.fall_back();
+                vat.handoffs.fallback.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    target: "captp::handoff",
+                    %introducer,
+                    %host,
+                    reason = %Escaped(&reason),
+                    "handoff failed: calls keep going through the introducer"
+                );
+            }
+        }
+    });
+    reference
+}
+
+/// Connects to the host, fences the vine and withdraws the gift; the host's reference,
+/// or why not.
+async fn attempt(
+    vat: &Arc<VatInner>,
+    switch: &Switch,
+    intro: &Introduction,
+    introducer: VatId,
+) -> Result<Ref, String> {
+    let host = VatId::from_bytes(intro.host);
+    let me = vat.identity.vat_id();
+    // 1. A session with the host, up and answering (calls keep using the vine).
+    let session = if host == me {
+        None
+    } else {
+        let s = session_with(vat, host, &intro.hints)?;
+        let (tx, rx) = oneshot::channel();
+        s.post(Command::Sync(tx))
+            .map_err(|b| format!("could not reach the host: {b}"))?;
+        tokio::select! {
+            r = rx => r.map_err(|_| "could not reach the host".to_owned())?,
+            b = s.when_closed() => return Err(format!("could not reach the host: {b}")),
+        }
+        Some(s)
+    };
+    // 2. The fence, after every call sent on the vine; calls made from now on wait.
+    let gift = ByteBuf::from(intro.gift.to_vec());
+    let fence = switch
+        .begin(|vine| vine.send::<()>(FENCE, (gift,)))
+        .ok_or("the switch was started twice")?;
+    fence
+        .await
+        .map_err(|b| format!("the host did not confirm the fence: {b}"))?;
+    // 3. The gift: every vine call has reached the object, so direct calls may go.
+    let key = gift_key(&introducer, &intro.gift);
+    match session {
+        None => match vat.gifts.withdraw(&key, me, tokio::time::Instant::now()) {
+            Some(Ok(object)) => Ok(object.to_ref()),
+            Some(Err(b)) => Err(format!("the gift was refused: {b}")),
+            None => Err("the gift is gone (expired or withdrawn)".to_owned()),
+        },
+        Some(s) => fetch(&s, SwissNumber::from_bytes(key))
+            .when_settled::<Ref>()
+            .await
+            .map_err(|b| format!("the host refused the withdrawal: {b}")),
+    }
+}
+
+/// A live session with `host` (this vat's outbound one, else any), or a new one to the
+/// first hint that parses as `host:port`.
+fn session_with(
+    vat: &Arc<VatInner>,
+    host: VatId,
+    hints: &[String],
+) -> Result<SessionHandle, String> {
+    let live = |h: &&SessionHandle| h.peer() == host && !h.is_closed();
+    if let Some(s) = shared_lock(&vat.outbound).get(&host).filter(live) {
+        return Ok(s.clone());
+    }
+    if let Some(s) = shared_lock(&vat.sessions).values().find(live) {
+        return Ok(s.clone());
+    }
+    let address = hints
+        .iter()
+        .find_map(|h| crate::sturdy::parse_address(h).ok())
+        .map(|(host, port)| format!("{host}:{port}"))
+        .ok_or("no session with the host, and no address hint for it")?;
+    Ok(driver::outbound_session(vat, host, address))
+}
+
+/// Fetches the object under `swiss` from `session`'s peer: what `enliven` and a
+/// withdrawal send. The reference is usable at once (sends are pipelined behind it).
+pub(crate) fn fetch(session: &SessionHandle, swiss: SwissNumber) -> Ref {
+    let question = session.next_question();
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let cmd = Command::Bootstrap {
+        question,
+        swiss,
+        resolver: Resolver::Watch(tx),
+    };
+    match session.post(cmd) {
+        Ok(()) => Ref::remote(session.clone(), LocalTarget::Answer(question), Some(rx)),
+        Err(b) => Ref::broken(b),
+    }
+}
+
+/// A broken result for a fence that reached a vat holding no such gift.
+pub(crate) fn no_gift() -> Broken {
+    Broken::new(
+        BrokenKind::UnknownObject,
+        "no gift here for this fence (it expired, was withdrawn, or never arrived)",
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+use lock as shared_lock;
