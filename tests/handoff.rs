@@ -15,9 +15,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use captp::{Args, Broken, Limits, Object, Ref, Reply, SturdyRef, Vat, VatId};
+use captp::internal::wire::{CapDescriptor, Message, Target};
+use captp::{Args, Broken, Limits, Object, Ref, Reply, SturdyRef, SwissNumber, Vat, VatId};
+use serde_bytes::ByteBuf;
 
-use common::{drained, limits, lock, within};
+use common::{RawConn, deliver, drained, limits, lock, within};
 
 /// B's service: records, per stream, the numbers sent to it and who delivered each
 /// call (the caller's vat ID: the introducer while calls go through it, the recipient
@@ -179,6 +181,358 @@ async fn an_introduced_reference_calls_the_host_directly_and_outlives_the_introd
             assert_eq!(got, n);
         }
         assert_eq!(w.service.stream("after"), (0..10).collect::<Vec<_>>());
+    })
+    .await;
+}
+
+// ---- 2. E-order across the switch ----
+
+/// Sends `count` numbers on stream `name` of `svc` as fast as the program can, mixing
+/// questions, one-way sends and round trips (so the switch lands in the middle), and
+/// checks every answer: the service answers an error for a number out of order.
+async fn send_stream(svc: &Ref, name: &str, count: u64, every: u64) {
+    let mut answers = Vec::new();
+    for n in 0..count {
+        if n % 3 == 1 {
+            svc.send_only("note", (name, n)).unwrap();
+        } else {
+            answers.push((n, svc.send::<u64>("note", (name, n))));
+        }
+        if n % every == every - 1 {
+            let _: String = svc.send("ping", ()).await.unwrap();
+        }
+    }
+    for (n, answer) in answers {
+        assert_eq!(answer.await.unwrap(), n, "stream {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_before_during_and_after_the_switch_arrive_in_order() {
+    within(async {
+        let w = default_world().await;
+        let registry = w.c.enliven(&w.registry_uri);
+        for round in 0..4 {
+            let svc: Ref = registry.send("get", ("svc",)).await.unwrap();
+            let name = format!("round {round}");
+            send_stream(&svc, &name, 400, 16).await;
+            let _: String = svc.send("ping", ()).await.unwrap();
+            assert_eq!(w.service.stream(&name), (0..400).collect::<Vec<_>>());
+            drop(svc);
+            w.c.sync().await;
+        }
+        let callers = lock(&w.service.0).callers.clone();
+        // Both paths carried calls: through A, then directly from C.
+        assert!(callers.contains(&Some(w.a.vat_id())));
+        assert!(callers.contains(&Some(w.c.vat_id())));
+        let h = w.c.stats().await.handoffs;
+        assert_eq!((h.direct, h.fallback), (4, 0));
+    })
+    .await;
+}
+
+// ---- 3. Failure and bounds ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_cannot_be_reached_leaves_the_reference_on_the_introducer() {
+    within(async {
+        // B does not listen: A knows no address for it, and C has no session with it.
+        let a = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let registry_uri = a.export(Registry::default()).unwrap();
+        let b = Vat::builder().start().await.unwrap();
+        let service = Service::default();
+        b.enliven(&registry_uri)
+            .send::<()>("put", ("svc", Ref::from_object(service.clone())))
+            .await
+            .unwrap();
+        let c = Vat::builder().start().await.unwrap();
+        let svc: Ref = c
+            .enliven(&registry_uri)
+            .send("get", ("svc",))
+            .await
+            .unwrap();
+        let h = until_settled(&c, &svc).await;
+        assert_eq!((h.direct, h.fallback), (0, 1));
+        // The reference works, through A, in order.
+        send_stream(&svc, "fallback", 100, 10).await;
+        assert_eq!(service.stream("fallback"), (0..100).collect::<Vec<_>>());
+        assert_eq!(service.last_caller(), Some(a.vat_id()));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_gift_leaves_the_reference_on_the_introducer() {
+    within(async {
+        // Gifts at B expire at once: the fence finds none, and C stays on the vine.
+        let w = world(
+            Limits::default(),
+            limits(|l| l.gift_ttl = std::time::Duration::ZERO),
+            Limits::default(),
+        )
+        .await;
+        let svc: Ref =
+            w.c.enliven(&w.registry_uri)
+                .send("get", ("svc",))
+                .await
+                .unwrap();
+        let h = until_settled(&w.c, &svc).await;
+        assert_eq!((h.direct, h.fallback), (0, 1));
+        let hb = w.b.stats().await.handoffs;
+        assert_eq!(
+            (hb.deposited, hb.withdrawn, hb.gifts, hb.expired),
+            (1, 0, 0, 1)
+        );
+        send_stream(&svc, "expired", 50, 10).await;
+        assert_eq!(w.service.stream("expired"), (0..50).collect::<Vec<_>>());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_handoff_off_references_stay_proxied() {
+    within(async {
+        let off = limits(|l| l.handoff_timeout = std::time::Duration::ZERO);
+        // Off at the introducer: it sends proxies. Off at the recipient: it keeps the vine.
+        for (a_limits, c_limits) in [(off.clone(), Limits::default()), (Limits::default(), off)] {
+            let w = world(a_limits, Limits::default(), c_limits).await;
+            let svc: Ref =
+                w.c.enliven(&w.registry_uri)
+                    .send("get", ("svc",))
+                    .await
+                    .unwrap();
+            send_stream(&svc, "off", 50, 10).await;
+            w.c.sync().await;
+            let h = w.c.stats().await.handoffs;
+            assert_eq!((h.direct, h.fallback), (0, 0));
+            assert_eq!(w.service.last_caller(), Some(w.a.vat_id()));
+        }
+    })
+    .await;
+}
+
+/// The gift key a recipient withdraws with (PROTOCOL.md 9.16).
+fn gift_key(depositor: VatId, gift: [u8; 32]) -> SwissNumber {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"captp-gift-v1");
+    ctx.update(depositor.as_bytes());
+    ctx.update(&gift);
+    SwissNumber::from_bytes(ctx.finish().as_ref().try_into().unwrap())
+}
+
+/// A deposit of `gift` for `recipient` on `export`, one-way (or as `question`).
+fn deposit(export: u64, gift: [u8; 32], recipient: VatId, question: Option<u64>) -> Message {
+    let args = (
+        ByteBuf::from(gift.to_vec()),
+        ByteBuf::from(recipient.as_bytes().to_vec()),
+    );
+    deliver(Target::Export(export), "captp.deposit", &args, question)
+}
+
+/// A raw client of `host` that has fetched its service: the client and the export id.
+async fn raw_client(host: &Vat, uri: &SturdyRef) -> (RawConn, u64) {
+    let mut raw = RawConn::connect(host).await;
+    let export = raw.hello_and_fetch(uri.swiss()).await;
+    (raw, export)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_bounds_gifts_per_depositor_and_hands_each_once_to_its_recipient() {
+    within(async {
+        let b = Vat::builder()
+            .listen("127.0.0.1:0")
+            .limits(limits(|l| l.max_gifts = 3))
+            .start()
+            .await
+            .unwrap();
+        let uri = b.export(Service::default()).unwrap();
+        // A hostile depositor, a recipient, and a fourth vat that learns everything.
+        let (mut a, a_export) = raw_client(&b, &uri).await;
+        let (mut c, c_export) = raw_client(&b, &uri).await;
+        let (mut d, d_export) = raw_client(&b, &uri).await;
+        let gifts: Vec<[u8; 32]> = (1..=5u8).map(|n| [n; 32]).collect();
+        for gift in &gifts {
+            a.send(&deposit(a_export, *gift, c.vat_id(), None)).await;
+        }
+        // A replayed deposit, asked as a question, is refused with a reason.
+        a.send(&deposit(a_export, gifts[0], c.vat_id(), Some(9)))
+            .await;
+        let refused = a.expect_broken(9).await;
+        assert_eq!(refused.kind, "too_large");
+        a.ping(1).await;
+        let h = b.stats().await.handoffs;
+        // Three kept (max_gifts), two past the bound and the replay refused.
+        assert_eq!((h.gifts, h.deposited, h.refused), (3, 3, 3));
+
+        // The fourth vat can neither fence nor withdraw: the key is bound to the
+        // depositor's and the recipient's identities.
+        d.send(&deliver(
+            Target::Export(d_export),
+            "captp.fence",
+            &(ByteBuf::from(gifts[0].to_vec()),),
+            Some(2),
+        ))
+        .await;
+        assert_eq!(d.expect_broken(2).await.kind, "unknown_object");
+        d.send(&Message::Bootstrap {
+            question: 3,
+            swiss: gift_key(a.vat_id(), gifts[0]),
+        })
+        .await;
+        let wrong = d.expect_broken(3).await;
+        assert_eq!(wrong.kind, "unknown_object");
+        assert!(wrong.message.contains("another vat"), "{}", wrong.message);
+        assert_eq!(b.stats().await.handoffs.gifts, 3);
+
+        // The recipient withdraws once: the object itself comes back.
+        c.send(&Message::Bootstrap {
+            question: 2,
+            swiss: gift_key(a.vat_id(), gifts[0]),
+        })
+        .await;
+        match c.expect_return(2).await.caps[..] {
+            [CapDescriptor::SenderHosted(e)] => assert_eq!(e, c_export),
+            ref caps => panic!("expected the service's export, got {caps:?}"),
+        }
+        // A replayed withdrawal, a forged key, a gift past the bound: unknown.
+        for (q, key) in [
+            (3, gift_key(a.vat_id(), gifts[0])),
+            (4, SwissNumber::from_bytes([9; 32])),
+            (5, gift_key(a.vat_id(), gifts[4])),
+            (6, gift_key(d.vat_id(), gifts[1])),
+        ] {
+            c.send(&Message::Bootstrap {
+                question: q,
+                swiss: key,
+            })
+            .await;
+            assert_eq!(c.expect_broken(q).await.kind, "unknown_object");
+        }
+        let h = b.stats().await.handoffs;
+        assert_eq!((h.gifts, h.withdrawn), (2, 1));
+        // Everyone is still served.
+        for raw in [&mut a, &mut c, &mut d] {
+            raw.ping(7).await;
+        }
+    })
+    .await;
+}
+
+// ---- 4. Promises ----
+
+/// A's registry with a promise: `later()` answers, once the test says so, with the
+/// reference put under "svc".
+#[derive(Clone)]
+struct Later {
+    registry: Registry,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Object for Later {
+    fn call(&self, method: &str, args: Args) -> Reply {
+        match method {
+            "later" => {
+                let (registry, release) = (self.registry.clone(), self.release.clone());
+                Reply::later(async move {
+                    release.notified().await;
+                    let svc = lock(&registry.0).get("svc").cloned();
+                    svc.ok_or_else(|| Broken::failed("no svc"))
+                })
+            }
+            _ => self.registry.call(method, args),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promise_hands_off_what_it_resolves_to_and_keeps_its_own_path() {
+    within(async {
+        let a = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let later = Later {
+            registry: Registry::default(),
+            release: Arc::new(tokio::sync::Notify::new()),
+        };
+        let uri = a.export(later.clone()).unwrap();
+        let b = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let service = Service::default();
+        b.enliven(&uri)
+            .send::<()>("put", ("svc", Ref::from_object(service.clone())))
+            .await
+            .unwrap();
+        let c = Vat::builder().start().await.unwrap();
+        // C pipelines on the promise before it resolves: through A, in order.
+        let promise = c.enliven(&uri).send_ref("later", ());
+        let early: Vec<_> = (0..5u64)
+            .map(|n| promise.send::<u64>("note", ("promise", n)))
+            .collect();
+        later.release.notify_one();
+        for (n, answer) in early.into_iter().enumerate() {
+            assert_eq!(answer.await.unwrap(), n as u64);
+        }
+        // What it resolved to is handed off...
+        let svc: Ref = promise.when_settled().await.unwrap();
+        let h = until_settled(&c, &svc).await;
+        assert_eq!((h.direct, h.fallback), (1, 0));
+        let _: String = svc.send("ping", ()).await.unwrap();
+        assert_eq!(service.last_caller(), Some(c.vat_id()));
+        // ...while messages to the promise itself keep following it, through A.
+        let n: u64 = promise.send("note", ("promise", 5)).await.unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(service.last_caller(), Some(a.vat_id()));
+    })
+    .await;
+}
+
+// ---- Self-handoff ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_introduced_to_its_own_host_becomes_local() {
+    within(async {
+        // A reached B's service by sturdy ref (its session to B); B reached A's registry
+        // by another session. A hands B's own service to B on that other session.
+        let a = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let registry = Registry::default();
+        let registry_uri = a.export(registry.clone()).unwrap();
+        let b = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let service = Service::default();
+        let service_uri = b.export(service.clone()).unwrap();
+        let at_a: Ref = a.enliven(&service_uri);
+        let _: String = at_a.send("ping", ()).await.unwrap();
+        let at_a: Ref = at_a.when_settled().await.unwrap();
+        lock(&registry.0).insert("svc".into(), at_a);
+        let back: Ref = b
+            .enliven(&registry_uri)
+            .send("get", ("svc",))
+            .await
+            .unwrap();
+        let h = until_settled(&b, &back).await;
+        assert_eq!((h.direct, h.fallback), (1, 0));
+        // Now a local call: no caller, no network.
+        let _: String = back.send("ping", ()).await.unwrap();
+        assert_eq!(service.last_caller(), None);
+        assert_eq!(b.stats().await.handoffs.withdrawn, 1);
+    })
+    .await;
+}
+
+// ---- 5. GC ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_table_drains_once_everything_is_dropped() {
+    within(async {
+        let w = default_world().await;
+        let registry = w.c.enliven(&w.registry_uri);
+        let svc: Ref = registry.send("get", ("svc",)).await.unwrap();
+        until_settled(&w.c, &svc).await;
+        send_stream(&svc, "gc", 20, 5).await;
+        // After the switch, A holds nothing for C's reference: only its registry entry
+        // (B's service) and the registry exports remain.
+        drop(svc);
+        let _: () = registry.send("drop", ()).await.unwrap();
+        drop(registry);
+        let b_registry = w.b.stats().await;
+        assert_eq!(b_registry.handoffs.gifts, 0);
+        drained(&[&w.a, &w.b, &w.c]).await;
     })
     .await;
 }

@@ -536,6 +536,8 @@ pub(crate) fn decode_data<T: DeserializeOwned>(payload: &Payload) -> T {
 pub(crate) struct RawConn {
     stream: TlsStream,
     buf: Vec<u8>,
+    /// This client's vat ID, when it made its own identity.
+    vat_id: Option<VatId>,
 }
 
 impl RawConn {
@@ -543,7 +545,14 @@ impl RawConn {
         RawConn {
             stream,
             buf: Vec::new(),
+            vat_id: None,
         }
+    }
+
+    /// This client's vat ID (the identity it presented to the vat).
+    pub(crate) fn vat_id(&self) -> VatId {
+        self.vat_id
+            .expect("a raw client made by `connect` knows its identity")
     }
 
     /// Connects to `server` over mutual TLS with a fresh identity.
@@ -575,7 +584,9 @@ impl RawConn {
         .map_err(|_| "connect did not finish within 10 s".to_owned())?
         .map_err(|e| e.to_string())?;
         assert_eq!(presented, server_id);
-        Ok(RawConn::new(stream))
+        let mut raw = RawConn::new(stream);
+        raw.vat_id = Some(identity.vat_id());
+        Ok(raw)
     }
 
     /// Writes `bytes` and flushes them (one TLS record per call).
@@ -669,10 +680,19 @@ impl RawConn {
         panic!("no complete frame after {MAX_READS_PER_FRAME} reads");
     }
 
-    /// The next message, or `None` once the connection closed.
+    /// The next message, or `None` once the connection closed. A listening vat's
+    /// `listen` (its address, sent after its `hello`) is skipped: raw clients do not
+    /// introduce anyone.
     pub(crate) async fn recv(&mut self) -> Option<Message> {
-        let body = self.read_frame().await?;
-        Some(Message::decode(&body, &CborLimits::default()).expect("the vat sent a valid message"))
+        for _ in 0..2 {
+            let body = self.read_frame().await?;
+            match Message::decode(&body, &CborLimits::default()) {
+                Ok(Message::Listen { .. }) => continue,
+                Ok(msg) => return Some(msg),
+                Err(e) => panic!("the vat sent an invalid message: {e}"),
+            }
+        }
+        panic!("two `listen` messages in a row")
     }
 
     /// The next message; panics if the connection closed.

@@ -509,12 +509,20 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         })
     }
 
-    /// Sets where this side can be reached, sent to the peer in a `listen` message
-    /// after the `hello`s if it speaks version 4. Call before the peer's `hello` is
+    /// Sets where this side can be reached, sent to the peer in a `listen` message: at
+    /// once after this side's `hello` on a connecting side, after the peer's `hello` (if
+    /// it speaks version 4) on a listening side. Call before the peer's `hello` is
     /// handled; at most `wire::MAX_HINTS` are sent.
     pub fn set_listen(&mut self, mut hints: Vec<String>) {
         hints.truncate(crate::wire::message::MAX_HINTS);
         self.listen = hints;
+        // A connecting side sends it right after its own `hello`: a listener that takes
+        // a version-4 `hello` speaks version 4 (an older one refuses the `hello` itself),
+        // and so the listener knows where its peer is before the peer's first call.
+        if !self.hello_owed && self.state == State::AwaitingHello && !self.listen.is_empty() {
+            let hints = std::mem::take(&mut self.listen);
+            self.outbox.push_back(Message::Listen { hints });
+        }
     }
 
     /// The protocol version spoken on this session: the lower of the two `hello`s (the
