@@ -173,8 +173,8 @@ pub use store::{Store, StoreError, StoredRef};
 pub use sturdy::{CapFileError, Host, HostError, ParseError, PortError, SturdyRef};
 pub use transport::TransportError;
 pub use vat::{
-    Args, ConnectionStats, HandoffStats, Object, Promise, Reconnect, ReconnectingRef, Ref, Reply,
-    Restorer, SessionInfo, Tables, Vat, VatBuilder, VatStats,
+    Args, ConnectionStats, Handoff, HandoffStats, Object, Promise, Reconnect, ReconnectingRef, Ref,
+    Reply, Restorer, SessionInfo, Tables, Vat, VatBuilder, VatStats,
 };
 pub use vat::{
     CallContext, CallError, DESCRIBE_METHOD, Interface, InterfaceInfo, MethodInfo, ParamInfo,

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use captp::internal::wire::{CapDescriptor, Message, Target};
-use captp::{Args, Broken, Limits, Object, Ref, Reply, SturdyRef, SwissNumber, Vat, VatId};
+use captp::{
+    Args, Broken, Handoff, Limits, Object, Ref, Reply, SturdyRef, SwissNumber, Vat, VatId,
+};
 use serde_bytes::ByteBuf;
 
 use common::{RawConn, deliver, drained, limits, lock, within};
@@ -144,16 +146,16 @@ async fn default_world() -> World {
     world(Limits::default(), Limits::default(), Limits::default()).await
 }
 
-/// Calls `ping` on `r` until C's vat reports the handoff done (or failed); bounded.
+/// Waits until `r`, introduced to `c`, has settled its path; C's handoff counters then.
 async fn until_settled(c: &Vat, r: &Ref) -> captp::HandoffStats {
-    for _ in 0..500 {
-        let _: String = r.send("ping", ()).await.unwrap();
-        let h = c.stats().await.handoffs;
-        if h.direct + h.fallback > 0 {
-            return h;
-        }
+    let outcome = r.when_handed_off().await;
+    let h = c.stats().await.handoffs;
+    match outcome {
+        Handoff::Direct => assert!(h.direct > 0, "{h:?}"),
+        Handoff::ThroughIntroducer { .. } => assert!(h.fallback > 0, "{h:?}"),
+        other => panic!("not an introduced reference: {other:?}"),
     }
-    panic!("the handoff neither completed nor failed");
+    h
 }
 
 // ---- 1. The handoff ----
@@ -167,10 +169,16 @@ async fn an_introduced_reference_calls_the_host_directly_and_outlives_the_introd
                 .send("get", ("svc",))
                 .await
                 .unwrap();
-        let h = until_settled(&w.c, &svc).await;
+        assert_eq!(svc.when_handed_off().await, Handoff::Direct);
+        let h = w.c.stats().await.handoffs;
         assert_eq!((h.direct, h.fallback), (1, 0));
         let hb = w.b.stats().await.handoffs;
         assert_eq!((hb.deposited, hb.withdrawn, hb.gifts), (1, 1, 0));
+        // The registry's own reference was not introduced.
+        assert_eq!(
+            w.c.enliven(&w.registry_uri).when_handed_off().await,
+            Handoff::NotIntroduced
+        );
         // Calls now come from C itself, not through A.
         let _: String = svc.send("ping", ()).await.unwrap();
         assert_eq!(w.service.last_caller(), Some(w.c.vat_id()));
@@ -301,6 +309,7 @@ async fn with_handoff_off_references_stay_proxied() {
                     .send("get", ("svc",))
                     .await
                     .unwrap();
+            assert_eq!(svc.when_handed_off().await, Handoff::NotIntroduced);
             send_stream(&svc, "off", 50, 10).await;
             w.c.sync().await;
             let h = w.c.stats().await.handoffs;

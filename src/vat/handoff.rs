@@ -40,6 +40,24 @@ pub(crate) const DEPOSIT: &str = "captp.deposit";
 /// answered by the host with `null` once it reaches the object.
 pub(crate) const FENCE: &str = "captp.fence";
 
+/// What became of a reference a third vat introduced (PROTOCOL.md 9.16), as
+/// [`Ref::when_handed_off`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Handoff {
+    /// The reference was not introduced by a third vat: it points where it always did
+    /// (a local object, an object of the vat it came from, a promise, or a proxy
+    /// passed by a vat that does not hand references off).
+    NotIntroduced,
+    /// Calls go to the object's own vat directly; the introducer is out of the path.
+    Direct,
+    /// The handoff failed, and calls keep going through the introducer for good.
+    ThroughIntroducer {
+        /// Why (also logged at `INFO` under the target `captp::handoff`).
+        reason: String,
+    },
+}
+
 /// A vat's handoffs as the recipient, for `Vat::stats`.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -80,6 +98,8 @@ pub(crate) fn introduce(
 /// A reference received as `third_party`: calls go to the vine, are held while the
 /// switch is made, and then go to the host directly.
 pub(crate) struct Switch {
+    /// How the switch ended, once it has (`Ref::when_handed_off`).
+    outcome: tokio::sync::watch::Sender<Option<Handoff>>,
     /// The vine; taken (and so released at the introducer) once the switch is made.
     vine: Mutex<Option<Ref>>,
     /// The host's reference, once the switch is made: read without a lock.
@@ -99,6 +119,7 @@ pub(crate) enum Route<'a> {
 impl Switch {
     fn new(vine: Ref) -> Switch {
         Switch {
+            outcome: tokio::sync::watch::Sender::new(None),
             vine: Mutex::new(Some(vine)),
             direct: OnceLock::new(),
             held: Mutex::new(None),
@@ -163,16 +184,34 @@ impl Switch {
         let _ = self.direct.set(direct);
         drop(held);
         drop(lock(&self.vine).take());
+        self.outcome.send_replace(Some(Handoff::Direct));
     }
 
     /// The switch failed: the held calls go to the vine in order, and so does every
     /// later call.
-    fn fall_back(&self) {
+    fn fall_back(&self, reason: String) {
         let mut held = lock(&self.held);
         let vine = self.current();
         for f in held.take().unwrap_or_default() {
             if let Err(b) = vine.forward(f.method, f.payload, f.resolver) {
                 tracing::debug!(broken = %b, "a held call failed on the vine");
+            }
+        }
+        drop(held);
+        self.outcome
+            .send_replace(Some(Handoff::ThroughIntroducer { reason }));
+    }
+
+    /// Waits until the switch has ended, and says how.
+    pub(crate) fn when_done(&self) -> impl std::future::Future<Output = Handoff> + Send + 'static {
+        let mut rx = self.outcome.subscribe();
+        async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(done) => done.clone().unwrap_or(Handoff::Direct),
+                // The switch is gone: so is every reference to it, and nothing waits.
+                Err(_) => Handoff::ThroughIntroducer {
+                    reason: "the reference was dropped".to_owned(),
+                },
             }
         }
     }
@@ -205,9 +244,9 @@ pub(crate) fn receive(
         let outcome = tokio::time::timeout(timeout, attempt(&vat, &switch, &intro, introducer))
             .await
             .unwrap_or_else(|_| Err(format!("gave up after {timeout:?}")));
+        // Counted and logged first, so that whoever learns the outcome finds both.
         match outcome {
             Ok(direct) => {
-                switch.complete(direct);
                 vat.handoffs.direct.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     target: "captp::handoff",
@@ -215,9 +254,9 @@ pub(crate) fn receive(
                     %host,
                     "handed off: calls go to the host directly"
                 );
+                switch.complete(direct);
             }
             Err(reason) => {
-                switch.fall_back();
                 vat.handoffs.fallback.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     target: "captp::handoff",
@@ -226,6 +265,7 @@ pub(crate) fn receive(
                     reason = %Escaped(&reason),
                     "handoff failed: calls keep going through the introducer"
                 );
+                switch.fall_back(reason);
             }
         }
     });

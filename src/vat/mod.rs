@@ -73,6 +73,7 @@ use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 pub use admission::ConnectionStats;
+pub use handoff::Handoff;
 pub use object::{Args, Object, Reply};
 pub use persist::Restorer;
 pub use promise::Promise;
