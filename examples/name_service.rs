@@ -6,10 +6,15 @@
 //! a *reference* to one of its objects, under a name; it needs no URI of its own, not
 //! even a listening socket. `register` answers a *registration*, an object whose
 //! `cancel()` takes the name back: only the service that registered can unregister.
-//! A client looks a name up and gets the reference, live, and calls it. (The calls go
-//! through the registry's vat, which forwards them: captp has no three-party handoff
-//! yet.) When a service's vat goes away, its reference breaks and the registry forgets
-//! the name.
+//! A client looks a name up and gets the reference, live, and calls it. When a
+//! service's vat goes away, its reference breaks and the registry forgets the name.
+//!
+//! The reference a client gets is the service's, not the registry's: captp hands it off
+//! (PROTOCOL.md 9.16). If the service listens (`register --listen 127.0.0.1:0`), the
+//! client connects to the service's vat itself, picks the object up there, and from then
+//! on its calls go straight to the service, in order with those it made before; the
+//! registry is out of the path and may even go away. A service that does not listen is
+//! reached through the registry's vat, which forwards the calls.
 //!
 //! The registry, a registration and the greeter are typed interfaces
 //! (`#[captp::interface]`, declared below). `lookup` answers an interface, so
@@ -38,7 +43,19 @@
 //! `list` prints `greeter`; `lookup` looks the name up and calls `greet("ada")` on what
 //! it found, pipelined (one round trip to the registry for both), and prints
 //! `Hello, ada! (from greeter)`. Stop the greeter and `lookup` fails with
-//! `not_found: greeter`. Or all three in one process, over real TLS on 127.0.0.1:
+//! `not_found: greeter`.
+//!
+//! `greet` looks the name up once and then greets every name typed on its standard
+//! input. With a greeter registered with `--listen`, it says `direct: calls go to
+//! greeter's vat` once the handoff is done; stop the registry then, and the greetings
+//! go on:
+//!
+//! ```text
+//! cargo run --example name_service -- register 'captp://...' greeter --listen 127.0.0.1:0
+//! cargo run --example name_service -- greet 'captp://...' greeter
+//! ```
+//!
+//! Or all three in one process, over real TLS on 127.0.0.1:
 //!
 //! ```text
 //! cargo run --example name_service -- demo
@@ -47,7 +64,9 @@
 //! `serve` takes `--listen <addr>` (default `127.0.0.1:0`, a free port) and
 //! `--identity <dir>` (keep the vat's key in `<dir>`, so the vat ID survives restarts)
 //! and serves until Ctrl-C. `register` exits 0 on Ctrl-C and 1 if the registry refuses
-//! the name or goes away; `lookup` and `list` exit 1 on any failure.
+//! the name, or goes away while the greeter does not listen (with `--listen` it goes on
+//! serving the clients it was handed to); `lookup`, `list` and `greet` exit 1 on any
+//! failure.
 
 #[path = "common/client.rs"]
 mod client;
@@ -55,10 +74,10 @@ mod client;
 mod server;
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use captp::{Broken, Interface, Ref, Vat};
+use captp::{Broken, CallContext, Handoff, Interface, Ref, Vat};
 use tokio::sync::oneshot;
 
 /// A registry of named objects: serve it, use it, or run the demo.
@@ -73,6 +92,17 @@ enum Cli {
         /// The registry's sturdy ref (`captp://...`, printed by `name_service serve`), or @FILE.
         uri: String,
         /// The name (1 to 64 characters, no spaces or control characters).
+        #[arg(value_parser = name_arg)]
+        name: String,
+        /// Listen here, so that clients the registry introduces connect directly.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Look NAME up once, then greet each name read from standard input.
+    Greet {
+        /// The registry's sturdy ref, or @FILE.
+        uri: String,
+        /// The name to look up.
         #[arg(value_parser = name_arg)]
         name: String,
     },
@@ -110,7 +140,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .await
         }
-        Cli::Register { uri, name } => register(&client::parse_uri(&uri), &name).await,
+        Cli::Register { uri, name, listen } => {
+            register(&client::parse_uri(&uri), &name, listen.as_deref()).await
+        }
+        Cli::Greet { uri, name } => greet(&client::parse_uri(&uri), &name).await,
         Cli::Lookup { uri, name, who } => lookup(&client::parse_uri(&uri), &name, &who).await,
         Cli::List { uri } => list(&client::parse_uri(&uri)).await,
         Cli::Demo => demo().await,
@@ -163,7 +196,7 @@ trait Registration {
 #[captp::interface]
 trait Greeter {
     /// A greeting for `who`.
-    fn greet(&self, who: &str) -> String;
+    fn greet(&self, context: CallContext, who: &str) -> String;
 }
 
 // ---- The registry ----
@@ -281,16 +314,29 @@ struct Hello {
 }
 
 impl Greeter for Hello {
-    fn greet(&self, who: &str) -> String {
-        eprintln!("name_service register: greet({who:?})");
+    fn greet(&self, context: CallContext, who: &str) -> String {
+        // Which vat delivered the call: the client's own once it was handed off, the
+        // registry's while the registry forwards.
+        let from = context
+            .caller()
+            .map_or_else(|| "this vat".to_owned(), |id| id.to_string());
+        eprintln!("name_service register: greet({who:?}) from {from}");
         format!("Hello, {who}! (from {})", self.name)
     }
 }
 
-/// `register <URI> <name>`: registers a greeter and serves it until Ctrl-C (which
-/// unregisters it) or until the registry goes away.
-async fn register(sturdy: &captp::SturdyRef, name: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let vat = Vat::builder().start().await?;
+/// `register <URI> <name> [--listen ADDR]`: registers a greeter and serves it until
+/// Ctrl-C (which unregisters it) or until the registry goes away.
+async fn register(
+    sturdy: &captp::SturdyRef,
+    name: &str,
+    listen: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut builder = Vat::builder();
+    if let Some(addr) = listen {
+        builder = builder.listen(addr);
+    }
+    let vat = builder.start().await?;
     let registry = RegistryRef::from(vat.enliven(sturdy));
     let greeter = GreeterRef::serve(Hello {
         name: name.to_owned(),
@@ -321,7 +367,7 @@ async fn register(sturdy: &captp::SturdyRef, name: &str) -> Result<(), Box<dyn s
                 Err(broken) => client::fail(&broken),
             }
         }
-        broken = registry.as_ref().when_broken() => {
+        broken = registry.as_ref().when_broken(), if listen.is_none() => {
             vat.shutdown().await;
             client::fail(&broken);
         }
@@ -351,6 +397,56 @@ async fn lookup(
         }
         Err(broken) => client::fail(&broken),
     }
+}
+
+/// `greet <URI> <name>`: looks `name` up once, says which path its calls take, and
+/// greets every line of standard input with it, one line of output each.
+async fn greet(sturdy: &captp::SturdyRef, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let vat = Vat::builder().start().await?;
+    println!("client vat {}", vat.vat_id());
+    let registry = RegistryRef::from(vat.enliven(sturdy));
+    // Awaiting the reference (rather than pipelining on it) is what hands it off: the
+    // client then holds the service's own reference, not a promise at the registry.
+    let found = registry
+        .lookup(name.to_owned())
+        .as_ref()
+        .when_settled::<Ref>()
+        .await;
+    let service = match found {
+        Ok(service) => service,
+        Err(broken) => {
+            vat.shutdown().await;
+            client::fail(&broken);
+        }
+    };
+    match service.when_handed_off().await {
+        Handoff::Direct => println!("direct: calls go to {name}'s vat"),
+        Handoff::ThroughIntroducer { reason } => {
+            println!("proxied: calls go through the registry ({reason})");
+        }
+        _ => println!("proxied: calls go through the registry"),
+    }
+    let greeter = GreeterRef::from(service);
+    // Standard input is read on a thread of its own; end of input closes the channel.
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(who) = lines.recv().await {
+        match greeter.greet(&who).await {
+            Ok(greeting) => println!("{greeting}"),
+            Err(broken) => {
+                vat.shutdown().await;
+                client::fail(&broken);
+            }
+        }
+    }
+    vat.shutdown().await;
+    Ok(())
 }
 
 /// `list <URI>`: the registered names, one per line.

@@ -1012,6 +1012,60 @@ fn name_service_registers_looks_up_and_forgets() {
 }
 
 #[test]
+fn name_service_hands_the_service_off_and_outlives_the_registry() {
+    let mut registry = Server::start("name_service", &["serve"]);
+    let mut greeter = Member::start(
+        "name_service",
+        &[
+            "register",
+            &registry.uri,
+            "greeter",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "greeter",
+    );
+    greeter.expect("registered greeter", |l| l == "registered greeter");
+    let mut client = Member::start(
+        "name_service",
+        &["greet", &registry.uri, "greeter"],
+        "client",
+    );
+    let id = client.expect("its vat ID", |l| l.starts_with("client vat "));
+    let client_id = id.trim_start_matches("client vat ").to_owned();
+    client.expect("the handoff done", |l| {
+        l == "direct: calls go to greeter's vat"
+    });
+    client.type_line("ada");
+    client.expect("the greeting", |l| l == "Hello, ada! (from greeter)");
+    // The call no longer passed through the registry: the greeter's vat received it
+    // from the client's own.
+    let from_client = format!(r#"greet("ada") from {client_id}"#);
+    let log = greeter.log.wait_for(&from_client);
+    assert!(log.contains(&from_client), "greeter:\n{log}");
+
+    // The registry's process dies; the client keeps calling the greeter.
+    registry
+        .child
+        .0
+        .kill()
+        .expect("could not kill the registry");
+    registry
+        .child
+        .0
+        .wait()
+        .expect("could not wait for the registry");
+    for who in ["bob", "cy"] {
+        client.type_line(who);
+        let hello = format!("Hello, {who}! (from greeter)");
+        client.expect(&hello, |l| l == hello);
+    }
+    client.end_input();
+    let status = client.exit_status();
+    assert!(status.success(), "client: {status}\n{}", client.stderr());
+}
+
+#[test]
 fn name_service_demo_runs() {
     let run = run("name_service", &["demo"]);
     assert_eq!(run.code(), Some(0), "name_service demo: {run}");
