@@ -20,6 +20,10 @@
 //!   as an array of one where the dynamic call sends the value alone (one byte more);
 //!   otherwise the messages are the same. Measured in the `rtt` and `chain` phases, to
 //!   show what the typed layer costs over the dynamic one.
+//! - **handoff**: the same server vat and dynamic calls, on a reference a client vat got
+//!   from a third vat (an introducer in the server runtime, holding a reference to the
+//!   server's object) and picked up at the server by three-party handoff; measured
+//!   once calls go to the server directly. In the `rtt` phase.
 //! - **floor**: tokio-rustls with *captp's own* TLS configuration
 //!   ([`transport::server_config`], [`transport::client_config`], [`transport::connect`]
 //!   and [`transport::accept`]: TLS 1.3, mutual authentication, aws-lc-rs, no
@@ -41,7 +45,8 @@
 //! typed/captp ratios with the targets from the issues):
 //!
 //! - `rtt`: sequential echo of a small struct (`Ping`), one call outstanding (all three
-//!   peers).
+//!   peers, and `handoff`: the captp call on a reference a third vat introduced and
+//!   handed off, PROTOCOL.md 9.16, against the one enlivened directly).
 //! - `inflight`: the same call with 64 and 256 calls outstanding on one connection.
 //! - `chain`: 100 dependent calls, awaited one by one or pipelined (captp and typed; the
 //!   floor has no pipelining, and its awaited chain is 100 round trips).
@@ -424,6 +429,52 @@ impl Peer for Typed {
     }
 }
 
+/// The captp peer reached through an introducer: a client vat looks the benchmark
+/// object up in a registry that a third vat (the introducer) exports, and is handed
+/// off to the server vat (PROTOCOL.md 9.16). Its connection is the handed-off
+/// reference once calls go to the server directly; its figures are reported as the
+/// peer `handoff`, to compare with `captp` (a reference enlivened directly).
+#[derive(Clone)]
+struct Introduced {
+    /// The introducer's registry: `get()` answers its reference to the benchmark object.
+    registry: SturdyRef,
+}
+
+impl Peer for Introduced {
+    type Client = Vat;
+    type Conn = captp::Ref;
+    const NAME: &'static str = "handoff";
+
+    async fn prepare(&self) -> BenchResult<Vat> {
+        Ok(Vat::builder().start().await?)
+    }
+
+    async fn connect(&self, client: &Vat) -> BenchResult<captp::Ref> {
+        let echo: captp::Ref = client.enliven(&self.registry).send("get", ()).await?;
+        match echo.when_handed_off().await {
+            captp::Handoff::Direct => Ok(echo),
+            other => Err(format!("the handoff did not complete: {other:?}").into()),
+        }
+    }
+
+    async fn call<T: Payload>(conn: &mut captp::Ref, msg: &T) -> BenchResult<T> {
+        Captp::call(conn, msg).await
+    }
+
+    async fn windowed<T: Payload>(
+        conn: captp::Ref,
+        msg: T,
+        window: usize,
+        total: usize,
+    ) -> BenchResult<Duration> {
+        Captp::windowed(conn, msg, window, total).await
+    }
+
+    async fn release(client: Vat) {
+        client.shutdown().await;
+    }
+}
+
 /// `total` calls of `msg`, each started by `start`, with `window` kept outstanding; the
 /// time they took. The windowed loop of both captp peers, so that they differ only in
 /// how a call is made.
@@ -769,8 +820,9 @@ fn server_limits() -> captp::Limits {
 }
 
 /// Starts both servers on the current (server) runtime: the captp vat exports the
-/// dynamic and the typed benchmark objects.
-async fn start_servers() -> BenchResult<(Vat, Captp, Typed, Floor)> {
+/// dynamic and the typed benchmark objects. A second vat, the introducer of the
+/// `handoff` peer, holds a reference to the dynamic one and hands it on.
+async fn start_servers() -> BenchResult<(Vec<Vat>, Captp, Typed, Introduced, Floor)> {
     let identity = Identity::generate()?;
     // The frame limit serves only the `blob` phase; no other phase's frames come near it.
     let vat = Vat::builder()
@@ -791,7 +843,21 @@ async fn start_servers() -> BenchResult<(Vat, Captp, Typed, Floor)> {
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(transport::server_config(&identity)?);
     tokio::spawn(floor_listen(listener, acceptor));
-    Ok((vat, Captp { uri, stream_uri }, typed, floor))
+    let introducer = Vat::builder().listen("127.0.0.1:0").start().await?;
+    // A settled reference (an import, not the fetch's promise): what is handed off.
+    let echo: captp::Ref = introducer.enliven(&uri).when_settled().await?;
+    let registry = introducer.export(move |method: &str, _: Args| match method {
+        "get" => Reply::reference(echo.clone()),
+        _ => Reply::unknown_method(method),
+    })?;
+    let introduced = Introduced { registry };
+    Ok((
+        vec![vat, introducer],
+        Captp { uri, stream_uri },
+        typed,
+        introduced,
+        floor,
+    ))
 }
 
 // ---- the metrics -----------------------------------------------------------------
@@ -1460,6 +1526,7 @@ impl Report {
         let c = Captp::NAME;
         let f = Floor::NAME;
         let t = Typed::NAME;
+        let h = Introduced::NAME;
         let [w_small, w_large] = counts.inflight_windows.map(|w| format!("window={w}"));
         let length = counts.chain_length;
         let awaited = format!("chain mode=awaited length={length} p50_us");
@@ -1490,6 +1557,13 @@ impl Report {
                 .vs((c, "rtt p50_us".to_owned()))
                 .at_most(1.03),
             Row::new("typed / dynamic: rtt mean (us)", (t, "rtt mean_us"))
+                .vs((c, "rtt mean_us".to_owned())),
+            // Issue 17: a reference handed off by an introducer against one enlivened
+            // directly, both calling the same object of the same server vat.
+            Row::new("handed off / direct: rtt p50 (us)", (h, "rtt p50_us"))
+                .vs((c, "rtt p50_us".to_owned()))
+                .at_most(1.10),
+            Row::new("handed off / direct: rtt mean (us)", (h, "rtt mean_us"))
                 .vs((c, "rtt mean_us".to_owned())),
             Row::new(
                 format!("inflight {w_small} (calls/s)"),
@@ -1904,7 +1978,7 @@ fn run(quick: bool, awake: bool, rounds: usize, filter: Option<&str>) -> BenchRe
     let cpu_at_start = CpuTimes::now()?;
     let server_rt = runtime("bench-server")?;
     let client_rt = runtime("bench-client")?;
-    let (server_vat, c, t, f) = server_rt.block_on(start_servers())?;
+    let (server_vats, c, t, h, f) = server_rt.block_on(start_servers())?;
     eprintln!(
         "captp bench ({}): captp {} vs floor {}",
         if quick { "quick" } else { "full" },
@@ -1933,6 +2007,7 @@ fn run(quick: bool, awake: bool, rounds: usize, filter: Option<&str>) -> BenchRe
         "rtt",
         &[
             Variant::new(Captp::NAME, || rtt(c.clone(), share)),
+            Variant::new(Introduced::NAME, || rtt(h.clone(), share)),
             Variant::new(Typed::NAME, || rtt(t.clone(), share)),
             Variant::new(Floor::NAME, || rtt(f.clone(), share)),
         ],
@@ -1986,7 +2061,9 @@ fn run(quick: bool, awake: bool, rounds: usize, filter: Option<&str>) -> BenchRe
     report.table(&counts, &idle, quick, awake, rounds_note, others);
     report.growth_table(&idle);
 
-    server_rt.block_on(server_vat.shutdown());
+    for vat in server_vats {
+        server_rt.block_on(vat.shutdown());
+    }
     client_rt.shutdown_timeout(Duration::from_secs(2));
     server_rt.shutdown_timeout(Duration::from_secs(2));
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
