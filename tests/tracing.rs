@@ -256,3 +256,81 @@ async fn real_aborts_are_warnings_with_the_peers_reason_escaped() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_logs_its_outcome_under_captp_handoff() {
+    captured();
+    within(async {
+        // A registry (A) hands out B's object to C, twice: once with B listening (the
+        // handoff completes), once with B unreachable (it falls back to A).
+        let a = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let kept = Arc::new(Mutex::new(Vec::<captp::Ref>::new()));
+        let held = kept.clone();
+        let registry = a
+            .export(move |method: &str, args: Args| match method {
+                "put" => match args.decode::<(captp::Ref,)>() {
+                    Ok((r,)) => {
+                        held.lock().unwrap().push(r);
+                        Reply::ok(())
+                    }
+                    Err(e) => Reply::err(e),
+                },
+                "get" => match args.decode::<(usize,)>() {
+                    Ok((i,)) => Reply::reference(held.lock().unwrap()[i].clone()),
+                    Err(e) => Reply::err(e),
+                },
+                _ => Reply::unknown_method(method),
+            })
+            .unwrap();
+        let listening = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let hidden = Vat::builder().start().await.unwrap();
+        for b in [&listening, &hidden] {
+            b.enliven(&registry)
+                .send::<()>("put", (captp::Ref::from_object(adder),))
+                .await
+                .unwrap();
+        }
+        let c = Vat::builder().start().await.unwrap();
+        let registry_ref = c.enliven(&registry);
+        for (i, b) in [&listening, &hidden].into_iter().enumerate() {
+            let r: captp::Ref = registry_ref.send("get", (i,)).await.unwrap();
+            let outcome = r.when_handed_off().await;
+            let sum: i64 = r.send("add", (i as i64, 1)).await.unwrap();
+            assert_eq!(sum, i as i64 + 1);
+            let host = b.vat_id().to_string();
+            let text = log_text();
+            let line = text
+                .lines()
+                .find(|l| l.contains("captp::handoff") && l.contains(&host))
+                .unwrap_or_else(|| panic!("no handoff line for {host}:\n{text}"));
+            assert!(
+                line.contains(&format!("introducer={}", a.vat_id())),
+                "{line}"
+            );
+            if i == 0 {
+                assert_eq!(outcome, captp::Handoff::Direct);
+                assert!(
+                    line.contains("DEBUG") && line.contains("handed off"),
+                    "{line}"
+                );
+            } else {
+                assert!(matches!(outcome, captp::Handoff::ThroughIntroducer { .. }));
+                assert!(
+                    line.contains(" INFO ") && line.contains("handoff failed"),
+                    "{line}"
+                );
+                assert!(line.contains("no address hint"), "{line}");
+            }
+        }
+        for form in forms(registry.swiss()) {
+            assert!(
+                !log_text().contains(&form),
+                "a swiss number leaked as {form}"
+            );
+        }
+        for vat in [a, listening, hidden, c] {
+            vat.shutdown().await;
+        }
+    })
+    .await;
+}
