@@ -27,12 +27,15 @@
 //! | `persist.rs` | [`Restorer`]; `Export`, what the registry holds per swiss number | object, (`reference`: the `Ref` type) |
 //! | `shared.rs` | `VatInner`: the vat's shared state; its one `spawn`; lookups, restores included | admission, handle, object, persist, (`reference`: a restored `Ref`) |
 //! | `local.rs` | the FIFO queue behind a local `Ref` | object, promise |
-//! | `reference.rs` | [`Ref`]: send, pipeline, drop, naming refs for a session | codec, export, handle, local, object, promise |
-//! | `driver/` | the session task: `run`, `connect_and_run`, `Driver` | all of the above |
+//! | `reference.rs` | [`Ref`]: send, pipeline, drop; `reference/naming.rs`: naming refs for a session | codec, export, handle, handoff, local, object, promise |
+//! | `gifts.rs` | the host's gift table (three-party handoff): deposits by introducers, bounded, expiring | object |
+//! | `handoff.rs` | three-party handoff's introducer side (`introduce`) and recipient side (`Switch`, `receive`), [`Handoff`] | codec, driver, gifts, handle, promise, reference, shared |
+//! | `driver/` | the session task: `run`, `connect_and_run`, `Driver`; `host.rs`: a host's deposits, fences and withdrawals | all of the above |
 //! | `listener.rs` | the accept loop; admits and cuts connections | admission, driver, shared |
 //! | `typed.rs` | what `#[captp::interface]` code calls: [`Interface`], [`CallError`], typed error data | codec, object, promise, reference |
 //! | `reconnect.rs` | [`ReconnectingRef`], [`Reconnect`]: re-enliven a sturdy ref after a break | promise, reference, shared, (`mod`: `enliven`) |
-//! | `mod.rs` | [`Vat`], [`VatBuilder`], stats | all |
+//! | `stats.rs` | [`VatStats`] and what it holds, gathered from every session | handle, persist, shared |
+//! | `mod.rs` | [`Vat`], [`VatBuilder`] | all |
 //!
 //! # Tasks
 //!
