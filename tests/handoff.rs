@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use captp::Host;
-use captp::internal::wire::{CapDescriptor, Message, Target};
+use captp::internal::wire::message::ThirdParty;
+use captp::internal::wire::{
+    CapDescriptor, Message, Payload, ReturnResult, SINGLE_CAP_DATA, Target,
+};
 use captp::{
     Args, Broken, Handoff, Limits, Object, Ref, Reply, SturdyRef, SwissNumber, Vat, VatId,
 };
@@ -532,6 +535,16 @@ async fn a_reference_introduced_to_its_own_host_becomes_local() {
         let _: String = back.send("ping", ()).await.unwrap();
         assert_eq!(service.last_caller(), None);
         assert_eq!(b.stats().await.handoffs.withdrawn, 1);
+        // And A's own object, passed by A: an ordinary reference (nothing to hand off).
+        lock(&registry.0).insert("own".into(), Ref::from_object(Service::default()));
+        let own: Ref = b
+            .enliven(&registry_uri)
+            .send("get", ("own",))
+            .await
+            .unwrap();
+        assert_eq!(own.when_handed_off().await, Handoff::NotIntroduced);
+        let _: String = own.send("ping", ()).await.unwrap();
+        assert_eq!(a.stats().await.handoffs.deposited, 0);
     })
     .await;
 }
@@ -546,6 +559,18 @@ async fn every_table_drains_once_everything_is_dropped() {
         let svc: Ref = registry.send("get", ("svc",)).await.unwrap();
         until_settled(&w.c, &svc).await;
         send_stream(&svc, "gc", 20, 5).await;
+        // The vine is released once the switch is made: A exports only its registry
+        // to C (the proxy it made for B's object is gone), and C imports only that
+        // from A.
+        w.c.sync().await;
+        w.a.sync().await;
+        let to_c = w.a.stats().await;
+        let session = to_c
+            .sessions
+            .iter()
+            .find(|s| s.peer == w.c.vat_id())
+            .expect("A's session with C");
+        assert_eq!(session.tables.exports, 1, "{to_c:?}");
         // After the switch, A holds nothing for C's reference: only its registry entry
         // (B's service) and the registry exports remain.
         drop(svc);
@@ -725,4 +750,89 @@ proptest! {
             .unwrap();
         rt.block_on(within(ordered_case(steps, seed)));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_tries_every_hint_and_stays_with_the_introducer_when_none_reaches_the_host() {
+    within(async {
+        // A (raw) introduces C to B's object with two hints that do not reach B: a port
+        // nobody listens on, and another vat (whose key is not B's).
+        let b = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let other = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let (a_id, a_port, accepted) = common::raw_server().await;
+        let c = Vat::builder().start().await.unwrap();
+        let uri = SturdyRef::new(
+            a_id,
+            Host::Ipv4(Ipv4Addr::LOCALHOST),
+            a_port,
+            SwissNumber::from_bytes([1; 32]),
+        );
+        let fetched = c.enliven(&uri);
+        let mut a = accepted.await.unwrap();
+        a.handshake_as_server().await;
+        let question = match a.expect_message().await {
+            Message::Bootstrap { question, .. } => question,
+            other => panic!("expected the fetch, got {other:?}"),
+        };
+        let hints = vec![
+            format!("127.0.0.1:{closed}"),
+            other.local_addr().unwrap().to_string(),
+        ];
+        a.send(&Message::Return {
+            question,
+            result: ReturnResult::Ok(Payload {
+                data: SINGLE_CAP_DATA.to_vec().into(),
+                caps: vec![CapDescriptor::ThirdParty(Box::new(ThirdParty {
+                    host: *b.vat_id().as_bytes(),
+                    gift: [7; 32],
+                    vine: 1,
+                    hints,
+                }))],
+            }),
+        })
+        .await;
+        let svc: Ref = fetched.when_settled().await.unwrap();
+        let Handoff::ThroughIntroducer { reason } = svc.when_handed_off().await else {
+            panic!("the handoff cannot succeed");
+        };
+        // Both hints were tried, and each failure is in the reason.
+        assert!(reason.contains(&closed.to_string()), "{reason}");
+        assert!(
+            reason.contains("vat_id_mismatch") || reason.contains("does not match"),
+            "{reason}"
+        );
+        assert_eq!(c.stats().await.handoffs.fallback, 1);
+        // The reference works, through the vine (A's export 1): no fence was sent.
+        let answer = svc.send::<u64>("note", ("vine", 0));
+        // Whatever bookkeeping comes first (finish, release), the call comes within a
+        // few messages.
+        let mut call = None;
+        for _ in 0..16 {
+            match a.expect_message().await {
+                Message::Deliver {
+                    target: Target::Export(1),
+                    method,
+                    question: Some(q),
+                    ..
+                } if method == "note" => {
+                    call = Some(q);
+                    break;
+                }
+                Message::Deliver { method, .. } => panic!("unexpected call {method}"),
+                _ => {}
+            }
+        }
+        let q = call.expect("the call reached the introducer");
+        a.send(&Message::Return {
+            question: q,
+            result: ReturnResult::Ok(common::data_payload(&0u64)),
+        })
+        .await;
+        assert_eq!(answer.await.unwrap(), 0);
+    })
+    .await;
 }

@@ -31,6 +31,7 @@ use crate::broken::{Broken, BrokenKind, Escaped};
 use crate::identity::VatId;
 use crate::proto::{Introduction, LocalTarget};
 use crate::sturdy::SwissNumber;
+use crate::wire::message::MAX_HINTS;
 
 /// The method of a deposit: a one-way call on the host's object, by the introducer,
 /// with `[gift id, recipient vat ID]`.
@@ -286,15 +287,7 @@ async fn attempt(
     let session = if host == me {
         None
     } else {
-        let s = session_with(vat, host, &intro.hints)?;
-        let (tx, rx) = oneshot::channel();
-        s.post(Command::Sync(tx))
-            .map_err(|b| format!("could not reach the host: {b}"))?;
-        tokio::select! {
-            r = rx => r.map_err(|_| "could not reach the host".to_owned())?,
-            b = s.when_closed() => return Err(format!("could not reach the host: {b}")),
-        }
-        Some(s)
+        Some(reach(vat, host, &intro.hints).await?)
     };
     // 2. The fence, after every call sent on the vine; calls made from now on wait.
     let gift = ByteBuf::from(intro.gift.to_vec());
@@ -319,26 +312,56 @@ async fn attempt(
     }
 }
 
-/// A live session with `host` (this vat's outbound one, else any), or a new one to the
-/// first hint that parses as `host:port`.
-fn session_with(
+/// A session with `host` that answers a ping: a live one (this vat's outbound one,
+/// else any), or a new one to each hint in turn (each pinned to `host`'s vat ID, as a
+/// sturdy ref's address is) until one answers. Why none did, otherwise.
+async fn reach(
     vat: &Arc<VatInner>,
     host: VatId,
     hints: &[String],
 ) -> Result<SessionHandle, String> {
     let live = |h: &&SessionHandle| h.peer() == host && !h.is_closed();
-    if let Some(s) = shared_lock(&vat.outbound).get(&host).filter(live) {
-        return Ok(s.clone());
+    let existing = lock(&vat.outbound)
+        .get(&host)
+        .filter(live)
+        .cloned()
+        .or_else(|| lock(&vat.sessions).values().find(live).cloned());
+    if let Some(s) = existing {
+        answers(&s).await?;
+        return Ok(s);
     }
-    if let Some(s) = shared_lock(&vat.sessions).values().find(live) {
-        return Ok(s.clone());
+    let mut failures = Vec::new();
+    for hint in hints.iter().take(MAX_HINTS) {
+        let Ok((h, port)) = crate::sturdy::parse_address(hint) else {
+            failures.push(format!("hint {hint:?} is not host:port"));
+            continue;
+        };
+        let s = driver::outbound_session(vat, host, format!("{h}:{port}"));
+        match answers(&s).await {
+            Ok(()) => return Ok(s),
+            Err(e) => failures.push(e),
+        }
     }
-    let address = hints
-        .iter()
-        .find_map(|h| crate::sturdy::parse_address(h).ok())
-        .map(|(host, port)| format!("{host}:{port}"))
-        .ok_or("no session with the host, and no address hint for it")?;
-    Ok(driver::outbound_session(vat, host, address))
+    if failures.is_empty() {
+        Err("no session with the host, and no address hint for it".to_owned())
+    } else {
+        Err(format!("could not reach the host: {}", failures.join("; ")))
+    }
+}
+
+/// Waits until `session` has answered a ping (it is connected and its peer is there),
+/// or says why it ended.
+async fn answers(session: &SessionHandle) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    session.post(Command::Sync(tx)).map_err(|b| b.to_string())?;
+    tokio::select! {
+        r = rx => r.map_err(|_| {
+            session
+                .closed_reason()
+                .map_or_else(|| "the session ended".to_owned(), |b| b.to_string())
+        }),
+        b = session.when_closed() => Err(b.to_string()),
+    }
 }
 
 /// Fetches the object under `swiss` from `session`'s peer: what `enliven` and a
@@ -368,5 +391,3 @@ pub(crate) fn no_gift() -> Broken {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
-
-use lock as shared_lock;

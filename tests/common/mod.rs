@@ -739,6 +739,15 @@ impl RawConn {
         }
     }
 
+    /// The listening side's handshake: reads the client's `hello`, then sends ours.
+    pub(crate) async fn handshake_as_server(&mut self) {
+        match self.expect_message().await {
+            Message::Hello(_) => {}
+            other => panic!("expected the client's hello first, got {other:?}"),
+        }
+        self.send(&hello()).await;
+    }
+
     /// Fetches the object under `swiss` as `question`, finishes the question, and
     /// returns the export id the vat gave it.
     pub(crate) async fn bootstrap(&mut self, question: u64, swiss: &SwissNumber) -> u64 {
@@ -794,7 +803,33 @@ impl RawConn {
     }
 }
 
-// ---- a raw server that never answers ----
+// ---- raw servers ----
+
+/// A TLS server with a fresh identity on 127.0.0.1, for one connection: its vat ID,
+/// its port, and the connection once a client has completed the handshake (the test
+/// then speaks for the server, `hello` first: see [`RawConn::handshake_as_server`]).
+pub(crate) async fn raw_server() -> (VatId, u16, JoinHandle<RawConn>) {
+    let identity = Identity::generate().expect("an identity");
+    let vat_id = identity.vat_id();
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("a local address").port();
+    let acceptor = TlsAcceptor::from(transport::tls::server_config(&identity).expect("a config"));
+    let task = tokio::spawn(async move {
+        let (tcp, _) = tokio::time::timeout(IO_TIMEOUT, listener.accept())
+            .await
+            .expect("no connection within 10 s")
+            .expect("accept");
+        let (stream, _peer) = transport::accept(tcp, &acceptor, IO_TIMEOUT)
+            .await
+            .expect("the TLS handshake completes");
+        let mut raw = RawConn::new(stream);
+        raw.vat_id = Some(vat_id);
+        raw
+    });
+    (vat_id, port, task)
+}
 
 /// A TLS server with its own identity that completes the handshake, sends a valid
 /// `hello`, and then reads everything and answers nothing.
