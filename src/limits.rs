@@ -180,6 +180,11 @@ pub struct Limits {
     /// off on this vat: references it passes on go as proxies, and references it
     /// receives are always called through their introducer.
     pub handoff_timeout: Duration,
+    /// Introduced references this vat picks up at once (connecting to their hosts,
+    /// waiting for fences). Default 64. Past it, a newly introduced reference is
+    /// called through its introducer for good (counted as a fallback): an introducer
+    /// cannot make this vat dial without end.
+    pub max_handoffs: usize,
 }
 
 impl Limits {
@@ -244,6 +249,7 @@ impl Default for Limits {
             max_gifts: 256,
             gift_ttl: Duration::from_secs(60),
             handoff_timeout: Duration::from_secs(10),
+            max_handoffs: 64,
         }
     }
 }

@@ -836,3 +836,130 @@ async fn a_recipient_tries_every_hint_and_stays_with_the_introducer_when_none_re
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_bounds_the_handoffs_it_makes_at_once() {
+    within(async {
+        // C makes no handoff at a time: every introduction stays with the introducer.
+        let w = world(
+            Limits::default(),
+            Limits::default(),
+            limits(|l| l.max_handoffs = 0),
+        )
+        .await;
+        let svc: Ref =
+            w.c.enliven(&w.registry_uri)
+                .send("get", ("svc",))
+                .await
+                .unwrap();
+        let Handoff::ThroughIntroducer { reason } = svc.when_handed_off().await else {
+            panic!("no handoff may start");
+        };
+        assert!(reason.contains("max_handoffs"), "{reason}");
+        send_stream(&svc, "bounded", 30, 10).await;
+        assert_eq!(w.service.last_caller(), Some(w.a.vat_id()));
+        assert_eq!(w.c.stats().await.handoffs.fallback, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_held_during_the_switch_are_bounded_and_go_on_in_order_when_it_fails() {
+    within(async {
+        // A (raw) introduces C to B's object and holds C's fence: C holds its calls,
+        // within max_unsent; then A refuses the fence, and C sends them to the vine.
+        const LIMIT: usize = 16 << 10;
+        const ARG: usize = 3000;
+        let b = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let (a_id, a_port, accepted) = common::raw_server().await;
+        let c = Vat::builder()
+            .limits(limits(|l| l.max_unsent = LIMIT))
+            .start()
+            .await
+            .unwrap();
+        let uri = SturdyRef::new(
+            a_id,
+            Host::Ipv4(Ipv4Addr::LOCALHOST),
+            a_port,
+            SwissNumber::from_bytes([1; 32]),
+        );
+        let fetched = c.enliven(&uri);
+        let mut a = accepted.await.unwrap();
+        a.handshake_as_server().await;
+        let question = match a.expect_message().await {
+            Message::Bootstrap { question, .. } => question,
+            other => panic!("expected the fetch, got {other:?}"),
+        };
+        a.send(&Message::Return {
+            question,
+            result: ReturnResult::Ok(Payload {
+                data: SINGLE_CAP_DATA.to_vec().into(),
+                caps: vec![CapDescriptor::ThirdParty(Box::new(ThirdParty {
+                    host: *b.vat_id().as_bytes(),
+                    gift: [7; 32],
+                    vine: 1,
+                    hints: vec![b.local_addr().unwrap().to_string()],
+                }))],
+            }),
+        })
+        .await;
+        let svc: Ref = fetched.when_settled().await.unwrap();
+        // C reaches B, then fences the vine.
+        let fence = next_call(&mut a).await;
+        assert_eq!(fence.1, "captp.fence");
+        // Calls now wait at C, up to LIMIT bytes (each counts its data, its method
+        // name and 64 bytes).
+        let each = 64 + "note".len() + ARG + 10;
+        let fits = LIMIT / each;
+        let big = "x".repeat(ARG);
+        for n in 0..fits {
+            svc.send_only("note", (big.as_str(), n as u64)).unwrap();
+        }
+        let past = svc.send_only("note", (big.as_str(), fits as u64));
+        assert_eq!(
+            past.map_err(|b| b.kind()),
+            Err(captp::BrokenKind::TooLarge),
+            "{fits} calls of about {each} bytes fill {LIMIT}"
+        );
+        // A refuses the fence: C stays on the vine and sends what it held, in order.
+        a.send(&Message::Return {
+            question: fence.0.unwrap(),
+            result: ReturnResult::Err(captp::internal::wire::WireBroken {
+                kind: "unknown_object".into(),
+                message: "no gift".into(),
+                data: None,
+            }),
+        })
+        .await;
+        let Handoff::ThroughIntroducer { reason } = svc.when_handed_off().await else {
+            panic!("the fence was refused");
+        };
+        assert!(reason.contains("fence"), "{reason}");
+        for n in 0..fits {
+            let (question, method, args) = next_call(&mut a).await;
+            assert_eq!((question, method.as_str()), (None, "note"), "call {n}");
+            let (_, got): (String, u64) = common::decode_data(&args);
+            assert_eq!(got, n as u64);
+        }
+    })
+    .await;
+}
+
+/// The next call the raw introducer receives on its export 1 (skipping bookkeeping):
+/// its question, method and arguments.
+async fn next_call(a: &mut RawConn) -> (Option<u64>, String, Payload) {
+    for _ in 0..16 {
+        match a.expect_message().await {
+            Message::Deliver {
+                target: Target::Export(1),
+                method,
+                question,
+                payload,
+                ..
+            } => return (question, method, payload),
+            Message::Deliver { target, .. } => panic!("a call to {target:?}"),
+            _ => {}
+        }
+    }
+    panic!("no call among 16 messages");
+}

@@ -14,7 +14,7 @@
 //! (a reference can travel in its own arguments); the host's side of a deposit, a fence
 //! and a withdrawal is the session task's (`driver/`), over `gifts.rs`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use serde_bytes::ByteBuf;
@@ -27,6 +27,7 @@ use super::handle::{Command, SessionHandle};
 use super::promise::Resolver;
 use super::reference::{Forward, Ref};
 use super::shared::VatInner;
+use super::stream::call_bytes;
 use crate::broken::{Broken, BrokenKind, Escaped};
 use crate::identity::VatId;
 use crate::proto::{Introduction, LocalTarget};
@@ -66,6 +67,8 @@ pub(crate) struct Counters {
     pub(crate) direct: AtomicU64,
     /// Introduced references that stayed on the vine (the handoff failed).
     pub(crate) fallback: AtomicU64,
+    /// Handoffs under way (`Limits::max_handoffs`).
+    in_progress: AtomicUsize,
 }
 
 /// The introducer's side: if `reference` (a settled import from `host_session`) may be
@@ -106,20 +109,51 @@ pub(crate) struct Switch {
     /// The host's reference, once the switch is made: read without a lock.
     direct: OnceLock<Ref>,
     /// Calls made while the switch is made (`Some` only then), in order.
-    held: Mutex<Option<Vec<Forward>>>,
+    held: Mutex<Option<Held>>,
+    /// The most bytes of calls held at once (`Limits::max_unsent`).
+    limit: usize,
+}
+
+/// The calls a reference holds while it switches, and their size.
+#[derive(Default)]
+pub(crate) struct Held {
+    calls: Vec<Forward>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Holds `call` until the switch is made, unless the calls held would then pass
+    /// `limit` bytes (counted as unsent bytes are, `Limits::max_unsent`).
+    pub(crate) fn hold(&mut self, call: Forward, limit: usize) -> Result<(), Broken> {
+        let bytes = call_bytes(&call.method, &call.payload.data);
+        if self.bytes > 0 && self.bytes.saturating_add(bytes) > limit {
+            return Err(Broken::new(
+                BrokenKind::TooLarge,
+                format!(
+                    "{} bytes of calls already wait for this reference to reach its host, and \
+                     {bytes} more would pass the limit of {limit} (Limits::max_unsent)",
+                    self.bytes
+                ),
+            ));
+        }
+        self.bytes += bytes;
+        self.calls.push(call);
+        Ok(())
+    }
 }
 
 /// Where [`Switch::route`] sends a call.
 pub(crate) enum Route<'a> {
     /// To this reference, now.
     Go(&'a Ref),
-    /// Into the queue of held calls.
-    Hold(&'a mut Vec<Forward>),
+    /// Into the queue of held calls, within the byte limit given.
+    Hold(&'a mut Held, usize),
 }
 
 impl Switch {
-    fn new(vine: Ref) -> Switch {
+    fn new(vine: Ref, limit: usize) -> Switch {
         Switch {
+            limit,
             outcome: tokio::sync::watch::Sender::new(None),
             vine: Mutex::new(Some(vine)),
             direct: OnceLock::new(),
@@ -155,7 +189,7 @@ impl Switch {
             return f(Route::Go(d));
         }
         if let Some(queue) = held.as_mut() {
-            return f(Route::Hold(queue));
+            return f(Route::Hold(queue, self.limit));
         }
         let vine = self.current();
         f(Route::Go(&vine))
@@ -169,7 +203,7 @@ impl Switch {
             return None;
         }
         let vine = self.current();
-        *held = Some(Vec::new());
+        *held = Some(Held::default());
         Some(fence(&vine))
     }
 
@@ -177,7 +211,7 @@ impl Switch {
     /// call; the vine is dropped.
     fn complete(&self, direct: Ref) {
         let mut held = lock(&self.held);
-        for f in held.take().unwrap_or_default() {
+        for f in held.take().unwrap_or_default().calls {
             if let Err(b) = direct.forward(f.method, f.payload, f.resolver) {
                 tracing::debug!(broken = %b, "a held call failed on the direct reference");
             }
@@ -193,7 +227,7 @@ impl Switch {
     fn fall_back(&self, reason: String) {
         let mut held = lock(&self.held);
         let vine = self.current();
-        for f in held.take().unwrap_or_default() {
+        for f in held.take().unwrap_or_default().calls {
             if let Err(b) = vine.forward(f.method, f.payload, f.resolver) {
                 tracing::debug!(broken = %b, "a held call failed on the vine");
             }
@@ -235,7 +269,26 @@ pub(crate) fn receive(
     if vat.limits.handoff_timeout.is_zero() {
         return vine;
     }
-    let switch = Arc::new(Switch::new(vine));
+    let taken = vat
+        .handoffs
+        .in_progress
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < vat.limits.max_handoffs).then_some(n + 1)
+        });
+    let switch = Arc::new(Switch::new(vine, vat.limits.max_unsent));
+    if taken.is_err() {
+        let reason = "too many handoffs under way (Limits::max_handoffs)";
+        vat.handoffs.fallback.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            target: "captp::handoff",
+            %introducer,
+            host = %VatId::from_bytes(intro.host),
+            reason,
+            "handoff failed: calls keep going through the introducer"
+        );
+        switch.fall_back(reason.to_owned());
+        return Ref::handoff(switch);
+    }
     let reference = Ref::handoff(switch.clone());
     let task_vat = vat.clone();
     vat.spawn(async move {
@@ -245,6 +298,7 @@ pub(crate) fn receive(
         let outcome = tokio::time::timeout(timeout, attempt(&vat, &switch, &intro, introducer))
             .await
             .unwrap_or_else(|_| Err(format!("gave up after {timeout:?}")));
+        vat.handoffs.in_progress.fetch_sub(1, Ordering::AcqRel);
         // Counted and logged first, so that whoever learns the outcome finds both.
         match outcome {
             Ok(direct) => {

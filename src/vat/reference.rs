@@ -470,14 +470,14 @@ impl Ref {
         if let RefInner::Handoff(s) = &*self.inner {
             return s.route(|route| match route {
                 Route::Go(r) => r.stream_call(method, args),
-                Route::Hold(queue) => {
+                Route::Hold(queue, limit) => {
                     let payload = codec::encode(args).map_err(|e| encode_error(&e))?;
-                    queue.push(Forward {
+                    let call = Forward {
                         method: method.to_owned(),
                         payload,
                         resolver: None,
-                    });
-                    Ok(None)
+                    };
+                    queue.hold(call, limit).map(|()| None)
                 }
             });
         }
@@ -604,13 +604,13 @@ impl Ref {
             RefInner::Broken(b) => Err(b.clone()),
             RefInner::Handoff(s) => s.route(|route| match route {
                 Route::Go(r) => r.forward(method, payload, resolver),
-                Route::Hold(queue) => {
-                    queue.push(Forward {
+                Route::Hold(queue, limit) => {
+                    let call = Forward {
                         method,
                         payload,
                         resolver,
-                    });
-                    Ok(None)
+                    };
+                    queue.hold(call, limit).map(|()| None)
                 }
             }),
         }
@@ -655,14 +655,17 @@ impl Ref {
             RefInner::Broken(b) => Ref::broken(b.clone()),
             RefInner::Handoff(s) => s.route(|route| match route {
                 Route::Go(r) => r.pipeline(method, payload),
-                Route::Hold(queue) => {
+                Route::Hold(queue, limit) => {
                     let (tx, rx) = watch::channel(None);
-                    queue.push(Forward {
+                    let call = Forward {
                         method,
                         payload,
                         resolver: Some(Resolver::Watch(tx)),
-                    });
-                    Ref::pending(rx)
+                    };
+                    match queue.hold(call, limit) {
+                        Ok(()) => Ref::pending(rx),
+                        Err(b) => Ref::broken(b),
+                    }
                 }
             }),
             RefInner::Local(..) | RefInner::Pending(_) => {
