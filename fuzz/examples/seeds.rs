@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use captp::internal::proto::announce;
+use captp::internal::wire::message::ThirdParty;
 use captp::internal::wire::{
     CAP_TAG, CapDescriptor, Message, Payload, ReturnResult, Target, WireBroken, encode_value,
 };
@@ -29,6 +30,7 @@ fn messages() -> Vec<(&'static str, Message)> {
             .to_be_bytes();
         vec![0xd9, tag[0], tag[1], 0x00]
     };
+    let single_cap = single.clone();
     let payload = Payload {
         data: data.clone().into(),
         caps: vec![
@@ -116,6 +118,27 @@ fn messages() -> Vec<(&'static str, Message)> {
         ),
         ("ping", Message::Ping { nonce: u64::MAX }),
         ("pong", Message::Pong { nonce: 0 }),
+        (
+            "listen",
+            Message::Listen {
+                hints: vec!["127.0.0.1:4433".into(), "[::1]:4433".into()],
+            },
+        ),
+        (
+            "return_third_party",
+            Message::Return {
+                question: 5,
+                result: ReturnResult::Ok(Payload {
+                    data: single_cap.into(),
+                    caps: vec![CapDescriptor::ThirdParty(Box::new(ThirdParty {
+                        host: [0x11; 32],
+                        gift: [0x22; 32],
+                        vine: 5,
+                        hints: vec!["127.0.0.1:4433".into()],
+                    }))],
+                }),
+            },
+        ),
     ]
 }
 
