@@ -29,38 +29,53 @@ impl Driver {
         let peer = self.handle.peer();
         let now = Instant::now();
         match method {
-            DEPOSIT => Some(match args.decode::<(ByteBuf, ByteBuf)>() {
-                Ok((gift, recipient)) => {
-                    let (gift, recipient) = (id32(&gift)?, id32(&recipient)?);
-                    let recipient = VatId::from_bytes(recipient);
-                    self.vat
-                        .gifts
-                        .deposit(peer, &gift, recipient, target.clone(), now)
-                        .map(|()| null())
-                        .map_err(|refused| {
-                            tracing::info!(
-                                target: "captp::handoff",
-                                depositor = %peer,
-                                %refused,
-                                "deposit refused"
-                            );
-                            Broken::new(BrokenKind::TooLarge, format!("deposit refused: {refused}"))
-                        })
-                }
-                Err(b) => Err(b),
-            }),
+            DEPOSIT => Some(self.deposit(peer, target, args, now)),
             FENCE => {
-                let gift = match args.decode::<(ByteBuf,)>() {
-                    Ok((gift,)) => id32(&gift)?,
-                    Err(b) => return Some(Err(b)),
-                };
-                match self.vat.gifts.fence(peer, &gift, target, now) {
+                let found = args
+                    .decode::<(ByteBuf,)>()
+                    .ok()
+                    .and_then(|(gift,)| id32(&gift))
+                    .and_then(|gift| self.vat.gifts.fence(peer, &gift, target, now));
+                match found {
                     Some(outcome) => Some(outcome.map(|()| null())),
+                    // Not a gift of this vat's: a proxy passes the fence on, in order
+                    // with the calls before it (this vat is the introducer).
                     None if target.proxied().is_some() => None,
                     None => Some(Err(no_gift())),
                 }
             }
             _ => None,
+        }
+    }
+
+    /// A deposit by the session's peer of `target` for a recipient: kept in the gift
+    /// table, or refused with the reason.
+    fn deposit(&self, peer: VatId, target: &ObjectHandle, args: &Args, now: Instant) -> Outcome {
+        let (gift, recipient) = args.decode::<(ByteBuf, ByteBuf)>()?;
+        let (Some(gift), Some(recipient)) = (id32(&gift), id32(&recipient)) else {
+            return Err(Broken::bad_arguments(
+                "a deposit takes a gift id and a recipient vat ID of 32 bytes each",
+            ));
+        };
+        let recipient = VatId::from_bytes(recipient);
+        match self
+            .vat
+            .gifts
+            .deposit(peer, &gift, recipient, target.clone(), now)
+        {
+            Ok(()) => Ok(null()),
+            Err(refused) => {
+                tracing::info!(
+                    target: "captp::handoff",
+                    depositor = %peer,
+                    %refused,
+                    "deposit refused"
+                );
+                Err(Broken::new(
+                    BrokenKind::TooLarge,
+                    format!("deposit refused: {refused}"),
+                ))
+            }
         }
     }
 
@@ -88,8 +103,7 @@ fn null() -> RefPayload {
     }
 }
 
-/// A 32-byte id from a byte string of the arguments; `None` (the call then goes on as
-/// usual, and fails there) if it has another length.
+/// A 32-byte id from a byte string of the arguments; `None` if it has another length.
 fn id32(b: &ByteBuf) -> Option<[u8; 32]> {
     <[u8; 32]>::try_from(&b[..]).ok()
 }
