@@ -21,8 +21,11 @@
 //!
 //! - A reference to one of your objects ([`Ref::from_object`]) that you pass to a peer
 //!   is exported to it; when it comes back, it is your object again, not a proxy.
-//! - A reference to a third vat's object, or a promise, is passed through a proxy that
-//!   forwards calls in order (three-party handoff is future work).
+//! - A promise is passed through a proxy that forwards calls in order. A reference to a
+//!   third vat's object is handed off (PROTOCOL.md 9.16): the receiver connects to that
+//!   vat, picks the object up there and calls it directly, in order with the calls it
+//!   made through you before; you drop out of the path. A receiver that cannot reach
+//!   the third vat keeps calling through you. [`Ref::when_handed_off`] says which.
 //! - Messages sent on one reference arrive in the order sent (E-order), across promise
 //!   resolution too: a promise never shortens its path, so nothing can overtake.
 //! - [`Ref::when_settled`] waits for a promise; [`Ref::when_broken`] says when a
@@ -132,6 +135,9 @@
 //! | `DEBUG` | `TLS handshake complete` | `version`, `cipher`, `group` |
 //! | `DEBUG` | `connect failed`, inbound connections cut or refused, `aborting session` (the violation) | `error`, `why`, `violation` |
 //! | `TRACE` | `message in` / `message out` | `kind` (the message's wire name; never its payload) |
+//! | `DEBUG` target `captp::handoff` | `handed off: calls go to the host directly` | `introducer`, `host` (vat IDs) |
+//! | `INFO` target `captp::handoff` | `handoff failed: calls keep going through the introducer` | `introducer`, `host`, `reason` |
+//! | `INFO` target `captp::handoff` | `deposit refused` (a host's gift table is full for that introducer, or a gift id came twice) | `depositor`, `refused` |
 //!
 //! rustls logs through the `log` crate: a subscriber with the `tracing-log` bridge
 //! (`tracing-subscriber`'s default `init`) shows those records too.
@@ -145,7 +151,9 @@
 //! (1,024 established; 128 more before `hello`, 16 of those per address, and 1,024
 //! waiting for a handshake slot), handshake timeout and keepalive (10 s; ping after 30 s
 //! idle, dead after 90 s), unsent answers per peer and over the vat (8 MiB / 64 MiB:
-//! past them the vat stops taking work from the peers that do not read).
+//! past them the vat stops taking work from the peers that do not read), gifts one
+//! introducer may leave here for three-party handoff (256, each kept 60 s), and
+//! handoffs this vat makes at once (64, each given 10 s).
 
 // Lets the code `#[captp::interface]` generates name `::captp` inside this crate too
 // (its unit tests and doctests).
