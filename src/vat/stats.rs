@@ -69,7 +69,7 @@ pub struct VatStats {
     /// exports and the persistent refs restored so far (expired ones included).
     pub sturdy_refs: usize,
     /// Bytes of answers queued for peers and not yet written, over all sessions: what
-    /// [`Limits::max_outbound_total`] bounds. Read when the stats are taken, after the
+    /// [`Limits::max_outbound_total`](crate::Limits::max_outbound_total) bounds. Read when the stats are taken, after the
     /// sessions' entries.
     pub queued_answer_bytes: usize,
     /// Inbound connections against their budgets: established, in the handshake, and
@@ -125,7 +125,7 @@ pub struct SessionInfo {
     /// calls and bookkeeping.
     pub queued_bytes: usize,
     /// The part of `queued_bytes` that answers the peer (returns and pongs): what
-    /// [`Limits::max_outbound_buffer`] bounds.
+    /// [`Limits::max_outbound_buffer`](crate::Limits::max_outbound_buffer) bounds.
     pub queued_answer_bytes: usize,
     /// Bytes of calls this vat's program posted to the peer and not yet written to the
     /// connection (arguments and method names, plus a small allowance per call): what
@@ -137,7 +137,7 @@ pub struct SessionInfo {
 }
 
 /// The sizes of one session's tables ([`SessionInfo::tables`]). Once everything is
-/// dropped and the network has settled ([`Vat::sync`]), every field is zero.
+/// dropped and the network has settled ([`Vat::sync`](crate::Vat::sync)), every field is zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Tables {
