@@ -25,6 +25,7 @@ use captp::internal::wire::{
 use captp::{
     Args, Broken, Handoff, Limits, Object, Ref, Reply, SturdyRef, SwissNumber, Vat, VatId,
 };
+use futures_util::FutureExt;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -179,11 +180,10 @@ async fn until_settled(c: &Vat, r: &Ref) -> captp::HandoffStats {
 async fn an_introduced_reference_calls_the_host_directly_and_outlives_the_introducer() {
     within(async {
         let w = default_world().await;
-        let svc: Ref =
-            w.c.enliven(&w.registry_uri)
-                .send("get", ("svc",))
-                .await
-                .unwrap();
+        let registry = w.c.enliven(&w.registry_uri);
+        let svc: Ref = registry.send("get", ("svc",)).await.unwrap();
+        // Watched from before the switch: it follows the reference to its new path.
+        let mut broken = Box::pin(svc.when_broken());
         assert_eq!(svc.when_handed_off().await, Handoff::Direct);
         let h = w.c.stats().await.handoffs;
         assert_eq!((h.direct, h.fallback), (1, 0));
@@ -199,6 +199,11 @@ async fn an_introduced_reference_calls_the_host_directly_and_outlives_the_introd
         assert_eq!(w.service.last_caller(), Some(w.c.vat_id()));
         // A goes away; C and B carry on.
         w.a.shutdown().await;
+        registry.when_broken().await;
+        assert!(
+            broken.as_mut().now_or_never().is_none(),
+            "A's end broke B's object"
+        );
         for n in 0..10u64 {
             let got: u64 = svc.send("note", ("after", n)).await.unwrap();
             assert_eq!(got, n);
@@ -962,4 +967,30 @@ async fn next_call(a: &mut RawConn) -> (Option<u64>, String, Payload) {
         }
     }
     panic!("no call among 16 messages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_only_pipelined_on_deposits_nothing_until_it_is_wanted() {
+    within(async {
+        let w = default_world().await;
+        let registry = w.c.enliven(&w.registry_uri);
+        // The session is up, so the pipelined call below is a quiet question: A keeps
+        // the reference it answers and names it to nobody.
+        let _: Ref = registry.when_settled().await.unwrap();
+        let svc = registry.send_ref("get", ("svc",));
+        send_stream(&svc, "pipelined", 20, 5).await;
+        w.c.sync().await;
+        w.a.sync().await;
+        assert_eq!(w.b.stats().await.handoffs.deposited, 0);
+        assert_eq!(w.service.last_caller(), Some(w.a.vat_id()));
+        // Wanting the result sends it, introduced: now the gift is deposited.
+        let got: Ref = svc.when_settled().await.unwrap();
+        assert_eq!(got.when_handed_off().await, Handoff::Direct);
+        let hb = w.b.stats().await.handoffs;
+        assert_eq!((hb.deposited, hb.withdrawn), (1, 1));
+        // The promise keeps its path; what it resolved to is direct.
+        send_stream(&got, "direct", 10, 5).await;
+        assert_eq!(w.service.last_caller(), Some(w.c.vat_id()));
+    })
+    .await;
 }

@@ -24,6 +24,7 @@ use super::codec;
 use super::driver;
 use super::gifts::gift_key;
 use super::handle::{Command, SessionHandle};
+use super::object::ObjectHandle;
 use super::promise::Resolver;
 use super::reference::{Forward, Ref};
 use super::shared::VatInner;
@@ -71,11 +72,10 @@ pub(crate) struct Counters {
     in_progress: AtomicUsize,
 }
 
-/// The introducer's side: if `reference` (a settled import from `host_session`) may be
-/// handed off to `dest`'s peer, deposits a fresh gift for that peer at the host, in
-/// order with every other send on `reference`, and says how to name it.
+/// The introducer's side, naming: if a settled import from `host_session` may be
+/// handed off to `dest`'s peer, a fresh gift id and where the host is. The gift is
+/// deposited only once the descriptor is written ([`deposit`]).
 pub(crate) fn introduce(
-    reference: &Ref,
     host_session: &SessionHandle,
     target: LocalTarget,
     dest: &SessionHandle,
@@ -83,20 +83,32 @@ pub(crate) fn introduce(
     if !matches!(target, LocalTarget::Import(_)) || !dest.hands_off() || !host_session.hands_off() {
         return None;
     }
-    let gift: [u8; 32] = rand::random();
-    let recipient = dest.peer();
-    let args = (
-        serde_bytes::Bytes::new(&gift),
-        serde_bytes::Bytes::new(recipient.as_bytes()),
-    );
-    let payload = codec::encode(&args).ok()?;
-    // One-way: a refused deposit shows at the recipient, whose fence then fails.
-    reference.forward(DEPOSIT.to_owned(), payload, None).ok()?;
     Some(Introduction {
         host: *host_session.peer().as_bytes(),
-        gift,
+        gift: rand::random(),
         hints: host_session.hints(),
     })
+}
+
+/// The introducer's side, depositing: `vine` (the proxy just named `third_party` to
+/// `recipient`) forwards to the host's object; the gift goes there as a one-way call,
+/// in order with every other send on that reference, so before any fence the
+/// recipient can send through the vine. A refused deposit shows at the recipient,
+/// whose fence then fails.
+pub(crate) fn deposit(vine: &ObjectHandle, gift: &[u8; 32], recipient: VatId) {
+    let Some(host_ref) = vine.proxied() else {
+        return;
+    };
+    let args = (
+        serde_bytes::Bytes::new(gift),
+        serde_bytes::Bytes::new(recipient.as_bytes()),
+    );
+    let sent = codec::encode(&args)
+        .map_err(Broken::failed)
+        .and_then(|payload| host_ref.forward(DEPOSIT.to_owned(), payload, None));
+    if let Err(b) = sent {
+        tracing::debug!(target: "captp::handoff", broken = %b, "deposit not sent");
+    }
 }
 
 /// A reference received as `third_party`: calls go to the vine, are held while the

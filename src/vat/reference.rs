@@ -99,6 +99,9 @@ enum BreakWatch {
     /// A promise: breaks when its session ends (if remote) or it settles to something
     /// that is not an object; settled to an object, that object is watched next.
     Promise(Option<BoxFuture<'static, Broken>>, Watch),
+    /// A reference a third vat introduced, while it switches: once the switch has
+    /// ended, the path it settled on is watched.
+    Switching(BoxFuture<'static, Handoff>, std::sync::Weak<Switch>),
 }
 
 /// A send waiting: for a local promise to settle, or for a handoff's switch.
@@ -266,6 +269,18 @@ impl Ref {
                     BreakWatch::Never => return std::future::pending::<Broken>().await,
                     BreakWatch::Session(closed) => return closed.await,
                     BreakWatch::Promise(None, w) => settled(w).await,
+                    BreakWatch::Switching(done, switch) => {
+                        done.await;
+                        watching = match switch.upgrade() {
+                            Some(s) => s.current().break_watch(),
+                            None => {
+                                return Broken::disconnected(
+                                    "every handle to the reference was dropped before its handoff ended",
+                                );
+                            }
+                        };
+                        continue;
+                    }
                     BreakWatch::Promise(Some(mut closed), mut w) => {
                         let settled = tokio::select! {
                             biased;
@@ -296,7 +311,10 @@ impl Ref {
             RefInner::Broken(b) => BreakWatch::Broken(b.clone()),
             RefInner::Local(..) => BreakWatch::Never,
             RefInner::Pending(p) => BreakWatch::Promise(None, p.settled.clone()),
-            RefInner::Handoff(s) => s.current().break_watch(),
+            RefInner::Handoff(s) => match s.direct() {
+                Some(d) => d.break_watch(),
+                None => BreakWatch::Switching(s.when_done().boxed(), Arc::downgrade(s)),
+            },
             RefInner::Remote(r) => {
                 let closed = r.session.when_closed().boxed();
                 match &r.promise {

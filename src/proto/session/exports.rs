@@ -29,6 +29,29 @@ const DESCRIPTOR_OVERHEAD: usize = 32;
 const ENVELOPE_ITEMS: usize = 24;
 /// CBOR items one capability descriptor adds to a message: a map, its key and its id.
 const ITEMS_PER_CAP: usize = 3;
+/// CBOR items a `third_party` descriptor adds besides its hints: its map and key, its
+/// field map, four keys, the host, the gift, the vine, and the hints array.
+const ITEMS_PER_THIRD_PARTY: usize = 11;
+/// Bytes a `third_party` descriptor takes besides its hints' text, counted generously.
+const THIRD_PARTY_OVERHEAD: usize = 128;
+
+/// CBOR items `cap` adds to a message, as a descriptor.
+fn cap_items<O>(cap: &OutCap<O>) -> usize {
+    match cap {
+        OutCap::ThirdParty(_, intro) => ITEMS_PER_THIRD_PARTY + intro.hints.len(),
+        _ => ITEMS_PER_CAP,
+    }
+}
+
+/// Bytes `cap` takes on the wire, as a descriptor, counted generously.
+fn cap_bytes<O>(cap: &OutCap<O>) -> usize {
+    match cap {
+        OutCap::ThirdParty(_, intro) => {
+            THIRD_PARTY_OVERHEAD + intro.hints.iter().map(|h| h.len() + 3).sum::<usize>()
+        }
+        _ => DESCRIPTOR_OVERHEAD,
+    }
+}
 
 /// A local object this side exports to the peer.
 #[derive(Debug)]
@@ -42,7 +65,7 @@ pub(super) struct Export<O> {
 impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// Turns local references into descriptors, exporting local objects.
     pub(super) fn give_payload(&mut self, payload: OutPayload<O>) -> Result<Payload, Broken> {
-        self.check_caps_count(payload.caps.len())?;
+        self.check_caps(&payload.caps)?;
         self.check_data_limits(&payload.data, payload.shape)?;
         // An object named twice in one payload is one new export, not two.
         let fresh = payload
@@ -101,9 +124,11 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
                 },
                 OutCap::Import(i) => CapDescriptor::ReceiverHosted(i.0),
                 OutCap::ThirdParty(o, intro) => {
-                    let vine = self.export(o, PromiseState::NotAPromise).0.0;
+                    let vine = self.export(o.clone(), PromiseState::NotAPromise).0.0;
                     if self.peer.version >= HANDOFF_VERSION {
                         let Introduction { host, gift, hints } = *intro;
+                        // The runtime deposits the gift now that it is named on the wire.
+                        self.introduced.push((o, gift));
                         CapDescriptor::ThirdParty(Box::new(ThirdParty {
                             host,
                             gift,
@@ -125,15 +150,18 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     /// Checks the number of references in one outgoing message against what the peer
     /// accepts (and enforces by aborting): its `max_caps`, and as many as fit its
     /// `max_items` with the rest of the message.
-    pub(super) fn check_caps_count(&self, count: usize) -> Result<(), Broken> {
-        let by_items = self.peer.cbor.max_items.saturating_sub(ENVELOPE_ITEMS) / ITEMS_PER_CAP;
-        let limit = self.peer.max_caps.min(by_items);
-        if count > limit {
+    pub(super) fn check_caps(&self, caps: &[OutCap<O>]) -> Result<(), Broken> {
+        let count = caps.len();
+        let items: usize = caps.iter().map(cap_items).sum();
+        let room = self.peer.cbor.max_items.saturating_sub(ENVELOPE_ITEMS);
+        if count > self.peer.max_caps || items > room {
+            let limit = self.peer.max_caps.min(room / ITEMS_PER_CAP);
             return Err(Broken::new(
                 BrokenKind::TooLarge,
                 format!(
-                    "{count} references in one message exceed the peer's limit of {limit}: \
-                     pass fewer, or group them in an object"
+                    "{count} references in one message ({items} CBOR items as descriptors) \
+                     exceed the peer's limit of {limit} (and {room} items): pass fewer, or \
+                     group them in an object"
                 ),
             ));
         }
@@ -273,5 +301,5 @@ pub(super) fn frame_estimate<O>(method: Option<&str>, payload: &OutPayload<O>) -
     MESSAGE_OVERHEAD
         + method.map_or(0, str::len)
         + payload.data.len()
-        + payload.caps.len() * DESCRIPTOR_OVERHEAD
+        + payload.caps.iter().map(cap_bytes).sum::<usize>()
 }

@@ -115,6 +115,9 @@ pub struct Session<O, R> {
     hello_owed: bool,
     /// This side's address hints, sent once in a `listen` (protocol version 4).
     listen: Vec<String>,
+    /// `third_party` descriptors written since the runtime last asked: each vine and
+    /// its gift, for the runtime to deposit ([`Session::take_introduced`]).
+    introduced: Vec<(O, [u8; 32])>,
     /// The nonce of the next ping the runtime asks for.
     next_ping: u64,
     timers: Timers,
@@ -263,6 +266,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             collect_debt: 0,
             hello_owed: false,
             listen: Vec::new(),
+            introduced: Vec::new(),
             next_ping: 1,
             timers: Timers::new(now),
             outbox,
@@ -523,6 +527,15 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             let hints = std::mem::take(&mut self.listen);
             self.outbox.push_back(Message::Listen { hints });
         }
+    }
+
+    /// The introductions written to the peer since the last call (PROTOCOL.md 9.16):
+    /// each `third_party` descriptor's vine and gift id. The runtime deposits each gift
+    /// at its host before the message can reach the peer (before it writes it), so a
+    /// gift is deposited only for a descriptor that was sent: not for a result kept in
+    /// a quiet answer, nor for a message that failed before it went out.
+    pub fn take_introduced(&mut self) -> std::vec::Drain<'_, (O, [u8; 32])> {
+        self.introduced.drain(..)
     }
 
     /// The protocol version spoken on this session: the lower of the two `hello`s (the

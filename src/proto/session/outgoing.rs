@@ -219,7 +219,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
             return Err(b);
         }
         self.check_frame_size(Some(method), &payload)?;
-        self.check_caps_count(payload.caps.len())?;
+        self.check_caps(&payload.caps)?;
         let wire_target = match target {
             LocalTarget::Import(i) => {
                 if !self.imports.contains_key(&i) {

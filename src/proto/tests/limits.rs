@@ -128,6 +128,69 @@ fn too_many_caps_in_a_local_send_breaks_with_too_large() {
 }
 
 #[test]
+fn introductions_count_their_size_against_the_peers_item_limit() {
+    // A `third_party` with four hints is 15 CBOR items, not the 3 of other descriptors:
+    // 16 of them pass the least `max_items` a peer may announce, so the send breaks
+    // here instead of making the peer abort.
+    let lb = Limits {
+        max_cbor_items: MIN_ITEMS,
+        ..Limits::default()
+    };
+    let mut pair = Pair::with_limits(Limits::default(), lb);
+    let obj = pair.a_imports_b_obj(1);
+    let intro = |n: u32| {
+        OutCap::ThirdParty(
+            n,
+            Box::new(Introduction {
+                host: [1; 32],
+                gift: [2; 32],
+                hints: vec!["127.0.0.1:4433".to_owned(); 4],
+            }),
+        )
+    };
+    pair.a.session.send(ask(
+        LocalTarget::Import(obj),
+        "many",
+        OutPayload {
+            shape: None,
+            data: data(&()),
+            caps: (1..=16).map(intro).collect(),
+        },
+        2,
+    ));
+    let events = pair.a.take_events();
+    let [
+        Seen::Return {
+            resolver: 2,
+            result: Err(b),
+        },
+    ] = &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(b.kind(), BrokenKind::TooLarge);
+    assert!(b.message().contains("240 CBOR items"), "{b}");
+    assert_eq!(pair.a.session.poll_transmit(), None);
+    // Fifteen fit (225 items and the message around them), and nothing is deposited
+    // until they are written: the session reports them once sent.
+    pair.a.session.send(ask(
+        LocalTarget::Import(obj),
+        "fewer",
+        OutPayload {
+            shape: None,
+            data: data(&()),
+            caps: (1..=15).map(intro).collect(),
+        },
+        3,
+    ));
+    assert!(matches!(
+        pair.a.session.poll_transmit(),
+        Some(Message::Deliver { ref payload, .. }) if payload.caps.len() == 15
+    ));
+    assert_eq!(pair.a.session.take_introduced().count(), 15);
+}
+
+#[test]
 fn result_with_too_many_caps_breaks_with_too_large() {
     // The asker's announced limit counts, not the answerer's own.
     let la = Limits {

@@ -1,7 +1,9 @@
-//! The host's side of three-party handoff in the session task (PROTOCOL.md 9.16): a
-//! deposit or a fence arriving as a call, and a withdrawal arriving as a `bootstrap`.
-//! Each is decided here at the point where calls reach their target, so a fence is
-//! answered exactly after every call delivered before it on this session.
+//! Three-party handoff in the session task (PROTOCOL.md 9.16). The host's side: a
+//! deposit or a fence arriving as a call, and a withdrawal arriving as a `bootstrap`,
+//! each decided here at the point where calls reach their target, so a fence is
+//! answered exactly after every call delivered before it on this session. The
+//! introducer's side: the gift of each `third_party` descriptor the session wrote,
+//! deposited before the message carrying it is queued for the peer.
 //!
 //! It must not run the target's methods for these calls, nor decide who the depositor or
 //! recipient is from anything but the session's authenticated peer.
@@ -9,10 +11,21 @@
 use serde_bytes::ByteBuf;
 
 use super::*;
-use crate::vat::handoff::{DEPOSIT, FENCE, no_gift};
+use crate::vat::handoff::{self, DEPOSIT, FENCE, no_gift};
 use crate::wire::message::HANDOFF_VERSION;
 
 impl Driver {
+    /// Deposits the gifts of the `third_party` descriptors the session has written
+    /// since the last call, at their hosts: before the messages carrying them are
+    /// queued for this session's peer (the recipient), so every fence the recipient
+    /// sends through a vine finds its gift deposited ahead of it.
+    pub(super) fn deposit_introduced(&mut self) {
+        let recipient = self.handle.peer();
+        for (vine, gift) in self.core.take_introduced() {
+            handoff::deposit(&vine, &gift, recipient);
+        }
+    }
+
     /// A protocol call (`captp.deposit`, `captp.fence`) for the local object `target`,
     /// handled here: its outcome, or `None` to deliver the call as usual (any other
     /// method; a fence for a gift this vat does not hold, to a proxy, which forwards

@@ -506,6 +506,7 @@ impl Driver {
     /// Encodes every message the session has produced; answers to the peer count
     /// toward its budget.
     fn transmit(&mut self) {
+        self.deposit_introduced();
         while let Some(msg) = self.core.poll_transmit() {
             tracing::trace!(kind = msg.kind(), "message out");
             self.urgent |= !msg.is_bookkeeping();

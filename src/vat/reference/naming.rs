@@ -37,7 +37,7 @@ impl Ref {
             RefInner::Remote(r) if r.promise.is_none() => {
                 let (proxy, fresh) = self.proxy_and_fresh(dest);
                 match fresh
-                    .then(|| handoff::introduce(self, &r.session, r.target, dest))
+                    .then(|| handoff::introduce(&r.session, r.target, dest))
                     .flatten()
                 {
                     Some(intro) => (OutCap::ThirdParty(proxy, Box::new(intro)), None),
