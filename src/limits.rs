@@ -171,6 +171,11 @@ pub struct Limits {
     /// refused (the recipient then keeps calling through the introducer), so a hostile
     /// introducer cannot fill this vat's gift table; 0 refuses every deposit.
     pub max_gifts: usize,
+    /// Gifts this vat holds at once, from all introducers. Default 16,384 (a few
+    /// hundred bytes each); past it deposits are refused as past `max_gifts`. New vat
+    /// IDs cost an attacker nothing, so the per-introducer bound alone would not bound
+    /// the table.
+    pub max_gifts_total: usize,
     /// How long a deposited gift waits for its recipient before it is dropped.
     /// Default 60 s.
     pub gift_ttl: Duration,
@@ -178,7 +183,8 @@ pub struct Limits {
     /// host, order its calls, withdraw the gift) before it gives up and keeps calling
     /// through the introducer for good. Default 10 s; `Duration::ZERO` turns handoff
     /// off on this vat: references it passes on go as proxies, and references it
-    /// receives are always called through their introducer.
+    /// receives are always called through their introducer; it also sends no `listen`
+    /// (its address is not passed on in introductions).
     pub handoff_timeout: Duration,
     /// Introduced references this vat picks up at once (connecting to their hosts,
     /// waiting for fences). Default 64. Past it, a newly introduced reference is
@@ -247,6 +253,7 @@ impl Default for Limits {
             max_handshake_queue: 1_024,
             // Three-party handoff.
             max_gifts: 256,
+            max_gifts_total: 16_384,
             gift_ttl: Duration::from_secs(60),
             handoff_timeout: Duration::from_secs(10),
             max_handoffs: 64,

@@ -8,7 +8,7 @@
 //! in another's name. Plain bookkeeping under one lock: this module must not post to a
 //! session, await, run user code, or read a clock (times are passed in).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -44,16 +44,19 @@ struct Gift {
     expires: Instant,
 }
 
-/// The gifts deposited at this vat, bounded per depositor.
+/// The gifts deposited at this vat, bounded per depositor and in all.
 pub(crate) struct Gifts {
     table: Mutex<Table>,
     max_per_depositor: usize,
+    max_total: usize,
     ttl: Duration,
 }
 
 #[derive(Default)]
 struct Table {
     gifts: HashMap<[u8; 32], Gift>,
+    /// The gifts by expiry, for the sweep: the first entries are the next to expire.
+    expiry: BTreeSet<(Instant, [u8; 32])>,
     per_depositor: HashMap<VatId, usize>,
     /// Counters for [`GiftStats`].
     deposited: u64,
@@ -77,6 +80,8 @@ pub(crate) struct GiftStats {
 pub(crate) enum Refused {
     /// The depositor has `max_gifts` gifts here already.
     Full(usize),
+    /// This vat holds `max_gifts_total` gifts already, from all depositors.
+    AllFull(usize),
     /// A gift with that key is here already (a replayed deposit).
     Duplicate,
 }
@@ -85,18 +90,20 @@ impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refused::Full(n) => write!(f, "the depositor has {n} gifts here already"),
+            Refused::AllFull(n) => write!(f, "this vat holds {n} gifts already"),
             Refused::Duplicate => f.write_str("a gift with that id is here already"),
         }
     }
 }
 
 impl Gifts {
-    /// An empty table: at most `max_per_depositor` gifts from one depositor, each
-    /// kept `ttl`.
-    pub(crate) fn new(max_per_depositor: usize, ttl: Duration) -> Gifts {
+    /// An empty table: at most `max_per_depositor` gifts from one depositor and
+    /// `max_total` from all, each kept `ttl`.
+    pub(crate) fn new(max_per_depositor: usize, max_total: usize, ttl: Duration) -> Gifts {
         Gifts {
             table: Mutex::new(Table::default()),
             max_per_depositor,
+            max_total,
             ttl,
         }
     }
@@ -115,6 +122,8 @@ impl Gifts {
         let key = gift_key(&depositor, gift);
         let refused = if count >= self.max_per_depositor {
             Some(Refused::Full(count))
+        } else if t.gifts.len() >= self.max_total {
+            Some(Refused::AllFull(t.gifts.len()))
         } else if t.gifts.contains_key(&key) {
             Some(Refused::Duplicate)
         } else {
@@ -124,15 +133,17 @@ impl Gifts {
             t.refused += 1;
             return Err(r);
         }
+        let expires = now + self.ttl;
         t.gifts.insert(
             key,
             Gift {
                 depositor,
                 recipient,
                 object,
-                expires: now + self.ttl,
+                expires,
             },
         );
+        t.expiry.insert((expires, key));
         *t.per_depositor.entry(depositor).or_insert(0) += 1;
         t.deposited += 1;
         Ok(())
@@ -193,21 +204,16 @@ impl Gifts {
     }
 
     /// The table, with gifts expired by `now` dropped first. Expiry is swept here, on
-    /// every use, so no timer task is needed: the table is bounded by
-    /// `max_per_depositor` per depositor between sweeps.
+    /// every use, so no timer task is needed: the table is bounded by its limits
+    /// between sweeps, and a sweep looks only at the gifts it drops (in expiry order).
     fn lock(&self, now: Instant) -> MutexGuard<'_, Table> {
         let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        if t.gifts.values().any(|g| g.expires <= now) {
-            let expired: Vec<[u8; 32]> = t
-                .gifts
-                .iter()
-                .filter(|(_, g)| g.expires <= now)
-                .map(|(k, _)| *k)
-                .collect();
-            for key in expired {
-                t.remove(&key);
-                t.expired += 1;
+        while let Some(&(expires, key)) = t.expiry.first() {
+            if expires > now {
+                break;
             }
+            t.remove(&key);
+            t.expired += 1;
         }
         t
     }
@@ -216,6 +222,7 @@ impl Gifts {
 impl Table {
     fn remove(&mut self, key: &[u8; 32]) -> Option<Gift> {
         let g = self.gifts.remove(key)?;
+        self.expiry.remove(&(g.expires, *key));
         if let Some(n) = self.per_depositor.get_mut(&g.depositor) {
             *n -= 1;
             if *n == 0 {
@@ -240,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_gift_goes_once_and_only_to_its_recipient() {
-        let gifts = Gifts::new(4, Duration::from_secs(60));
+        let gifts = Gifts::new(4, 16, Duration::from_secs(60));
         let now = Instant::now();
         let (a, b, c) = (vat(1), vat(2), vat(3));
         let o = object();
@@ -259,7 +266,7 @@ mod tests {
 
     #[test]
     fn deposits_are_bounded_per_depositor_and_expire() {
-        let gifts = Gifts::new(2, Duration::from_secs(60));
+        let gifts = Gifts::new(2, 16, Duration::from_secs(60));
         let now = Instant::now();
         let (a, b, c) = (vat(1), vat(2), vat(3));
         gifts.deposit(a, &[1; 32], c, object(), now).unwrap();
@@ -285,8 +292,35 @@ mod tests {
     }
 
     #[test]
+    fn deposits_are_bounded_over_all_depositors() {
+        // Fresh identities cost nothing: the table is bounded in all, too.
+        let gifts = Gifts::new(2, 3, Duration::from_secs(60));
+        let now = Instant::now();
+        for n in 0..3u8 {
+            gifts
+                .deposit(vat(n), &[n; 32], vat(9), object(), now)
+                .unwrap();
+        }
+        assert_eq!(
+            gifts.deposit(vat(7), &[7; 32], vat(9), object(), now),
+            Err(Refused::AllFull(3))
+        );
+        // Expired ones make room again; a withdrawn one leaves no expiry behind.
+        assert!(matches!(
+            gifts.withdraw(&gift_key(&vat(0), &[0; 32]), vat(9), now),
+            Some(Ok(_))
+        ));
+        gifts
+            .deposit(vat(7), &[7; 32], vat(9), object(), now)
+            .unwrap();
+        let later = now + Duration::from_secs(60);
+        let stats = gifts.stats(later);
+        assert_eq!((stats.held, stats.expired, stats.withdrawn), (0, 3, 1));
+    }
+
+    #[test]
     fn a_fence_names_the_gift_and_its_object() {
-        let gifts = Gifts::new(2, Duration::from_secs(60));
+        let gifts = Gifts::new(2, 16, Duration::from_secs(60));
         let now = Instant::now();
         let (a, c) = (vat(1), vat(3));
         let o = object();

@@ -85,7 +85,7 @@ impl VatInner {
     ) -> VatInner {
         let (store, restorer) = persistence;
         let limits = limits.normalized();
-        let gifts = Gifts::new(limits.max_gifts, limits.gift_ttl);
+        let gifts = Gifts::new(limits.max_gifts, limits.max_gifts_total, limits.gift_ttl);
         VatInner {
             identity,
             admission: Arc::new(Admission::new(&limits)),

@@ -12,7 +12,6 @@ use serde_bytes::ByteBuf;
 
 use super::*;
 use crate::vat::handoff::{self, DEPOSIT, FENCE, no_gift};
-use crate::wire::message::HANDOFF_VERSION;
 
 impl Driver {
     /// Deposits the gifts of the `third_party` descriptors the session has written

@@ -42,6 +42,7 @@ use crate::proto::{
     SHUTDOWN_REASON, Session,
 };
 use crate::transport::{self, Connection, FrameBody, TlsStream, TransportError};
+use crate::wire::message::HANDOFF_VERSION;
 use crate::wire::{CborLimits, Message};
 
 mod host;
@@ -162,8 +163,10 @@ pub(crate) fn run(
         introduced: HashMap::new(),
         versioned: false,
     };
-    // Where this vat can be reached, for the peer to pass on in introductions.
-    if let Some((host, port)) = d.vat.address() {
+    // Where this vat can be reached, for the peer to pass on in introductions (not
+    // with handoff off).
+    let hands_off = !d.vat.limits.handoff_timeout.is_zero();
+    if let Some((host, port)) = d.vat.address().filter(|_| hands_off) {
         d.core.set_listen(vec![format!("{host}:{port}")]);
     }
     async move {
@@ -720,7 +723,10 @@ impl Driver {
                 }
             }
             Event::Bootstrap { answer, swiss } => {
-                if let Some(outcome) = self.withdraw(swiss.as_bytes()) {
+                let withdrawal = (self.core.version() >= HANDOFF_VERSION)
+                    .then(|| self.withdraw(swiss.as_bytes()))
+                    .flatten();
+                if let Some(outcome) = withdrawal {
                     self.core.answer(answer, outcome);
                     return;
                 }
