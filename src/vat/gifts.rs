@@ -245,6 +245,17 @@ mod tests {
         ObjectHandle::new(|_: &str, _| crate::Reply::ok(()))
     }
 
+    /// The test vector of PROTOCOL.md 16.9.
+    #[test]
+    fn the_gift_key_is_as_protocol_md_16_9_shows() {
+        let key = gift_key(&vat(0x44), &[0x22; 32]);
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "9092882269b08d8c97317cf3ff15f4ffda23c7ecedda84ccdfb4a21ce203cbb1"
+        );
+    }
+
     #[test]
     fn a_gift_goes_once_and_only_to_its_recipient() {
         let gifts = Gifts::new(4, 16, Duration::from_secs(60));

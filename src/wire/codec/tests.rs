@@ -307,3 +307,104 @@ fn error_data_is_an_optional_byte_string() {
     ]);
     assert!(missing.unwrap_err().contains("missing field `message`"));
 }
+
+/// The frame of `msg`, in hex, its length prefix apart (as PROTOCOL.md 16 prints them).
+fn frame_hex(msg: &Message) -> String {
+    let mut out = Vec::new();
+    msg.encode_frame(&mut out).unwrap();
+    let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{} {}", &hex[..8], &hex[8..])
+}
+
+/// The worked examples of PROTOCOL.md 16.9 (three-party handoff), byte for byte, and
+/// back.
+#[test]
+fn handoff_messages_encode_as_protocol_md_16_9_shows() {
+    let single = Bytes::from_static(&crate::wire::SINGLE_CAP_DATA);
+    let gift = [0x22; 32];
+    let deliver = |export, method: &str, data: Vec<u8>, question| Message::Deliver {
+        target: Target::Export(export),
+        method: method.to_owned(),
+        payload: Payload {
+            data: data.into(),
+            caps: Vec::new(),
+        },
+        question,
+        quiet: false,
+    };
+    let mut deposit_data = vec![0x82, 0x58, 0x20];
+    deposit_data.extend_from_slice(&gift);
+    deposit_data.extend_from_slice(&[0x58, 0x20]);
+    deposit_data.extend_from_slice(&[0x33; 32]);
+    let mut fence_data = vec![0x81, 0x58, 0x20];
+    fence_data.extend_from_slice(&gift);
+    let key: [u8; 32] = (0..32)
+        .map(|i| {
+            u8::from_str_radix(
+                &"9092882269b08d8c97317cf3ff15f4ffda23c7ecedda84ccdfb4a21ce203cbb1"
+                    [2 * i..2 * i + 2],
+                16,
+            )
+            .unwrap()
+        })
+        .collect::<Vec<u8>>()
+        .try_into()
+        .unwrap();
+    let cases = [
+        (
+            Message::Return {
+                question: 3,
+                result: ReturnResult::Ok(Payload {
+                    data: single,
+                    caps: vec![CapDescriptor::ThirdParty(Box::new(ThirdParty {
+                        host: [0x11; 32],
+                        gift,
+                        vine: 5,
+                        hints: vec!["127.0.0.1:4433".to_owned()],
+                    }))],
+                }),
+            },
+            "000000a7 a16672657475726ea2687175657374696f6e0366726573756c74a1626f6ba2646461746144d9636100646361707381a16b74686972645f7061727479a464686f7374582011111111111111111111111111111111111111111111111111111111111111116467696674582022222222222222222222222222222222222222222222222222222222222222226476696e65056568696e7473816e3132372e302e302e313a34343333",
+        ),
+        (
+            Message::Listen {
+                hints: vec!["127.0.0.1:4433".to_owned()],
+            },
+            "0000001f a1666c697374656ea16568696e7473816e3132372e302e302e313a34343333",
+        ),
+        (
+            deliver(2, "captp.deposit", deposit_data, None),
+            "00000084 a16764656c69766572a366746172676574a1666578706f727402666d6574686f646d63617074702e6465706f736974677061796c6f6164a164646174615845825820222222222222222222222222222222222222222222222222222222222222222258203333333333333333333333333333333333333333333333333333333333333333",
+        ),
+        (
+            deliver(5, "captp.fence", fence_data, Some(4)),
+            "0000006a a16764656c69766572a466746172676574a1666578706f727405666d6574686f646b63617074702e66656e6365677061796c6f6164a1646461746158238158202222222222222222222222222222222222222222222222222222222222222222687175657374696f6e04",
+        ),
+        (
+            Message::Return {
+                question: 4,
+                result: ReturnResult::Ok(Payload {
+                    data: Bytes::from_static(&crate::wire::NULL_DATA),
+                    caps: Vec::new(),
+                }),
+            },
+            "00000026 a16672657475726ea2687175657374696f6e0466726573756c74a1626f6ba1646461746141f6",
+        ),
+        (
+            Message::Bootstrap {
+                question: 1,
+                swiss: SwissNumber::from_bytes(key),
+            },
+            "0000003e a169626f6f747374726170a2687175657374696f6e0165737769737358209092882269b08d8c97317cf3ff15f4ffda23c7ecedda84ccdfb4a21ce203cbb1",
+        ),
+    ];
+    for (msg, hex) in cases {
+        assert_eq!(frame_hex(&msg), hex, "{msg:?}");
+        let mut out = Vec::new();
+        msg.encode_frame(&mut out).unwrap();
+        assert_eq!(
+            Message::decode(&out[4..], &CborLimits::default()).unwrap(),
+            msg
+        );
+    }
+}
