@@ -23,19 +23,27 @@
 //!   and local calls leave in the order they were sent on each reference;
 //! - a local call breaks as "released" only if the runtime had already dropped the
 //!   reference it was sent on;
+//! - protocol version 4 holds exactly when the peer's `hello` announced it: a peer's
+//!   `listen` reaches the runtime with its hints as sent, and a `third_party` is counted
+//!   as `sender_hosted` for its vine and reaches the runtime with its introduction as
+//!   sent (before version 4, either aborts the session); a reference the runtime
+//!   introduces goes out as `third_party` only to a version-4 peer (as `sender_hosted`
+//!   to an older one), and the session's own `listen` right after its `hello`;
 //! - at the end, once the peer answers, finishes and releases everything and the
 //!   runtime answers everything and drops every handle, every table is empty.
 #![no_main]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use arbitrary::Arbitrary;
 use captp::internal::proto::{
-    AnswerId, Call, CloseReason, Event, ImportId, InCap, LocalTarget, OutCap, OutPayload,
-    QuestionId, Session, SessionStats, announce,
+    AnswerId, Call, CloseReason, Event, ImportId, InCap, Introduction, LocalTarget, OutCap,
+    OutPayload, QuestionId, Session, SessionStats, announce,
 };
 use captp::internal::wire::SINGLE_CAP_DATA as SINGLE_CAP;
-use captp::internal::wire::message::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use captp::internal::wire::message::{
+    HANDOFF_VERSION, MAX_HINT_LEN, MAX_HINTS, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ThirdParty,
+};
 use captp::internal::wire::{
     CapDescriptor, CborLimits, Hello, MIN_CAPS, MIN_IMPORTS, MIN_QUEUED, Message, Payload,
     ReturnResult, Target, WireBroken,
@@ -76,6 +84,33 @@ struct Config {
     /// Then answer a peer's bootstrap with that reference of the peer's, and have the
     /// peer pipeline a call on the answer (which the runtime must forward).
     forward_a_call: bool,
+    /// The version the peer's first `hello` announces.
+    peer_version: Version,
+    /// The hints given to `Session::set_listen` (see [`hints`]; none: not called).
+    listen: u8,
+}
+
+/// A protocol version the peer may announce (`None` in [`Op::Hello`]: one this crate
+/// does not speak).
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Version {
+    /// This crate's own.
+    Current,
+    /// The last without `listen` and `third_party`.
+    BeforeHandoff,
+    /// The oldest this crate speaks.
+    Oldest,
+}
+
+impl Version {
+    /// The number a `hello` carries.
+    fn number(self) -> u32 {
+        match self {
+            Version::Current => PROTOCOL_VERSION,
+            Version::BeforeHandoff => HANDOFF_VERSION - 1,
+            Version::Oldest => MIN_PROTOCOL_VERSION,
+        }
+    }
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -97,6 +132,11 @@ enum Desc {
     Sender(u8),
     SenderPromise(u8),
     Receiver(Pick),
+    /// A vine (as `Sender`) with the introduction numbered `intro` ([`introduction`]).
+    ThirdParty {
+        vine: u8,
+        intro: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug, Clone)]
@@ -106,6 +146,11 @@ enum WResult {
     SenderCap(u8),
     SenderPromiseCap(u8),
     ReceiverCap(Pick),
+    /// A single `third_party`: what the answer resolves to is the vine.
+    ThirdPartyCap {
+        vine: u8,
+        intro: u8,
+    },
     Caps(Vec<Desc>),
 }
 
@@ -120,6 +165,11 @@ enum LCap {
     Local(u8),
     Promise(u8),
     Import(Pick),
+    /// A local object introduced with the introduction numbered `intro`.
+    ThirdParty {
+        object: u8,
+        intro: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug, Clone)]
@@ -137,9 +187,13 @@ enum How {
 enum Op {
     // ---- the peer ----
     Hello {
-        version_ok: bool,
+        version: Option<Version>,
         frame: u8,
         questions: u8,
+    },
+    /// The peer's address hints (see [`hints`]).
+    Listen {
+        hints: u8,
     },
     Bootstrap {
         q: Pick,
@@ -185,7 +239,9 @@ enum Op {
         ask: bool,
         resolver: bool,
         refs: u8,
-        big: bool,
+        /// 0: small data; `n`: data `4 * (n - 1)` bytes short of one byte over the
+        /// peer's frame limit (at most 64 KiB), around what the session lets through.
+        big: u8,
     },
     SendBurst {
         target: LTarget,
@@ -287,6 +343,9 @@ struct LocalCall {
     /// The runtime held every `Import` reference in the payload.
     caps_held: bool,
     on_wire: bool,
+    /// The version the peer's `hello` announced, if it had arrived when the call was
+    /// made (from then on, what it introduces goes out in that version's terms).
+    version: Option<u32>,
 }
 
 struct Harness {
@@ -323,6 +382,12 @@ struct Harness {
     // ---- the peer's view ----
     hello_seen: bool,
     peer_hello_sent: bool,
+    /// The version the peer's accepted `hello` announced.
+    peer_version: Option<u32>,
+    /// The session's `listen` owed right after its `hello` (`set_listen` was called).
+    listen_out: Option<Vec<String>>,
+    /// Hints of peer `listen`s accepted, owed as `Event::Listen`s in order.
+    listens_owed: VecDeque<Vec<String>>,
     /// Times the peer sent each of its exports and the session has not released.
     given: HashMap<u64, u64>,
     /// For each import the session holds: `None` for an object, `Some(resolved)` for a
@@ -384,6 +449,45 @@ fn pick<T: Copy>(list: &[T], i: u8) -> Option<T> {
     (!list.is_empty()).then(|| list[usize::from(i) % list.len()])
 }
 
+/// `n % 5` address hints (at most `MAX_HINTS`), the fourth as long as a hint may be.
+fn hints(n: u8) -> Vec<String> {
+    (0..usize::from(n) % (MAX_HINTS + 1))
+        .map(|j| match j {
+            3 => format!("{}:4003", "h".repeat(MAX_HINT_LEN - 5)),
+            _ => format!("host{j}.example:400{j}"),
+        })
+        .collect()
+}
+
+/// The introduction numbered `n`: its host, gift and hints all follow from `n`.
+fn introduction(n: u8) -> Introduction {
+    Introduction {
+        host: [n; 32],
+        gift: [!n; 32],
+        hints: hints(n),
+    }
+}
+
+/// The introduction a `third_party` descriptor carries.
+fn introduced(t: &ThirdParty) -> Introduction {
+    Introduction {
+        host: t.host,
+        gift: t.gift,
+        hints: t.hints.clone(),
+    }
+}
+
+/// A peer's `third_party` descriptor: its vine `vine % 6`, the introduction numbered `n`.
+fn third_party(vine: u8, n: u8) -> CapDescriptor {
+    let Introduction { host, gift, hints } = introduction(n);
+    CapDescriptor::ThirdParty(Box::new(ThirdParty {
+        host,
+        gift,
+        vine: u64::from(vine % 6),
+        hints,
+    }))
+}
+
 impl Harness {
     fn new(config: &Config) -> Harness {
         let mut limits = Limits::default();
@@ -394,7 +498,9 @@ impl Harness {
         limits.max_caps_per_message = MIN_CAPS + usize::from(config.max_caps % 4);
         limits.max_queued_per_promise = MIN_QUEUED + usize::from(config.max_queued % 4);
         limits.max_inbound_questions = usize::from(config.max_inbound);
-        let s = Session::new(limits.clone(), std::time::Instant::now());
+        let mut s = Session::new(limits.clone(), std::time::Instant::now());
+        let listen = hints(config.listen);
+        s.set_listen(listen.clone());
         // The session raises some limits; the model uses the raised ones.
         limits.max_inbound_questions = limits.max_inbound_questions.max(64);
         limits.max_frame = limits.max_frame.max(8192);
@@ -421,6 +527,9 @@ impl Harness {
             last_out: HashMap::new(),
             hello_seen: false,
             peer_hello_sent: false,
+            peer_version: None,
+            listen_out: (!listen.is_empty()).then_some(listen),
+            listens_owed: VecDeque::new(),
             given: HashMap::new(),
             import_promise: HashMap::new(),
             resolved_owed: HashMap::new(),
@@ -530,6 +639,9 @@ impl Harness {
                     held &= h;
                     OutCap::Import(id)
                 }
+                LCap::ThirdParty { object, intro } => {
+                    OutCap::ThirdParty(Obj::from(object % 6) + 1, Box::new(introduction(intro)))
+                }
             })
             .collect();
         (caps, held)
@@ -549,6 +661,7 @@ impl Harness {
                 Desc::Sender(i) => CapDescriptor::SenderHosted(u64::from(i % 6)),
                 Desc::SenderPromise(i) => CapDescriptor::SenderPromise(u64::from(i % 6)),
                 Desc::Receiver(p) => CapDescriptor::ReceiverHosted(self.pick_export(p)),
+                Desc::ThirdParty { vine, intro } => third_party(vine, intro),
             })
             .collect()
     }
@@ -594,9 +707,15 @@ impl Harness {
                         return Expect::Invalid;
                     }
                 }
-                // The harness introduces nothing (a `third_party` is a version-4 vine,
-                // counted as `sender_hosted`; the runtime's tests cover it).
-                CapDescriptor::ThirdParty(_) => unreachable!("the harness sends no third_party"),
+                // A vine, counted as `sender_hosted`; a version-4 descriptor.
+                CapDescriptor::ThirdParty(ref t) => {
+                    if !self.speaks_handoff() {
+                        return Expect::Invalid;
+                    }
+                    if self.given.get(&t.vine).copied().unwrap_or(0) == 0 {
+                        fresh.insert(t.vine);
+                    }
+                }
             }
         }
         let held = self.given.values().filter(|&&n| n > 0).count();
@@ -605,6 +724,11 @@ impl Harness {
         } else {
             Expect::Valid
         }
+    }
+
+    /// Whether the peer's `hello` announced version 4 (`listen`, `third_party`).
+    fn speaks_handoff(&self) -> bool {
+        self.peer_version.is_some_and(|v| v >= HANDOFF_VERSION)
     }
 
     fn expect(&self, msg: &Message) -> Expect {
@@ -710,6 +834,7 @@ impl Harness {
                     ReturnResult::Err(_) => Expect::Valid,
                 }
             }
+            Message::Listen { .. } if !self.speaks_handoff() => Expect::Invalid,
             _ => Expect::Valid,
         }
     }
@@ -794,7 +919,8 @@ impl Harness {
                 let (i, promise) = match c {
                     CapDescriptor::SenderHosted(i) => (*i, false),
                     CapDescriptor::SenderPromise(i) => (*i, true),
-                    _ => continue,
+                    CapDescriptor::ThirdParty(t) => (t.vine, false),
+                    CapDescriptor::ReceiverHosted(_) => continue,
                 };
                 let n = this.given.entry(i).or_default();
                 if *n == 0 {
@@ -805,7 +931,11 @@ impl Harness {
             }
         };
         match msg {
-            Message::Hello { .. } => self.peer_hello_sent = true,
+            Message::Hello(hello) => {
+                self.peer_hello_sent = true;
+                self.peer_version = Some(hello.version);
+            }
+            Message::Listen { hints } => self.listens_owed.push_back(hints),
             Message::Bootstrap { question, .. } => {
                 self.new_peer_answer(question);
             }
@@ -890,6 +1020,10 @@ impl Harness {
                 self.hello_seen = true;
                 continue;
             }
+            if let Some(hints) = self.listen_out.take() {
+                assert_eq!(msg, Message::Listen { hints }, "not the listen after hello");
+                continue;
+            }
             self.check_sent(msg);
         }
         if self.s.is_closed() {
@@ -904,33 +1038,61 @@ impl Harness {
         );
     }
 
-    /// Records `caps` (as the local side named them) against the descriptors sent.
-    fn check_given_caps(&mut self, local: &[OutCap<Obj>], wire: &[CapDescriptor]) {
+    /// Records `caps` (as the local side named them) against the descriptors sent;
+    /// `version` is the peer's, if its `hello` had arrived when the runtime gave them.
+    fn check_given_caps(
+        &mut self,
+        local: &[OutCap<Obj>],
+        wire: &[CapDescriptor],
+        version: Option<u32>,
+    ) {
         assert_eq!(local.len(), wire.len());
         for (l, w) in local.iter().zip(wire) {
-            match (l, w) {
+            let (o, e) = match (l, w) {
                 (OutCap::Local(o), CapDescriptor::SenderHosted(e))
                 | (
                     OutCap::Promise(o),
                     CapDescriptor::SenderPromise(e) | CapDescriptor::SenderHosted(e),
-                ) => {
-                    if let Some(old) = self.export_history.insert(*e, *o) {
-                        assert_eq!(old, *o, "export id {e} reused for another object");
-                    }
-                    let entry = self.s_exports.entry(*e).or_insert((*o, 0));
-                    entry.1 += 1;
-                    for (other, (obj, n)) in &self.s_exports {
-                        assert!(
-                            other == e || obj != o || *n == 0,
-                            "object {o} exported twice (ids {e} and {other})"
-                        );
-                    }
+                ) => (*o, *e),
+                // An introduction goes out in the terms of the version the peer spoke
+                // when the session took it (before the peer's `hello`, the oldest).
+                (OutCap::ThirdParty(o, intro), CapDescriptor::ThirdParty(t)) => {
+                    assert!(
+                        self.speaks_handoff() && version.is_none_or(|v| v >= HANDOFF_VERSION),
+                        "third_party to a peer of version {:?}",
+                        self.peer_version
+                    );
+                    assert_eq!(
+                        **intro,
+                        introduced(t),
+                        "the introduction changed on the way"
+                    );
+                    (*o, t.vine)
+                }
+                (OutCap::ThirdParty(o, _), CapDescriptor::SenderHosted(e)) => {
+                    assert!(
+                        version.is_none_or(|v| v < HANDOFF_VERSION),
+                        "a vine went as sender_hosted to a version-4 peer"
+                    );
+                    (*o, *e)
                 }
                 (OutCap::Import(i), CapDescriptor::ReceiverHosted(j)) => {
                     assert_eq!(i.0, *j);
                     self.check_held(*j, "a receiver-hosted descriptor");
+                    continue;
                 }
                 other => panic!("descriptor does not match the reference: {other:?}"),
+            };
+            if let Some(old) = self.export_history.insert(e, o) {
+                assert_eq!(old, o, "export id {e} reused for another object");
+            }
+            let entry = self.s_exports.entry(e).or_insert((o, 0));
+            entry.1 += 1;
+            for (&other, &(obj, n)) in &self.s_exports {
+                assert!(
+                    other == e || obj != o || n == 0,
+                    "object {o} exported twice (ids {e} and {other})"
+                );
             }
         }
     }
@@ -979,7 +1141,7 @@ impl Harness {
                         "pipelined on question {q}, which is finished or was never asked"
                     ),
                 }
-                self.check_given_caps(&call.caps, &payload.caps);
+                self.check_given_caps(&call.caps, &payload.caps, call.version);
                 if let Some(q) = question {
                     let old = self.s_questions.insert(q, QState::Pending);
                     assert!(old.is_none(), "question {q} asked twice");
@@ -1008,7 +1170,7 @@ impl Harness {
                 match result {
                     ReturnResult::Ok(p) => {
                         let local = self.answer_caps.remove(&question).unwrap_or_default();
-                        self.check_given_caps(&local, &p.caps);
+                        self.check_given_caps(&local, &p.caps, self.peer_version);
                     }
                     ReturnResult::Err(_) => {
                         self.answered_with.remove(&question);
@@ -1046,7 +1208,7 @@ impl Harness {
                     } else {
                         vec![OutCap::Local(RESOLVED_TO)]
                     };
-                    self.check_given_caps(&local, &p.caps);
+                    self.check_given_caps(&local, &p.caps, self.peer_version);
                 }
             }
             Message::Release { export, count } => {
@@ -1114,6 +1276,11 @@ impl Harness {
                                 assert_eq!(i.0, *j);
                                 self.import_handles.push(*i);
                             }
+                            (InCap::ThirdParty(i, intro), CapDescriptor::ThirdParty(t)) => {
+                                assert_eq!(i.0, t.vine);
+                                assert_eq!(**intro, introduced(t), "introduction changed");
+                                self.import_handles.push(*i);
+                            }
                             (InCap::Local(o), CapDescriptor::ReceiverHosted(_)) => {
                                 assert_eq!(Some(*o), *object, "a reference came home wrong");
                             }
@@ -1151,6 +1318,10 @@ impl Harness {
                     }
                 }
                 Event::Pong { .. } => {}
+                Event::Listen { hints } => {
+                    let owed = self.listens_owed.pop_front();
+                    assert_eq!(owed, Some(hints), "a listen event, not as the peer sent it");
+                }
                 Event::Cancel { answer } => {
                     // The runtime stops the method: it will not answer.
                     self.pending_answers.retain(|&a| a != answer);
@@ -1176,7 +1347,7 @@ impl Harness {
     /// The runtime keeps the handles an incoming payload holds.
     fn keep(&mut self, caps: Vec<InCap<Obj>>) {
         for cap in caps {
-            if let InCap::Import(i) | InCap::Promise(i) = cap {
+            if let InCap::Import(i) | InCap::Promise(i) | InCap::ThirdParty(i, _) = cap {
                 self.import_handles.push(i);
             }
         }
@@ -1222,7 +1393,7 @@ impl Harness {
         ask: bool,
         resolver: bool,
         refs: u8,
-        big: bool,
+        big: u8,
     ) {
         let (key, held) = self.pick_local_target(target);
         let (caps, caps_held) = self.local_caps(caps);
@@ -1246,10 +1417,13 @@ impl Harness {
                 self.question_refs.push(QuestionId(q));
             }
         }
-        let data = if big {
-            vec![0; self.s.peer_max_frame().min(1 << 16) + 1]
-        } else {
-            data_nonce(nonce)
+        let data = match big {
+            0 => data_nonce(nonce),
+            n => vec![
+                0;
+                (self.s.peer_max_frame().min(1 << 16) + 1)
+                    .saturating_sub(4 * usize::from(n - 1))
+            ],
         };
         self.local_calls.insert(
             nonce,
@@ -1260,6 +1434,7 @@ impl Harness {
                 held,
                 caps_held,
                 on_wire: false,
+                version: self.peer_version,
             },
         );
         self.s.send(Call {
@@ -1384,6 +1559,10 @@ impl Harness {
                 data: SINGLE_CAP.to_vec().into(),
                 caps: vec![CapDescriptor::ReceiverHosted(self.pick_export(p))],
             }),
+            WResult::ThirdPartyCap { vine, intro } => ReturnResult::Ok(Payload {
+                data: SINGLE_CAP.to_vec().into(),
+                caps: vec![third_party(vine, intro)],
+            }),
             WResult::Caps(caps) => ReturnResult::Ok(Payload {
                 data: data_nonce(8).into(),
                 caps: self.wire_caps(&caps),
@@ -1394,7 +1573,7 @@ impl Harness {
     fn step(&mut self, op: Op) {
         match op {
             Op::Hello {
-                version_ok,
+                version,
                 frame,
                 questions,
             } => {
@@ -1409,11 +1588,7 @@ impl Harness {
                     63 + u64::from(questions)
                 };
                 self.peer_send(Message::Hello(Hello {
-                    version: if version_ok {
-                        PROTOCOL_VERSION
-                    } else {
-                        PROTOCOL_VERSION + 1
-                    },
+                    version: version.map_or(PROTOCOL_VERSION + 1, Version::number),
                     max_frame,
                     max_questions,
                     // The other limits as a vat on default settings announces them.
@@ -1518,6 +1693,7 @@ impl Harness {
             Op::PeerAbort => self.peer_send(Message::Abort {
                 reason: "bye".into(),
             }),
+            Op::Listen { hints: n } => self.peer_send(Message::Listen { hints: hints(n) }),
             Op::Ping(nonce) => self.peer_send(Message::Ping { nonce }),
             Op::Pong(nonce) => self.peer_send(Message::Pong { nonce }),
             Op::RawFrame(bytes) => {
@@ -1573,7 +1749,7 @@ impl Harness {
             } => self.send(target, &caps, ask, resolver, refs, big),
             Op::SendBurst { target, n } => {
                 for _ in 0..n {
-                    self.send(target, &[], true, true, 0, false);
+                    self.send(target, &[], true, true, 0, 0);
                 }
             }
             Op::LocalBootstrap { resolver, refs } => {
@@ -1669,7 +1845,7 @@ impl Harness {
             self.check_invariants();
             if !self.peer_hello_sent {
                 self.step(Op::Hello {
-                    version_ok: true,
+                    version: Some(Version::Current),
                     frame: 1,
                     questions: 1,
                 });
@@ -1746,7 +1922,7 @@ fuzz_target!(|input: Input| {
     h.check_invariants();
     if !input.config.skip_hello {
         h.step(Op::Hello {
-            version_ok: true,
+            version: Some(input.config.peer_version),
             frame: if input.config.peer_small_frame {
                 1
             } else {
