@@ -538,6 +538,12 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
         self.introduced.drain(..)
     }
 
+    /// Whether [`Session::take_introduced`] has anything (a check per transmit).
+    #[inline]
+    pub fn has_introduced(&self) -> bool {
+        !self.introduced.is_empty()
+    }
+
     /// The protocol version spoken on this session: the lower of the two `hello`s (the
     /// oldest this crate speaks until the peer's arrives).
     pub fn version(&self) -> u32 {

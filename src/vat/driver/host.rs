@@ -19,6 +19,9 @@ impl Driver {
     /// queued for this session's peer (the recipient), so every fence the recipient
     /// sends through a vine finds its gift deposited ahead of it.
     pub(super) fn deposit_introduced(&mut self) {
+        if !self.core.has_introduced() {
+            return;
+        }
         let recipient = self.handle.peer();
         for (vine, gift) in self.core.take_introduced() {
             handoff::deposit(&vine, &gift, recipient);

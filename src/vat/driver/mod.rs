@@ -643,7 +643,9 @@ impl Driver {
                 let args = Args::new(payload.data, self.refs(payload.caps), self.cbor)
                     .with_caller(self.handle.peer());
                 let intercepted = match &target {
-                    InCap::Local(object) => self.protocol_call(&method, object, &args),
+                    InCap::Local(object) if method.starts_with("captp.") => {
+                        self.protocol_call(&method, object, &args)
+                    }
                     _ => None,
                 };
                 // Per-call timing only when someone listens at DEBUG: one cached
