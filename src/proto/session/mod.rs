@@ -297,6 +297,7 @@ impl<O: Clone + Eq + Hash, R> Session<O, R> {
     }
 
     /// Whether the session has closed (output may still be waiting to be written).
+    #[inline]
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed(_))
     }

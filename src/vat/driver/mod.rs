@@ -484,8 +484,11 @@ impl Driver {
     /// frame can release many calls (those pipelined on an answer), and each answers.
     fn pump(&mut self) {
         // A closed session's handles say so before any promise breaks because of it.
-        if let Some(reason) = self.core.closed_reason() {
-            self.handle.mark_closed(&reason);
+        // (`is_closed` first: this runs several times per call.)
+        if self.core.is_closed() {
+            if let Some(reason) = self.core.closed_reason() {
+                self.handle.mark_closed(&reason);
+            }
         }
         // The version is known from the peer's `hello` on, before any event after it
         // (a reference passed back at once may be handed off).
