@@ -768,39 +768,12 @@ async fn a_recipient_tries_every_hint_and_stays_with_the_introducer_when_none_re
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             l.local_addr().unwrap().port()
         };
-        let (a_id, a_port, accepted) = common::raw_server().await;
         let c = Vat::builder().start().await.unwrap();
-        let uri = SturdyRef::new(
-            a_id,
-            Host::Ipv4(Ipv4Addr::LOCALHOST),
-            a_port,
-            SwissNumber::from_bytes([1; 32]),
-        );
-        let fetched = c.enliven(&uri);
-        let mut a = accepted.await.unwrap();
-        a.handshake_as_server().await;
-        let question = match a.expect_message().await {
-            Message::Bootstrap { question, .. } => question,
-            other => panic!("expected the fetch, got {other:?}"),
-        };
         let hints = vec![
             format!("127.0.0.1:{closed}"),
             other.local_addr().unwrap().to_string(),
         ];
-        a.send(&Message::Return {
-            question,
-            result: ReturnResult::Ok(Payload {
-                data: SINGLE_CAP_DATA.to_vec().into(),
-                caps: vec![CapDescriptor::ThirdParty(Box::new(ThirdParty {
-                    host: *b.vat_id().as_bytes(),
-                    gift: [7; 32],
-                    vine: 1,
-                    hints,
-                }))],
-            }),
-        })
-        .await;
-        let svc: Ref = fetched.when_settled().await.unwrap();
+        let (svc, mut a) = introduced_by_raw(&c, b.vat_id(), hints).await;
         let Handoff::ThroughIntroducer { reason } = svc.when_handed_off().await else {
             panic!("the handoff cannot succeed");
         };
@@ -876,39 +849,13 @@ async fn calls_held_during_the_switch_are_bounded_and_go_on_in_order_when_it_fai
         const LIMIT: usize = 16 << 10;
         const ARG: usize = 3000;
         let b = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
-        let (a_id, a_port, accepted) = common::raw_server().await;
         let c = Vat::builder()
             .limits(limits(|l| l.max_unsent = LIMIT))
             .start()
             .await
             .unwrap();
-        let uri = SturdyRef::new(
-            a_id,
-            Host::Ipv4(Ipv4Addr::LOCALHOST),
-            a_port,
-            SwissNumber::from_bytes([1; 32]),
-        );
-        let fetched = c.enliven(&uri);
-        let mut a = accepted.await.unwrap();
-        a.handshake_as_server().await;
-        let question = match a.expect_message().await {
-            Message::Bootstrap { question, .. } => question,
-            other => panic!("expected the fetch, got {other:?}"),
-        };
-        a.send(&Message::Return {
-            question,
-            result: ReturnResult::Ok(Payload {
-                data: SINGLE_CAP_DATA.to_vec().into(),
-                caps: vec![CapDescriptor::ThirdParty(Box::new(ThirdParty {
-                    host: *b.vat_id().as_bytes(),
-                    gift: [7; 32],
-                    vine: 1,
-                    hints: vec![b.local_addr().unwrap().to_string()],
-                }))],
-            }),
-        })
-        .await;
-        let svc: Ref = fetched.when_settled().await.unwrap();
+        let hints = vec![b.local_addr().unwrap().to_string()];
+        let (svc, mut a) = introduced_by_raw(&c, b.vat_id(), hints).await;
         // C reaches B, then fences the vine.
         let fence = next_call(&mut a).await;
         assert_eq!(fence.1, "captp.fence");
@@ -948,6 +895,40 @@ async fn calls_held_during_the_switch_are_bounded_and_go_on_in_order_when_it_fai
         }
     })
     .await;
+}
+
+/// A raw introducer A that `c` fetches an object from: A answers the fetch with a
+/// `third_party` naming `host` with `hints` (gift 32 bytes of 7, vine export 1). The
+/// reference C got, and A's end of the connection.
+async fn introduced_by_raw(c: &Vat, host: VatId, hints: Vec<String>) -> (Ref, RawConn) {
+    let (a_id, a_port, accepted) = common::raw_server().await;
+    let uri = SturdyRef::new(
+        a_id,
+        Host::Ipv4(Ipv4Addr::LOCALHOST),
+        a_port,
+        SwissNumber::from_bytes([1; 32]),
+    );
+    let fetched = c.enliven(&uri);
+    let mut a = accepted.await.unwrap();
+    a.handshake_as_server().await;
+    let question = match a.expect_message().await {
+        Message::Bootstrap { question, .. } => question,
+        other => panic!("expected the fetch, got {other:?}"),
+    };
+    a.send(&Message::Return {
+        question,
+        result: ReturnResult::Ok(Payload {
+            data: SINGLE_CAP_DATA.to_vec().into(),
+            caps: vec![CapDescriptor::ThirdParty(Box::new(ThirdParty {
+                host: *host.as_bytes(),
+                gift: [7; 32],
+                vine: 1,
+                hints,
+            }))],
+        }),
+    })
+    .await;
+    (fetched.when_settled().await.unwrap(), a)
 }
 
 /// The next call the raw introducer receives on its export 1 (skipping bookkeeping):

@@ -841,22 +841,9 @@ pub(crate) struct SilentServer {
 }
 
 pub(crate) async fn silent_server() -> SilentServer {
-    let identity = Identity::generate().expect("an identity");
-    let vat_id = identity.vat_id();
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let port = listener.local_addr().expect("a local address").port();
-    let acceptor = TlsAcceptor::from(transport::tls::server_config(&identity).expect("a config"));
+    let (vat_id, port, accepted) = raw_server().await;
     let task = tokio::spawn(async move {
-        let (tcp, _) = tokio::time::timeout(IO_TIMEOUT, listener.accept())
-            .await
-            .expect("no connection within 10 s")
-            .expect("accept");
-        let (stream, _peer) = transport::accept(tcp, &acceptor, IO_TIMEOUT)
-            .await
-            .expect("the TLS handshake completes");
-        let mut conn = RawConn::new(stream);
+        let mut conn = accepted.await.expect("the raw server accepted");
         conn.send(&hello()).await;
         let mut seen = Vec::new();
         for _ in 0..MAX_FRAMES_BEFORE_ABORT {
