@@ -158,6 +158,17 @@ async fn world(a_limits: Limits, b_limits: Limits, c_limits: Limits) -> World {
     }
 }
 
+impl World {
+    /// C's reference to B's service, from A's registry (introduced).
+    async fn svc(&self) -> Ref {
+        self.c
+            .enliven(&self.registry_uri)
+            .send("get", ("svc",))
+            .await
+            .unwrap()
+    }
+}
+
 async fn default_world() -> World {
     world(Limits::default(), Limits::default(), Limits::default()).await
 }
@@ -299,11 +310,7 @@ async fn an_expired_gift_leaves_the_reference_on_the_introducer() {
             Limits::default(),
         )
         .await;
-        let svc: Ref =
-            w.c.enliven(&w.registry_uri)
-                .send("get", ("svc",))
-                .await
-                .unwrap();
+        let svc = w.svc().await;
         let h = until_settled(&w.c, &svc).await;
         assert_eq!((h.direct, h.fallback), (0, 1));
         let hb = w.b.stats().await.handoffs;
@@ -324,11 +331,7 @@ async fn with_handoff_off_references_stay_proxied() {
         // Off at the introducer: it sends proxies. Off at the recipient: it keeps the vine.
         for (a_limits, c_limits) in [(off.clone(), Limits::default()), (Limits::default(), off)] {
             let w = world(a_limits, Limits::default(), c_limits).await;
-            let svc: Ref =
-                w.c.enliven(&w.registry_uri)
-                    .send("get", ("svc",))
-                    .await
-                    .unwrap();
+            let svc = w.svc().await;
             assert_eq!(svc.when_handed_off().await, Handoff::NotIntroduced);
             send_stream(&svc, "off", 50, 10).await;
             w.c.sync().await;
@@ -825,11 +828,7 @@ async fn a_recipient_bounds_the_handoffs_it_makes_at_once() {
             limits(|l| l.max_handoffs = 0),
         )
         .await;
-        let svc: Ref =
-            w.c.enliven(&w.registry_uri)
-                .send("get", ("svc",))
-                .await
-                .unwrap();
+        let svc = w.svc().await;
         let Handoff::ThroughIntroducer { reason } = svc.when_handed_off().await else {
             panic!("no handoff may start");
         };
