@@ -974,3 +974,42 @@ async fn a_result_only_pipelined_on_deposits_nothing_until_it_is_wanted() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_picks_the_gift_up_on_a_session_the_host_opened() {
+    within(async {
+        // C listens, and B is already connected to it: the handoff uses that session
+        // and opens no other.
+        let a = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let registry_uri = a.export(Registry::default()).unwrap();
+        let b = Vat::builder().start().await.unwrap();
+        let service = Service::default();
+        b.enliven(&registry_uri)
+            .send::<()>("put", ("svc", Ref::from_object(service.clone())))
+            .await
+            .unwrap();
+        let c = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
+        let at_c = c.export(Service::default()).unwrap();
+        let _: String = b.enliven(&at_c).send("ping", ()).await.unwrap();
+        let svc: Ref = c
+            .enliven(&registry_uri)
+            .send("get", ("svc",))
+            .await
+            .unwrap();
+        // B does not listen, so A has no address for it: only the session B opened
+        // to C can carry the withdrawal.
+        assert_eq!(svc.when_handed_off().await, Handoff::Direct);
+        let _: String = svc.send("ping", ()).await.unwrap();
+        assert_eq!(service.last_caller(), Some(c.vat_id()));
+        let with_b: Vec<_> = c
+            .stats()
+            .await
+            .sessions
+            .into_iter()
+            .filter(|s| s.peer == b.vat_id())
+            .collect();
+        assert_eq!(with_b.len(), 1, "{with_b:?}");
+        assert!(with_b[0].inbound);
+    })
+    .await;
+}
