@@ -370,3 +370,66 @@ fn a_listening_side_that_refuses_the_peers_hello_sends_only_the_abort() {
         "no hello before the abort: {sent:?}"
     );
 }
+
+// ---- `listen` (protocol version 4, PROTOCOL.md 9.16.2) ----
+
+fn hints() -> Vec<String> {
+    vec!["127.0.0.1:4433".to_owned()]
+}
+
+#[test]
+fn a_connecting_side_sends_listen_right_after_its_hello() {
+    let mut s = new_session(Limits::default());
+    s.set_listen(hints());
+    let (sent, _) = drain(&mut s);
+    assert!(
+        matches!(&sent[..], [Message::Hello(_), Message::Listen { hints: h }] if *h == hints()),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_listening_side_sends_listen_after_its_hello_to_a_version_4_peer_only() {
+    for (theirs, listens) in [(PROTOCOL_VERSION, true), (3, false), (2, false)] {
+        let mut s: S = Session::new_listening(Limits::default(), *T0);
+        s.set_listen(hints());
+        assert_eq!(s.poll_transmit(), None, "nothing before the peer's hello");
+        s.handle_message(Message::Hello(Hello {
+            version: theirs,
+            ..announce(&Limits::default())
+        }));
+        let (sent, _) = drain(&mut s);
+        match &sent[..] {
+            [Message::Hello(h), Message::Listen { hints: got }] if listens => {
+                assert_eq!(h.version, theirs);
+                assert_eq!(*got, hints());
+            }
+            [Message::Hello(h)] if !listens => assert_eq!(h.version, theirs),
+            other => panic!("a peer announcing {theirs}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn listen_is_reported_from_a_version_4_peer_and_a_violation_from_an_older_one() {
+    for theirs in [PROTOCOL_VERSION, 3] {
+        let mut s = new_session(Limits::default());
+        s.poll_transmit();
+        s.handle_message(Message::Hello(Hello {
+            version: theirs,
+            ..announce(&Limits::default())
+        }));
+        s.handle_message(Message::Listen { hints: hints() });
+        let (sent, seen) = drain(&mut s);
+        if theirs == PROTOCOL_VERSION {
+            assert_eq!(seen, vec![Seen::Listen(hints())]);
+            assert!(!s.is_closed());
+        } else {
+            assert!(
+                matches!(&sent[..], [Message::Abort { reason }] if reason.contains("listen is not part of protocol version 3")),
+                "{sent:?}"
+            );
+            assert!(s.is_closed());
+        }
+    }
+}
