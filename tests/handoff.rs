@@ -129,26 +129,31 @@ struct World {
 }
 
 async fn world(a_limits: Limits, b_limits: Limits, c_limits: Limits) -> World {
-    let a = Vat::builder()
-        .listen("127.0.0.1:0")
-        .limits(a_limits)
-        .start()
-        .await
-        .unwrap();
+    world_where([a_limits, b_limits, c_limits], true, false).await
+}
+
+/// A world whose B and C listen or not, as said (A always does).
+async fn world_where(limits: [Limits; 3], b_listens: bool, c_listens: bool) -> World {
+    let [a_limits, b_limits, c_limits] = limits;
+    let vat = |limits: Limits, listens: bool| async move {
+        let builder = Vat::builder().limits(limits);
+        let builder = if listens {
+            builder.listen("127.0.0.1:0")
+        } else {
+            builder
+        };
+        builder.start().await.unwrap()
+    };
+    let a = vat(a_limits, true).await;
     let registry_uri = a.export(Registry::default()).unwrap();
-    let b = Vat::builder()
-        .listen("127.0.0.1:0")
-        .limits(b_limits)
-        .start()
-        .await
-        .unwrap();
+    let b = vat(b_limits, b_listens).await;
     let service = Service::default();
     let registry = b.enliven(&registry_uri);
     registry
         .send::<()>("put", ("svc", Ref::from_object(service.clone())))
         .await
         .unwrap();
-    let c = Vat::builder().limits(c_limits).start().await.unwrap();
+    let c = vat(c_limits, c_listens).await;
     World {
         a,
         b,
@@ -276,26 +281,14 @@ async fn calls_made_before_during_and_after_the_switch_arrive_in_order() {
 async fn a_host_that_cannot_be_reached_leaves_the_reference_on_the_introducer() {
     within(async {
         // B does not listen: A knows no address for it, and C has no session with it.
-        let a = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
-        let registry_uri = a.export(Registry::default()).unwrap();
-        let b = Vat::builder().start().await.unwrap();
-        let service = Service::default();
-        b.enliven(&registry_uri)
-            .send::<()>("put", ("svc", Ref::from_object(service.clone())))
-            .await
-            .unwrap();
-        let c = Vat::builder().start().await.unwrap();
-        let svc: Ref = c
-            .enliven(&registry_uri)
-            .send("get", ("svc",))
-            .await
-            .unwrap();
-        let h = until_settled(&c, &svc).await;
+        let w = world_where(Default::default(), false, false).await;
+        let svc = w.svc().await;
+        let h = until_settled(&w.c, &svc).await;
         assert_eq!((h.direct, h.fallback), (0, 1));
         // The reference works, through A, in order.
         send_stream(&svc, "fallback", 100, 10).await;
-        assert_eq!(service.stream("fallback"), (0..100).collect::<Vec<_>>());
-        assert_eq!(service.last_caller(), Some(a.vat_id()));
+        assert_eq!(w.service.stream("fallback"), (0..100).collect::<Vec<_>>());
+        assert_eq!(w.service.last_caller(), Some(w.a.vat_id()));
     })
     .await;
 }
@@ -980,34 +973,22 @@ async fn a_recipient_picks_the_gift_up_on_a_session_the_host_opened() {
     within(async {
         // C listens, and B is already connected to it: the handoff uses that session
         // and opens no other.
-        let a = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
-        let registry_uri = a.export(Registry::default()).unwrap();
-        let b = Vat::builder().start().await.unwrap();
-        let service = Service::default();
-        b.enliven(&registry_uri)
-            .send::<()>("put", ("svc", Ref::from_object(service.clone())))
-            .await
-            .unwrap();
-        let c = Vat::builder().listen("127.0.0.1:0").start().await.unwrap();
-        let at_c = c.export(Service::default()).unwrap();
-        let _: String = b.enliven(&at_c).send("ping", ()).await.unwrap();
-        let svc: Ref = c
-            .enliven(&registry_uri)
-            .send("get", ("svc",))
-            .await
-            .unwrap();
+        let w = world_where(Default::default(), false, true).await;
+        let at_c = w.c.export(Service::default()).unwrap();
+        let _: String = w.b.enliven(&at_c).send("ping", ()).await.unwrap();
+        let svc = w.svc().await;
         // B does not listen, so A has no address for it: only the session B opened
         // to C can carry the withdrawal.
         assert_eq!(svc.when_handed_off().await, Handoff::Direct);
         let _: String = svc.send("ping", ()).await.unwrap();
-        assert_eq!(service.last_caller(), Some(c.vat_id()));
-        let with_b: Vec<_> = c
-            .stats()
-            .await
-            .sessions
-            .into_iter()
-            .filter(|s| s.peer == b.vat_id())
-            .collect();
+        assert_eq!(w.service.last_caller(), Some(w.c.vat_id()));
+        let with_b: Vec<_> =
+            w.c.stats()
+                .await
+                .sessions
+                .into_iter()
+                .filter(|s| s.peer == w.b.vat_id())
+                .collect();
         assert_eq!(with_b.len(), 1, "{with_b:?}");
         assert!(with_b[0].inbound);
     })
