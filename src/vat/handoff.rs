@@ -263,7 +263,8 @@ impl Switch {
         }
     }
 
-    /// Whether the vine is an import on `dest` (so this reference goes home there).
+    /// The vine, until the switch is made (then the reference is named as the host's
+    /// is; see `reference/naming.rs`).
     pub(crate) fn vine(&self) -> Option<Ref> {
         lock(&self.vine).clone()
     }
